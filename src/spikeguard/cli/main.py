@@ -1,0 +1,55 @@
+"""``spikeguard`` command line: one sub-command per module in ``spikeguard.cli``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import SpikeguardError
+
+# Sub-command modules, each with ``add_parser(subparsers)``; a module that is not
+# installed (e.g. a feature still in development) is skipped.
+COMMANDS = ("demo", "train", "evaluate", "audit", "analyze", "report", "ablation")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spikeguard",
+        description="Adversarially robust spiking neural networks: train SNNs with Threshold Guarding "
+                    "Optimization (TGO) and Noisy-LIF neurons, attack them, and analyse why they hold up.",
+        epilog="Run 'spikeguard COMMAND --help' for the options of a command.",
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"spikeguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"{__package__}.{name}":
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SpikeguardError as e:
+        print(f"spikeguard {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"spikeguard {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

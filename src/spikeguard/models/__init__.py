@@ -1,0 +1,10 @@
+"""Spiking network architectures and the model registry."""
+
+from .base import MultiStep, NeuronFactory, SpikingModel, conv_bn
+from .registry import count_parameters, create_model, list_models, register_model
+from .small import SmallConvSNN, SpikingMLP
+
+__all__ = [
+    "SpikingModel", "MultiStep", "NeuronFactory", "conv_bn", "create_model", "list_models",
+    "register_model", "count_parameters", "SmallConvSNN", "SpikingMLP",
+]

@@ -1,0 +1,157 @@
+"""Multi-step LIF and Noisy-LIF neurons (input and output ``[T, B, ...]``).
+
+Dynamics (PAPER.md section 1), per time step ``t``::
+
+    U[t] = decay * V[t-1] + I[t]        # pre-spike potential: what TGO and the analyses use
+    S[t] = H(U[t] + eta[t] - V_th)      # eta = 0 for LIF, N(0, sigma^2) for Noisy-LIF
+    V[t] = U[t] * (1 - S[t])            # hard reset to 0
+
+Neurons hold no state between calls: every forward starts from ``V[-1] = 0``, so there is
+nothing to reset. The pre-spike potentials ``U`` are handed to any active
+:class:`~spikeguard.neurons.recording.PotentialRecorder` (see ``record_potentials``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .surrogate import Surrogate, spike
+
+NOISY_GRADS = ("surrogate", "expected")
+
+
+class LIF(nn.Module):
+    """Multi-step leaky integrate-and-fire neuron with hard reset.
+
+    Args:
+        decay: membrane decay factor beta in ``U[t] = beta * V[t-1] + I[t]`` (paper: 0.5).
+        v_threshold: firing threshold V_th (paper: 1.0).
+        surrogate: surrogate-gradient name (``triangle``, ``sigmoid``, ``atan``, ``rectangle``,
+            ``ste``) or a :class:`Surrogate`.
+        width: surrogate width (derivative peak ``1 / width``), ignored if ``surrogate`` is an object.
+        detach_reset: stop the gradient through the reset term ``U * (1 - S)``'s ``S``.
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.5,
+        v_threshold: float = 1.0,
+        surrogate: str | Surrogate = "triangle",
+        width: float = 1.0,
+        detach_reset: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"decay must be in [0, 1], got {decay}")
+        if not math.isfinite(v_threshold):
+            raise ValueError(f"v_threshold must be finite, got {v_threshold}")
+        self.decay = float(decay)
+        self.v_threshold = float(v_threshold)
+        self.surrogate = surrogate if isinstance(surrogate, Surrogate) else Surrogate(surrogate, width)
+        self.detach_reset = bool(detach_reset)
+        # Active recorders; set only inside a `record_potentials` context.
+        self._recorders: tuple = ()
+
+    # Hooks for subclasses ---------------------------------------------------------------
+    def sample_noise(self, x: Tensor) -> Tensor | None:
+        """Membrane noise for all time steps at once (``None``: deterministic neuron)."""
+        return None
+
+    def grad_surrogate(self) -> tuple[Surrogate, bool]:
+        """The surrogate used in backward and whether it is evaluated at the noisy potential."""
+        return self.surrogate, True
+
+    # ------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"{type(self).__name__} expects input [T, B, ...], got shape {tuple(x.shape)}")
+        noise = self.sample_noise(x)
+        surrogate, at_noisy = self.grad_surrogate()
+        keep = bool(self._recorders)
+        v = torch.zeros_like(x[0])
+        spikes, potentials = [], []
+        for t in range(x.shape[0]):
+            u = self.decay * v + x[t] if t else x[t]
+            s = spike(u - self.v_threshold, surrogate, None if noise is None else noise[t], at_noisy)
+            v = u * (1.0 - (s.detach() if self.detach_reset else s))
+            spikes.append(s)
+            if keep:
+                potentials.append(u)
+        if keep:
+            u_all = torch.stack(potentials)
+            for rec in self._recorders:
+                rec.add(self, u_all)
+        return torch.stack(spikes)
+
+    def extra_repr(self) -> str:
+        return (
+            f"decay={self.decay}, v_threshold={self.v_threshold}, surrogate={self.surrogate.name}"
+            f"(width={self.surrogate.width}), detach_reset={self.detach_reset}"
+        )
+
+
+class NoisyLIF(LIF):
+    """LIF with Gaussian membrane noise: ``S[t] = H(U[t] + eta[t] - V_th)``, eta ~ N(0, sigma^2).
+
+    So ``P(S=1 | U) = Phi((U - V_th) / sigma)``. The noise is part of the defence and is on at
+    training *and* test time; it is controlled by :attr:`noise` (or
+    :func:`spikeguard.neurons.noise_enabled`), never by ``model.train()/eval()``.
+
+    Args:
+        sigma: noise standard deviation; default ``sqrt(0.4)`` (paper: variance 0.4).
+        noise: whether noise is sampled.
+        noisy_grad: ``"surrogate"``: the surrogate evaluated at the noisy potential (default);
+            ``"expected"``: the exact derivative of the firing probability,
+            ``phi((U - V_th) / sigma) / sigma``.
+        generator: optional ``torch.Generator`` for reproducible noise (see ``noise_seed``).
+        **kw: the :class:`LIF` arguments.
+    """
+
+    def __init__(
+        self,
+        sigma: float = math.sqrt(0.4),
+        noise: bool = True,
+        noisy_grad: str = "surrogate",
+        generator: torch.Generator | None = None,
+        **kw,
+    ) -> None:
+        super().__init__(**kw)
+        if not (sigma >= 0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+        if noisy_grad not in NOISY_GRADS:
+            raise ValueError(f"noisy_grad must be one of {NOISY_GRADS}, got {noisy_grad!r}")
+        self.sigma = float(sigma)
+        self.noise = bool(noise)
+        self.noisy_grad = noisy_grad
+        self.generator = generator
+
+    @property
+    def stochastic(self) -> bool:
+        """True when a forward pass samples noise."""
+        return self.noise and self.sigma > 0
+
+    def sample_noise(self, x: Tensor) -> Tensor | None:
+        if not self.stochastic:
+            return None
+        gen = self.generator
+        if gen is not None and gen.device != x.device:
+            raise RuntimeError(f"NoisyLIF generator is on {gen.device} but input is on {x.device}")
+        return torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * self.sigma
+
+    def grad_surrogate(self) -> tuple[Surrogate, bool]:
+        if self.noisy_grad == "expected" and self.stochastic:
+            return Surrogate("gaussian", self.sigma), False
+        return self.surrogate, True
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", sigma={self.sigma:.4g}, noise={self.noise}, noisy_grad={self.noisy_grad}"
+
+
+class MultiStepReLU(nn.Module):
+    """ReLU on ``[T, B, ...]``: the activation of a network's ANN twin (``neuron="relu"``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x)

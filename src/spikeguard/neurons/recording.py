@@ -1,0 +1,132 @@
+"""Scoped access to pre-spike membrane potentials and to neuron settings.
+
+Everything here is a context manager: state is attached to the neurons on entry and
+removed on exit, so nothing lingers that a user must remember to reset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .lif import LIF, NoisyLIF
+from .surrogate import Surrogate
+
+
+def spiking_neurons(model: nn.Module) -> list[tuple[str, LIF]]:
+    """All spiking neurons in ``model`` as ``(qualified name, module)``, in forward-definition order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LIF)]
+
+
+def noisy_neurons(model: nn.Module) -> list[NoisyLIF]:
+    return [m for _, m in spiking_neurons(model) if isinstance(m, NoisyLIF)]
+
+
+def is_stochastic(model: nn.Module) -> bool:
+    """True if a forward pass of ``model`` samples Noisy-LIF noise."""
+    return any(m.stochastic for m in noisy_neurons(model))
+
+
+class PotentialRecorder:
+    """Collects the pre-spike potentials ``U`` (``[T, B, ...]``) of every spiking layer.
+
+    Args:
+        detach: store detached tensors (analysis) instead of graph-connected ones (loss).
+        keep: store the tensors in :attr:`potentials`; set False together with ``on_record``
+            to stream statistics without holding every tensor.
+        on_record: optional callback ``(layer_name, U)`` called on every record.
+    """
+
+    def __init__(self, detach: bool = False, keep: bool = True,
+                 on_record: Callable[[str, Tensor], None] | None = None) -> None:
+        self.detach = detach
+        self.keep = keep
+        self.on_record = on_record
+        self.potentials: list[Tensor] = []
+        self.names: list[str] = []
+        self._names: dict[int, str] = {}
+
+    def add(self, neuron: nn.Module, u: Tensor) -> None:
+        if self.detach:
+            u = u.detach()
+        name = self._names.get(id(neuron), type(neuron).__name__)
+        if self.keep:
+            self.potentials.append(u)
+            self.names.append(name)
+        if self.on_record is not None:
+            self.on_record(name, u)
+
+    def clear(self) -> None:
+        """Drop what was recorded (e.g. between batches)."""
+        self.potentials.clear()
+        self.names.clear()
+
+
+@contextlib.contextmanager
+def record_potentials(model: nn.Module, detach: bool = False, keep: bool = True,
+                      on_record: Callable[[str, Tensor], None] | None = None) -> Iterator[PotentialRecorder]:
+    """Record the pre-spike potentials of every spiking layer of ``model`` inside the block.
+
+    Example::
+
+        with record_potentials(model) as rec:
+            logits = model(x)
+        loss = ce(logits, y) + tgo(rec.potentials, epoch)
+    """
+    rec = PotentialRecorder(detach=detach, keep=keep, on_record=on_record)
+    neurons = spiking_neurons(model)
+    rec._names = {id(m): name for name, m in neurons}
+    for _, m in neurons:
+        m._recorders = m._recorders + (rec,)
+    try:
+        yield rec
+    finally:
+        for _, m in neurons:
+            m._recorders = tuple(r for r in m._recorders if r is not rec)
+
+
+@contextlib.contextmanager
+def _setting(modules: list[nn.Module], attr: str, values: list) -> Iterator[None]:
+    old = [getattr(m, attr) for m in modules]
+    for m, v in zip(modules, values):
+        setattr(m, attr, v)
+    try:
+        yield
+    finally:
+        for m, v in zip(modules, old):
+            setattr(m, attr, v)
+
+
+def noise_enabled(model: nn.Module, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Switch Noisy-LIF noise on or off inside the block (e.g. a noise-free twin as attack source)."""
+    mods = noisy_neurons(model)
+    return _setting(mods, "noise", [bool(enabled)] * len(mods))
+
+
+def noise_seed(model: nn.Module, seed: int) -> contextlib.AbstractContextManager:
+    """Make every Noisy-LIF draw reproducible inside the block.
+
+    Each noisy layer gets its own generator seeded with ``seed + index``; entering the block
+    twice with the same seed reproduces the same noise samples (the fixed-noise attack).
+    """
+    mods = noisy_neurons(model)
+    gens = []
+    for i, m in enumerate(mods):
+        try:
+            device = next(p.device for p in model.parameters())
+        except StopIteration:
+            device = torch.device("cpu")
+        g = torch.Generator(device=device)
+        g.manual_seed(int(seed) + i)
+        gens.append(g)
+    return _setting(mods, "generator", gens)
+
+
+def use_surrogate(model: nn.Module, surrogate: str | Surrogate, width: float = 1.0) -> contextlib.AbstractContextManager:
+    """Swap every neuron's surrogate gradient inside the block (attack-time surrogate ensembles)."""
+    sg = surrogate if isinstance(surrogate, Surrogate) else Surrogate(surrogate, width)
+    mods = [m for _, m in spiking_neurons(model)]
+    return _setting(mods, "surrogate", [sg] * len(mods))

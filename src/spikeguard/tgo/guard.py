@@ -1,0 +1,54 @@
+"""The object a training loop calls: ``loss = task_loss + tgo(potentials, epoch)``."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .constraint import DEFAULT_DELTA, membrane_constraint
+from .schedules import LambdaSchedule
+
+
+class ThresholdGuard:
+    """Threshold Guarding Optimization: ``lambda(epoch) * L_mc(potentials)``.
+
+    Args:
+        delta: margin around the threshold.
+        v_threshold: firing threshold of the guarded neurons.
+        schedule: the dynamic lambda (default: linear ramp 0 -> 0.4 over ``ramp_epochs``).
+
+    After each call, :attr:`last_constraint` and :attr:`last_lambda` hold the values used
+    (for logging); :meth:`step` feeds dual ascent.
+    """
+
+    def __init__(self, delta: float = DEFAULT_DELTA, v_threshold: float = 1.0,
+                 schedule: LambdaSchedule | None = None) -> None:
+        if delta <= 0:
+            raise ValueError(f"delta must be > 0, got {delta}")
+        self.delta = float(delta)
+        self.v_threshold = float(v_threshold)
+        self.schedule = schedule or LambdaSchedule()
+        self.last_constraint = 0.0
+        self.last_lambda = 0.0
+
+    def constraint(self, potentials: Sequence[Tensor]) -> Tensor:
+        """``L_mc`` without the weight."""
+        return membrane_constraint(potentials, self.v_threshold, self.delta)
+
+    def __call__(self, potentials: Sequence[Tensor], epoch: float) -> Tensor:
+        lam = self.schedule(epoch)
+        l_mc = self.constraint(potentials)
+        self.last_constraint = float(l_mc.detach())
+        self.last_lambda = lam
+        self.schedule.update(self.last_constraint)
+        if lam == 0.0:
+            return l_mc * 0.0  # keeps the graph uniform; costs nothing measurable
+        return lam * l_mc
+
+    def state_dict(self) -> dict:
+        return {"schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.schedule.load_state_dict(state.get("schedule", {}))

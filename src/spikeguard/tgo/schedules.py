@@ -1,0 +1,76 @@
+"""Dynamic weight lambda of the constraint (PAPER.md section 2, Eq. 14).
+
+The paper says lambda starts small so the network can explore and grows during training
+to ``lambda_max``, without giving the curve. spikeguard offers linear, cosine and
+exponential ramps over training progress, a constant, and dual ascent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SCHEDULES = ("linear", "cosine", "exp", "constant", "dual")
+
+
+@dataclass
+class LambdaSchedule:
+    """lambda as a function of training progress ``p = epoch / ramp_epochs`` in [0, 1].
+
+    Args:
+        kind: ``linear``, ``cosine`` (half-cosine ease-in), ``exp`` (geometric from
+            ``lambda_start`` to ``lambda_max``), ``constant`` or ``dual`` (dual ascent:
+            ``lambda += lr * (L_mc - target)``, clipped to ``[0, lambda_max]``).
+        lambda_max: final (and maximal) weight.
+        lambda_start: weight at the start (``exp`` needs it > 0; default 1% of lambda_max).
+        ramp_epochs: epochs over which the ramp reaches ``lambda_max``; then it stays there.
+        dual_lr, dual_target: dual-ascent step size and constraint target.
+    """
+
+    kind: str = "linear"
+    lambda_max: float = 0.4
+    lambda_start: float | None = None
+    ramp_epochs: float = 1.0
+    dual_lr: float = 0.1
+    dual_target: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"unknown lambda schedule {self.kind!r}; choose one of {', '.join(SCHEDULES)}")
+        if not (self.lambda_max >= 0 and math.isfinite(self.lambda_max)):
+            raise ValueError(f"lambda_max must be a finite number >= 0, got {self.lambda_max}")
+        if self.ramp_epochs <= 0:
+            raise ValueError(f"ramp_epochs must be > 0, got {self.ramp_epochs}")
+        if self.lambda_start is None:
+            self.lambda_start = 0.0 if self.kind in ("linear", "cosine", "dual") else 0.01 * self.lambda_max
+        if not 0 <= self.lambda_start <= self.lambda_max:
+            raise ValueError(f"lambda_start must be in [0, lambda_max], got {self.lambda_start}")
+        self._dual_value = float(self.lambda_start)
+
+    def __call__(self, epoch: float) -> float:
+        """lambda at (possibly fractional) ``epoch``."""
+        lo, hi = float(self.lambda_start), float(self.lambda_max)
+        p = min(max(epoch / self.ramp_epochs, 0.0), 1.0)
+        if self.kind == "constant":
+            return hi
+        if self.kind == "linear":
+            return lo + (hi - lo) * p
+        if self.kind == "cosine":
+            return lo + (hi - lo) * 0.5 * (1.0 - math.cos(math.pi * p))
+        if self.kind == "exp":
+            if lo <= 0:
+                return hi * p
+            return lo * (hi / lo) ** p
+        return self._dual_value
+
+    def update(self, constraint_value: float) -> None:
+        """Dual-ascent step after a batch (no-op for the ramps)."""
+        if self.kind == "dual":
+            v = self._dual_value + self.dual_lr * (float(constraint_value) - self.dual_target)
+            self._dual_value = min(max(v, 0.0), float(self.lambda_max))
+
+    def state_dict(self) -> dict:
+        return {"dual_value": self._dual_value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._dual_value = float(state.get("dual_value", self._dual_value))

@@ -1,0 +1,9 @@
+"""Training: strategies (a batch -> a loss) and the loop that adds TGO."""
+
+from .strategies import BPTT, TET, StepOutput, Strategy, create_strategy, list_strategies, register_strategy, tet_loss
+from .trainer import EpochStats, Trainer, make_sgd
+
+__all__ = [
+    "Strategy", "StepOutput", "BPTT", "TET", "tet_loss", "create_strategy", "list_strategies",
+    "register_strategy", "Trainer", "EpochStats", "make_sgd",
+]

@@ -1,0 +1,125 @@
+"""The training loop: a strategy's loss + the optional TGO term, SGD + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import SpikeguardError
+from ..neurons import record_potentials
+from ..tgo import ThresholdGuard, near_threshold_share
+from .strategies import BPTT, Strategy
+
+
+@dataclass
+class EpochStats:
+    """Averages over one epoch."""
+
+    epoch: int
+    loss: float
+    task_loss: float
+    constraint: float
+    lam: float
+    accuracy: float
+    near_threshold: float
+    seconds: float
+    images_per_s: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def make_sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
+             epochs: int = 1, steps_per_epoch: int = 1) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with cosine annealing stepped per batch (the paper: SGD, lr 0.1, cosine)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    return opt, sched
+
+
+class Trainer:
+    """Runs epochs of ``loss = strategy(batch) + tgo(potentials, epoch)``.
+
+    Args:
+        model: a :class:`~spikeguard.models.SpikingModel`.
+        optimizer, scheduler: scheduler is stepped once per batch.
+        strategy: turns a batch into a task loss (default :class:`BPTT`).
+        guard: the TGO term, or ``None`` for no constraint.
+        delta_stat: margin used for the logged near-threshold share (defaults to the guard's).
+        grad_clip: optional max gradient norm.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 strategy: Strategy | None = None, guard: ThresholdGuard | None = None,
+                 delta_stat: float | None = None, grad_clip: float | None = None) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.strategy = strategy or BPTT()
+        self.guard = guard
+        self.delta_stat = delta_stat if delta_stat is not None else (guard.delta if guard else 0.5)
+        self.v_threshold = guard.v_threshold if guard else 1.0
+        self.grad_clip = grad_clip
+
+    def train_step(self, images: Tensor, labels: Tensor, epoch: float) -> dict[str, float]:
+        """One optimisation step; returns the batch's scalars."""
+        self.model.train()
+        with record_potentials(self.model) as rec:
+            potentials: list[Tensor] = []
+
+            def forward(x: Tensor) -> Tensor:
+                # keep only the potentials of the forward the loss is computed on
+                rec.clear()
+                out = self.model.forward_steps(x)
+                potentials[:] = rec.potentials
+                return out
+
+            out = self.strategy(self.model, images, labels, forward)
+        loss = out.loss
+        constraint = lam = 0.0
+        if self.guard is not None and potentials:
+            loss = loss + self.guard(potentials, epoch)
+            constraint, lam = self.guard.last_constraint, self.guard.last_lambda
+        if not torch.isfinite(loss):
+            raise SpikeguardError(f"training diverged: loss is {float(loss)} at epoch {epoch:.2f} (lower the learning rate)")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        near = near_threshold_share(potentials, self.v_threshold, self.delta_stat) if potentials else float("nan")
+        acc = float((out.logits.argmax(1) == labels).float().mean())
+        return dict(loss=float(loss.detach()), task_loss=float(out.loss.detach()), constraint=constraint, lam=lam,
+                    accuracy=acc, near_threshold=near, **out.metrics)
+
+    def train_epoch(self, loader: Iterable[tuple[Tensor, Tensor]], epoch: int, steps: int | None = None,
+                    on_batch: Callable[[dict[str, float]], None] | None = None) -> EpochStats:
+        """Train one epoch; ``steps`` (batches per epoch) lets lambda advance within the epoch."""
+        sums: dict[str, float] = {}
+        n = seen = 0
+        t0 = time.perf_counter()
+        for i, (x, y) in enumerate(loader):
+            frac = epoch + (i / steps if steps else 0.0)
+            m = self.train_step(x, y, frac)
+            b = x.shape[0]
+            for k, v in m.items():
+                if not math.isnan(v):
+                    sums[k] = sums.get(k, 0.0) + v * b
+            seen += b
+            n += 1
+            if on_batch is not None:
+                on_batch(m)
+        dt = time.perf_counter() - t0
+        avg = {k: v / max(seen, 1) for k, v in sums.items()}
+        return EpochStats(epoch=epoch, loss=avg.get("loss", float("nan")), task_loss=avg.get("task_loss", float("nan")),
+                          constraint=avg.get("constraint", 0.0), lam=avg.get("lam", 0.0),
+                          accuracy=avg.get("accuracy", float("nan")), near_threshold=avg.get("near_threshold", float("nan")),
+                          seconds=dt, images_per_s=seen / dt if dt > 0 else float("nan"))

@@ -71,7 +71,8 @@ class Attack:
 
     def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
         check_batch(images, labels)
-        adv = self.forward(images.detach(), labels.detach())
+        with torch.enable_grad():  # attacks need input gradients even when called under no_grad
+            adv = self.forward(images.detach(), labels.detach())
         return adv.detach()
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:

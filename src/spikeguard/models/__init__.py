@@ -3,8 +3,11 @@
 from .base import MultiStep, NeuronFactory, SpikingModel, conv_bn
 from .registry import count_parameters, create_model, list_models, register_model
 from .small import SmallConvSNN, SpikingMLP
+from .vgg import SpikingVGG
+from .wrn import SpikingWideResNet, WideBlock
 
 __all__ = [
     "SpikingModel", "MultiStep", "NeuronFactory", "conv_bn", "create_model", "list_models",
     "register_model", "count_parameters", "SmallConvSNN", "SpikingMLP",
+    "SpikingVGG", "SpikingWideResNet", "WideBlock",
 ]

@@ -59,5 +59,12 @@ def _register_builtin() -> None:
     register_model("small_conv")(lambda **kw: SmallConvSNN(**kw))
     register_model("mlp")(lambda **kw: SpikingMLP(**kw))
 
+    from .vgg import vgg11, vgg_small
+    from .wrn import wrn16_4
+
+    register_model("vgg11")(vgg11)
+    register_model("vgg_small")(vgg_small)
+    register_model("wrn16_4")(wrn16_4)
+
 
 _register_builtin()

@@ -1,0 +1,228 @@
+"""``load_dataset(name, split, root, cache_dir, subset, seed)``: one entry point for every dataset.
+
+Sources, detected from ``root``:
+
+* the python-pickle release: ``ROOT/cifar-10-batches-py`` / ``ROOT/cifar-100-python`` (or
+  ``root`` pointing at that folder itself), md5-verified against the official checksums;
+* an image-folder tree: ``ROOT/{train,test}/<class>/*.jpg|png`` (e.g. the shared
+  ``cifar10-jpg``), or ``ROOT/<name>/{train,test}/...``.
+
+Decoded splits are cached as uint8 arrays (``.npz``, written atomically) in ``cache_dir``
+(default ``$SPIKEGUARD_CACHE`` or ``~/.cache/spikeguard``), keyed by a fingerprint of the
+source files (names, sizes, modification times), so changing a file invalidates the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError, SpikeguardError
+from .base import ImageDataset
+from .cifar import (
+    CIFAR10_DIR, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_DIR, CIFAR100_MEAN, CIFAR100_STD, pickle_files,
+    read_cifar_pickle,
+)
+from .folder import decode_images, fingerprint_files, folder_classes, is_image_folder, list_images
+
+DATASETS = ("digits", "cifar10", "cifar100", "cifar100-coarse", "folder")
+_ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "cifar100-fine": "cifar100",
+            "cifar-100-coarse": "cifar100-coarse", "imagefolder": "folder", "image-folder": "folder"}
+_CACHE_FORMAT = 1
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`load_dataset`."""
+    return list(DATASETS)
+
+
+def default_cache_dir() -> Path:
+    """``$SPIKEGUARD_CACHE`` or ``~/.cache/spikeguard``."""
+    env = os.environ.get("SPIKEGUARD_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "spikeguard"
+
+
+def default_data_roots() -> list[Path]:
+    """Where datasets are looked for when no root is given: ``$SPIKEGUARD_DATA``, then ``./data``."""
+    roots = []
+    env = os.environ.get("SPIKEGUARD_DATA")
+    if env:
+        roots.append(Path(env).expanduser())
+    roots.append(Path("data"))
+    return roots
+
+
+def _normalise_name(name: str) -> str:
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return key
+
+
+def _find_source(name: str, root: Path) -> tuple[str, Path] | None:
+    """``("pickle", folder)`` or ``("folder", folder)`` for ``name`` under ``root``, or None."""
+    base = "cifar10" if name == "cifar10" else "cifar100"
+    pdir = CIFAR10_DIR if base == "cifar10" else CIFAR100_DIR
+    if name != "folder":
+        meta = pickle_files(root, base)["meta"]
+        for cand in (root, root / pdir):
+            if (cand / meta).is_file():
+                return "pickle", cand
+    for cand in (root, root / name, root / base, root / f"{base}-jpg"):
+        if cand.is_dir() and is_image_folder(cand):
+            return "folder", cand
+    return None
+
+
+def _missing(name: str, roots: list[Path]) -> DataError:
+    where = ", ".join(str(r) for r in roots)
+    if name == "folder":
+        return DataError(f"no image folder found in {where}: expected ROOT/train/<class>/*.jpg and "
+                         f"ROOT/test/<class>/*.jpg (set data.root)")
+    pdir = CIFAR10_DIR if name == "cifar10" else CIFAR100_DIR
+    archive = "cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz"
+    return DataError(
+        f"{name} not found in {where}. spikeguard never downloads: extract the official {archive} so that "
+        f"ROOT/{pdir}/ exists, or provide an image folder ROOT/{{train,test}}/<class>/*.png, then pass "
+        f"data.root=ROOT (CLI: --set data.root=ROOT) or set SPIKEGUARD_DATA=ROOT")
+
+
+def _cache_key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x, y, classes = z["images"], z["labels"], [str(c) for c in z["classes"]]
+        if x.dtype != np.uint8 or x.ndim != 4 or y.shape != (x.shape[0],):
+            raise ValueError("bad shapes")
+        return x, y.astype(np.int64), classes
+    except Exception as e:  # a damaged cache is rebuilt, never trusted
+        warnings.warn(f"ignoring unreadable dataset cache {path} ({e}); decoding again", stacklevel=3)
+        return None
+
+
+def _write_cache(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
+    from ..io import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, images=x, labels=y, classes=np.array(classes, dtype=str))
+    except SpikeguardError as e:  # caching is an optimisation: never fail the load for it
+        warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
+
+
+def _load_arrays(name: str, split: str, kind: str, src: Path, cache_dir: Path | None, verify: bool,
+                 progress: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    label = "coarse" if name == "cifar100-coarse" else "fine"
+    base = "cifar10" if name == "cifar10" else "cifar100"
+    files: list = []
+    if kind == "pickle":
+        table = pickle_files(src, base)
+        fp = []
+        for fname in [*table[split], table["meta"]]:
+            p = src / fname
+            if not p.is_file():
+                raise DataError(f"{p} is missing: {src} must hold the complete {base} python release")
+            st = p.stat()
+            fp.append((fname, st.st_size, st.st_mtime_ns))
+    else:
+        train_dir = src / "train"
+        classes = folder_classes(train_dir)
+        files = list_images(src / split, classes)
+        fp = fingerprint_files(files, src)
+    key = _cache_key({"format": _CACHE_FORMAT, "kind": kind, "name": name, "split": split,
+                      "source": str(src.resolve()), "files": fp})
+    cache_file = cache_dir / f"{name}-{split}-{key}.npz" if cache_dir is not None else None
+    if cache_file is not None and (hit := _read_cache(cache_file)) is not None:
+        return hit
+    if kind == "pickle":
+        x, y, classes = read_cifar_pickle(src, base, split, label=label, verify=verify)
+    else:
+        x, y = decode_images(files, progress=progress)
+    if cache_file is not None:
+        _write_cache(cache_file, x, y, classes)
+    return x, y, classes
+
+
+def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None, subset: int = 0, seed: int = 0,
+                 verify: bool = True, progress: bool = False) -> ImageDataset:
+    """Load one split of a dataset as an in-memory :class:`ImageDataset`.
+
+    Args:
+        name: ``digits`` (embedded, no files), ``cifar10``, ``cifar100`` (fine labels),
+            ``cifar100-coarse`` (20 superclasses) or ``folder`` (any image-folder tree).
+        split: ``train`` or ``test``.
+        root: where the data lives (see the module docstring); default ``$SPIKEGUARD_DATA``
+            then ``./data``.
+        cache_dir: where decoded arrays are cached; default ``$SPIKEGUARD_CACHE`` or
+            ``~/.cache/spikeguard``. Pass ``""`` to disable caching.
+        subset: if > 0, a class-balanced random subset of this many samples.
+        seed: seed of the subset draw.
+        verify: check md5s of the pickle release against the official checksums.
+        progress: show a progress bar while decoding image files.
+
+    Returns:
+        images ``uint8 [N, 3, 32, 32]`` (digits: float ``[N, 1, 8, 8]``), labels, class names
+        and the standard per-channel mean/std.
+
+    Raises:
+        DataError: unknown name, missing files (with where to put them), md5 mismatch,
+            corrupt or undecodable files (naming the file).
+    """
+    key = _normalise_name(name)
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    if subset < 0:
+        raise DataError(f"subset must be >= 0, got {subset}")
+    if key == "digits":
+        from .digits import load_digits_split
+
+        train, test = load_digits_split()
+        ds = train if split == "train" else test
+        return ds.subset(subset, seed) if subset else ds
+
+    roots = [Path(root).expanduser()] if root not in (None, "") else default_data_roots()
+    found = None
+    for r in roots:
+        if r.is_dir() and (found := _find_source(key, r)) is not None:
+            break
+    if found is None:
+        raise _missing(key, roots)
+    kind, src = found
+    if kind == "folder" and key == "cifar100-coarse":
+        raise DataError(f"{src} is an image folder with one label set; cifar100-coarse needs the python release "
+                        f"({CIFAR100_DIR})")
+    if cache_dir == "":
+        cdir = None
+    else:
+        cdir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        cdir = cdir / "datasets"
+    x, y, classes = _load_arrays(key, split, kind, src, cdir, verify, progress)
+
+    expected = {"cifar10": 10, "cifar100": 100, "cifar100-coarse": 20}.get(key)
+    if expected is not None and len(classes) != expected:
+        raise DataError(f"{src} has {len(classes)} classes but {key} has {expected}")
+    if key == "cifar10":
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+    elif key.startswith("cifar100"):
+        mean, std = CIFAR100_MEAN, CIFAR100_STD
+    else:  # a custom folder: statistics of the split itself
+        xf = torch.from_numpy(x).float().div_(255.0)
+        mean = tuple(float(v) for v in xf.mean((0, 2, 3)))
+        std = tuple(max(float(v), 1e-3) for v in xf.std((0, 2, 3)))
+    ds = ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)),
+                      list(classes), mean, std, name=key)
+    return ds.subset(subset, seed) if subset else ds

@@ -10,4 +10,16 @@ __version__ = "0.1.0"
 from .errors import CheckpointError, ConfigError, DataError, SpikeguardError  # noqa: E402
 from .models import create_model, list_models  # noqa: E402
 
-__all__ = ["__version__", "create_model", "list_models", "SpikeguardError", "ConfigError", "DataError", "CheckpointError"]
+
+def load(path, device="cpu"):
+    """Load a trained model from a run folder (``spikeguard train --out``), in eval mode.
+
+    Same as :func:`spikeguard.checkpoint.load_model`; raises ``CheckpointError`` on a
+    missing, corrupt or mismatched checkpoint.
+    """
+    from .checkpoint import load_model
+
+    return load_model(path, device=device)
+
+
+__all__ = ["__version__", "create_model", "list_models", "load", "SpikeguardError", "ConfigError", "DataError", "CheckpointError"]

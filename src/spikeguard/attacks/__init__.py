@@ -1,6 +1,29 @@
-"""Adversarial attacks (torchattacks-style classes; inputs in [0, 1])."""
+"""Adversarial attacks (torchattacks-style classes; inputs in [0, 1]).
 
-from .base import Attack, ce_loss, check_batch, check_eps
-from .gradient import FGSM, PGD
+``Attack(model, eps=8/255, ...)(images, labels) -> adversarial images``; the registry
+(:func:`build_attack`) builds any of them by name (``fgsm``, ``pgd20``, ``apgd-dlr``, ...).
+"""
 
-__all__ = ["Attack", "FGSM", "PGD", "ce_loss", "check_batch", "check_eps"]
+from .adaptive import (
+    AdaptiveSurrogate,
+    FixedNoise,
+    FixedNoiseModel,
+    NoiseFreeTransfer,
+    NoiseFreeTwin,
+    SurrogateEnsemble,
+    Transfer,
+    attack_surrogate,
+)
+from .apgd import APGD, apgd_checkpoints
+from .base import Attack, ce_loss, check_batch, check_eps, dlr_loss, get_loss, margin_loss, targeted_margin_loss
+from .gradient import FGSM, MTPGD, PGD, RFGSM
+from .registry import PAPER_SUITE, STRONG_SUITE, SUITES, build_attack, list_attacks, normalize_name, parse_attacks
+from .square import Square
+
+__all__ = [
+    "Attack", "FGSM", "RFGSM", "PGD", "MTPGD", "APGD", "Square", "Transfer", "NoiseFreeTransfer", "FixedNoise",
+    "SurrogateEnsemble", "AdaptiveSurrogate", "NoiseFreeTwin", "FixedNoiseModel", "attack_surrogate",
+    "ce_loss", "dlr_loss", "margin_loss", "targeted_margin_loss", "get_loss", "check_batch", "check_eps",
+    "apgd_checkpoints", "build_attack", "list_attacks", "normalize_name", "parse_attacks",
+    "SUITES", "PAPER_SUITE", "STRONG_SUITE",
+]

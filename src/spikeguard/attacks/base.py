@@ -49,6 +49,47 @@ def ce_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits, labels, reduction="none")
 
 
+def _other_max(logits: Tensor, labels: Tensor) -> Tensor:
+    """Largest logit among the classes other than ``labels``, ``[B]``."""
+    masked = logits.scatter(1, labels[:, None], float("-inf"))
+    return masked.max(1).values
+
+
+def margin_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample untargeted margin ``max_{i != y} z_i - z_y`` (> 0 exactly when misclassified).
+
+    Unlike cross-entropy it does not saturate for confident predictions, so its gradient
+    does not vanish in float32 when the softmax rounds to one.
+    """
+    return _other_max(logits, labels) - logits.gather(1, labels[:, None]).squeeze(1)
+
+
+def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Difference of Logits Ratio (Croce & Hein, 2020), per sample, to be maximised:
+    ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)`` with ``pi`` sorting the logits
+    in decreasing order. Invariant to shifting and rescaling the logits; needs >= 3 classes."""
+    if logits.shape[1] < 3:
+        raise SpikeguardError(f"the DLR loss needs at least 3 classes, the model has {logits.shape[1]}")
+    top = logits.topk(3, dim=1).values
+    return margin_loss(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def targeted_margin_loss(logits: Tensor, targets: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample ``z_t - z_y``: pushing the target class ``t`` above the true class ``y``
+    (the multi-targeted attack's objective, Gowal et al., 2019)."""
+    return logits.gather(1, targets[:, None]).squeeze(1) - logits.gather(1, labels[:, None]).squeeze(1)
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"ce": ce_loss, "dlr": dlr_loss, "margin": margin_loss}
+
+
+def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """A per-sample loss to maximise by name: ``ce``, ``dlr`` or ``margin``."""
+    if name not in LOSSES:
+        raise SpikeguardError(f"unknown attack loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
 class Attack:
     """Base class of every L-infinity attack.
 
@@ -57,9 +98,18 @@ class Attack:
         eps: L-infinity budget on the [0, 1] scale.
         eot: number of stochastic forward passes the input gradient is averaged over.
         eot_batched: run the EoT passes as one ``eot * B`` batch (faster) instead of a loop.
+
+    Class attributes used by :mod:`spikeguard.evaluation`:
+
+    * ``threat``: ``white-box`` (gradients of the evaluated model), ``black-box`` (scores
+      only), ``transfer`` (crafted on another model) or ``known-noise`` (the attacker sees
+      the Noisy-LIF noise sample the evaluation uses);
+    * ``stochastic_only``: meaningless on a deterministic model (the evaluation skips it).
     """
 
     name = "attack"
+    threat = "white-box"
+    stochastic_only = False
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, eot: int = 1, eot_batched: bool = True) -> None:
         self.model = model
@@ -82,28 +132,56 @@ class Attack:
         """Clip to the eps-ball around ``images`` and to [0, 1]."""
         return torch.min(torch.max(adv, images - self.eps), images + self.eps).clamp(0.0, 1.0)
 
+    def uniform_start(self, images: Tensor) -> Tensor:
+        """A uniform random point of the eps-ball around ``images`` (clipped to [0, 1])."""
+        return self.project(images + torch.empty_like(images).uniform_(-self.eps, self.eps), images)
+
     def input_grad(self, x: Tensor, labels: Tensor,
                    loss_fn: Callable[[Tensor, Tensor], Tensor] = ce_loss) -> tuple[Tensor, Tensor]:
         """Gradient of the summed per-sample loss w.r.t. ``x``, averaged over ``eot`` passes.
 
         Returns ``(grad [B, ...], per-sample loss [B])`` (loss averaged over the passes).
         """
+        grad, loss, _ = self.loss_grad(x, labels, loss_fn)
+        return grad, loss
+
+    def loss_grad(self, x: Tensor, labels: Tensor,
+                  loss_fn: Callable[[Tensor, Tensor], Tensor] = ce_loss) -> tuple[Tensor, Tensor, Tensor]:
+        """Like :meth:`input_grad`, and also the logits averaged over the ``eot`` passes.
+
+        Returns ``(grad [B, ...], per-sample loss [B], mean logits [B, K])``; the logits come
+        from the same forward passes as the gradient (no extra forward).
+        """
         k, b = self.eot, x.shape[0]
         x = x.detach().requires_grad_(True)
         if k == 1 or self.eot_batched:
             xs = x if k == 1 else x.expand(k, *x.shape).reshape(k * b, *x.shape[1:])
             ys = labels if k == 1 else labels.repeat(k)
-            loss = loss_fn(self.model(xs), ys).view(k, b).mean(0)
+            logits = self.model(xs)
+            loss = loss_fn(logits, ys).view(k, b).mean(0)
             (grad,) = torch.autograd.grad(loss.sum(), x)
-            return grad, loss.detach()
+            return grad, loss.detach(), logits.detach().view(k, b, -1).mean(0)
         grad = torch.zeros_like(x)
         total = torch.zeros(b, device=x.device)
+        mean_logits = None
         for _ in range(k):
-            loss = loss_fn(self.model(x), labels)
+            logits = self.model(x)
+            loss = loss_fn(logits, labels)
             (g,) = torch.autograd.grad(loss.sum(), x)
             grad += g / k
             total += loss.detach() / k
-        return grad, total
+            mean_logits = logits.detach() / k if mean_logits is None else mean_logits + logits.detach() / k
+        return grad, total, mean_logits
+
+    @torch.no_grad()
+    def logits(self, x: Tensor) -> Tensor:
+        """Logits averaged over ``eot`` passes, without building a graph (``[B, K]``)."""
+        k, b = self.eot, x.shape[0]
+        if k == 1:
+            return self.model(x)
+        if self.eot_batched:
+            return self.model(x.expand(k, *x.shape).reshape(k * b, *x.shape[1:])).view(k, b, -1).mean(0)
+        return sum(self.model(x) for _ in range(k)) / k
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps:.5g}, eot={self.eot})"

@@ -1,0 +1,339 @@
+"""Run an experiment from an :class:`~spikeguard.config.ExperimentConfig`.
+
+``run_experiment(cfg, out_dir)`` trains with the :class:`~spikeguard.training.Trainer`, the
+configured strategy and (optionally) the TGO :class:`~spikeguard.tgo.ThresholdGuard`, and
+writes into ``out_dir``:
+
+* ``config.json`` at the start (resolved config + model spec, see :mod:`spikeguard.checkpoint`);
+* ``log.jsonl``: one JSON line per epoch (loss, accuracy, lambda, constraint, near-threshold
+  share, learning rate, throughput, optional test accuracy);
+* checkpoints every ``checkpoint_every`` epochs and at the end (``model.safetensors``,
+  ``state.safetensors``/``state.json``);
+* ``results.json``: clean test accuracy (and, if configured and available, attack results).
+
+On CPU a run is deterministic given ``cfg.seed``; ``resume=True`` continues from the last
+checkpoint and ends with the same weights as an uninterrupted run (every RNG the loop uses
+is saved with the checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import (
+    CONFIG_FILE, MODEL_FILE, load_training_state, load_weights, read_run_config, save_checkpoint,
+    write_run_config,
+)
+from .config import ExperimentConfig, config_to_dict
+from .data import ImageDataset, batches, load_dataset, random_crop_flip
+from .errors import CheckpointError, ConfigError
+from .io import atomic_write_json, atomic_write_text, ensure_dir
+from .models import count_parameters, create_model
+from .tgo import LambdaSchedule, ThresholdGuard
+from .training import Trainer, create_strategy, make_sgd
+from .utils import resolve_device, seed_everything
+
+LOG_FILE = "log.jsonl"
+RESULTS_FILE = "results.json"
+
+# Shape and statistics of the known datasets, so a model can be built without loading data.
+_DATA_SHAPES = {
+    "digits": dict(in_channels=1, image_size=8, num_classes=10, mean=[0.3], std=[0.4]),
+    "cifar10": dict(in_channels=3, image_size=32, num_classes=10),
+    "cifar100": dict(in_channels=3, image_size=32, num_classes=100),
+    "cifar100-coarse": dict(in_channels=3, image_size=32, num_classes=20),
+}
+
+
+def build_datasets(cfg: ExperimentConfig, progress: bool = False) -> tuple[ImageDataset, ImageDataset]:
+    """The train and test splits named by ``cfg.data`` (subsets applied, cache used)."""
+    d = cfg.data
+    kw = dict(root=d.root or None, cache_dir=d.cache_dir or None, seed=cfg.seed, verify=d.verify_md5,
+              progress=progress)
+    train = load_dataset(d.name, "train", subset=d.subset, **kw)
+    test = load_dataset(d.name, "test", subset=d.test_subset, **kw)
+    if train.classes != test.classes:
+        raise ConfigError(f"data: train and test splits have different classes ({len(train.classes)} vs "
+                          f"{len(test.classes)})")
+    return train, test
+
+
+def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
+    if data is not None:
+        c, h, w = data.image_shape
+        if h != w:
+            raise ConfigError(f"data: images must be square, got {h}x{w}")
+        return dict(in_channels=c, image_size=h, num_classes=data.num_classes,
+                    mean=[float(v) for v in data.mean], std=[float(v) for v in data.std])
+    from .data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+
+    name = cfg.data.name.lower().replace("cifar-", "cifar")
+    if name not in _DATA_SHAPES:
+        raise ConfigError(f"build_model: pass the dataset to infer the input shape of {cfg.data.name!r}")
+    shape = dict(_DATA_SHAPES[name])
+    if name == "cifar10":
+        shape.update(mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD))
+    elif name.startswith("cifar100"):
+        shape.update(mean=list(CIFAR100_MEAN), std=list(CIFAR100_STD))
+    return shape
+
+
+def build_model(cfg: ExperimentConfig, data: ImageDataset | None = None) -> nn.Module:
+    """The network of ``cfg`` for ``data``'s input shape, classes and statistics.
+
+    ``data`` may be omitted for the built-in datasets (their shapes are known). The model
+    carries its ``create_model`` arguments as ``model.spikeguard_spec`` (used by checkpoints).
+    """
+    shape = _data_shape(cfg, data)
+    num_classes = cfg.model.num_classes or shape.pop("num_classes")
+    shape.pop("num_classes", None)
+    if data is not None and cfg.model.num_classes and cfg.model.num_classes < data.num_classes:
+        raise ConfigError(f"model.num_classes = {cfg.model.num_classes} but the data has {data.num_classes} classes")
+    spec = {"name": cfg.model.name, "num_classes": int(num_classes), "T": int(cfg.model.T),
+            "neuron": cfg.neuron.kind, "neuron_kw": cfg.neuron.neuron_kw(), "kw": {**shape, **cfg.model.kw}}
+    try:
+        model = create_model(spec["name"], num_classes=spec["num_classes"], T=spec["T"], neuron=spec["neuron"],
+                             neuron_kw=spec["neuron_kw"], **spec["kw"])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model: cannot build {cfg.model.name!r}: {e}") from None
+    model.spikeguard_spec = spec
+    return model
+
+
+def build_guard(cfg: ExperimentConfig) -> ThresholdGuard | None:
+    """The TGO term of ``cfg`` (None when ``tgo.enabled`` is false)."""
+    t = cfg.tgo
+    if not t.enabled:
+        return None
+    sched = LambdaSchedule(kind=t.schedule, lambda_max=t.lambda_max,
+                           lambda_start=None if t.lambda_start < 0 else t.lambda_start,
+                           ramp_epochs=t.ramp_epochs or cfg.optim.epochs, dual_lr=t.dual_lr, dual_target=t.dual_target)
+    return ThresholdGuard(delta=t.delta, v_threshold=cfg.neuron.v_threshold, schedule=sched)
+
+
+def build_strategy(cfg: ExperimentConfig):
+    """``create_strategy(cfg.strategy, **cfg.strategy_kw)`` with config-level errors."""
+    try:
+        return create_strategy(cfg.strategy, **cfg.strategy_kw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"strategy {cfg.strategy!r} with strategy_kw {cfg.strategy_kw}: {e}") from None
+
+
+@torch.no_grad()
+def test_accuracy(model: nn.Module, ds: ImageDataset, batch_size: int = 256, passes: int = 1,
+                  device: torch.device | str = "cpu") -> float:
+    """Clean accuracy on ``ds``; stochastic models are averaged over ``passes`` forward passes."""
+    from .neurons import is_stochastic
+
+    model.eval()
+    passes = passes if is_stochastic(model) else 1
+    correct = 0.0
+    for x, y in batches(ds, batch_size, device=device):
+        for _ in range(passes):
+            correct += float((model(x).argmax(1) == y).sum()) / passes
+    return correct / max(len(ds), 1)
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    st: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                          "torch": torch.get_rng_state(), "data": gen.get_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict, gen: torch.Generator) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    gen.set_state(st["data"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a torn last line of a crashed run
+                if row.get("epoch", 0) <= upto:
+                    rows.append(row)
+    return rows
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    from .io import _json_safe
+
+    atomic_write_text(path, "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in rows))
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict) and not k.endswith("kw"):
+            keys += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def run_experiment(cfg: ExperimentConfig | None, out_dir: str | Path, resume: bool = False, progress: bool = True,
+                   on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    """Train (or resume) the experiment ``cfg`` in ``out_dir``; return the results dict.
+
+    Args:
+        cfg: the experiment; may be None when resuming (the run's saved config is used).
+        out_dir: run folder. A new run refuses a folder that already holds a run.
+        resume: continue from the last checkpoint in ``out_dir``.
+        progress: show a progress bar and one summary line per epoch.
+        on_epoch: optional callback ``(completed_epochs, log_row)`` after each epoch's checkpoint.
+
+    Returns:
+        the content of ``results.json``.
+    """
+    out = Path(out_dir)
+    if resume:
+        if not (out / CONFIG_FILE).is_file():
+            raise CheckpointError(f"nothing to resume in {out}: no {CONFIG_FILE} (start a new run without --resume)")
+        saved, _ = read_run_config(out)
+        if cfg is None:
+            cfg = saved
+        else:
+            diff = _config_diff(config_to_dict(cfg), config_to_dict(saved))
+            if diff:
+                raise ConfigError(f"--resume with a config that differs from the run's in {', '.join(diff[:6])}; "
+                                  f"omit --config/--set to resume {out} as it was")
+    elif cfg is None:
+        raise ConfigError("run_experiment needs a config")
+    elif (out / CONFIG_FILE).exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    cfg.validate()
+    ensure_dir(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+
+    gen = seed_everything(cfg.seed)
+    train_ds, test_ds = build_datasets(cfg, progress=progress)
+    model = build_model(cfg, train_ds).to(device)
+    n_params = count_parameters(model)
+    write_run_config(out, cfg, model.spikeguard_spec, n_params)
+
+    steps = math.ceil(len(train_ds) / cfg.optim.batch_size)
+    epochs = cfg.optim.epochs
+    opt, sched = make_sgd(model, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+                          epochs=epochs, steps_per_epoch=steps)
+    if cfg.optim.schedule == "constant":
+        sched = None
+    strategy = build_strategy(cfg)
+    guard = build_guard(cfg)
+    trainer = Trainer(model, opt, sched, strategy=strategy, guard=guard, delta_stat=cfg.tgo.delta,
+                      grad_clip=cfg.optim.grad_clip or None)
+
+    start, elapsed = 0, 0.0
+    state = load_training_state(out) if resume and (out / MODEL_FILE).exists() else None
+    if state is not None:
+        load_weights(model, out / MODEL_FILE, device=device)
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler") is not None:
+            sched.load_state_dict(state["scheduler"])
+        if guard is not None and state.get("guard") is not None:
+            guard.load_state_dict(state["guard"])
+        if state.get("strategy") is not None and hasattr(strategy, "load_state_dict"):
+            strategy.load_state_dict(state["strategy"])
+        _set_rng_state(state["rng"], gen)
+        start, elapsed = int(state["epoch"]), float(state.get("elapsed", 0.0))
+    log_path = out / LOG_FILE
+    rows = _read_log(log_path, start) if resume else []
+    _write_log(log_path, rows)
+
+    from tqdm.auto import tqdm
+
+    augment = random_crop_flip if cfg.data.augment else None
+    for epoch in range(start, epochs):
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False,
+                   dynamic_ncols=True)
+        run_sums: dict[str, float] = {}
+        count = [0]
+
+        def on_batch(m: dict[str, float]) -> None:
+            count[0] += 1
+            for k in ("loss", "accuracy", "lam", "near_threshold"):
+                if not math.isnan(m.get(k, float("nan"))):
+                    run_sums[k] = run_sums.get(k, 0.0) + m[k]
+            n = count[0]
+            bar.set_postfix(loss=f"{run_sums.get('loss', 0) / n:.3f}", acc=f"{run_sums.get('accuracy', 0) / n:.3f}",
+                            lam=f"{m.get('lam', 0.0):.3f}", near=f"{run_sums.get('near_threshold', 0) / n:.3f}",
+                            refresh=False)
+            bar.update(1)
+
+        lr = opt.param_groups[0]["lr"]
+        loader = batches(train_ds, cfg.optim.batch_size, shuffle=True, generator=gen, augment=augment, device=device)
+        stats = trainer.train_epoch(loader, epoch, steps, on_batch=on_batch)
+        bar.close()
+        elapsed += stats.seconds
+        row = {**stats.as_dict(), "epoch": epoch + 1, "lr": lr, "elapsed": elapsed}
+        if cfg.eval.test_every and (epoch + 1) % cfg.eval.test_every == 0 and epoch + 1 < epochs:
+            row["test_accuracy"] = test_accuracy(model, test_ds, cfg.eval.batch_size, cfg.eval.passes, device)
+        rows.append(row)
+        _write_log(log_path, rows)
+        if progress:
+            extra = f" test {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {stats.loss:.4f} acc {stats.accuracy:.4f} "
+                       f"lambda {stats.lam:.3f} near {stats.near_threshold:.4f} "
+                       f"{stats.images_per_s:.0f} img/s {stats.seconds:.1f}s{extra}")
+        last = epoch + 1 == epochs
+        if last or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
+            ckpt_state = {"epoch": epoch + 1, "elapsed": elapsed, "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict() if sched is not None else None,
+                          "guard": guard.state_dict() if guard is not None else None,
+                          "strategy": strategy.state_dict() if hasattr(strategy, "state_dict") else None,
+                          "rng": _rng_state(gen)}
+            save_checkpoint(out, model, cfg, ckpt_state)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, row)
+
+    acc = test_accuracy(model, test_ds, cfg.eval.batch_size, cfg.eval.passes, device)
+    results: dict[str, Any] = {
+        "test_accuracy": acc, "test_samples": len(test_ds), "train_samples": len(train_ds),
+        "epochs": epochs, "train_seconds": elapsed, "seconds_per_epoch": elapsed / max(len(rows), 1),
+        "param_count": n_params, "model": cfg.model.name, "dataset": cfg.data.name, "device": str(device),
+        "final_epoch": rows[-1] if rows else None,
+    }
+    if cfg.eval.attacks:
+        results["attacks"] = _run_attacks(model, test_ds, cfg, out, progress)
+    atomic_write_json(out / RESULTS_FILE, results)
+    if progress:
+        tqdm.write(f"clean test accuracy {acc:.4f} on {len(test_ds)} images; run saved in {out}")
+    return results
+
+
+def _run_attacks(model: nn.Module, test_ds: ImageDataset, cfg: ExperimentConfig, out: Path, progress: bool) -> dict:
+    """Hand the configured attacks to ``spikeguard.evaluation.evaluate_config_attacks`` if it exists."""
+    from . import evaluation
+
+    hook = getattr(evaluation, "evaluate_config_attacks", None)
+    if hook is None:
+        msg = "spikeguard.evaluation provides no evaluate_config_attacks; run 'spikeguard evaluate' on the run folder"
+        warnings.warn(msg, stacklevel=2)
+        return {"skipped": msg}
+    return hook(model, test_ds, cfg, out_dir=out, progress=progress)
+
+
+__all__ = ["run_experiment", "build_model", "build_datasets", "build_guard", "build_strategy", "test_accuracy",
+           "LOG_FILE", "RESULTS_FILE"]

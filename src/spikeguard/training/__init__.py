@@ -2,8 +2,12 @@
 
 from .strategies import BPTT, TET, StepOutput, Strategy, create_strategy, list_strategies, register_strategy, tet_loss
 from .trainer import EpochStats, Trainer, make_sgd
+from .adversarial import AdversarialTraining, RegularizedAdversarialTraining, crafting_mode  # registers at, rat
+from .baselines import SparsityRegularization, SparsityRegularizedAT, StochasticGating  # registers sr, sr_at, stog
 
 __all__ = [
     "Strategy", "StepOutput", "BPTT", "TET", "tet_loss", "create_strategy", "list_strategies",
     "register_strategy", "Trainer", "EpochStats", "make_sgd",
+    "AdversarialTraining", "RegularizedAdversarialTraining", "crafting_mode",
+    "SparsityRegularization", "SparsityRegularizedAT", "StochasticGating",
 ]

@@ -36,12 +36,27 @@ class StepOutput:
 
 
 class Strategy:
-    """Base class. Subclasses implement :meth:`__call__`."""
+    """Base class. Subclasses implement :meth:`__call__`.
+
+    Two optional hooks let a strategy act outside the loss; the :class:`Trainer` calls them
+    around every optimisation step (both default to doing nothing):
+
+    * :meth:`begin_step` ``(model, epoch)`` before the batch (e.g. a schedule over epochs);
+    * :meth:`after_step` ``(model)`` after ``optimizer.step()`` (e.g. a weight retraction);
+      it may return extra scalars to log.
+    """
 
     name = "strategy"
 
     def __call__(self, model: nn.Module, images: Tensor, labels: Tensor, forward: Forward) -> StepOutput:
         raise NotImplementedError
+
+    def begin_step(self, model: nn.Module, epoch: float) -> None:
+        """Called before each batch with the (fractional) epoch."""
+
+    def after_step(self, model: nn.Module) -> dict[str, float]:
+        """Called after each optimiser step; returns scalars to log."""
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -37,7 +37,14 @@ class EpochStats:
 def make_sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
              epochs: int = 1, steps_per_epoch: int = 1) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD with cosine annealing stepped per batch (the paper: SGD, lr 0.1, cosine)."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    # parameters flagged ``no_weight_decay`` (e.g. StoG keep probabilities, which carry their own
+    # prior) are excluded from weight decay
+    params = list(model.parameters())
+    no_decay = [p for p in params if getattr(p, "no_weight_decay", False)]
+    groups: list[dict] = [{"params": [p for p in params if not getattr(p, "no_weight_decay", False)]}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     return opt, sched
 
@@ -70,6 +77,9 @@ class Trainer:
     def train_step(self, images: Tensor, labels: Tensor, epoch: float) -> dict[str, float]:
         """One optimisation step; returns the batch's scalars."""
         self.model.train()
+        begin = getattr(self.strategy, "begin_step", None)
+        if begin is not None:
+            begin(self.model, epoch)
         with record_potentials(self.model) as rec:
             potentials: list[Tensor] = []
 
@@ -93,12 +103,14 @@ class Trainer:
         if self.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
+        after = getattr(self.strategy, "after_step", None)
+        extra = (after(self.model) or {}) if after is not None else {}
         if self.scheduler is not None:
             self.scheduler.step()
         near = near_threshold_share(potentials, self.v_threshold, self.delta_stat) if potentials else float("nan")
         acc = float((out.logits.argmax(1) == labels).float().mean())
         return dict(loss=float(loss.detach()), task_loss=float(out.loss.detach()), constraint=constraint, lam=lam,
-                    accuracy=acc, near_threshold=near, **out.metrics)
+                    accuracy=acc, near_threshold=near, **out.metrics, **extra)
 
     def train_epoch(self, loader: Iterable[tuple[Tensor, Tensor]], epoch: int, steps: int | None = None,
                     on_batch: Callable[[dict[str, float]], None] | None = None) -> EpochStats:

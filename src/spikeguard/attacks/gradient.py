@@ -137,7 +137,11 @@ class MTPGD(Attack):
         adv = self.uniform_start(images) if self.random_start else images.clone()
         g = torch.zeros_like(images)
         view = (-1,) + (1,) * (images.dim() - 1)
-        loss_fn = lambda z, y: targeted_margin_loss(z, targets, y)  # noqa: E731
+
+        def loss_fn(z: Tensor, y: Tensor) -> Tensor:
+            # with EoT the batch is the K passes stacked: repeat the targets alongside the labels
+            return targeted_margin_loss(z, targets.repeat(len(y) // len(targets)), y)
+
         for _ in range(self.steps):
             grad, _ = self.input_grad(adv, labels, loss_fn)
             g = self.momentum * g + grad / (grad.abs().flatten(1).mean(1).view(view) + 1e-12)

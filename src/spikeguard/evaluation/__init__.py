@@ -1,5 +1,18 @@
-"""Accuracy and robustness evaluation."""
+"""Accuracy and robustness evaluation.
 
+* :func:`evaluate_robustness`: many attacks, per-sample results over stochastic passes,
+  worst case, JSON and table (:class:`RobustnessReport`);
+* :func:`audit_robustness`: the sanity checks that expose gradient masking (:class:`AuditReport`);
+* ``predict`` / ``correct_over_passes`` / ``adversarial_examples``: the simple helpers.
+"""
+
+from .audit import AuditReport, Check, audit_robustness
 from .basic import adversarial_examples, correct_over_passes, near_threshold_of, predict
+from .engine import AttackResult, RobustnessReport, correct_per_pass, evaluate_robustness, summarize
+from .stats import mean_ci95, wilson_ci95
 
-__all__ = ["predict", "correct_over_passes", "adversarial_examples", "near_threshold_of"]
+__all__ = [
+    "predict", "correct_over_passes", "adversarial_examples", "near_threshold_of",
+    "evaluate_robustness", "RobustnessReport", "AttackResult", "correct_per_pass", "summarize",
+    "audit_robustness", "AuditReport", "Check", "mean_ci95", "wilson_ci95",
+]

@@ -1,0 +1,387 @@
+"""Robustness evaluation: many attacks, per-sample results, stochastic passes, worst case.
+
+What a result means (see docs/evaluation.md):
+
+* every sample gets, per attack and per evaluation pass ``p``, one boolean: *robust on
+  pass p* = classified correctly on pass ``p`` both clean and after the attack (the
+  attacker may always choose the zero perturbation, so a clean mistake is never robust);
+* a stochastic (Noisy-LIF) model is judged over ``passes`` forward passes: pass ``p``
+  draws the same noise for the clean images and for every attack (common random
+  numbers), so attacks are compared under identical noise and the per-pass worst case
+  is well defined; accuracies are reported as the mean over passes with a 95% interval;
+* the worst case counts a sample as robust on pass ``p`` only if it survives every
+  attack on that pass;
+* the clean forward is computed once per batch and reused: samples that no pass
+  classifies correctly are not attacked at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..attacks import Attack, build_attack
+from ..attacks.registry import normalize_name
+from ..errors import SpikeguardError
+from ..neurons import is_stochastic, noise_seed
+from ..utils import eps_label
+from .stats import mean_ci95, wilson_ci95
+
+BUDGET_TOL = 1e-6
+
+# Display names and column order of the paper's table (PAPER.md section 4).
+_PAPER_ORDER = ("fgsm", "rfgsm", "pgd7", "pgd10", "pgd20", "pgd30", "pgd40", "pgd50", "apgd-ce", "apgd-dlr", "mtpgd")
+
+
+def display_name(name: str) -> str:
+    """``pgd10`` -> ``PGD10``, ``apgd-ce`` -> ``APGD-CE``, ``sg-ensemble`` -> ``SG-ENSEMBLE``."""
+    return name.upper()
+
+
+@dataclass
+class AttackResult:
+    """Per-sample outcome of one attack.
+
+    Attributes:
+        name: attack name (registry name or the caller's label).
+        robust: bool ``[P, n]``: robust on evaluation pass ``p`` (``P = 1`` when deterministic).
+        eps: the attack's budget.
+        threat: ``white-box``, ``black-box``, ``transfer`` or ``known-noise``.
+        description: ``repr`` of the attack (its settings).
+        seconds: wall time spent attacking and judging.
+        max_linf: largest ``||x_adv - x||_inf`` over the attacked samples.
+        x_min, x_max: range of the adversarial images.
+        n_attacked: samples actually attacked (those some clean pass got right).
+    """
+
+    name: str
+    robust: Tensor
+    eps: float
+    threat: str
+    description: str
+    seconds: float = 0.0
+    max_linf: float = 0.0
+    x_min: float = 0.0
+    x_max: float = 1.0
+    n_attacked: int = 0
+
+    @property
+    def per_pass(self) -> list[float]:
+        return self.robust.float().mean(1).tolist()
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.robust.float().mean())
+
+    @property
+    def within_budget(self) -> bool:
+        """``||delta||_inf <= eps + 1e-6`` and ``x_adv`` in [0, 1] for every sample."""
+        return self.max_linf <= self.eps + BUDGET_TOL and self.x_min >= 0.0 and self.x_max <= 1.0
+
+    def summary(self) -> dict:
+        return summarize(self.robust) | {
+            "threat": self.threat, "eps": self.eps, "eps_label": eps_label(self.eps), "attack": self.description,
+            "seconds": round(self.seconds, 3), "max_linf": self.max_linf, "x_min": self.x_min, "x_max": self.x_max,
+            "within_budget": self.within_budget, "n_attacked": self.n_attacked}
+
+
+def summarize(robust: Tensor) -> dict:
+    """Accuracy summary of a bool ``[P, n]`` array: mean over passes, intervals, per pass."""
+    per_pass = robust.float().mean(1).tolist()
+    mean, ci = mean_ci95(per_pass)
+    return {"accuracy": mean, "ci95": list(ci) if ci else None,
+            "ci95_samples": list(wilson_ci95(mean, robust.shape[1]) or ()) or None,
+            "per_pass": per_pass if len(per_pass) > 1 else None}
+
+
+@dataclass
+class RobustnessReport:
+    """Everything :func:`evaluate_robustness` measured.
+
+    Attributes:
+        clean: bool ``[P, n]``: correct on clean pass ``p``.
+        results: per attack, in run order.
+        skipped: attacks not run and why (e.g. noise attacks on a deterministic model).
+    """
+
+    eps: float
+    eot: int
+    passes: int
+    stochastic: bool
+    num_classes: int
+    seed: int
+    clean: Tensor
+    results: dict[str, AttackResult] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    labels: Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.clean.shape[1])
+
+    def robust(self, name: str) -> Tensor:
+        """``[P, n]`` robust flags of an attack, broadcast to the report's passes."""
+        r = self.results[name].robust
+        return r.expand(self.clean.shape[0], -1) if r.shape[0] == 1 else r
+
+    def worst_case(self, names: Iterable[str] | None = None) -> Tensor:
+        """``[P, n]``: robust on pass p against every attack in ``names`` (default: all run)."""
+        out = self.clean.clone()
+        for name in (self.results if names is None else names):
+            out &= self.robust(name)
+        return out
+
+    def accuracy(self, name: str) -> float:
+        """Mean robust accuracy of an attack (``clean`` and ``worst_case`` also accepted)."""
+        if name == "clean":
+            return float(self.clean.float().mean())
+        if name == "worst_case":
+            return float(self.worst_case().float().mean())
+        return self.results[name].accuracy
+
+    def fresh_noise_names(self) -> list[str]:
+        return [k for k, r in self.results.items() if r.threat != "known-noise"]
+
+    def to_dict(self, per_sample: bool = True) -> dict:
+        """JSON-ready dict: settings, clean, per attack, worst case, paper-layout table."""
+        wc_names = list(self.results)
+        doc: dict = {
+            "eps": self.eps, "eps_label": eps_label(self.eps), "n_samples": self.n, "passes": self.passes,
+            "eot": self.eot, "stochastic": self.stochastic, "num_classes": self.num_classes, "seed": self.seed,
+            "seconds": round(self.seconds, 3),
+            "clean": summarize(self.clean),
+            "attacks": {k: r.summary() for k, r in self.results.items()},
+            "worst_case": summarize(self.worst_case()) | {"attacks": wc_names},
+            "skipped": dict(self.skipped),
+        }
+        fresh = self.fresh_noise_names()
+        if len(fresh) < len(wc_names):
+            doc["worst_case_fresh_noise"] = summarize(self.worst_case(fresh)) | {"attacks": fresh}
+        doc["table"] = self.table_row()
+        if per_sample:
+            doc["per_sample"] = {
+                "note": "fraction of evaluation passes on which each sample was robust (clean: correct)",
+                "labels": self.labels.tolist() if self.labels is not None else None,
+                "clean": [round(v, 4) for v in self.clean.float().mean(0).tolist()],
+                **{k: [round(v, 4) for v in self.robust(k).float().mean(0).tolist()] for k in self.results},
+                "worst_case": [round(v, 4) for v in self.worst_case().float().mean(0).tolist()],
+            }
+        return doc
+
+    def ordered_names(self) -> list[str]:
+        """Attacks in the paper's column order first, then the others in run order."""
+        first = [n for n in _PAPER_ORDER if n in self.results]
+        return first + [n for n in self.results if n not in first]
+
+    def table_row(self) -> dict[str, float]:
+        """``{column: accuracy}`` in the paper's layout: clean, FGSM, RFGSM, PGD7..40, APGD, MTPGD, ..., worst case."""
+        row = {"clean": self.accuracy("clean")}
+        row.update({display_name(n): self.results[n].accuracy for n in self.ordered_names()})
+        row["worst case"] = self.accuracy("worst_case")
+        return row
+
+    def format_table(self, title: str | None = None) -> str:
+        """Printable table: one row per attack, accuracy with its 95% interval."""
+        lines = []
+        if title:
+            lines.append(title)
+        judged = f"{self.passes} passes, EoT {self.eot}" if self.stochastic else "deterministic"
+        lines.append(f"eps = {eps_label(self.eps)}, n = {self.n}, {judged}")
+        head = f"{'attack':<16} {'threat':<12} {'accuracy':>9}  {'95% interval':<17} {'time':>7}"
+        lines += [head, "-" * len(head)]
+
+        def row(label: str, threat: str, robust: Tensor, seconds: float | None) -> str:
+            s = summarize(robust)
+            ci = s["ci95"] or s["ci95_samples"]
+            kind = "" if s["ci95"] else "*"
+            ci_txt = f"[{100 * ci[0]:5.1f}, {100 * ci[1]:5.1f}]{kind}" if ci else ""
+            t = f"{seconds:6.1f}s" if seconds is not None else ""
+            return f"{label:<16} {threat:<12} {100 * s['accuracy']:8.2f}%  {ci_txt:<17} {t:>7}"
+
+        lines.append(row("clean", "", self.clean, None))
+        for n in self.ordered_names():
+            r = self.results[n]
+            lines.append(row(display_name(n), r.threat, self.robust(n), r.seconds))
+        lines.append("-" * len(head))
+        lines.append(row("WORST CASE", "all", self.worst_case(), None))
+        fresh = self.fresh_noise_names()
+        if len(fresh) < len(self.results):
+            lines.append(row("worst, fresh", "no known-noise", self.worst_case(fresh), None))
+        for k, why in self.skipped.items():
+            lines.append(f"(skipped {k}: {why})")
+        if not self.stochastic:
+            lines.append("* interval over the test samples (Wilson); stochastic models show it over passes")
+        return "\n".join(lines)
+
+
+def _eval_seed(seed: int, batch_index: int) -> int:
+    # Distinct per batch and far apart, so noise_seed's per-layer offsets never collide.
+    return (int(seed) % 100_003) * 1_000_000 + batch_index * 1_000
+
+
+def correct_per_pass(model: nn.Module, x: Tensor, y: Tensor, passes: int, seed: int | None,
+                     max_batch: int = 4096) -> Tensor:
+    """bool ``[passes, b]``: correct on each of ``passes`` forward passes (one batch of ``passes * b``).
+
+    With ``seed`` the Noisy-LIF noise is drawn from it (same seed and shape, same noise).
+    Runs under ``torch.inference_mode``.
+    """
+    b = x.shape[0]
+    ctx = noise_seed(model, seed) if seed is not None else contextlib.nullcontext()
+    with torch.inference_mode(), ctx:
+        if passes == 1:
+            return (model(x).argmax(1) == y)[None]
+        xs = x.expand(passes, *x.shape).reshape(passes * b, *x.shape[1:])
+        preds = torch.cat([model(xs[i:i + max_batch]).argmax(1) for i in range(0, len(xs), max_batch)])
+        return preds.view(passes, b) == y[None]
+
+
+AttackLike = str | Attack | tuple[str, Attack]
+
+
+def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attacks: Sequence[AttackLike], *,
+                        eps: float = 8 / 255, eot: int = 1, passes: int = 1, alpha: float = 0.01,
+                        batch_size: int = 128, seed: int = 0, source: nn.Module | None = None,
+                        attack_kw: dict[str, dict] | None = None, device: torch.device | str | None = None,
+                        max_eval_batch: int = 4096, progress: bool = False) -> RobustnessReport:
+    """Run ``attacks`` on ``(images, labels)`` and judge every sample on every pass.
+
+    Args:
+        model: the target; its train/eval mode is left as it is (call ``model.eval()``).
+        images: ``[N, C, H, W]`` in [0, 1]; labels ``[N]``.
+        attacks: registry names (``"pgd10"``), :class:`Attack` objects, or ``(label, Attack)``.
+        eps, alpha: budget and PGD step for attacks built by name.
+        eot: EoT passes for attacks built by name (forced to 1 for deterministic models).
+        passes: evaluation passes for a stochastic model (1 for deterministic ones).
+        batch_size: images per attack batch.
+        seed: seeds the attacks' random starts (global torch RNG) and the evaluation noise.
+        source: source model of the ``transfer`` attack.
+        attack_kw: per-name constructor overrides, e.g. ``{"square": {"queries": 500}}``.
+        device: where to run (default: the model's device).
+        max_eval_batch: largest batch of one judging forward (``passes * b`` is split).
+        progress: show a progress bar.
+
+    Raises:
+        SpikeguardError: bad inputs or attack names.
+    """
+    t_start = time.perf_counter()
+    if images.dim() != 4 or labels.dim() != 1 or len(images) != len(labels):
+        raise SpikeguardError(f"need images [N, C, H, W] and labels [N], got {tuple(images.shape)} and {tuple(labels.shape)}")
+    if len(labels) == 0:
+        raise SpikeguardError("no samples to evaluate")
+    if passes < 1 or eot < 1 or batch_size < 1:
+        raise SpikeguardError("passes, eot and batch_size must be >= 1")
+    if images.is_floating_point() is False:
+        raise SpikeguardError("images must be float in [0, 1] (use ImageDataset.float_images())")
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    stochastic = is_stochastic(model)
+    n_pass = passes if stochastic else 1
+    eot_used = eot if stochastic else 1
+    torch.manual_seed(seed)
+
+    named: list[tuple[str, Attack]] = []
+    skipped: dict[str, str] = {}
+    for a in attacks:
+        if isinstance(a, tuple):
+            label, atk = a
+        elif isinstance(a, Attack):
+            label, atk = a.name, a
+        else:
+            label = normalize_name(a)
+            if label == "transfer" and source is None and not stochastic:
+                skipped[label] = "needs a source model for a deterministic target"
+                continue
+            atk = build_attack(label, model, eps=eps, eot=eot_used, alpha=alpha, source=source, seed=seed,
+                               **((attack_kw or {}).get(label, {})))
+        if atk.stochastic_only and not stochastic:
+            skipped[label] = "the model has no Noisy-LIF noise"
+            continue
+        if label in dict(named):
+            raise SpikeguardError(f"attack {label!r} given twice")
+        named.append((label, atk))
+
+    n = len(labels)
+    clean = torch.zeros(n_pass, n, dtype=torch.bool)
+    robust = {k: torch.zeros(1 if not stochastic else n_pass, n, dtype=torch.bool) for k, _ in named}
+    stats = {k: dict(seconds=0.0, max_linf=0.0, x_min=math.inf, x_max=-math.inf, n_attacked=0) for k, _ in named}
+    n_batches = math.ceil(n / batch_size)
+    bar = _progress(n_batches * (1 + len(named)), progress)
+    num_classes = None
+    for bi in range(n_batches):
+        s, e = bi * batch_size, min(n, (bi + 1) * batch_size)
+        x, y = images[s:e].to(device), labels[s:e].to(device)
+        es = _eval_seed(seed, bi) if stochastic else None
+        if num_classes is None:
+            with torch.inference_mode():
+                num_classes = int(model(x[:1]).shape[1])
+        ok = correct_per_pass(model, x, y, n_pass, es, max_eval_batch).cpu()
+        clean[:, s:e] = ok
+        bar.update(1)
+        todo = ok.any(0).nonzero().squeeze(1)
+        xs, ys = x[todo.to(device)], y[todo.to(device)]
+        for label, atk in named:
+            st = stats[label]
+            t0 = time.perf_counter()
+            if len(todo):
+                st["n_attacked"] += len(todo)
+                if getattr(atk, "threat", "") == "known-noise":
+                    # one attack per pass, each against (and judged under) that pass's noise sample
+                    hit = torch.zeros(n_pass, len(todo), dtype=torch.bool)
+                    for p in range(n_pass):
+                        ps = es + 100 * (p + 1)
+                        adv = atk.craft(xs, ys, ps)
+                        _budget(st, adv, xs)
+                        hit[p] = correct_per_pass(atk.judge_model(ps), adv, ys, 1, None, max_eval_batch)[0].cpu()
+                else:
+                    adv = atk(xs, ys)
+                    _budget(st, adv, xs)
+                    hit = correct_per_pass(model, adv, ys, n_pass, es, max_eval_batch).cpu()
+                robust[label][:, s + todo] = hit & ok[:, todo]
+            st["seconds"] += time.perf_counter() - t0
+            bar.update(1)
+    bar.close()
+
+    report = RobustnessReport(eps=float(eps), eot=eot_used, passes=n_pass, stochastic=stochastic,
+                              num_classes=num_classes or 0, seed=seed, clean=clean, skipped=skipped,
+                              labels=labels.detach().cpu())
+    for label, atk in named:
+        st = stats[label]
+        if st["n_attacked"] == 0:
+            st["x_min"], st["x_max"] = 0.0, 1.0
+        report.results[label] = AttackResult(
+            name=label, robust=robust[label], eps=atk.eps, threat=getattr(atk, "threat", "white-box"),
+            description=repr(atk), seconds=st["seconds"], max_linf=st["max_linf"], x_min=st["x_min"],
+            x_max=st["x_max"], n_attacked=st["n_attacked"])
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def _budget(st: dict, adv: Tensor, x: Tensor) -> None:
+    with torch.no_grad():
+        st["max_linf"] = max(st["max_linf"], float((adv - x).abs().max()))
+        st["x_min"] = min(st["x_min"], float(adv.min()))
+        st["x_max"] = max(st["x_max"], float(adv.max()))
+
+
+class _NoBar:
+    def update(self, k: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="evaluate", unit="step", leave=False)

@@ -1,0 +1,52 @@
+"""Small statistics helpers for accuracies measured over stochastic passes and finite test sets."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+# Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (used if scipy is missing).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """``t_{0.975}`` with ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError("df must be >= 1")
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(0.975, df))
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, tuple[float, float] | None]:
+    """Mean of per-pass values and its 95% Student-t interval (None for a single value).
+
+    The interval describes pass-to-pass variation (the model's noise), not the finite
+    test set; see :func:`wilson_ci95` for the latter.
+    """
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n == 0:
+        return float("nan"), None
+    m = sum(vals) / n
+    if n == 1:
+        return m, None
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1))
+    h = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    return m, (m - h, m + h)
+
+
+def wilson_ci95(p: float, n: int) -> tuple[float, float] | None:
+    """95% Wilson score interval of a proportion ``p`` measured on ``n`` samples."""
+    if n <= 0 or not math.isfinite(p):
+        return None
+    z = 1.959964
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -9,6 +9,12 @@ Dynamics (PAPER.md section 1), per time step ``t``::
 Neurons hold no state between calls: every forward starts from ``V[-1] = 0``, so there is
 nothing to reset. The pre-spike potentials ``U`` are handed to any active
 :class:`~spikeguard.neurons.recording.PotentialRecorder` (see ``record_potentials``).
+
+Two interchangeable implementations (``backend``) compute the same numbers:
+
+* ``"fused"`` (default): one autograd node for the whole scan
+  (:mod:`spikeguard.neurons.fused`), saving only ``U`` (and the noise);
+* ``"loop"``: the reference, a per-step loop of ordinary tensor operations.
 """
 
 from __future__ import annotations
@@ -18,9 +24,26 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .fused import lif_scan
 from .surrogate import Surrogate, spike
 
 NOISY_GRADS = ("surrogate", "expected")
+BACKENDS = ("fused", "loop")
+_default_backend = "fused"
+
+
+def set_default_backend(backend: str) -> str:
+    """Set the LIF backend used by neurons built with ``backend=None``; returns the old one."""
+    global _default_backend
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown LIF backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    old, _default_backend = _default_backend, backend
+    return old
+
+
+def get_default_backend() -> str:
+    """The LIF backend used by neurons built with ``backend=None``."""
+    return _default_backend
 
 
 class LIF(nn.Module):
@@ -33,6 +56,8 @@ class LIF(nn.Module):
             ``ste``) or a :class:`Surrogate`.
         width: surrogate width (derivative peak ``1 / width``), ignored if ``surrogate`` is an object.
         detach_reset: stop the gradient through the reset term ``U * (1 - S)``'s ``S``.
+        backend: ``"fused"`` (one autograd node for all steps), ``"loop"`` (reference) or
+            ``None``: the module default (:func:`set_default_backend`, initially ``"fused"``).
     """
 
     def __init__(
@@ -42,6 +67,7 @@ class LIF(nn.Module):
         surrogate: str | Surrogate = "triangle",
         width: float = 1.0,
         detach_reset: bool = False,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= decay <= 1.0:
@@ -52,6 +78,9 @@ class LIF(nn.Module):
         self.v_threshold = float(v_threshold)
         self.surrogate = surrogate if isinstance(surrogate, Surrogate) else Surrogate(surrogate, width)
         self.detach_reset = bool(detach_reset)
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"unknown LIF backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
         # Active recorders; set only inside a `record_potentials` context.
         self._recorders: tuple = ()
 
@@ -70,6 +99,12 @@ class LIF(nn.Module):
             raise ValueError(f"{type(self).__name__} expects input [T, B, ...], got shape {tuple(x.shape)}")
         noise = self.sample_noise(x)
         surrogate, at_noisy = self.grad_surrogate()
+        if (getattr(self, "backend", None) or _default_backend) == "fused":
+            spikes, u_all = lif_scan(x, noise, self.decay, self.v_threshold, surrogate, at_noisy,
+                                     self.detach_reset, need_potentials=bool(self._recorders))
+            for rec in self._recorders:
+                rec.add(self, u_all)
+            return spikes
         keep = bool(self._recorders)
         v = torch.zeros_like(x[0])
         spikes, potentials = [], []
@@ -90,6 +125,7 @@ class LIF(nn.Module):
         return (
             f"decay={self.decay}, v_threshold={self.v_threshold}, surrogate={self.surrogate.name}"
             f"(width={self.surrogate.width}), detach_reset={self.detach_reset}"
+            + (f", backend={self.backend}" if self.backend else "")
         )
 
 

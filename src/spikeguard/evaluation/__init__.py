@@ -8,11 +8,18 @@
 
 from .audit import AuditReport, Check, audit_robustness
 from .basic import adversarial_examples, correct_over_passes, near_threshold_of, predict
-from .engine import AttackResult, RobustnessReport, correct_per_pass, evaluate_robustness, summarize
+from .engine import (
+    AttackResult,
+    RobustnessReport,
+    correct_per_pass,
+    evaluate_config_attacks,
+    evaluate_robustness,
+    summarize,
+)
 from .stats import mean_ci95, wilson_ci95
 
 __all__ = [
     "predict", "correct_over_passes", "adversarial_examples", "near_threshold_of",
-    "evaluate_robustness", "RobustnessReport", "AttackResult", "correct_per_pass", "summarize",
+    "evaluate_robustness", "evaluate_config_attacks", "RobustnessReport", "AttackResult", "correct_per_pass", "summarize",
     "audit_robustness", "AuditReport", "Check", "mean_ci95", "wilson_ci95",
 ]

@@ -95,7 +95,8 @@ def summarize(robust: Tensor) -> dict:
     """Accuracy summary of a bool ``[P, n]`` array: mean over passes, intervals, per pass."""
     per_pass = robust.float().mean(1).tolist()
     mean, ci = mean_ci95(per_pass)
-    return {"accuracy": mean, "ci95": list(ci) if ci else None,
+    # accuracies live in [0, 1]; a t-interval over few passes can reach past either end
+    return {"accuracy": mean, "ci95": [max(0.0, ci[0]), min(1.0, ci[1])] if ci else None,
             "ci95_samples": list(wilson_ci95(mean, robust.shape[1]) or ()) or None,
             "per_pass": per_pass if len(per_pass) > 1 else None}
 
@@ -385,3 +386,34 @@ def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="evaluate", unit="step", leave=False)
+
+
+DEFAULT_EOT = 8
+
+
+def evaluate_config_attacks(model: nn.Module, test_ds, cfg, out_dir=None, progress: bool = False,
+                            eot: int = DEFAULT_EOT) -> dict:
+    """The end-of-training evaluation hook of :func:`spikeguard.experiment.run_experiment`.
+
+    Runs ``cfg.eval.attacks`` (names or suite names) at ``cfg.eval.eps`` on ``test_ds``,
+    judging a stochastic model over ``cfg.eval.passes`` passes and attacking it with EoT
+    over ``eot`` passes; writes ``out_dir/robustness.json`` when ``out_dir`` is given and
+    returns the report's summary (no per-sample lists). The caller sets the model's mode.
+    """
+    from pathlib import Path
+
+    from ..attacks import check_eps, parse_attacks
+    from ..io import atomic_write_json
+    from ..utils import parse_eps
+
+    names = parse_attacks(",".join(cfg.eval.attacks))
+    eps = check_eps(parse_eps(cfg.eval.eps) if isinstance(cfg.eval.eps, str) else cfg.eval.eps)
+    report = evaluate_robustness(model, test_ds.float_images(), test_ds.labels, names, eps=eps, eot=eot,
+                                 passes=max(1, int(cfg.eval.passes)), batch_size=int(cfg.eval.batch_size),
+                                 seed=int(cfg.seed), progress=progress)
+    summary = report.to_dict(per_sample=False)
+    if out_dir is not None:
+        atomic_write_json(Path(out_dir) / "robustness.json",
+                          {"command": "train (eval.attacks)", "data": {"name": test_ds.name, "n_samples": len(test_ds)},
+                           "table": report.table_row(), "report": report.to_dict(per_sample=True)})
+    return summary

@@ -1,0 +1,71 @@
+"""``spikeguard audit``: the gradient-masking sanity checks on a trained run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .evaluate import add_common_args
+
+EPILOG = """\
+checks (each PASS or WARN with its numbers; SKIP where it does not apply):
+  eps_sweep  PGD accuracy falls monotonically over eps in {1,2,4,8,16,32,64}/255 and is
+             <= 1/num_classes + margin at 64/255
+  iterative  iterative attacks at least as strong as single-step ones
+  steps      doubling PGD's steps changes robust accuracy by < --tolerance points
+  eot        EoT at least as strong as no EoT (Noisy-LIF models)
+  apgd       APGD at least as strong as PGD
+  black_box  Square / transfer attacks not stronger than the best white-box attack
+  zero_grad  share of samples whose input gradient is exactly zero (CE and margin loss)
+  budget     ||x_adv - x||_inf <= eps + 1e-6 and x_adv in [0, 1] for every attack run
+
+example:
+  spikeguard audit --checkpoint runs/demo/tgo --n-samples 200
+Writes OUT/audit.json (atomically) and prints the verdicts; exit status 0 (1 with --strict
+when a check warns)."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "audit", help="sanity checks for gradient masking on a trained run (PASS/WARN per check)",
+        description="Run the sanity checks of a trustworthy robustness evaluation on a trained run: eps sweep, "
+                    "iterative vs single-step, doubling steps, EoT vs no EoT, APGD vs PGD, black-box/transfer vs "
+                    "white-box, zero input gradients, budget and range. Each WARN says what it suggests.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--steps", type=int, default=10, help="PGD steps of the audit's runs (default 10)")
+    p.add_argument("--alpha", type=float, default=0.01, help="PGD step size at --eps (default 0.01)")
+    p.add_argument("--tolerance", type=float, default=1.0, help="allowed difference in accuracy points (default 1)")
+    p.add_argument("--chance-margin", type=float, default=0.05,
+                   help="accuracy at 64/255 may exceed 1/num_classes by this much (default 0.05)")
+    p.add_argument("--zero-grad-limit", type=float, default=0.01,
+                   help="largest acceptable share of zero-gradient samples (default 0.01)")
+    p.add_argument("--square-queries", type=int, default=500, help="queries of the audit's Square run (default 500)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if any check warns")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import SpikeguardError
+    from ..evaluation import audit_robustness
+    from ..io import atomic_write_json
+    from .evaluate import load_target, out_dir, parse_eps_arg
+
+    eps = parse_eps_arg(args.eps)
+    if args.steps < 1 or args.square_queries < 1 or args.tolerance < 0 or args.chance_margin < 0 \
+            or not 0 <= args.zero_grad_limit <= 1:
+        raise SpikeguardError("need --steps >= 1, --square-queries >= 1, --tolerance >= 0, --chance-margin >= 0 "
+                              "and --zero-grad-limit in [0, 1]")
+    rn, model, x, y, info, device = load_target(args)
+    out = out_dir(args, rn)
+    print(f"auditing {rn.path} on {info['name']}/{info['split']} ({len(y)} images)", file=sys.stderr)
+    audit = audit_robustness(model, x, y, eps=eps, eot=args.eot, passes=args.passes, steps=args.steps,
+                             alpha=args.alpha, tolerance=args.tolerance, chance_margin=args.chance_margin,
+                             zero_grad_limit=args.zero_grad_limit, square_queries=args.square_queries,
+                             batch_size=args.batch_size, seed=args.seed, device=device,
+                             progress=not args.no_progress)
+    print(audit.format())
+    path = out / "audit.json"
+    atomic_write_json(path, {"checkpoint": str(rn.path), "data": info, "command": "audit", "audit": audit.to_dict()})
+    print(f"\nwrote {path}")
+    return 1 if args.strict and audit.warnings else 0

@@ -1,0 +1,159 @@
+"""``spikeguard evaluate``: the attack suite on a trained run, worst case, optional audit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import nonneg_int, positive_int
+
+EPILOG = """\
+examples:
+  spikeguard evaluate --checkpoint runs/demo/tgo --suite paper
+  spikeguard evaluate --checkpoint runs/demo/tgo --suite strong --audit --source runs/demo/vanilla
+  spikeguard evaluate --checkpoint runs/c100-wrn --attacks fgsm,pgd10,apgd-ce100,square5000 \\
+      --eps 8/255 --eot 16 --passes 10 --n-samples 1000 --data-root /data
+
+attacks (comma-separated; suites expand): fgsm, rfgsm, pgdK, pgdK-rR (R restarts), apgd-ce[K],
+apgd-dlr[K], mtpgd[K], square[Q], transfer (PGD-20 from --source, or from the target's noise-free
+twin), noise-free, fixed-noise (the attacker knows the evaluation's noise sample), sg-ensemble
+(PGD per surrogate gradient, per-sample worst), sg-adaptive (greedy per-sample surrogate width).
+  --suite paper : fgsm, rfgsm, pgd7, pgd10, pgd20, pgd40, apgd-ce, mtpgd   (eps 8/255, step 0.01)
+  --suite strong: paper + pgd50-r3, apgd-dlr, square, transfer, noise-free, fixed-noise,
+                  sg-ensemble, sg-adaptive; stochastic-only attacks are skipped on LIF models.
+
+A sample counts as robust on an evaluation pass only if it is classified correctly there both
+clean and attacked; the worst case requires it to survive every attack. Noisy-LIF models are
+judged over --passes passes (mean and 95% interval) and attacked with EoT over --eot passes.
+Writes OUT/robustness.json (atomically) and prints the table."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="attack a trained run with the attack suite; per-attack and worst-case robust accuracy",
+        description="Evaluate a trained spikeguard run against a suite of L-inf attacks (gradient, adaptive, "
+                    "black-box, transfer), judging stochastic models over several passes, and report each "
+                    "attack's robust accuracy and the per-sample worst case; --audit adds the gradient-masking "
+                    "sanity checks.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--attacks", default="", metavar="LIST", help="comma-separated attack names (see below)")
+    p.add_argument("--suite", choices=("paper", "strong"), default=None,
+                   help="attack preset (default: paper when --attacks is not given)")
+    p.add_argument("--alpha", type=float, default=0.01, help="step size of the PGD-type attacks (default 0.01)")
+    p.add_argument("--source", metavar="RUN_DIR", default=None,
+                   help="source model of the transfer attack (default: the target's noise-free twin)")
+    p.add_argument("--square-queries", type=positive_int, default=None, metavar="Q",
+                   help="queries of 'square' (default 1000; 'squareQ' names set it per attack)")
+    p.add_argument("--audit", action="store_true", help="also run the audit (reuses this evaluation's attacks)")
+    p.add_argument("--audit-steps", type=positive_int, default=10, help="PGD steps of the audit's own runs (default 10)")
+    p.add_argument("--no-per-sample", action="store_true", help="leave the per-sample results out of the JSON")
+    p.set_defaults(func=run)
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``evaluate`` and ``audit``."""
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run folder (or its model.safetensors)")
+    p.add_argument("--eps", default="8/255", help="L-inf budget: 8/255, 8 (= 8/255) or 0.03 (default 8/255)")
+    p.add_argument("--eot", type=positive_int, default=8,
+                   help="EoT passes per attack gradient for Noisy-LIF models (default 8; 1 for LIF models)")
+    p.add_argument("--passes", type=positive_int, default=8,
+                   help="evaluation passes for Noisy-LIF models (default 8; 1 for LIF models)")
+    p.add_argument("--n-samples", type=nonneg_int, default=0,
+                   help="class-balanced test subset size, 0 = the whole test split (default 0)")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="data split (default test)")
+    p.add_argument("--data", default=None, metavar="NAME", help="dataset name (default: the run's data.name)")
+    p.add_argument("--data-root", default=None, metavar="PATH", help="dataset root (default: the run's data.root)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per attack batch (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset, random starts and noise (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads, 0 = torch's default")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default RUN_DIR/evaluation)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def parse_eps_arg(text: str) -> float:
+    from ..attacks import check_eps
+    from ..errors import SpikeguardError
+    from ..utils import parse_eps
+
+    try:
+        return check_eps(parse_eps(text))
+    except ValueError:
+        raise SpikeguardError(f"cannot parse --eps {text!r} (use e.g. 8/255, 8 or 0.031)") from None
+
+
+def load_target(args: argparse.Namespace):
+    """``(run, model, images, labels, data_info)`` for the common arguments."""
+    import torch
+
+    from ..checkpoint import load_run
+    from ..data import load_dataset
+    from ..errors import DataError, SpikeguardError
+    from ..utils import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as e:
+        raise SpikeguardError(f"bad --device {args.device!r}: {e}") from None
+    run = load_run(args.checkpoint, device=device)
+    model = run.model
+    model.eval()  # BatchNorm in inference mode; Noisy-LIF noise stays on (it is not tied to the mode)
+    d = run.config.data
+    name = args.data or d.name
+    root = args.data_root if args.data_root is not None else (d.root or None)
+    ds = load_dataset(name, args.split, root=root, cache_dir=d.cache_dir or None, subset=args.n_samples,
+                      seed=args.seed, verify=d.verify_md5)
+    x, y = ds.float_images(), ds.labels
+    try:
+        with torch.inference_mode():
+            out = model(x[:1].to(device))
+    except (RuntimeError, ValueError) as e:
+        raise DataError(f"dataset {name!r} (images {tuple(x.shape[1:])}) does not fit the model of "
+                        f"{args.checkpoint}: {str(e).splitlines()[0]}") from None
+    if int(y.max()) >= out.shape[1]:
+        raise DataError(f"dataset {name!r} has labels up to {int(y.max())} but the model has {out.shape[1]} classes")
+    info = {"name": name, "split": args.split, "root": root, "n_samples": len(y), "seed": args.seed}
+    return run, model, x, y, info, device
+
+
+def out_dir(args: argparse.Namespace, run) -> Path:
+    from ..io import ensure_dir
+
+    return ensure_dir(args.out or Path(run.path) / "evaluation")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..attacks import parse_attacks
+    from ..checkpoint import load_run
+    from ..evaluation import audit_robustness, evaluate_robustness
+    from ..io import atomic_write_json
+
+    eps = parse_eps_arg(args.eps)
+    names = parse_attacks(",".join(t for t in (args.suite or ("" if args.attacks else "paper"), args.attacks) if t))
+    rn, model, x, y, info, device = load_target(args)
+    out = out_dir(args, rn)
+    source = load_run(args.source, device=device).model if args.source else None
+    kw = {"square": {"queries": args.square_queries}} if args.square_queries else None
+    print(f"evaluating {rn.path} on {info['name']}/{info['split']} ({len(y)} images): {', '.join(names)}",
+          file=sys.stderr)
+    report = evaluate_robustness(model, x, y, names, eps=eps, eot=args.eot, passes=args.passes, alpha=args.alpha,
+                                 batch_size=args.batch_size, seed=args.seed, source=source, attack_kw=kw,
+                                 device=device, progress=not args.no_progress)
+    doc = {"checkpoint": str(rn.path), "source": args.source, "data": info, "command": "evaluate",
+           "table": report.table_row(), "report": report.to_dict(per_sample=not args.no_per_sample)}
+    print(report.format_table(f"robust accuracy of {rn.path}"))
+    if args.audit:
+        audit = audit_robustness(model, x, y, eps=eps, eot=args.eot, passes=args.passes, report=report,
+                                 steps=args.audit_steps, alpha=args.alpha, batch_size=args.batch_size,
+                                 seed=args.seed, device=device, progress=not args.no_progress)
+        doc["audit"] = audit.to_dict()
+        print()
+        print(audit.format())
+    path = out / "robustness.json"
+    atomic_write_json(path, doc)
+    print(f"\nwrote {path}")
+    return 0

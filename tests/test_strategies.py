@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -239,3 +240,23 @@ def test_mpp_penalty_is_leaky_integration():
 def test_bad_arguments_are_config_errors(name, kw, msg):
     with pytest.raises(ConfigError, match=msg):
         create_strategy(name, **kw)
+
+
+def test_ablation_quick_mode_on_digits(tmp_path):
+    from spikeguard.ablation import QUICK_OVERRIDES, AttackSettings, format_table, run_ablation
+    from spikeguard.config import load_config
+
+    base = load_config(None, list(QUICK_OVERRIDES) + ["data.subset=200", "data.test_subset=30", "optim.epochs=1",
+                                                       "threads=1"])
+    settings = AttackSettings(attacks=("fgsm", "pgd3"), eot=2, passes=2)
+    res = run_ablation(base, tmp_path, strategy="bptt", settings=settings, progress=False, log=lambda s: None)
+    assert [(r["mc"], r["nlif"]) for r in res["rows"]] == [(False, False), (True, False), (False, True), (True, True)]
+    assert [r["stochastic"] for r in res["rows"]] == [False, False, True, True]
+    for r in res["rows"]:
+        assert all(0.0 <= r[k] <= 1.0 for k in ("clean", "fgsm", "pgd3"))
+    cfgs = [json.loads((tmp_path / f"mc{int(mc)}-nlif{int(nl)}" / "config.json").read_text()) for mc, nl in
+            ((0, 0), (1, 1))]
+    text = json.dumps(cfgs)
+    assert '"noisy_lif"' in text and (tmp_path / "ablation.json").is_file()
+    table = format_table(res).splitlines()
+    assert table[1].split()[:4] == ["MC", "NLIF", "Clean", "FGSM"] and "(" in table[3] and "(" not in table[2]

@@ -45,7 +45,13 @@ def create_model(name: str, num_classes: int = 10, T: int = 4, neuron: str = "li
     factory = NeuronFactory(neuron, **(neuron_kw or {}))
     if neuron == "relu":
         T = 1
-    return _REGISTRY[name](num_classes=num_classes, T=T, neuron=factory, **kw)
+    model = _REGISTRY[name](num_classes=num_classes, T=T, neuron=factory, **kw)
+    # baseline neurons (DLIF, StoG) size their parameters on the first forward: do it now, so the
+    # model can be counted, optimised and loaded like any other
+    from ..neurons.baselines import materialize_for
+
+    materialize_for(model, kw)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

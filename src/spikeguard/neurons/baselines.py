@@ -223,3 +223,27 @@ def materialize(model: nn.Module, image_shape: tuple[int, ...], device: torch.de
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+def materialize_for(model: nn.Module, arch_kw: dict) -> None:
+    """:func:`materialize` for a freshly built model, the input shape taken from its arguments.
+
+    ``arch_kw`` are the architecture arguments it was built with (``in_channels``,
+    ``image_size``); missing ones fall back to the model class's defaults.
+    """
+    if not has_lazy_parameters(model):
+        return
+    import inspect
+
+    defaults = {}
+    try:
+        defaults = {k: p.default for k, p in inspect.signature(type(model)).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+    except (TypeError, ValueError):
+        pass
+    channels = arch_kw.get("in_channels", getattr(model, "in_channels", defaults.get("in_channels")))
+    size = arch_kw.get("image_size", defaults.get("image_size"))
+    if channels is None or size is None:
+        raise ValueError(f"cannot size the DLIF/StoG parameters of {type(model).__name__}: pass in_channels and "
+                         f"image_size")
+    materialize(model, (int(channels), int(size), int(size)))

@@ -13,11 +13,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..neurons import is_stochastic, noise_seed
 from ..neurons.baselines import gate_parameters, gate_prior, mean_keep_probability, stog_neurons
 from .adversarial import LOSSES, AdversarialTraining, task_loss
 from .regularizers import sparsity_penalty
@@ -59,13 +62,21 @@ class SparsityRegularization(Strategy):
     def __call__(self, model: nn.Module, images: Tensor, labels: Tensor, forward: Forward) -> StepOutput:
         x = self.at.craft(model, images, labels) if self.at is not None else images
         x = x.detach().requires_grad_(True)
-        steps = forward(x)  # the recorded pass: the TGO term sees it
+        # A stochastic model (Noisy-LIF, StoG) must see the same noise at x and at x + h v, or the
+        # finite difference measures the noise (divided by h) instead of the gradient.
+        seed = int(torch.randint(0, 2**31 - 1, ())) if is_stochastic(model) else None
+        with noise_seed(model, seed) if seed is not None else contextlib.nullcontext():
+            steps = forward(x)  # the recorded pass: the TGO term sees it
         logits = steps.mean(0)
         ce = task_loss(steps, labels, self.loss)
         metrics: dict[str, float] = {}
         if self.lam:
-            # the shifted point goes through the bare model: not recorded, but graph-connected
-            pen, est = sparsity_penalty(model, x, labels, self.h, logits=logits)
+            def shifted(z: Tensor) -> Tensor:
+                # the bare model: not recorded for TGO, but graph-connected to the parameters
+                with noise_seed(model, seed) if seed is not None else contextlib.nullcontext():
+                    return model(z)
+
+            pen, est = sparsity_penalty(model, x, labels, self.h, logits=logits, perturbed_logit_fn=shifted)
             loss = ce + self.lam * pen
             metrics["sr"] = float(pen.detach())
             metrics["grad_l1_est"] = float(est.detach().abs().mean())

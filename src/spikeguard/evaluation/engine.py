@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -35,8 +36,19 @@ from .stats import mean_ci95, wilson_ci95
 
 BUDGET_TOL = 1e-6
 
-# Display names and column order of the paper's table (PAPER.md section 4).
-_PAPER_ORDER = ("fgsm", "rfgsm", "pgd7", "pgd10", "pgd20", "pgd30", "pgd40", "pgd50", "apgd-ce", "apgd-dlr", "mtpgd")
+# Column order of the paper's table (PAPER.md section 4): FGSM, RFGSM, PGD-k by k, APGD, MTPGD.
+_PAPER_FAMILIES = (("fgsm", re.compile(r"^fgsm$")), ("rfgsm", re.compile(r"^rfgsm$")),
+                   ("pgd", re.compile(r"^pgd(\d+)$")), ("apgd-ce", re.compile(r"^apgd-ce(\d*)$")),
+                   ("apgd-dlr", re.compile(r"^apgd-dlr(\d*)$")), ("mtpgd", re.compile(r"^mtpgd(\d*)$")))
+
+
+def _paper_key(name: str) -> tuple[int, int] | None:
+    """Sort key of an attack in the paper's layout (None: not one of the paper's columns)."""
+    for rank, (_, pattern) in enumerate(_PAPER_FAMILIES):
+        m = pattern.match(name)
+        if m:
+            return rank, int(m.group(1)) if m.groups() and m.group(1) else 0
+    return None
 
 
 def display_name(name: str) -> str:
@@ -178,7 +190,7 @@ class RobustnessReport:
 
     def ordered_names(self) -> list[str]:
         """Attacks in the paper's column order first, then the others in run order."""
-        first = [n for n in _PAPER_ORDER if n in self.results]
+        first = sorted((n for n in self.results if _paper_key(n) is not None), key=_paper_key)
         return first + [n for n in self.results if n not in first]
 
     def table_row(self) -> dict[str, float]:

@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "or when resuming)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set tgo.lambda_max=0.3 (repeatable)")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="run folder to create (or to resume)")
+    p.add_argument("--out", "-o", metavar="DIR", help="run folder to create (or to resume); required unless "
+                   "--print-config")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar and per-epoch lines")
@@ -46,7 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import config_to_toml, load_config
+    from ..errors import ConfigError
     from ..experiment import run_experiment
+
+    if not args.out and not args.print_config:
+        raise ConfigError("--out DIR is required (the run folder to create or resume)")
 
     cfg = None
     if args.config is not None or args.overrides or not args.resume:

@@ -1,0 +1,316 @@
+"""``spikeguard report``: one self-contained HTML page for a set of run folders.
+
+Everything is inlined (CSS, PNG figures as base64 data URIs), so the file opens from disk in
+any browser with no server and can be mailed or attached as is. Per run folder the report
+shows what it finds:
+
+* ``config.json`` (``spikeguard train`` runs): model, data, neuron, TGO and optimiser settings;
+* ``log.jsonl``: training curves (loss, accuracy, lambda, near-threshold share), drawn here;
+* ``results.json`` and other evaluation JSONs: accuracy tables (demo layout, ``spikeguard
+  evaluate`` layout, training results); with two or more budgets, a robust-accuracy-vs-eps
+  figure is drawn (see :mod:`spikeguard.analysis.sweep`);
+* ``membrane.json``, ``gradients.json``, ``flip.json``, ``jacobian.json``, ``landscape.json``
+  (``spikeguard analyze``): their key numbers as tables;
+* every ``*.png`` in the folder and its sub-folders (two levels), embedded.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..errors import DataError
+from ..io import atomic_write_text
+from ..utils import eps_label
+from . import sweep as _sweep
+from .plotting import color, new_figure, pyplot
+
+MAX_IMAGE_BYTES = 8 * 1024 * 1024  # larger PNGs are listed, not embedded
+_ANALYSES = ("membrane", "gradients", "flip", "jacobian", "landscape", "sweep")
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
+     color:#222;line-height:1.45;padding:0 1em}
+h1{font-size:1.6em;border-bottom:2px solid #0072B2;padding-bottom:.2em}
+h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #ccc}
+h3{font-size:1.05em;margin-top:1.4em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f0f4f8}
+td.l,th.l{text-align:left}
+figure{margin:1em 0;display:inline-block;vertical-align:top;max-width:100%}
+figure img{max-width:100%;border:1px solid #ddd}
+figcaption{font-size:.85em;color:#555}
+.meta{color:#666;font-size:.85em}
+.note{background:#fff8e1;border-left:4px solid #E69F00;padding:.4em .8em}
+code{background:#f4f4f4;padding:0 .25em}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "&ndash;"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, float)):
+        if isinstance(v, float) and not math.isfinite(v):
+            return "&ndash;"
+        if pct:
+            return f"{100 * v:.2f}%"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return _e(v)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]], pct_cols: Sequence[int] = ()) -> str:
+    """An HTML table; the first column is left-aligned; ``pct_cols`` are shown as percentages."""
+    out = ["<table><tr>" + "".join(f"<th{' class=l' if i == 0 else ''}>{_e(h)}</th>" for i, h in enumerate(header))
+           + "</tr>"]
+    for r in rows:
+        cells = []
+        for i, v in enumerate(r):
+            cls = " class=l" if i == 0 else ""
+            cells.append(f"<td{cls}>{_fmt(v, i in pct_cols)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def _img_tag(data: bytes, caption: str) -> str:
+    b64 = base64.b64encode(data).decode("ascii")
+    return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _fig_bytes(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------
+# sections
+# ------------------------------------------------------------------------------------------
+def _config_section(cfg: dict) -> str:
+    c = cfg.get("config", cfg)
+    rows = []
+    for sect, keys in (("data", ("name", "subset", "test_subset", "augment")),
+                       ("model", ("name", "T", "num_classes")),
+                       ("neuron", ("kind", "v_threshold", "decay", "surrogate", "sigma")),
+                       ("tgo", ("enabled", "delta", "lambda_max", "schedule")),
+                       ("optim", ("epochs", "lr", "batch_size", "schedule"))):
+        d = c.get(sect)
+        if isinstance(d, dict):
+            rows += [(f"{sect}.{k}", d[k]) for k in keys if k in d]
+    for k in ("strategy", "seed"):
+        if k in c:
+            rows.append((k, c[k]))
+    if "param_count" in cfg:
+        rows.append(("parameters", cfg["param_count"]))
+    return "<h3>Configuration</h3>" + table(["setting", "value"], rows) if rows else ""
+
+
+def _log_section(path: Path) -> str:
+    rows = []
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+    except (OSError, ValueError):
+        return f'<p class="note">could not read {_e(path.name)}</p>'
+    rows = [r for r in rows if isinstance(r, dict)]
+    if not rows:
+        return ""
+    ep = [r.get("epoch", i + 1) for i, r in enumerate(rows)]
+    panels = [("loss", ("loss", "task_loss")), ("accuracy", ("accuracy", "test_accuracy")),
+              ("near-threshold share", ("near_threshold",)), ("lambda", ("lam",))]
+    panels = [(t, ks) for t, ks in panels if any(k in r for r in rows for k in ks)]
+    if not panels:
+        return ""
+    fig, axes = new_figure((3.0 * len(panels), 2.6), 110, 1, len(panels))
+    for ax, (title, keys) in zip(axes[0], panels):
+        for i, k in enumerate(keys):
+            pts = [(e, r[k]) for e, r in zip(ep, rows) if isinstance(r.get(k), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), "o-" if len(pts) < 30 else "-", markersize=3, color=color(i), label=k)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if len(keys) > 1:
+            ax.legend(fontsize=6)
+    last = rows[-1]
+    summary = ", ".join(f"{k} {_fmt(last[k])}" for k in ("loss", "accuracy", "near_threshold", "lam")
+                        if isinstance(last.get(k), (int, float)))
+    return f"<h3>Training log</h3><p>{len(rows)} epochs; last: {summary}</p>" + \
+        _img_tag(_fig_bytes(fig), f"{path.name}: training curves")
+
+
+def _eval_section(records: list[_sweep.SweepRecord], title: str) -> str:
+    """Accuracy table: rows = models, columns = clean + attack@eps."""
+    if not records:
+        return ""
+    models = list(dict.fromkeys(r.model for r in records))
+    cols = list(dict.fromkeys((r.attack, round(r.eps, 9)) for r in records))
+    head = ["model", "clean"] + [f"{a} @ {eps_label(e)}" for a, e in cols]
+    rows = []
+    for m in models:
+        clean = next((r.clean for r in records if r.model == m and r.clean is not None), None)
+        vals = {(r.attack, round(r.eps, 9)): r.accuracy for r in records if r.model == m}
+        rows.append([m, clean] + [vals.get(c) for c in cols])
+    html_ = f"<h3>{_e(title)}</h3>" + table(head, rows, pct_cols=range(1, len(head)))
+    if len({round(r.eps, 9) for r in records}) >= 2:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "sweep.png"
+            _sweep.plot_sweep(records, p, dpi=110)
+            html_ += _img_tag(p.read_bytes(), "robust accuracy vs eps (worst case over the attacks shown)")
+    return html_
+
+
+def _analysis_section(kind: str, doc: dict) -> str:
+    if kind == "membrane":
+        rows = [[n, m.get("near_threshold"), doc.get("reduction_vs_baseline", {}).get(n, {}).get("overall"),
+                 m.get("num_potentials")] for n, m in doc.get("models", {}).items()]
+        out = (f"<h3>Membrane potentials (|U - V_th| &lt; {_fmt(doc.get('delta'))})</h3>"
+               + table(["model", "near-threshold share", f"reduction vs {doc.get('baseline')}", "potentials"], rows,
+                       pct_cols=(1, 2)))
+        layers = list(dict.fromkeys(k for m in doc.get("models", {}).values() for k in m.get("layer_near_threshold", {})))
+        if layers:
+            out += table(["model"] + layers, [[n] + [m.get("layer_near_threshold", {}).get(k) for k in layers]
+                                              for n, m in doc["models"].items()], pct_cols=range(1, len(layers) + 1))
+        return out
+    if kind == "gradients":
+        rows = []
+        for t, per in doc.get("metrics", {}).items():
+            for n, s in per.items():
+                rows.append([f"{n} (d {t})", s.get("near_zero"), s.get("l1_l2"), s.get("l1_l2_normalized"),
+                             s.get("gini"), s.get("all_zero_share")])
+        return ("<h3>Input-gradient sparsity</h3>"
+                + table(["model (target)", "near-zero share", "L1/L2", "L1/(L2 sqrt d)", "Gini", "all-zero samples"],
+                        rows, pct_cols=(1, 5)))
+    if kind == "flip":
+        out = "<h3>Spike flips</h3>"
+        th = doc.get("theory", {}).get("sigmas", {})
+        if th:
+            out += table(["sigma", "max |MC - Phi|", "max error / s.e."],
+                         [[s, r.get("max_abs_error"), r.get("max_z")] for s, r in th.items()])
+        meas = doc.get("measured", {})
+        if meas:
+            red = doc.get("flip_rate_reduction_vs_first", {})
+            out += table(["model", "flip rate", "reduction vs first", "perturbation", "eps", "noise"],
+                         [[n, r.get("overall_rate"), red.get(n), r.get("perturbation"),
+                           eps_label(r.get("eps", 0.0)), r.get("noise")] for n, r in meas.items()], pct_cols=(1, 2))
+        return out
+    if kind == "jacobian":
+        rows = [[n, s.get("median_spectral"), s.get("median_frobenius"), s.get("median_actual"),
+                 s.get("median_linear"), s.get("median_bound"), s.get("share_exceeding_bound")]
+                for n, s in doc.get("summary", {}).items()]
+        return (f"<h3>Input Jacobian ({_e(doc.get('attack', ''))})</h3>"
+                + table(["model", "median ||J||_2", "median ||J||_F", "median ||f(x+d)-f(x)||", "median ||J d||",
+                         "median bound", "share above bound"], rows, pct_cols=(6,)))
+    if kind == "landscape":
+        rows = [[f"{n} [{d}]", s.get("center_loss"), s.get("sharpness_0.25"), s.get("max_loss")]
+                for d, per in doc.get("surfaces", {}).items() for n, s in per.items()]
+        return ("<h3>Loss landscape</h3>"
+                + table(["model [data]", "loss at (0,0)", "mean rise within 0.25", "max loss on grid"], rows))
+    return ""
+
+
+def _run_section(run: Path, idx: int) -> tuple[str, list[_sweep.SweepRecord]]:
+    parts = [f'<h2 id="run{idx}">{_e(run.name or str(run))}</h2><p class="meta">{_e(run.resolve())}</p>']
+    cfg = _read_json(run / "config.json") if (run / "config.json").is_file() else None
+    if isinstance(cfg, dict):
+        parts.append(_config_section(cfg))
+    if (run / "log.jsonl").is_file():
+        parts.append(_log_section(run / "log.jsonl"))
+    records: list[_sweep.SweepRecord] = []
+    for f in sorted(run.glob("*.json")):
+        if f.name == "config.json" or f.name.startswith("state"):
+            continue
+        doc = _read_json(f)
+        if doc is None:
+            parts.append(f'<p class="note">{_e(f.name)} is not valid JSON; skipped</p>')
+            continue
+        kind = doc.get("analysis") if isinstance(doc, dict) else None
+        if kind in _ANALYSES:
+            if kind != "sweep":
+                parts.append(_analysis_section(kind, doc))
+            continue
+        if isinstance(doc, dict) and "test_accuracy" in doc:
+            parts.append(f"<h3>{_e(f.name)}</h3>" + table(
+                ["metric", "value"],
+                [[k, f"{100 * doc[k]:.2f}%" if k == "test_accuracy" and isinstance(doc[k], (int, float)) else doc[k]]
+                 for k in ("test_accuracy", "test_samples", "epochs", "train_seconds", "param_count", "device")
+                 if k in doc]))
+        recs = _sweep.parse_evaluation(doc, f)
+        if recs:
+            records += recs
+            parts.append(_eval_section(recs, f"Accuracy ({f.name})"))
+            if isinstance(doc, dict) and isinstance(doc.get("models"), dict):
+                nt = [[n, m.get("near_threshold")] for n, m in doc["models"].items() if isinstance(m, dict)
+                      and "near_threshold" in m]
+                if nt:
+                    parts.append(table(["model", "near-threshold share"], nt, pct_cols=(1,)))
+    pngs = sorted(p for p in run.rglob("*.png") if len(p.relative_to(run).parts) <= 3)
+    if pngs:
+        parts.append("<h3>Figures</h3>")
+        for p in pngs:
+            size = p.stat().st_size
+            if size > MAX_IMAGE_BYTES:
+                parts.append(f'<p class="note">{_e(p.relative_to(run))} ({size / 1e6:.1f} MB) not embedded</p>')
+                continue
+            parts.append(_img_tag(p.read_bytes(), str(p.relative_to(run))))
+    if len(parts) == 1:
+        parts.append('<p class="note">nothing recognised in this folder (no config.json, log.jsonl, JSON results '
+                     'or PNG figures)</p>')
+    return "\n".join(parts), records
+
+
+def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str = "spikeguard report") -> Path:
+    """Write the HTML report for ``runs`` to ``out`` (atomically) and return its path."""
+    from .. import __version__
+
+    if not runs:
+        raise DataError("give at least one run folder")
+    dirs = []
+    for r in runs:
+        p = Path(r)
+        if not p.is_dir():
+            raise DataError(f"{p} is not a folder")
+        dirs.append(p)
+    sections, all_records = [], []
+    for i, d in enumerate(dirs):
+        s, recs = _run_section(d, i)
+        sections.append(s)
+        all_records += [_sweep.SweepRecord(**{**r.__dict__, "model": f"{d.name}/{r.model}" if len(dirs) > 1 else r.model})
+                        for r in recs]
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    toc = "".join(f'<li><a href="#run{i}">{_e(d.name or str(d))}</a></li>' for i, d in enumerate(dirs))
+    overview = ""
+    if all_records:
+        overview = _eval_section(all_records, "Overview: accuracy of every model found")
+    body = (f"<h1>{_e(title)}</h1><p class=meta>generated {now} by spikeguard {__version__}; "
+            f"{len(dirs)} run folder(s)</p><ul>{toc}</ul>{overview}" + "\n".join(sections))
+    doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+           f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+           f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n")
+    atomic_write_text(out, doc)
+    return Path(out)

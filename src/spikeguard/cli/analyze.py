@@ -1,0 +1,281 @@
+"""``spikeguard analyze WHAT``: the paper's analyses for your own checkpoints.
+
+Figures as PNG (plus SVG/PDF with --format), the numbers behind them as JSON and CSV,
+everything written atomically into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+from .common import eps_list, nonneg_int, positive_int
+
+WHATS = ("membrane", "gradients", "landscape", "flip", "jacobian", "sweep", "all")
+
+EPILOG = """\
+examples:
+  spikeguard analyze membrane  -k vanilla=runs/demo/vanilla -k tgo=runs/demo/tgo --out runs/analysis
+  spikeguard analyze gradients -k runs/demo/vanilla -k runs/demo/tgo --images 6 --format png,pdf
+  spikeguard analyze landscape -k runs/demo/vanilla -k runs/demo/tgo --steps 21 --span 1 --eps 8/255
+  spikeguard analyze flip      -k runs/demo/vanilla -k runs/demo/tgo --flip-eps 2/255   # theory + measured
+  spikeguard analyze flip                                                        # theory only
+  spikeguard analyze jacobian  -k runs/demo/vanilla -k runs/demo/tgo --attack fgsm --eps 8/255
+  spikeguard analyze sweep runs/eval/*.json runs/demo/results.json --attack pgd10
+  spikeguard analyze all       -k runs/demo/vanilla -k runs/demo/tgo --out runs/analysis
+
+-k/--checkpoint takes a run folder written by 'spikeguard train' (or the demo), optionally
+named: NAME=PATH (default name: the folder's name). The first model is the baseline that
+reductions and ratios are computed against. The dataset is the first run's (override with
+--dataset/--data-root); analyses use the test split.
+
+sweep reads evaluation JSON files: the demo's results.json ({"models": {name: {"clean",
+"attacks": {attack: {"8/255": acc}}}}}), 'spikeguard evaluate' output (top-level "eps" and
+"attacks"/"results" of accuracies or {"accuracy": ...}), lists of those, and training
+results.json files; see docs/analysis.md."""
+
+
+def _eps(text: str) -> float:
+    vals = eps_list(text)
+    if len(vals) != 1:
+        raise argparse.ArgumentTypeError(f"expected one eps, got {text!r}")
+    return vals[0]
+
+
+def _pos_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not vals or any(not (v > 0 and math.isfinite(v)) for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return vals
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze", help="figures + numbers: membrane potentials, gradient sparsity, loss landscapes, flips, "
+                        "Jacobian bound, accuracy sweeps",
+        description="Produce the paper's analyses for your own checkpoints: pre-spike potential histograms and "
+                    "near-threshold shares (membrane), input-gradient heatmaps and sparsity (gradients), loss "
+                    "landscapes on clean and RFGSM data (landscape), spike-flip theory and measured flip rates "
+                    "(flip), input-Jacobian norms vs the first-order bound (jacobian), robust accuracy vs eps and "
+                    "lambda_max from evaluation JSONs (sweep), or everything but sweep (all).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=WHATS, help="which analysis")
+    p.add_argument("files", nargs="*", metavar="JSON", help="sweep only: evaluation JSON files or folders")
+    g = p.add_argument_group("models and data")
+    g.add_argument("-k", "--checkpoint", action="append", default=[], metavar="[NAME=]RUN",
+                   help="a run folder to analyse (repeatable; the first is the baseline)")
+    g.add_argument("--dataset", help="dataset name (default: the first run's)")
+    g.add_argument("--data-root", help="dataset root (default: the first run's, then $SPIKEGUARD_DATA, ./data)")
+    g.add_argument("--n", type=nonneg_int, default=None,
+                   help="test images to use, 0 = all (defaults: membrane/flip/gradients 0 up to 1000, "
+                        "landscape 256, jacobian 128)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto)")
+    g.add_argument("--seed", type=int, default=0, help="seed for subsets, noise draws, random directions (default 0)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", "-o", default="runs/analysis", metavar="DIR", help="output folder (default runs/analysis)")
+    o.add_argument("--format", default="png", help="figure formats: png plus any of svg,pdf (default png)")
+    o.add_argument("--title", default="", help="figure title prefix")
+    o.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    m = p.add_argument_group("membrane")
+    m.add_argument("--delta", type=_pos_float, default=None, help="near-threshold band half-width (default: the "
+                   "first run's tgo.delta, else 0.5)")
+    m.add_argument("--bins", type=positive_int, default=120, help="histogram bins (default 120)")
+    m.add_argument("--range", dest="hist_range", type=_floats_signed, default=(-2.0, 3.0), metavar="LO,HI",
+                   help="histogram range (default -2,3)")
+    gr = p.add_argument_group("gradients")
+    gr.add_argument("--images", type=positive_int, default=6, help="heatmap rows (default 6: one per class)")
+    gr.add_argument("--index", type=_ints, default=None, help="explicit test-image indices for the heatmaps")
+    gr.add_argument("--rel-tol", type=float, default=0.01, help="near-zero: |g| <= rel_tol * max|g| (default 0.01)")
+    gr.add_argument("--grad-samples", type=positive_int, default=1,
+                    help="average the gradient over this many noise draws (default 1)")
+    gr.add_argument("--cell-scale", action="store_true", help="one colour range per heatmap instead of per row")
+    la = p.add_argument_group("landscape")
+    la.add_argument("--steps", type=positive_int, default=21, help="grid points per axis (odd; default 21)")
+    la.add_argument("--span", type=_pos_float, default=1.0, help="grid half-width in filter-normalised units (default 1)")
+    la.add_argument("--eps", type=_eps, default=8 / 255, help="RFGSM / attack budget (default 8/255)")
+    la.add_argument("--rfgsm-alpha", type=_eps, default=None, help="RFGSM random step (default eps/2)")
+    la.add_argument("--include-bn", action="store_true", help="also move biases and BatchNorm affine parameters")
+    fl = p.add_argument_group("flip")
+    fl.add_argument("--sigmas", type=_floats, default=[0.3, math.sqrt(0.4), 1.0], help="noise stds (default 0.3,0.632,1)")
+    fl.add_argument("--draws", type=positive_int, default=20000, help="Monte-Carlo draws per point (default 20000)")
+    fl.add_argument("--flip-eps", type=_eps, default=2 / 255, help="perturbation for measured flips (default 2/255)")
+    fl.add_argument("--perturbation", choices=("fgsm", "random"), default="fgsm", help="measured-flip perturbation")
+    fl.add_argument("--noise", choices=("fixed", "off"), default="fixed",
+                    help="Noisy-LIF noise in the measured-flip passes: same draws in both (fixed) or off")
+    ja = p.add_argument_group("jacobian")
+    ja.add_argument("--iters", type=positive_int, default=20, help="power-iteration steps (default 20)")
+    ja.add_argument("--method", choices=("auto", "power", "gram"), default="auto",
+                    help="spectral norm: power iteration, exact Gram matrix, or auto (default)")
+    ja.add_argument("--projections", type=positive_int, default=None,
+                    help="estimate the Frobenius norm from this many random projections (default: exact)")
+    ja.add_argument("--attack", choices=("fgsm", "pgd"), default="fgsm", help="attack for the bound check (default fgsm)")
+    sw = p.add_argument_group("sweep")
+    sw.add_argument("--sweep-attack", default=None, metavar="NAME",
+                    help="attack to plot (default: 'worst case' if present, else the worst over attacks)")
+    sw.add_argument("--lambda-eps", type=_eps, default=None, help="budget of the lambda_max panel (default ~8/255)")
+    p.set_defaults(func=run)
+
+
+def _floats_signed(text: str) -> tuple[float, float]:
+    try:
+        vals = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from None
+    if len(vals) != 2 or not vals[1] > vals[0] or not all(math.isfinite(v) for v in vals):
+        raise argparse.ArgumentTypeError(f"expected LO,HI with LO < HI, got {text!r}")
+    return vals[0], vals[1]
+
+
+def load_models(specs: list[str], device: str = "cpu") -> tuple[dict, list]:
+    """``[NAME=]PATH`` specs -> ``({name: model}, [Run])`` via ``spikeguard.checkpoint.load_run``."""
+    from ..errors import ConfigError
+
+    try:
+        from ..checkpoint import load_run
+    except ImportError:
+        raise ConfigError("loading checkpoints needs spikeguard.checkpoint, which this installation lacks") from None
+    models, runs = {}, []
+    for spec in specs:
+        name, path = None, spec
+        if "=" in spec and not Path(spec).exists():
+            name, path = spec.split("=", 1)
+        run = load_run(path, device)
+        name = name or Path(run.path).resolve().name
+        if name in models:
+            raise ConfigError(f"two checkpoints are named {name!r}; name them: -k NAME=PATH")
+        models[name] = run.model.eval()
+        runs.append(run)
+    return models, runs
+
+
+def _load_data(args: argparse.Namespace, runs: list):
+    from ..data import load_dataset
+    from ..errors import ConfigError
+
+    cfg = runs[0].config if runs else None
+    name = args.dataset or (cfg.data.name if cfg is not None else "digits")
+    root = args.data_root or (cfg.data.root if cfg is not None and cfg.data.root else None)
+    ds = load_dataset(name, "test", root=root)
+    for run in runs:
+        m = run.model
+        c = getattr(m, "in_channels", ds.image_shape[0])
+        if c != ds.image_shape[0]:
+            raise ConfigError(f"{run.path}: the model takes {c}-channel images but {name} has {ds.image_shape[0]}")
+    return ds
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..analysis import commands as C
+    from ..analysis.plotting import parse_formats
+    from ..errors import ConfigError
+    from ..utils import resolve_device
+
+    formats = parse_formats(args.format)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    if args.what == "sweep":
+        if not args.files:
+            raise ConfigError("analyze sweep needs evaluation JSON files (or folders) as arguments")
+        res = C.run_sweep(args.files, out, attack=args.sweep_attack, lambda_eps=args.lambda_eps, formats=formats,
+                          title=args.title)
+        _report(res, t0)
+        return 0
+    if args.files:
+        raise ConfigError(f"unexpected arguments {' '.join(args.files)!r} (only 'analyze sweep' takes files)")
+    device = resolve_device(args.device)
+    models, runs = load_models(args.checkpoint, str(device)) if args.checkpoint else ({}, [])
+    if not models and args.what != "flip":
+        raise ConfigError(f"analyze {args.what} needs at least one checkpoint: -k RUN_FOLDER")
+    ds = _load_data(args, runs) if models else None
+    cfg = runs[0].config if runs else None
+    delta = args.delta if args.delta is not None else (cfg.tgo.delta if cfg is not None else 0.5)
+    vth = cfg.neuron.v_threshold if cfg is not None else 1.0
+    common = dict(seed=args.seed, formats=formats, title=args.title)
+
+    def n_or(default: int) -> int:
+        return default if args.n is None else args.n
+
+    todo = ["membrane", "gradients", "landscape", "flip", "jacobian"] if args.what == "all" else [args.what]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        for what in todo:
+            if what == "membrane":
+                sub = ds.subset(n_or(0), args.seed) if n_or(0) else ds
+                res = C.run_membrane(models, sub, out, delta=delta, v_threshold=vth, bins=args.bins,
+                                     lo=args.hist_range[0], hi=args.hist_range[1], device=device, **common)
+            elif what == "gradients":
+                res = C.run_gradients(models, ds, out, images=args.images, indices=args.index, n=n_or(1000),
+                                      rel_tol=args.rel_tol, samples=args.grad_samples,
+                                      shared_scale=not args.cell_scale, device=device, **common)
+            elif what == "landscape":
+                res = C.run_landscape(models, ds, out, n=n_or(256), steps=args.steps, span=args.span, eps=args.eps,
+                                      alpha=args.rfgsm_alpha, include_bn=args.include_bn, device=device,
+                                      progress=not args.no_progress, **common)
+            elif what == "flip":
+                res = C.run_flip(models, ds, out, sigmas=args.sigmas, draws=args.draws, eps=args.flip_eps,
+                                 perturbation=args.perturbation, noise=args.noise, n=n_or(1000), v_threshold=vth,
+                                 device=device, **common)
+            else:
+                res = C.run_jacobian(models, ds, out, n=n_or(128), iters=args.iters, method=args.method,
+                                     projections=args.projections, attack=args.attack, eps=args.eps, device=device,
+                                     **common)
+            _report(res, t0)
+    return 0
+
+
+def _report(res: dict, t0: float) -> None:
+    """Print the key numbers and the written files."""
+    kind = res.get("analysis")
+    if kind == "membrane":
+        for n, m in res["models"].items():
+            print(f"{n}: near-threshold share {100 * m['near_threshold']:.2f}% (|U - V_th| < {res['delta']:g})")
+        for n, r in res["reduction_vs_baseline"].items():
+            print(f"{n} vs {res['baseline']}: {100 * r['overall']:.1f}% fewer near-threshold potentials")
+    elif kind == "gradients":
+        for n, s in res["metrics"]["logit"].items():
+            print(f"{n}: d logit: near-zero {100 * s['near_zero']:.1f}%, L1/L2 {s['l1_l2']:.3g}, Gini {s['gini']:.3f}")
+    elif kind == "landscape":
+        for d, per in res["surfaces"].items():
+            for n, s in per.items():
+                print(f"{n} [{d}]: loss(0,0) {s['center_loss']:.4f}, max {s['max_loss']:.3g}, "
+                      f"mean rise within 0.25: {s['sharpness_0.25']:.4g}")
+    elif kind == "flip":
+        for s, r in res["theory"]["sigmas"].items():
+            print(f"sigma {s}: Monte Carlo vs Phi, max |error| {r['max_abs_error']:.4f} ({r['max_z']:.1f} s.e.)")
+        for n, r in res.get("measured", {}).items():
+            print(f"{n}: flip rate {100 * r['overall_rate']:.3f}% under {r['perturbation']} "
+                  f"eps={255 * r['eps']:.3g}/255 (noise {r['noise']})")
+    elif kind == "jacobian":
+        for n, s in res["summary"].items():
+            print(f"{n}: median ||J||_2 {s['median_spectral']:.4g}, median change {s['median_actual']:.4g} vs bound "
+                  f"{s['median_bound']:.4g}; {100 * s['share_exceeding_bound']:.0f}% of samples above the bound")
+    elif kind == "sweep":
+        for m, pts in res["curves"].items():
+            print(f"{m}: " + ", ".join(f"{p['eps_label']}: {100 * p['accuracy']:.1f}%" for p in pts))
+    for f in res.get("files", []):
+        print(f"  wrote {f}")
+    print(f"  ({time.perf_counter() - t0:.0f} s)")

@@ -146,12 +146,12 @@ def run_ablation(base: ExperimentConfig, out_dir: str | Path, strategy: str | No
     s = settings or AttackSettings()
     if not s.attacks:
         raise ConfigError("give at least one attack")
+    configs = [cell_config(base, mc, nlif, strategy) for mc, nlif in CELLS]  # validate all before any work
     out = ensure_dir(out_dir)
     t0 = time.perf_counter()
     rows = []
     test_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for mc, nlif in CELLS:
-        cfg = cell_config(base, mc, nlif, strategy)
+    for (mc, nlif), cfg in zip(CELLS, configs):
         run_dir = Path(out) / cell_name(mc, nlif)
         if (run_dir / RESULTS_FILE).is_file():
             log(f"[{cell_name(mc, nlif)}] already trained in {run_dir}; evaluating it again")

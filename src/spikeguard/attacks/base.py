@@ -90,6 +90,15 @@ def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     return LOSSES[name]
 
 
+def _grad_or_zero(loss: Tensor, x: Tensor) -> Tensor:
+    """``d loss.sum() / dx``; zeros where the model has no differentiable path to its input
+    (a stop-gradient or rounding layer), so such a model is attacked, and audited, not crashed."""
+    if not loss.requires_grad:
+        return torch.zeros_like(x)
+    (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
+
+
 class Attack:
     """Base class of every L-infinity attack.
 
@@ -159,7 +168,7 @@ class Attack:
             ys = labels if k == 1 else labels.repeat(k)
             logits = self.model(xs)
             loss = loss_fn(logits, ys).view(k, b).mean(0)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
+            grad = _grad_or_zero(loss, x)
             return grad, loss.detach(), logits.detach().view(k, b, -1).mean(0)
         grad = torch.zeros_like(x)
         total = torch.zeros(b, device=x.device)
@@ -167,8 +176,7 @@ class Attack:
         for _ in range(k):
             logits = self.model(x)
             loss = loss_fn(logits, labels)
-            (g,) = torch.autograd.grad(loss.sum(), x)
-            grad += g / k
+            grad += _grad_or_zero(loss, x) / k
             total += loss.detach() / k
             mean_logits = logits.detach() / k if mean_logits is None else mean_logits + logits.detach() / k
         return grad, total, mean_logits

@@ -5,9 +5,12 @@ from .trainer import EpochStats, Trainer, make_sgd
 from .adversarial import AdversarialTraining, RegularizedAdversarialTraining, crafting_mode  # registers at, rat
 from .baselines import SparsityRegularization, SparsityRegularizedAT, StochasticGating  # registers sr, sr_at, stog
 
+# short names
+AT, RAT, SR, StoG = AdversarialTraining, RegularizedAdversarialTraining, SparsityRegularization, StochasticGating
+
 __all__ = [
     "Strategy", "StepOutput", "BPTT", "TET", "tet_loss", "create_strategy", "list_strategies",
     "register_strategy", "Trainer", "EpochStats", "make_sgd",
     "AdversarialTraining", "RegularizedAdversarialTraining", "crafting_mode",
-    "SparsityRegularization", "SparsityRegularizedAT", "StochasticGating",
+    "SparsityRegularization", "SparsityRegularizedAT", "StochasticGating", "AT", "RAT", "SR", "StoG",
 ]

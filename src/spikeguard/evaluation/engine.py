@@ -235,8 +235,9 @@ class RobustnessReport:
 
 
 def _eval_seed(seed: int, batch_index: int) -> int:
-    # Distinct per batch and far apart, so noise_seed's per-layer offsets never collide.
-    return (int(seed) % 100_003) * 1_000_000 + batch_index * 1_000
+    # Distinct per batch and far apart: noise_seed adds the layer index (< 100) and the
+    # fixed-noise attack adds 100 * (pass + 1) (< 100,000 for up to 998 passes).
+    return (int(seed) % 10_007) * 10**10 + batch_index * 100_000
 
 
 def correct_per_pass(model: nn.Module, x: Tensor, y: Tensor, passes: int, seed: int | None,

@@ -126,6 +126,21 @@ def out_dir(args: argparse.Namespace, run) -> Path:
     return ensure_dir(args.out or Path(run.path) / "evaluation")
 
 
+def _check_source(source, model, x, path: str) -> None:
+    """A one-line error if the transfer source cannot take the target's inputs or classes."""
+    import torch
+
+    from ..errors import CheckpointError
+
+    try:
+        with torch.inference_mode():
+            k_src, k_tgt = source(x).shape[1], model(x).shape[1]
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"--source {path} cannot take this data: {str(e).splitlines()[0]}") from None
+    if k_src != k_tgt:
+        raise CheckpointError(f"--source {path} has {k_src} classes, the target {k_tgt}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..attacks import parse_attacks
     from ..checkpoint import load_run
@@ -137,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     rn, model, x, y, info, device = load_target(args)
     out = out_dir(args, rn)
     source = load_run(args.source, device=device).model if args.source else None
+    if source is not None:
+        _check_source(source, model, x[:2].to(device), args.source)
     kw = {"square": {"queries": args.square_queries}} if args.square_queries else None
     print(f"evaluating {rn.path} on {info['name']}/{info['split']} ({len(y)} images): {', '.join(names)}",
           file=sys.stderr)

@@ -113,12 +113,16 @@ class Trainer:
                     accuracy=acc, near_threshold=near, **out.metrics, **extra)
 
     def train_epoch(self, loader: Iterable[tuple[Tensor, Tensor]], epoch: int, steps: int | None = None,
-                    on_batch: Callable[[dict[str, float]], None] | None = None) -> EpochStats:
-        """Train one epoch; ``steps`` (batches per epoch) lets lambda advance within the epoch."""
+                    on_batch: Callable[[dict[str, float]], None] | None = None, start: int = 0) -> EpochStats:
+        """Train one epoch; ``steps`` (batches per epoch) lets lambda advance within the epoch.
+
+        ``start``: index of the loader's first batch within the epoch (a run resumed mid-epoch
+        passes the batches already done, so lambda's epoch fraction continues exactly).
+        """
         sums: dict[str, float] = {}
         n = seen = 0
         t0 = time.perf_counter()
-        for i, (x, y) in enumerate(loader):
+        for i, (x, y) in enumerate(loader, start):
             frac = epoch + (i / steps if steps else 0.0)
             m = self.train_step(x, y, frac)
             b = x.shape[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +20,15 @@ from tqdm.auto import tqdm
 
 from .analysis import plot_potential_histograms, potential_histogram
 from .attacks import FGSM, PGD, check_eps
-from .data import batches, load_digits_split
+from .checkpoint import load_model
+from .config import ExperimentConfig
+from .data import load_digits_split
 from .errors import ConfigError
 from .evaluation import adversarial_examples, correct_over_passes
+from .experiment import run_experiment
 from .io import atomic_write_json, ensure_dir
-from .models import create_model
 from .neurons import is_stochastic
-from .tgo import LambdaSchedule, ThresholdGuard
-from .training import Trainer, make_sgd
-from .utils import eps_label, seed_everything
+from .utils import eps_label
 
 
 @dataclass
@@ -63,22 +64,41 @@ class DemoConfig:
             check_eps(e)
 
 
-def _train(name: str, cfg: DemoConfig, tgo: bool, train_ds, progress: bool) -> tuple[torch.nn.Module, list[dict]]:
-    gen = seed_everything(cfg.seed)
-    neuron = "noisy_lif" if tgo else "lif"
-    neuron_kw = {"sigma": cfg.sigma} if tgo else {}
-    model = create_model("small_conv", num_classes=10, T=cfg.T, neuron=neuron, neuron_kw=neuron_kw,
-                         in_channels=1, image_size=8, mean=train_ds.mean, std=train_ds.std)
-    steps = math.ceil(len(train_ds) / cfg.batch_size)
-    opt, sched = make_sgd(model, lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps)
-    guard = ThresholdGuard(cfg.delta, schedule=LambdaSchedule(cfg.schedule, cfg.lambda_max, ramp_epochs=cfg.epochs)) if tgo else None
-    trainer = Trainer(model, opt, sched, guard=guard, delta_stat=cfg.delta)
-    log = []
-    bar = tqdm(range(cfg.epochs), desc=f"train {name}", disable=not progress, leave=False)
-    for epoch in bar:
-        st = trainer.train_epoch(batches(train_ds, cfg.batch_size, shuffle=True, generator=gen), epoch, steps)
-        log.append(st.as_dict())
-        bar.set_postfix(loss=f"{st.loss:.3f}", acc=f"{st.accuracy:.3f}", lam=f"{st.lam:.2f}", near=f"{st.near_threshold:.3f}")
+def demo_experiment(cfg: DemoConfig, tgo: bool) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of one demo model (saved with its checkpoint)."""
+    e = ExperimentConfig(name=f"demo-{'tgo' if tgo else 'vanilla'}", seed=cfg.seed, device="cpu",
+                         checkpoint_every=cfg.epochs)
+    e.data.name, e.data.augment = "digits", False  # flips and crops would destroy 8x8 digits
+    e.model.name, e.model.T = "small_conv", cfg.T
+    e.neuron.kind = "noisy_lif" if tgo else "lif"
+    e.neuron.sigma = cfg.sigma
+    e.tgo.enabled, e.tgo.delta, e.tgo.lambda_max, e.tgo.schedule = tgo, cfg.delta, cfg.lambda_max, cfg.schedule
+    e.optim.epochs, e.optim.lr, e.optim.batch_size = cfg.epochs, cfg.lr, cfg.batch_size
+    return e
+
+
+def _train(name: str, cfg: DemoConfig, tgo: bool, out: Path, progress: bool) -> tuple[torch.nn.Module, list[dict]]:
+    """Train one model as a full run folder ``out/name`` (usable by evaluate/analyze)."""
+    final = out / name
+    tmp = out / f".{name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    log: list[dict] = []
+    bar = tqdm(total=cfg.epochs, desc=f"train {name}", disable=not progress, leave=False)
+
+    def on_epoch(_done: int, row: dict) -> None:
+        log.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}", acc=f"{row.get('accuracy', float('nan')):.3f}",
+                        lam=f"{row.get('lam', 0.0):.2f}", near=f"{row.get('near_threshold', float('nan')):.3f}")
+
+    run_experiment(demo_experiment(cfg, tgo), tmp, progress=False, on_epoch=on_epoch)
+    bar.close()
+    # Replace the previous demo's run only once the new one is complete.
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    model = load_model(final)
     model.eval()
     return model, log
 
@@ -131,12 +151,12 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log: Callable[[str], None] 
         torch.set_num_threads(cfg.threads)
     out = ensure_dir(cfg.out)
     t0 = time.perf_counter()
-    train_ds, test_ds = load_digits_split()
+    _, test_ds = load_digits_split()
     if cfg.n_test:
         test_ds = test_ds.subset(cfg.n_test, seed=cfg.seed)
     models, results = {}, {"config": dataclasses.asdict(cfg), "models": {}}
     for name, tgo in (("vanilla", False), ("tgo", True)):
-        model, train_log = _train(name, cfg, tgo, train_ds, progress)
+        model, train_log = _train(name, cfg, tgo, out, progress)
         models[name] = model
         ev = _evaluate(name, model, cfg, test_ds, progress)
         ev["train_log"] = train_log
@@ -154,5 +174,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log: Callable[[str], None] 
                               title=f"Digits, small conv SNN, T={cfg.T} (seed {cfg.seed})")
     atomic_write_json(Path(out) / "results.json", results)
     log(format_table(results))
-    log(f"\nwrote {Path(out) / 'results.json'} and {Path(out) / 'potentials.png'} in {results['seconds']:.0f} s")
+    log(f"\nwrote {Path(out) / 'results.json'}, {Path(out) / 'potentials.png'} and the runs {out / 'vanilla'}, "
+        f"{out / 'tgo'} (checkpoints for 'spikeguard evaluate/analyze') in {results['seconds']:.0f} s")
     return results

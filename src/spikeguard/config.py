@@ -197,6 +197,8 @@ class ExperimentConfig:
         strategy: registered training strategy (``bptt``, ``tet``, ...).
         strategy_kw: keyword arguments of ``spikeguard.training.create_strategy(strategy, **kw)``.
         checkpoint_every: write a checkpoint every N epochs (0 = only at the end).
+        sync_bn: in a multi-process run, BatchNorm uses the statistics of the global batch
+            (``spikeguard.distributed.SyncBatchNorm``); off: each process uses its own shard's.
         format_version: layout version of this config.
     """
 
@@ -207,6 +209,7 @@ class ExperimentConfig:
     strategy: str = "bptt"
     strategy_kw: dict = field(default_factory=dict)
     checkpoint_every: int = 10
+    sync_bn: bool = False
     format_version: int = FORMAT_VERSION
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -193,20 +193,38 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def run_experiment(cfg: ExperimentConfig | None, out_dir: str | Path, resume: bool = False, progress: bool = True,
-                   on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+                   on_epoch: Callable[[int, dict], None] | None = None, logger: Any = None,
+                   handle_signals: bool = True) -> dict:
     """Train (or resume) the experiment ``cfg`` in ``out_dir``; return the results dict.
+
+    Runs in one process, or in every process of a ``torch.distributed`` job set up by
+    :func:`spikeguard.distributed.init_from_env` (see :mod:`spikeguard.distributed`: sharded
+    global batches, DDP, rank 0 writes every file).
 
     Args:
         cfg: the experiment; may be None when resuming (the run's saved config is used).
         out_dir: run folder. A new run refuses a folder that already holds a run.
-        resume: continue from the last checkpoint in ``out_dir``.
+        resume: continue from the last checkpoint in ``out_dir`` (an epoch's end, or the batch
+            where a SIGTERM/SIGINT stopped the run).
         progress: show a progress bar and one summary line per epoch.
         on_epoch: optional callback ``(completed_epochs, log_row)`` after each epoch's checkpoint.
+        logger: a :class:`spikeguard.logging.RunLogger` (step logs, TensorBoard, verbosity).
+        handle_signals: on SIGTERM/SIGINT finish the batch, checkpoint and raise
+            :class:`spikeguard.signals.Interrupted` (exit code 128 + signal in the CLI).
 
     Returns:
-        the content of ``results.json``.
+        the content of ``results.json`` (on ranks other than 0: ``{"rank": r}``).
     """
-    out = Path(out_dir)
+    from .distributed import current as dist_context
+
+    ctx = dist_context()
+    # rank 0 checks the folder and reads a saved run; the other ranks get its answer (and
+    # its errors), so they need no shared file system and never hang on a failed check
+    cfg = ctx.run_on_main(lambda: _prepare_run(cfg, Path(out_dir), resume))
+    return _run(cfg, Path(out_dir), resume, progress and ctx.is_main, on_epoch, logger, handle_signals, ctx)
+
+
+def _prepare_run(cfg: ExperimentConfig | None, out: Path, resume: bool) -> ExperimentConfig:
     if resume:
         if not (out / CONFIG_FILE).is_file():
             raise CheckpointError(f"nothing to resume in {out}: no {CONFIG_FILE} (start a new run without --resume)")
@@ -224,15 +242,30 @@ def run_experiment(cfg: ExperimentConfig | None, out_dir: str | Path, resume: bo
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     cfg.validate()
     ensure_dir(out)
+    return cfg
+
+
+def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoch: Callable | None, logger: Any,
+         handle_signals: bool, ctx: Any) -> dict:
+    from .distributed import EpochLoader, ShardWeight, merge_epoch_stats, prepare_model, reduce_epoch_stats, seed_rank
+    from .logging import NORMAL, QUIET, RunLogger, memory_stats
+    from .signals import Interrupted, graceful_stop
+
+    main = ctx.is_main
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    if logger is None:
+        logger = RunLogger(out, verbosity=NORMAL if progress else QUIET, enabled=main, device=device)
+    elif getattr(logger, "device", 0) is None:
+        logger.device = device  # report this run's CUDA memory
 
     gen = seed_everything(cfg.seed)
     train_ds, test_ds = build_datasets(cfg, progress=progress)
     model = build_model(cfg, train_ds).to(device)
     n_params = count_parameters(model)
-    write_run_config(out, cfg, model.spikeguard_spec, n_params)
+    if main:
+        write_run_config(out, cfg, model.spikeguard_spec, n_params)
 
     steps = math.ceil(len(train_ds) / cfg.optim.batch_size)
     epochs = cfg.optim.epochs
@@ -245,10 +278,18 @@ def run_experiment(cfg: ExperimentConfig | None, out_dir: str | Path, resume: bo
     trainer = Trainer(model, opt, sched, strategy=strategy, guard=guard, delta_stat=cfg.tgo.delta,
                       grad_clip=cfg.optim.grad_clip or None)
 
-    start, elapsed = 0, 0.0
-    state = load_training_state(out) if resume and (out / MODEL_FILE).exists() else None
+    start, elapsed, start_batch, order_state, partial = 0, 0.0, 0, None, None
+    state = None
+    if resume:
+        def _load() -> dict | None:
+            if not (out / MODEL_FILE).exists():
+                return None
+            st = load_training_state(out)
+            load_weights(model, out / MODEL_FILE, device=device)  # other ranks get rank 0's weights from DDP
+            return st
+
+        state = ctx.run_on_main(_load)
     if state is not None:
-        load_weights(model, out / MODEL_FILE, device=device)
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler") is not None:
             sched.load_state_dict(state["scheduler"])
@@ -256,58 +297,100 @@ def run_experiment(cfg: ExperimentConfig | None, out_dir: str | Path, resume: bo
             guard.load_state_dict(state["guard"])
         if state.get("strategy") is not None and hasattr(strategy, "load_state_dict"):
             strategy.load_state_dict(state["strategy"])
-        _set_rng_state(state["rng"], gen)
+        ranks = [state["rng"]] + list(state.get("rng_ranks") or [])
+        if len(ranks) == ctx.world_size:
+            _set_rng_state(ranks[ctx.rank], gen)
+        else:  # another number of processes: same data order, fresh per-rank noise streams
+            _set_rng_state(state["rng"], gen)
+            seed_rank(cfg.seed + int(state["epoch"]) + 1, ctx)
+            if main:
+                warnings.warn(f"resuming a {len(ranks)}-process run with {ctx.world_size} processes: the data "
+                              "order is kept but the per-rank random streams are new", stacklevel=2)
         start, elapsed = int(state["epoch"]), float(state.get("elapsed", 0.0))
+        start_batch, order_state, partial = int(state.get("batch", 0)), state.get("epoch_order"), state.get("partial")
+    else:
+        seed_rank(cfg.seed, ctx)  # rank 0 keeps the single-process stream
+    shard = ShardWeight(ctx.world_size)
+    train_model = prepare_model(model, guard, sync_bn=cfg.sync_bn, ctx=ctx, shard=shard)
+    trainer.model = train_model
     log_path = out / LOG_FILE
-    rows = _read_log(log_path, start) if resume else []
-    _write_log(log_path, rows)
+    rows = _read_log(log_path, start) if resume and main else []
+    if main:
+        _write_log(log_path, rows)
+        logger.resume(start * steps + start_batch)
+
+    def checkpoint(epoch_done: int, batch: int = 0, loader: Any = None, stats: Any = None, seen: int = 0) -> None:
+        own = _rng_state(gen)
+        if loader is not None and not batch:  # stopped before the epoch's first batch: its order is not drawn yet
+            own["data"] = loader.order_state
+        rng = ctx.all_gather_object(own)  # every rank's streams, for an exact resume
+        if not main:
+            return
+        ckpt_state = {"epoch": epoch_done, "elapsed": elapsed, "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict() if sched is not None else None,
+                      "guard": guard.state_dict() if guard is not None else None,
+                      "strategy": strategy.state_dict() if hasattr(strategy, "state_dict") else None,
+                      "rng": rng[0]}
+        if len(rng) > 1:
+            ckpt_state["rng_ranks"] = rng[1:]
+        if batch:
+            ckpt_state.update(batch=batch, epoch_order=loader.order_state,
+                              partial={"stats": stats.as_dict(), "seen": seen})
+        save_checkpoint(out, model, cfg, ckpt_state)
 
     from tqdm.auto import tqdm
 
     augment = random_crop_flip if cfg.data.augment else None
-    for epoch in range(start, epochs):
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False,
-                   dynamic_ncols=True)
-        run_sums: dict[str, float] = {}
-        count = [0]
-
-        def on_batch(m: dict[str, float]) -> None:
-            count[0] += 1
-            for k in ("loss", "accuracy", "lam", "near_threshold"):
-                if not math.isnan(m.get(k, float("nan"))):
-                    run_sums[k] = run_sums.get(k, 0.0) + m[k]
-            n = count[0]
-            bar.set_postfix(loss=f"{run_sums.get('loss', 0) / n:.3f}", acc=f"{run_sums.get('accuracy', 0) / n:.3f}",
-                            lam=f"{m.get('lam', 0.0):.3f}", near=f"{run_sums.get('near_threshold', 0) / n:.3f}",
-                            refresh=False)
-            bar.update(1)
-
-        lr = opt.param_groups[0]["lr"]
-        loader = batches(train_ds, cfg.optim.batch_size, shuffle=True, generator=gen, augment=augment, device=device)
-        stats = trainer.train_epoch(loader, epoch, steps, on_batch=on_batch)
-        bar.close()
-        elapsed += stats.seconds
-        row = {**stats.as_dict(), "epoch": epoch + 1, "lr": lr, "elapsed": elapsed}
-        if cfg.eval.test_every and (epoch + 1) % cfg.eval.test_every == 0 and epoch + 1 < epochs:
-            row["test_accuracy"] = test_accuracy(model, test_ds, cfg.eval.batch_size, cfg.eval.passes, device)
-        rows.append(row)
-        _write_log(log_path, rows)
-        if progress:
-            extra = f" test {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
-            tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {stats.loss:.4f} acc {stats.accuracy:.4f} "
-                       f"lambda {stats.lam:.3f} near {stats.near_threshold:.4f} "
-                       f"{stats.images_per_s:.0f} img/s {stats.seconds:.1f}s{extra}")
-        last = epoch + 1 == epochs
-        if last or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
-            ckpt_state = {"epoch": epoch + 1, "elapsed": elapsed, "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict() if sched is not None else None,
-                          "guard": guard.state_dict() if guard is not None else None,
-                          "strategy": strategy.state_dict() if hasattr(strategy, "state_dict") else None,
-                          "rng": _rng_state(gen)}
-            save_checkpoint(out, model, cfg, ckpt_state)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, row)
-
+    stop_ctx = graceful_stop(handle_signals)
+    stop = stop_ctx.__enter__()
+    try:
+        for epoch in range(start, epochs):
+            first = start_batch if epoch == start else 0
+            loader = EpochLoader(train_ds, cfg.optim.batch_size, gen, augment, device, ctx, start=first,
+                                 order_state=order_state if first else None,
+                                 stop=lambda: ctx.any(stop.requested), weight=shard)
+            lr = opt.param_groups[0]["lr"]
+            stats = _train_epoch(trainer, loader, epoch, epochs, steps, first, progress, opt, logger, tqdm)
+            stats = reduce_epoch_stats(stats, loader.local_samples, ctx)
+            if first:
+                stats = merge_epoch_stats(stats, loader.samples, partial)
+            elapsed += stats.seconds - (float(partial["stats"].get("seconds", 0.0)) if first and partial else 0.0)
+            if loader.stopped:
+                done = loader.position
+                if done or epoch > start:  # else the state on disk (if any) is this one
+                    seen = loader.samples + (int(partial["seen"]) if first and partial else 0)
+                    checkpoint(epoch, done, loader, stats, seen)
+                    msg = f"checkpoint saved in {out}, continue with --resume"
+                else:
+                    msg = "nothing new to save"
+                raise Interrupted(f"stopped by {stop.name} at epoch {epoch + 1}, batch {done}/{steps}; {msg}",
+                                  stop.signum or 15)
+            row = {**stats.as_dict(), "epoch": epoch + 1, "step": (epoch + 1) * steps, "lr": lr, "elapsed": elapsed,
+                   **memory_stats(device)}
+            if main and cfg.eval.test_every and (epoch + 1) % cfg.eval.test_every == 0 and epoch + 1 < epochs:
+                row["test_accuracy"] = test_accuracy(model, test_ds, cfg.eval.batch_size, cfg.eval.passes, device)
+            rows.append(row)
+            if main:
+                _write_log(log_path, rows)
+                logger.scalars(row, (epoch + 1) * steps, prefix="epoch/")
+            if progress:
+                extra = f" test {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
+                tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {stats.loss:.4f} acc {stats.accuracy:.4f} "
+                           f"lambda {stats.lam:.3f} near {stats.near_threshold:.4f} "
+                           f"{stats.images_per_s:.0f} img/s {stats.seconds:.1f}s{extra}")
+            last = epoch + 1 == epochs
+            if last or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
+                checkpoint(epoch + 1)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, row)
+        if stop.requested:  # the signal came after the last batch: the final checkpoint is on disk
+            raise Interrupted(f"stopped by {stop.name} after training; continue with --resume to write the results",
+                              stop.signum or 15)
+    finally:
+        stop_ctx.__exit__(None, None, None)
+        logger.close()
+    if not main:
+        return {"rank": ctx.rank}
     acc = test_accuracy(model, test_ds, cfg.eval.batch_size, cfg.eval.passes, device)
     results: dict[str, Any] = {
         "test_accuracy": acc, "test_samples": len(test_ds), "train_samples": len(train_ds),
@@ -321,6 +404,33 @@ def run_experiment(cfg: ExperimentConfig | None, out_dir: str | Path, resume: bo
     if progress:
         tqdm.write(f"clean test accuracy {acc:.4f} on {len(test_ds)} images; run saved in {out}")
     return results
+
+
+def _train_epoch(trainer: Trainer, loader: Any, epoch: int, epochs: int, steps: int, first: int, progress: bool,
+                 opt: torch.optim.Optimizer, logger: Any, tqdm: Any) -> Any:
+    """One epoch with a progress bar (loss, accuracy, lambda, near-threshold share) and step logs."""
+    bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    run_sums: dict[str, float] = {}
+    count = [0]
+
+    def on_batch(m: dict[str, float]) -> None:
+        count[0] += 1
+        for k in ("loss", "accuracy", "lam", "near_threshold"):
+            if not math.isnan(m.get(k, float("nan"))):
+                run_sums[k] = run_sums.get(k, 0.0) + m[k]
+        n = count[0]
+        bar.set_postfix(loss=f"{run_sums.get('loss', 0) / n:.3f}", acc=f"{run_sums.get('accuracy', 0) / n:.3f}",
+                        lam=f"{m.get('lam', 0.0):.3f}", near=f"{run_sums.get('near_threshold', 0) / n:.3f}",
+                        refresh=False)
+        bar.update(1)
+        i = loader.position  # index of the batch just trained
+        logger.step(epoch * steps + i + 1, epoch + (i + 1) / steps, m, loader.last_size, opt.param_groups[0]["lr"])
+
+    try:
+        return trainer.train_epoch(loader, epoch, steps, on_batch=on_batch, start=first)
+    finally:
+        bar.close()
 
 
 def _run_attacks(model: nn.Module, test_ds: ImageDataset, cfg: ExperimentConfig, out: Path, progress: bool) -> dict:

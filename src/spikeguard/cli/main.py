@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SpikeguardError as e:
         print(f"spikeguard {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_code", 2))  # e.g. 143 after a checkpoint on SIGTERM
     except KeyboardInterrupt:
         print(f"spikeguard {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -42,16 +42,57 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar and per-epoch lines")
+    add_run_args(p)
     p.set_defaults(func=run)
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Process-count and logging options (shared with ``evaluate``)."""
+    from .common import nonneg_int, positive_int
+
+    p.add_argument("--distributed", type=positive_int, default=None, metavar="N",
+                   help="run N processes on this machine (DDP over gloo on CPU, NCCL on GPU); under torchrun "
+                        "(RANK/WORLD_SIZE set) the processes are torchrun's and this flag is not needed")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print one line per logged step (loss, lambda, throughput, memory) and setup details")
+    p.add_argument("--log-every", type=nonneg_int, default=None, metavar="K",
+                   help="append a line to OUT/steps.jsonl every K steps (default 50; 10 with --verbose; 0 = off)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)")
+
+
+def child_argv(args: argparse.Namespace, *pairs: tuple[str, object]) -> list[str]:
+    """The command line of one worker of ``--distributed N``: this one without ``--distributed``."""
+    argv = [args.command]
+    for flag, value in pairs:
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list):
+            for v in value:
+                argv += [flag, str(v)]
+        else:
+            argv += [flag, str(value)]
+    for flag in ("quiet", "verbose", "tensorboard"):
+        if getattr(args, flag, False):
+            argv.append(f"--{flag}")
+    if getattr(args, "log_every", None) is not None:
+        argv += ["--log-every", str(args.log_every)]
+    return argv
+
+
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
     from ..config import config_to_toml, load_config
     from ..errors import ConfigError
     from ..experiment import run_experiment
+    from ..logging import NORMAL, QUIET, RunLogger, verbosity_from_args
 
     if not args.out and not args.print_config:
         raise ConfigError("--out DIR is required (the run folder to create or resume)")
+    verbosity = verbosity_from_args(args)
 
     cfg = None
     if args.config is not None or args.overrides or not args.resume:
@@ -59,7 +100,32 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_toml(cfg) if cfg is not None else "(resuming: the run's saved config is used)", end="")
         return 0
-    res = run_experiment(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    if args.no_progress:
+    if args.distributed and distributed.env_world() is None:
+        return distributed.launch_local(args.distributed, child_argv(
+            args, ("--out", args.out), ("--config", args.config), ("--set", args.overrides),
+            ("--resume", args.resume), ("--no-progress", args.no_progress)))
+    ctx = distributed.init_from_env(_device_setting(cfg, args))
+    try:
+        log_every = args.log_every if args.log_every is not None else (10 if verbosity > NORMAL else 50)
+        logger = RunLogger(args.out, verbosity=verbosity if not args.no_progress else min(verbosity, QUIET),
+                           log_every=log_every, tensorboard=args.tensorboard, enabled=ctx.is_main)
+        logger.debug(f"spikeguard train: rank {ctx.rank}/{ctx.world_size} ({ctx.backend or 'single process'})")
+        res = run_experiment(cfg, args.out, resume=args.resume, progress=verbosity >= NORMAL and not args.no_progress,
+                             logger=logger)
+    finally:
+        distributed.shutdown()
+    if args.no_progress and verbosity >= NORMAL and ctx.is_main:
         print(f"clean test accuracy {res['test_accuracy']:.4f} ({res['test_samples']} images); run in {args.out}")
     return 0
+
+
+def _device_setting(cfg, args: argparse.Namespace) -> str:
+    """The run's ``device`` (from the saved config when resuming without one) to pick gloo or NCCL."""
+    if cfg is not None:
+        return cfg.device
+    try:
+        from ..checkpoint import read_run_config
+
+        return read_run_config(args.out)[0].device
+    except Exception:  # rank 0 reports a missing or broken run; here any default will do
+        return "auto"

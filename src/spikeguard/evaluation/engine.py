@@ -240,6 +240,11 @@ def _eval_seed(seed: int, batch_index: int) -> int:
     return (int(seed) % 10_007) * 10**10 + batch_index * 100_000
 
 
+def _batch_seed(seed: int, batch_index: int) -> int:
+    # seeds the global generator (not the noise generators of _eval_seed) for one batch
+    return (int(seed) * 1_000_003 + int(batch_index) * 7_919 + 12_345) % 2**63
+
+
 def correct_per_pass(model: nn.Module, x: Tensor, y: Tensor, passes: int, seed: int | None,
                      max_batch: int = 4096) -> Tensor:
     """bool ``[passes, b]``: correct on each of ``passes`` forward passes (one batch of ``passes * b``).
@@ -264,7 +269,7 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
                         eps: float = 8 / 255, eot: int = 1, passes: int = 1, alpha: float = 0.01,
                         batch_size: int = 128, seed: int = 0, source: nn.Module | None = None,
                         attack_kw: dict[str, dict] | None = None, device: torch.device | str | None = None,
-                        max_eval_batch: int = 4096, progress: bool = False) -> RobustnessReport:
+                        max_eval_batch: int = 4096, progress: bool = False, first_batch: int = 0) -> RobustnessReport:
     """Run ``attacks`` on ``(images, labels)`` and judge every sample on every pass.
 
     Args:
@@ -281,6 +286,10 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
         device: where to run (default: the model's device).
         max_eval_batch: largest batch of one judging forward (``passes * b`` is split).
         progress: show a progress bar.
+        first_batch: global index of this call's first batch. Every batch's randomness (noise,
+            random starts, EoT) is seeded from ``(seed, batch index)``, so evaluating a
+            contiguous slice of whole batches with ``first_batch`` set gives exactly the
+            numbers of those batches in a full run (sharded and resumed evaluation).
 
     Raises:
         SpikeguardError: bad inputs or attack names.
@@ -332,7 +341,10 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
     for bi in range(n_batches):
         s, e = bi * batch_size, min(n, (bi + 1) * batch_size)
         x, y = images[s:e].to(device), labels[s:e].to(device)
-        es = _eval_seed(seed, bi) if stochastic else None
+        # the global stream (random starts, EoT noise) restarts per batch: results of a
+        # batch do not depend on which batches ran before it (sharding, resuming)
+        torch.manual_seed(_batch_seed(seed, first_batch + bi))
+        es = _eval_seed(seed, first_batch + bi) if stochastic else None
         if num_classes is None:
             with torch.inference_mode():
                 num_classes = int(model(x[:1]).shape[1])

@@ -190,6 +190,7 @@ def plot_gradient_heatmaps(images: Tensor, grads: Mapping[str, Tensor], path: st
             cb = fig.colorbar(im, ax=axes[i, -1], fraction=0.08, pad=0.03)
             cb.ax.tick_params(labelsize=6)
             cb.formatter.set_powerlimits((-2, 2))
+            cb.ax.yaxis.get_offset_text().set_fontsize(6)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

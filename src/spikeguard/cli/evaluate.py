@@ -49,6 +49,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audit", action="store_true", help="also run the audit (reuses this evaluation's attacks)")
     p.add_argument("--audit-steps", type=positive_int, default=10, help="PGD steps of the audit's own runs (default 10)")
     p.add_argument("--no-per-sample", action="store_true", help="leave the per-sample results out of the JSON")
+    p.add_argument("--distributed", type=positive_int, default=None, metavar="N",
+                   help="shard the batches over N local processes (under torchrun: over its processes); the "
+                        "result is identical to one process")
+    p.add_argument("--restart", action="store_true",
+                   help="ignore the per-batch journal of an interrupted run with the same settings (default: "
+                        "finished batches are reused)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    p.add_argument("--verbose", "-v", action="store_true", help="also print setup details")
     p.set_defaults(func=run)
 
 
@@ -142,35 +150,78 @@ def _check_source(source, model, x, path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
     from ..attacks import parse_attacks
-    from ..checkpoint import load_run
-    from ..evaluation import audit_robustness, evaluate_robustness
-    from ..io import atomic_write_json
+    from ..logging import NORMAL, VERBOSE, verbosity_from_args
+    from .train import child_argv
 
+    verbosity = verbosity_from_args(args)
     eps = parse_eps_arg(args.eps)
     names = parse_attacks(",".join(t for t in (args.suite or ("" if args.attacks else "paper"), args.attacks) if t))
+    if args.distributed and distributed.env_world() is None:
+        return distributed.launch_local(args.distributed, child_argv(args))
+    ctx = distributed.init_from_env(args.device)
+    try:
+        return _evaluate(args, eps, names, ctx, verbosity >= NORMAL and ctx.is_main, verbosity >= VERBOSE)
+    finally:
+        distributed.shutdown()
+
+
+def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk: bool, verbose: bool) -> int:
+    """The evaluation on this rank: shard of the batches, per-batch journal, rank 0 writes."""
+    import shutil
+
+    from ..checkpoint import MODEL_FILE, load_run
+    from ..evaluation import audit_robustness
+    from ..evaluation.sharded import evaluate_sharded, journal_key, read_journal
+    from ..io import atomic_write_json
+
     rn, model, x, y, info, device = load_target(args)
     out = out_dir(args, rn)
     source = load_run(args.source, device=device).model if args.source else None
     if source is not None:
         _check_source(source, model, x[:2].to(device), args.source)
     kw = {"square": {"queries": args.square_queries}} if args.square_queries else None
-    print(f"evaluating {rn.path} on {info['name']}/{info['split']} ({len(y)} images): {', '.join(names)}",
-          file=sys.stderr)
-    report = evaluate_robustness(model, x, y, names, eps=eps, eot=args.eot, passes=args.passes, alpha=args.alpha,
-                                 batch_size=args.batch_size, seed=args.seed, source=source, attack_kw=kw,
-                                 device=device, progress=not args.no_progress)
+    # the journal of finished batches belongs to exactly these settings and weights
+    st = (Path(rn.path) / MODEL_FILE).stat()
+    settings = {"checkpoint": str(Path(rn.path).resolve()), "weights": [st.st_size, st.st_mtime_ns],
+                "source": str(Path(args.source).resolve()) if args.source else None, "data": info, "attacks": names,
+                "eps": eps, "eot": args.eot, "passes": args.passes, "alpha": args.alpha, "batch_size": args.batch_size,
+                "seed": args.seed, "attack_kw": kw}
+    journal = out / f".evaluate-{journal_key(settings)}"
+    if args.restart and ctx.is_main and journal.exists():
+        shutil.rmtree(journal, ignore_errors=True)
+    ctx.barrier()
+    if talk:
+        print(f"evaluating {rn.path} on {info['name']}/{info['split']} ({len(y)} images): {', '.join(names)}",
+              file=sys.stderr)
+        n_done = len(read_journal(journal))
+        if n_done:
+            print(f"resuming: {n_done} finished batches on record in {journal}", file=sys.stderr)
+    if verbose and ctx.is_main:
+        print(f"{ctx.world_size} process(es), {ctx.backend or 'no process group'}, device {device}, journal {journal}",
+              file=sys.stderr)
+    report = evaluate_sharded(model, x, y, names, eps=eps, eot=args.eot, passes=args.passes, alpha=args.alpha,
+                              batch_size=args.batch_size, seed=args.seed, source=source, attack_kw=kw,
+                              device=device, journal=journal, ctx=ctx, progress=talk and not args.no_progress)
+    if not ctx.is_main:
+        return 0
     doc = {"checkpoint": str(rn.path), "source": args.source, "data": info, "command": "evaluate",
-           "table": report.table_row(), "report": report.to_dict(per_sample=not args.no_per_sample)}
-    print(report.format_table(f"robust accuracy of {rn.path}"))
+           "processes": ctx.world_size, "table": report.table_row(),
+           "report": report.to_dict(per_sample=not args.no_per_sample)}
+    if talk:
+        print(report.format_table(f"robust accuracy of {rn.path}"))
     if args.audit:
         audit = audit_robustness(model, x, y, eps=eps, eot=args.eot, passes=args.passes, report=report,
                                  steps=args.audit_steps, alpha=args.alpha, batch_size=args.batch_size,
-                                 seed=args.seed, device=device, progress=not args.no_progress)
+                                 seed=args.seed, device=device, progress=talk and not args.no_progress)
         doc["audit"] = audit.to_dict()
-        print()
-        print(audit.format())
+        if talk:
+            print()
+            print(audit.format())
     path = out / "robustness.json"
     atomic_write_json(path, doc)
-    print(f"\nwrote {path}")
+    shutil.rmtree(journal, ignore_errors=True)  # the results are safe in robustness.json now
+    if talk:
+        print(f"\nwrote {path}")
     return 0

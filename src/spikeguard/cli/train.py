@@ -62,24 +62,16 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)")
 
 
-def child_argv(args: argparse.Namespace, *pairs: tuple[str, object]) -> list[str]:
+def child_argv(args: argparse.Namespace) -> list[str]:
     """The command line of one worker of ``--distributed N``: this one without ``--distributed``."""
-    argv = [args.command]
-    for flag, value in pairs:
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, list):
-            for v in value:
-                argv += [flag, str(v)]
-        else:
-            argv += [flag, str(value)]
-    for flag in ("quiet", "verbose", "tensorboard"):
-        if getattr(args, flag, False):
-            argv.append(f"--{flag}")
-    if getattr(args, "log_every", None) is not None:
-        argv += ["--log-every", str(args.log_every)]
+    argv, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+        elif a == "--distributed":
+            skip = True
+        elif not a.startswith("--distributed="):
+            argv.append(a)
     return argv
 
 
@@ -101,9 +93,7 @@ def run(args: argparse.Namespace) -> int:
         print(config_to_toml(cfg) if cfg is not None else "(resuming: the run's saved config is used)", end="")
         return 0
     if args.distributed and distributed.env_world() is None:
-        return distributed.launch_local(args.distributed, child_argv(
-            args, ("--out", args.out), ("--config", args.config), ("--set", args.overrides),
-            ("--resume", args.resume), ("--no-progress", args.no_progress)))
+        return distributed.launch_local(args.distributed, child_argv(args))
     ctx = distributed.init_from_env(_device_setting(cfg, args))
     try:
         log_every = args.log_every if args.log_every is not None else (10 if verbosity > NORMAL else 50)

@@ -33,7 +33,7 @@ from torch import nn
 
 from .config import FORMAT_VERSION, ExperimentConfig, config_from_dict, config_to_dict
 from .errors import CheckpointError, SpikeguardError
-from .io import atomic_write_bytes, atomic_write_json, ensure_dir
+from .io import _json_safe, atomic_write_json, atomic_write_many, ensure_dir
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -213,14 +213,19 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, config: Experi
     spec = model_spec(config, model)
     ckpt_id = uuid.uuid4().hex
     meta = {"format_version": str(FORMAT_VERSION), "checkpoint_id": ckpt_id, "model": spec["name"]}
+    files: dict[Path, bytes] = {}
     if state is not None:
         tensors: dict[str, torch.Tensor] = {}
         structure = _encode(state, tensors, "state")
-        atomic_write_bytes(run / STATE_FILE, save(tensors, metadata=meta))
-        atomic_write_json(run / STATE_JSON, {"format_version": FORMAT_VERSION, "checkpoint_id": ckpt_id,
-                                             "state": structure})
+        files[run / STATE_FILE] = save(tensors, metadata=meta)
+        files[run / STATE_JSON] = (json.dumps(_json_safe({"format_version": FORMAT_VERSION, "checkpoint_id": ckpt_id,
+                                                          "state": structure}), indent=2, allow_nan=False)
+                                   + "\n").encode("utf-8")
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(run / MODEL_FILE, save(weights, metadata=meta))
+    files[run / MODEL_FILE] = save(weights, metadata=meta)
+    # all files reach the disk before any is renamed: a full disk or a failed write leaves the
+    # previous checkpoint whole (the renames themselves take microseconds)
+    atomic_write_many(files)
     n_params = sum(p.numel() for p in model.parameters())
     write_run_config(run, config, spec, n_params)
     return run

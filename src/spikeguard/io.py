@@ -55,6 +55,38 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def atomic_write_many(files: dict[str | os.PathLike, bytes]) -> None:
+    """Write several files as one unit: all temporary files are written and synced first,
+    then renamed back to back.
+
+    A full disk or any other write error leaves every existing file untouched (nothing is
+    renamed before all data is on disk), so files that must match (a checkpoint's weights
+    and training state) are never mixed from two saves by a failed write.
+    """
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            target = Path(path)
+            ensure_dir(target.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            temps.append((Path(tmp), target))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, target in temps:
+            os.replace(tmp, target)
+    except OSError as e:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        failed = temps[-1][1] if temps else next(iter(files), "")
+        raise SpikeguardError(f"could not write {failed}: {e.strerror or e}") from None
+    except BaseException:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

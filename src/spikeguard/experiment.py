@@ -285,7 +285,8 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
             if not (out / MODEL_FILE).exists():
                 return None
             st = load_training_state(out)
-            load_weights(model, out / MODEL_FILE, device=device)  # other ranks get rank 0's weights from DDP
+            if st is not None:  # other ranks get rank 0's weights from DDP
+                load_weights(model, out / MODEL_FILE, device=device)
             return st
 
         state = ctx.run_on_main(_load)

@@ -124,6 +124,9 @@ def evaluate_sharded(model: nn.Module, images: Tensor, labels: Tensor, attacks: 
         raise SpikeguardError("no samples to evaluate")
     if batch_size < 1:
         raise SpikeguardError("batch_size must be >= 1")
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+        raise SpikeguardError(f"{bad} of {n} images contain NaN or Inf; attacks need finite pixels in [0, 1]")
     n_batches = math.ceil(n / batch_size)
     done = read_journal(journal) if journal is not None else {}
     done = {b: r for b, r in done.items() if 0 <= b < n_batches and r.get("n") == min(batch_size, n - b * batch_size)}

@@ -546,7 +546,10 @@ class DistributedModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["module"], name)
+            inner = self.__dict__.get("_modules", {}).get("module")
+            if inner is None:  # not initialised yet (e.g. while unpickling)
+                raise
+            return getattr(inner, name)
 
 
 class _SyncedSchedule:

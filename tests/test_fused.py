@@ -161,3 +161,17 @@ def test_backend_selection():
         set_default_backend(old)
     s = LIF()(torch.randn(3, 2, 4, requires_grad=True))
     assert "LIFScan" in type(s.grad_fn).__name__
+
+
+def test_double_backward_is_refused_not_silently_wrong():
+    """The JVP-by-double-backward trick must fail loudly on the fused backend (use "loop")."""
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    s = LIF()(x)
+    u = torch.zeros_like(s, requires_grad=True)
+    (g,) = torch.autograd.grad(s, x, u, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice|not have been used"):
+        torch.autograd.grad(g, u, torch.ones_like(g))
+    s = LIF(backend="loop")(x)  # the reference supports it
+    (g,) = torch.autograd.grad(s, x, u, create_graph=True)
+    (jv,) = torch.autograd.grad(g, u, torch.ones_like(g))
+    assert jv.shape == s.shape

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .surrogate import Surrogate
 
@@ -182,6 +183,7 @@ class LIFScan(torch.autograd.Function):
         return spikes, u_all
 
     @staticmethod
+    @once_differentiable  # double backward (create_graph=True) raises; use backend="loop" for it
     def backward(ctx, grad_s: Tensor | None, grad_u: Tensor | None):  # type: ignore[override]
         decay, v_threshold, surrogate, at_noisy, detach_reset, noisy = ctx.params
         saved = ctx.saved_tensors
@@ -334,6 +336,9 @@ _CFLAGS = ["-O3", "-std=gnu99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-t
 
 KERNELS = ("auto", "native", "torch")
 _kernel_choice = os.environ.get("SPIKEGUARD_LIF_KERNEL", "auto")
+if _kernel_choice not in KERNELS:
+    warnings.warn(f"SPIKEGUARD_LIF_KERNEL={_kernel_choice!r} is not one of {KERNELS}; using 'auto'", RuntimeWarning)
+    _kernel_choice = "auto"
 _native_lib: ctypes.CDLL | None = None
 _native_error: str | None = None
 

@@ -157,7 +157,10 @@ def evaluate_sharded(model: nn.Module, images: Tensor, labels: Tensor, attacks: 
             bar.update(1)
     if bar is not None:
         bar.close()
-    for part in ctx.all_gather_object(mine):
+    # each rank contributes its own batches, computed now or found in its journal (a journal
+    # need not be on a shared file system)
+    own = {b: r for b, r in done.items() if b % ctx.world_size == ctx.rank}
+    for part in ctx.all_gather_object({**own, **mine}):
         done.update(part)
     missing = [b for b in range(n_batches) if b not in done]
     if missing:  # pragma: no cover - every batch belongs to some rank

@@ -234,14 +234,14 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
     nums = {pair[0]: a1, pair[1]: a2, "difference_points": 100 * d, "ci95": {pair[0]: ci(pair[0]), pair[1]: ci(pair[1])}}
     if abs(d) < tol:
         checks.append(Check("steps", "doubling the steps changes little", PASS, nums,
-                            f"{pair[0]} {_pts(a1)} vs {pair[1]} {_pts(a2)}: {100 * d:+.1f} pts (< {tolerance:g})."))
+                            f"{pair[0]} {_pts(a1)} vs {pair[1]} {_pts(a2)}: {100 * d:+.2f} pts (< {tolerance:g})."))
     else:
         why = ("more steps still lower the accuracy: the attack has not converged; report more steps, "
                "restarts or APGD" if d < 0 else
                "more steps raised the accuracy: the numbers are dominated by randomness (the model's noise or "
                "the random start); use more passes/samples, EoT, or restarts")
         checks.append(Check("steps", "doubling the steps changes little", WARN, nums,
-                            f"{pair[0]} {_pts(a1)} vs {pair[1]} {_pts(a2)}: {100 * d:+.1f} pts. Suggests {why}."
+                            f"{pair[0]} {_pts(a1)} vs {pair[1]} {_pts(a2)}: {100 * d:+.2f} pts. Suggests {why}."
                             + _noise_note(ci(pair[0]), ci(pair[1]))))
 
     # 4. EoT ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SpikeguardError
-from .base import Attack, get_loss, margin_loss
+from .base import Attack, best_of_restarts, get_loss, margin_loss
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -114,13 +114,7 @@ class APGD(Attack):
         return result, score
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
-        best, best_score = self.run_once(images, labels)
-        for _ in range(self.restarts - 1):
-            adv, score = self.run_once(images, labels)
-            better = score > best_score
-            best[better] = adv[better]
-            best_score = torch.where(better, score, best_score)
-        return best
+        return best_of_restarts(self.run_once, images, labels, self.restarts)
 
     def __repr__(self) -> str:
         return (f"APGD(eps={self.eps:.5g}, steps={self.steps}, loss={self.loss}, restarts={self.restarts}, "

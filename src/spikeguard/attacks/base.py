@@ -193,3 +193,15 @@ class Attack:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps:.5g}, eot={self.eot})"
+
+
+def best_of_restarts(run_once: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]], images: Tensor,
+                     labels: Tensor, restarts: int) -> Tensor:
+    """Call ``run_once`` ``restarts`` times; per sample keep the run with the highest score."""
+    best, best_score = run_once(images, labels)
+    for _ in range(restarts - 1):
+        adv, score = run_once(images, labels)
+        better = score > best_score
+        best[better] = adv[better]
+        best_score = torch.where(better, score, best_score)
+    return best

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SpikeguardError
-from .base import Attack, check_eps, get_loss, margin_loss, targeted_margin_loss
+from .base import Attack, best_of_restarts, check_eps, get_loss, margin_loss, targeted_margin_loss
 
 
 class FGSM(Attack):
@@ -82,13 +82,7 @@ class PGD(Attack):
         return adv, _restart_score(self.logits(adv), labels, self.loss_fn)
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
-        best, best_score = self.run_once(images, labels)
-        for _ in range(self.restarts - 1):
-            adv, score = self.run_once(images, labels)
-            better = score > best_score
-            best[better] = adv[better]
-            best_score = torch.where(better, score, best_score)
-        return best
+        return best_of_restarts(self.run_once, images, labels, self.restarts)
 
     def __repr__(self) -> str:
         return (f"PGD(eps={self.eps:.5g}, alpha={self.alpha:.5g}, steps={self.steps}, restarts={self.restarts}, "

@@ -308,6 +308,14 @@ def _row_levels(surfaces: Sequence[Landscape], n: int = 14) -> np.ndarray:
     return np.geomspace(lo, hi, n)
 
 
+def _model_order(surfaces: Mapping[str, Mapping[str, Landscape]]) -> list[str]:
+    """Model names in first-seen order over all rows (the columns of a landscape figure)."""
+    models: list[str] = []
+    for row in surfaces.values():
+        models += [m for m in row if m not in models]
+    return models
+
+
 def plot_landscape_contours(surfaces: Mapping[str, Mapping[str, Landscape]], path: str | os.PathLike, *,
                             title: str = "", cell: tuple[float, float] = (3.3, 2.9), dpi: int = 150,
                             formats: str | Sequence[str] | None = None) -> list[Path]:
@@ -322,9 +330,7 @@ def plot_landscape_contours(surfaces: Mapping[str, Mapping[str, Landscape]], pat
     rows = list(surfaces)
     if not rows:
         raise ConfigError("no loss landscapes to plot")
-    models: list[str] = []
-    for r in rows:
-        models += [m for m in surfaces[r] if m not in models]
+    models = _model_order(surfaces)
     fig, axes = new_figure((cell[0] * len(models) + 0.8, cell[1] * len(rows) + 0.4), dpi, len(rows), len(models))
     for i, r in enumerate(rows):
         present = [surfaces[r][m] for m in models if m in surfaces[r]]
@@ -369,9 +375,7 @@ def plot_landscape_surfaces(surfaces: Mapping[str, Mapping[str, Landscape]], pat
     plt_rows = list(surfaces)
     if not plt_rows:
         raise ConfigError("no loss landscapes to plot")
-    models: list[str] = []
-    for r in plt_rows:
-        models += [m for m in surfaces[r] if m not in models]
+    models = _model_order(surfaces)
     fig, axes = new_figure((cell[0] * len(models), cell[1] * len(plt_rows) + 0.3), dpi, len(plt_rows), len(models),
                            subplot_kw={"projection": "3d"})
     for i, r in enumerate(plt_rows):

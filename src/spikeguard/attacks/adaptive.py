@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import SpikeguardError
 from ..neurons import NoisyLIF, Surrogate, noise_enabled, noise_seed, spiking_neurons
-from .base import Attack, ce_loss, check_eps
+from .base import Attack, ce_loss, check_eps, keep_better
 from .gradient import PGD, _restart_score
 
 
@@ -214,9 +214,7 @@ class SurrogateEnsemble(Attack):
             if best is None:
                 best, best_score = adv, score
                 continue
-            better = score > best_score
-            best[better] = adv[better]
-            best_score = torch.where(better, score, best_score)
+            best, best_score = keep_better(best, best_score, adv, score)
         return best
 
     def __repr__(self) -> str:
@@ -278,9 +276,7 @@ class AdaptiveSurrogate(Attack):
             pick = scores.argmax(0)
             adv = cand[pick, torch.arange(b, device=images.device)]
             score = scores.max(0).values
-            better = score > best_score
-            best[better] = adv[better]
-            best_score = torch.where(better, score, best_score)
+            best, best_score = keep_better(best, best_score, adv, score)
         return best
 
     def __repr__(self) -> str:

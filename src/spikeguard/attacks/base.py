@@ -200,8 +200,12 @@ def best_of_restarts(run_once: Callable[[Tensor, Tensor], tuple[Tensor, Tensor |
     """Call ``run_once`` ``restarts`` times; per sample keep the run with the highest score."""
     best, best_score = run_once(images, labels)
     for _ in range(restarts - 1):
-        adv, score = run_once(images, labels)
-        better = score > best_score
-        best[better] = adv[better]
-        best_score = torch.where(better, score, best_score)
+        best, best_score = keep_better(best, best_score, *run_once(images, labels))
     return best
+
+
+def keep_better(best: Tensor, best_score: Tensor, adv: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample, keep ``adv`` where its ``score`` beats ``best_score`` (updates ``best`` in place)."""
+    better = score > best_score
+    best[better] = adv[better]
+    return best, torch.where(better, score, best_score)

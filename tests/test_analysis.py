@@ -269,6 +269,18 @@ def test_sweep_reads_demo_and_evaluation_layouts(tmp_path):
         sweep.load_sweep_records([tmp_path / "junk.json"])
 
 
+def test_accuracy_table_layout_and_deltas():
+    R = sweep.SweepRecord
+    recs = [R("bptt", "fgsm", 8 / 255, 0.10, 0.50), R("bptt", "pgd10", 8 / 255, 0.02, 0.50),
+            R("bptt", "fgsm", 2 / 255, 0.30, 0.50), R("tgo", "fgsm", 8 / 255, 0.25, 0.45)]
+    lines = sweep.accuracy_table(recs, reference="bptt").splitlines()
+    assert lines[0] == "| model | clean | fgsm 2/255 | fgsm 8/255 | pgd10 8/255 |"  # eps first, then attack order
+    assert lines[2] == "| bptt | 50.0 | 30.0 | 10.0 | 2.0 |"
+    assert lines[3] == "| tgo | 45.0 (-5.0) | - | 25.0 (+15.0) | - |"
+    with pytest.raises(ConfigError):
+        sweep.accuracy_table(recs, reference="nope")
+
+
 # --------------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def run_dirs(tmp_path_factory):

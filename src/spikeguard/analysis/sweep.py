@@ -341,6 +341,43 @@ def plot_sweep(records: Sequence[SweepRecord], path: str | os.PathLike, *, attac
     return save_figure(fig, path, formats)
 
 
+def accuracy_table(records: Sequence[SweepRecord], reference: str | None = None) -> str:
+    """A Markdown table: one row per model, ``clean`` then one column per (eps, attack), in %.
+
+    Columns are ordered by eps, then by the attacks' first appearance; a cell no record fills is
+    ``-``. With ``reference`` (a model name), every other row also shows its difference to that
+    row in points, the layout the paper uses for its comparisons.
+    """
+    models = list(dict.fromkeys(r.model for r in records))
+    if reference is not None and reference not in models:
+        raise ConfigError(f"reference model {reference!r} is not among the models {models}")
+    attacks = list(dict.fromkeys(r.attack for r in records))
+    cols = sorted({(round(r.eps, 9), attacks.index(r.attack)) for r in records})
+    cell: dict[tuple[str, float, int], float] = {}
+    clean: dict[str, float] = {}
+    for r in records:
+        cell[(r.model, round(r.eps, 9), attacks.index(r.attack))] = r.accuracy
+        if r.clean is not None:
+            clean.setdefault(r.model, r.clean)
+
+    def fmt(v: float | None, ref: float | None) -> str:
+        if v is None:
+            return "-"
+        txt = f"{100 * v:.1f}"
+        return txt if ref is None else f"{txt} ({100 * (v - ref):+.1f})"
+
+    head = ["model", "clean"] + [f"{attacks[a]} {eps_label(e)}" for e, a in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        ref_m = reference if reference is not None and m != reference else None
+        row = [m, fmt(clean.get(m), clean.get(ref_m) if ref_m else None)]
+        for e, a in cols:
+            ref = cell.get((ref_m, e, a)) if ref_m else None
+            row.append(fmt(cell.get((m, e, a)), ref))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def sweep_summary(records: Sequence[SweepRecord], attack: str | None = None) -> dict:
     """JSON-ready: the records and the per-model curves."""
     return {"analysis": "sweep", "attack": attack or "worst",

@@ -135,6 +135,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--sweep-attack", default=None, metavar="NAME",
                     help="attack to plot (default: 'worst case' if present, else the worst over attacks)")
     sw.add_argument("--lambda-eps", type=_eps, default=None, help="budget of the lambda_max panel (default ~8/255)")
+    sw.add_argument("--reference", default=None, metavar="MODEL",
+                    help="model name the table's deltas are taken against (default: no deltas)")
     p.set_defaults(func=run)
 
 
@@ -201,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.files:
             raise ConfigError("analyze sweep needs evaluation JSON files (or folders) as arguments")
         res = C.run_sweep(args.files, out, attack=args.sweep_attack, lambda_eps=args.lambda_eps, formats=formats,
-                          title=args.title)
+                          title=args.title, reference=args.reference)
         _report(res, t0)
         return 0
     if args.files:
@@ -276,6 +278,8 @@ def _report(res: dict, t0: float) -> None:
     elif kind == "sweep":
         for m, pts in res["curves"].items():
             print(f"{m}: " + ", ".join(f"{p['eps_label']}: {100 * p['accuracy']:.1f}%" for p in pts))
+        print()
+        print(res["table"])
     for f in res.get("files", []):
         print(f"  wrote {f}")
     print(f"  ({time.perf_counter() - t0:.0f} s)")

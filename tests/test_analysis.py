@@ -269,6 +269,20 @@ def test_sweep_reads_demo_and_evaluation_layouts(tmp_path):
         sweep.load_sweep_records([tmp_path / "junk.json"])
 
 
+def test_sweep_reads_evaluate_robustness_json(tmp_path):
+    run = tmp_path / "tgo_run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"tgo": {"enabled": True, "lambda_max": 0.4}}}))
+    doc = {"checkpoint": str(run), "command": "evaluate", "table": {"clean": 0.9, "FGSM": 0.5},
+           "report": {"eps": 8 / 255, "eps_label": "8/255", "clean": {"accuracy": 0.9},
+                      "attacks": {"fgsm": {"accuracy": 0.5}}, "worst_case": {"accuracy": 0.5}}}
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "robustness.json").write_text(json.dumps(doc))
+    recs = sweep.load_sweep_records([tmp_path / "ev"])
+    assert {(r.model, r.attack, r.accuracy, r.clean, r.lambda_max) for r in recs} == {
+        ("tgo_run", "fgsm", 0.5, 0.9, 0.4), ("tgo_run", sweep.WORST, 0.5, 0.9, 0.4)}
+
+
 def test_accuracy_table_layout_and_deltas():
     R = sweep.SweepRecord
     recs = [R("bptt", "fgsm", 8 / 255, 0.10, 0.50), R("bptt", "pgd10", 8 / 255, 0.02, 0.50),

@@ -7,13 +7,15 @@ The reader is liberal; every file is turned into flat :class:`SweepRecord` rows
    ``{"models": {name: {"clean": a, "attacks": {attack: {"8/255": a, ...}}}}, "config": {...}}``;
    lambda_max is the model entry's ``"lambda_max"``, or ``config.lambda_max`` for a model
    whose name contains ``tgo``;
-2. one evaluation (``spikeguard evaluate``): a top-level ``"eps"`` (number or ``"8/255"``)
+2. one evaluation: a top-level ``"eps"`` (number or ``"8/255"``)
    and ``"attacks"`` or ``"results"`` mapping attack -> accuracy, where an accuracy is a
    number or a dict with ``"accuracy"`` / ``"robust_accuracy"`` / ``"acc"``; ``"clean"`` (same
    forms), ``"clean_accuracy"`` or ``"test_accuracy"``; ``"worst_case"`` becomes the attack
    ``worst case``;
 3. an evaluation whose attacks map eps labels to accuracies (shape 1 without ``"models"``);
-4. a list of evaluations, or a dict with ``"evaluations"`` / ``"runs"`` / ``"sweep"`` holding
+4. ``spikeguard evaluate``'s ``robustness.json``: shape 2 under ``"report"``, named after the
+   evaluated run folder (``"checkpoint"``), whose ``config.json`` gives lambda_max;
+5. a list of evaluations, or a dict with ``"evaluations"`` / ``"runs"`` / ``"sweep"`` holding
    one, or a training ``results.json`` whose ``"attacks"`` is an evaluation or a dict of
    evaluations keyed by eps.
 
@@ -177,6 +179,19 @@ def parse_evaluation(doc: Any, path: str | os.PathLike = "<memory>") -> list[Swe
                 lam = cfg["lambda_max"]
             out += _from_eval(m, str(name), None if lam is None else float(lam), src)
         return out
+    if isinstance(doc.get("report"), Mapping) and "attacks" in doc["report"]:
+        # ``spikeguard evaluate``'s robustness.json: the evaluation sits under "report"; the model
+        # is the evaluated run folder (its config.json gives lambda_max)
+        ckpt = doc.get("checkpoint")
+        run = Path(ckpt) if isinstance(ckpt, str) and ckpt else None
+        if run is not None and run.suffix == ".safetensors":
+            run = run.parent
+        name = _default_name(p, doc) if run is None or any(k in doc for k in ("model_name", "name", "label")) \
+            else run.name
+        lam = _lambda_from(doc, p)
+        if lam is None and run is not None:
+            lam = _lambda_from({}, run / p.name)
+        return _from_eval(doc["report"], name, lam, src)
     for k in ("evaluations", "runs", "sweep"):
         if isinstance(doc.get(k), list):
             name = _default_name(p, doc)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # BPTT, TGO, AT and TGO+AT on the CPU preset (reduced VGG-11, 10,000-image CIFAR-10 subset, T=4,
-# 5 epochs), each attacked with FGSM, RFGSM and PGD-10 (step 0.01) at eps 2/255 and 8/255, and
+# 5 epochs), each attacked with FGSM, RFGSM and PGD-10 (step 0.01) at eps 2, 4 and 8 /255, and
 # the tables of the paper's two comparisons (TGO vs BPTT, TGO+AT vs AT) with deltas in points.
 #
 #   bash examples/cifar_subset_strategies.sh            # from the repository root, ../shared beside it
@@ -26,7 +26,7 @@ for m in "${MODELS[@]}"; do
     [[ -f "$run/config.json" ]] && resume=(--resume)
     spikeguard train --config "configs/cpu/cifar10-vgg_small-$m.toml" --out "$run" "${resume[@]}"
   fi
-  for e in 2 8; do
+  for e in 2 4 8; do
     [[ -f "$run/eval-$e/robustness.json" ]] && continue
     spikeguard evaluate --checkpoint "$run" --attacks fgsm,rfgsm,pgd10 --eps "$e" --n-samples "$N" \
       --eot "$EOT" --passes "$PASSES" --out "$run/eval-$e" --no-progress

@@ -97,6 +97,26 @@ def test_report_is_self_contained(runs, tmp_path):
         assert expected in text, expected
 
 
+def test_report_reads_evaluations_in_sub_folders(runs, tmp_path):
+    train = runs[1]
+    for eps, acc in (("2/255", 0.4567), ("8/255", 0.1234)):
+        ev = train / f"eval-{eps.split('/')[0]}"
+        ev.mkdir()
+        (ev / "robustness.json").write_text(json.dumps({
+            "checkpoint": str(train), "command": "evaluate",
+            "report": {"eps": eps, "clean": {"accuracy": 0.9}, "attacks": {"pgd10": {"accuracy": acc}}}}))
+    journal = train / "evaluation" / ".evaluate-abc"  # an interrupted run's journal is not a result
+    journal.mkdir(parents=True)
+    (journal / "batch0.json").write_text(json.dumps({"eps": 0.1, "attacks": {"x": 0.99}}))
+    out = build_report([train], tmp_path / "report.html")
+    p = _Collector()
+    p.feed(out.read_text(encoding="utf-8"))
+    text = " ".join(p.text)
+    for expected in ("45.67%", "12.34%", "eval-2/, eval-8/", "pgd10 @ 2/255", "pgd10 @ 8/255"):
+        assert expected in text, expected
+    assert "99.00%" not in text
+
+
 def test_report_cli_and_errors(runs, tmp_path, capsys):
     assert main(["report", *map(str, runs), "--out", str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r.html").stat().st_size > 1000

@@ -6,7 +6,8 @@ shows what it finds:
 
 * ``config.json`` (``spikeguard train`` runs): model, data, neuron, TGO and optimiser settings;
 * ``log.jsonl``: training curves (loss, accuracy, lambda, near-threshold share), drawn here;
-* ``results.json`` and other evaluation JSONs: accuracy tables (demo layout, ``spikeguard
+* ``results.json`` and other evaluation JSONs, in the folder or one sub-folder down (where
+  ``spikeguard evaluate`` writes them): accuracy tables (demo layout, ``spikeguard
   evaluate`` layout, training results); with two or more budgets, a robust-accuracy-vs-eps
   figure is drawn (see :mod:`spikeguard.analysis.sweep`);
 * ``membrane.json``, ``gradients.json``, ``flip.json``, ``jacobian.json``, ``landscape.json``
@@ -269,6 +270,19 @@ def _run_section(run: Path, idx: int) -> tuple[str, list[_sweep.SweepRecord]]:
                       and "near_threshold" in m]
                 if nt:
                     parts.append(table(["model", "near-threshold share"], nt, pct_cols=(1,)))
+    # evaluations written into sub-folders (``spikeguard evaluate``'s default RUN/evaluation/, or
+    # one folder per budget) belong to this run: one table over all of them
+    sub_records: list[_sweep.SweepRecord] = []
+    for f in sorted(run.glob("*/*.json")):
+        if f.parent.name.startswith(".") or f.name == "config.json" or f.name.startswith("state"):
+            continue
+        doc = _read_json(f)
+        if isinstance(doc, dict) and doc.get("analysis") not in _ANALYSES:
+            sub_records += _sweep.parse_evaluation(doc, f)
+    if sub_records:
+        records += sub_records
+        folders = sorted({Path(r.source).parent.name for r in sub_records})
+        parts.append(_eval_section(sub_records, f"Accuracy ({', '.join(x + '/' for x in folders)})"))
     pngs = sorted(p for p in run.rglob("*.png") if len(p.relative_to(run).parts) <= 3)
     if pngs:
         parts.append("<h3>Figures</h3>")

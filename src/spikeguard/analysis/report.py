@@ -314,7 +314,9 @@ def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, titl
     for i, d in enumerate(dirs):
         s, recs = _run_section(d, i)
         sections.append(s)
-        all_records += [_sweep.SweepRecord(**{**r.__dict__, "model": f"{d.name}/{r.model}" if len(dirs) > 1 else r.model})
+        # a record named after its own run folder needs no prefix to tell it from the other runs'
+        all_records += [_sweep.SweepRecord(**{**r.__dict__, "model": f"{d.name}/{r.model}"
+                                              if len(dirs) > 1 and r.model != d.name else r.model})
                         for r in recs]
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     toc = "".join(f'<li><a href="#run{i}">{_e(d.name or str(d))}</a></li>' for i, d in enumerate(dirs))

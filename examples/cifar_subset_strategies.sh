@@ -10,7 +10,8 @@
 # script can be re-run after a stop. Noisy-LIF models are attacked with EoT-$EOT gradients and
 # judged over $PASSES forward passes; LIF models are deterministic (EoT and passes are 1).
 # Outputs: $OUT/<model>/ (run folders), $OUT/<model>/eval-<eps>/robustness.json, and
-# $OUT/table-{bptt,at}/sweep_table.md + sweep.png (accuracy vs eps).
+# $OUT/table-{bptt,at}/sweep_table.md + sweep.png (accuracy vs eps), $OUT/analysis/ (membrane, gradients,
+# landscape, flip, Jacobian figures of the BPTT/TGO pair) and $OUT/report.html.
 set -euo pipefail
 
 OUT=${OUT:-runs/cifar-subset}
@@ -33,7 +34,12 @@ for m in "${MODELS[@]}"; do
   done
 done
 
-spikeguard analyze sweep "$OUT"/bptt/eval-* "$OUT"/tgo/eval-* --reference bptt --out "$OUT/table-bptt" \
+spikeguard analyze sweep "$OUT"/bptt/eval-{2,4,8} "$OUT"/tgo/eval-{2,4,8} --reference bptt --out "$OUT/table-bptt" \
   --title "CIFAR-10 subset, vgg_small T=4: TGO vs BPTT"
-spikeguard analyze sweep "$OUT"/at/eval-* "$OUT"/at-tgo/eval-* --reference at --out "$OUT/table-at" \
+spikeguard analyze sweep "$OUT"/at/eval-{2,4,8} "$OUT"/at-tgo/eval-{2,4,8} --reference at --out "$OUT/table-at" \
   --title "CIFAR-10 subset, vgg_small T=4: TGO+AT vs AT"
+
+# the paper's analyses of the BPTT/TGO pair (about 15 min on 2 cores) and one HTML page with everything
+[[ -f "$OUT/analysis/membrane.json" ]] || spikeguard analyze all -k vanilla="$OUT/bptt" -k tgo="$OUT/tgo" \
+  --out "$OUT/analysis" --steps 13 --format png,svg
+spikeguard report "$OUT"/{bptt,tgo,at,at-tgo} "$OUT/analysis" --out "$OUT/report.html"

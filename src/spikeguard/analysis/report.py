@@ -167,14 +167,9 @@ def _eval_section(records: list[_sweep.SweepRecord], title: str) -> str:
     """Accuracy table: rows = models, columns = clean + attack@eps."""
     if not records:
         return ""
-    models = list(dict.fromkeys(r.model for r in records))
-    cols = list(dict.fromkeys((r.attack, round(r.eps, 9)) for r in records))
-    head = ["model", "clean"] + [f"{a} @ {eps_label(e)}" for a, e in cols]
-    rows = []
-    for m in models:
-        clean = next((r.clean for r in records if r.model == m and r.clean is not None), None)
-        vals = {(r.attack, round(r.eps, 9)): r.accuracy for r in records if r.model == m}
-        rows.append([m, clean] + [vals.get(c) for c in cols])
+    g = _sweep.AccuracyGrid.of(records)
+    head = ["model", "clean"] + [f"{a} @ {eps_label(e)}" for e, a in g.columns]
+    rows = [[m, g.clean.get(m)] + [g.cells.get((m, c)) for c in g.columns] for m in g.models]
     html_ = f"<h3>{_e(title)}</h3>" + table(head, rows, pct_cols=range(1, len(head)))
     if len({round(r.eps, 9) for r in records}) >= 2:
         import tempfile

@@ -190,7 +190,7 @@ def parse_evaluation(doc: Any, path: str | os.PathLike = "<memory>") -> list[Swe
             else run.name
         lam = _lambda_from(doc, p)
         if lam is None and run is not None:
-            lam = _lambda_from({}, run / p.name)
+            lam = _lambda_from({}, run / "robustness.json")  # reads run/config.json
         return _from_eval(doc["report"], name, lam, src)
     for k in ("evaluations", "runs", "sweep"):
         if isinstance(doc.get(k), list):
@@ -356,6 +356,31 @@ def plot_sweep(records: Sequence[SweepRecord], path: str | os.PathLike, *, attac
     return save_figure(fig, path, formats)
 
 
+@dataclass
+class AccuracyGrid:
+    """Records arranged as a model x (eps, attack) grid (tables in Markdown and in the HTML report).
+
+    ``columns`` are ordered by eps, then by the attacks' first appearance; ``cells`` maps
+    ``(model, column)`` to an accuracy, ``clean`` maps a model to its clean accuracy.
+    """
+
+    models: list[str]
+    columns: list[tuple[float, str]]
+    cells: dict[tuple[str, tuple[float, str]], float]
+    clean: dict[str, float]
+
+    @classmethod
+    def of(cls, records: Sequence[SweepRecord]) -> "AccuracyGrid":
+        attacks = list(dict.fromkeys(r.attack for r in records))
+        keys = sorted({(round(r.eps, 9), attacks.index(r.attack)) for r in records})
+        grid = cls(list(dict.fromkeys(r.model for r in records)), [(e, attacks[a]) for e, a in keys], {}, {})
+        for r in records:
+            grid.cells[(r.model, (round(r.eps, 9), r.attack))] = r.accuracy
+            if r.clean is not None:
+                grid.clean.setdefault(r.model, r.clean)
+        return grid
+
+
 def accuracy_table(records: Sequence[SweepRecord], reference: str | None = None) -> str:
     """A Markdown table: one row per model, ``clean`` then one column per (eps, attack), in %.
 
@@ -363,17 +388,9 @@ def accuracy_table(records: Sequence[SweepRecord], reference: str | None = None)
     ``-``. With ``reference`` (a model name), every other row also shows its difference to that
     row in points, the layout the paper uses for its comparisons.
     """
-    models = list(dict.fromkeys(r.model for r in records))
-    if reference is not None and reference not in models:
-        raise ConfigError(f"reference model {reference!r} is not among the models {models}")
-    attacks = list(dict.fromkeys(r.attack for r in records))
-    cols = sorted({(round(r.eps, 9), attacks.index(r.attack)) for r in records})
-    cell: dict[tuple[str, float, int], float] = {}
-    clean: dict[str, float] = {}
-    for r in records:
-        cell[(r.model, round(r.eps, 9), attacks.index(r.attack))] = r.accuracy
-        if r.clean is not None:
-            clean.setdefault(r.model, r.clean)
+    g = AccuracyGrid.of(records)
+    if reference is not None and reference not in g.models:
+        raise ConfigError(f"reference model {reference!r} is not among the models {g.models}")
 
     def fmt(v: float | None, ref: float | None) -> str:
         if v is None:
@@ -381,14 +398,12 @@ def accuracy_table(records: Sequence[SweepRecord], reference: str | None = None)
         txt = f"{100 * v:.1f}"
         return txt if ref is None else f"{txt} ({100 * (v - ref):+.1f})"
 
-    head = ["model", "clean"] + [f"{attacks[a]} {eps_label(e)}" for e, a in cols]
+    head = ["model", "clean"] + [f"{a} {eps_label(e)}" for e, a in g.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in models:
+    for m in g.models:
         ref_m = reference if reference is not None and m != reference else None
-        row = [m, fmt(clean.get(m), clean.get(ref_m) if ref_m else None)]
-        for e, a in cols:
-            ref = cell.get((ref_m, e, a)) if ref_m else None
-            row.append(fmt(cell.get((m, e, a)), ref))
+        row = [m, fmt(g.clean.get(m), g.clean.get(ref_m) if ref_m else None)]
+        row += [fmt(g.cells.get((m, c)), g.cells.get((ref_m, c)) if ref_m else None) for c in g.columns]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

@@ -35,7 +35,7 @@ from .checkpoint import (
     write_run_config,
 )
 from .config import ExperimentConfig, config_to_dict
-from .data import ImageDataset, batches, load_dataset, random_crop_flip
+from .data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, atomic_write_text, ensure_dir
 from .models import count_parameters, create_model
@@ -45,15 +45,6 @@ from .utils import resolve_device, seed_everything
 
 LOG_FILE = "log.jsonl"
 RESULTS_FILE = "results.json"
-
-# Shape and statistics of the known datasets, so a model can be built without loading data.
-_DATA_SHAPES = {
-    "digits": dict(in_channels=1, image_size=8, num_classes=10, mean=[0.3], std=[0.4]),
-    "cifar10": dict(in_channels=3, image_size=32, num_classes=10),
-    "cifar100": dict(in_channels=3, image_size=32, num_classes=100),
-    "cifar100-coarse": dict(in_channels=3, image_size=32, num_classes=20),
-}
-
 
 def build_datasets(cfg: ExperimentConfig, progress: bool = False) -> tuple[ImageDataset, ImageDataset]:
     """The train and test splits named by ``cfg.data`` (subsets applied, cache used)."""
@@ -69,23 +60,18 @@ def build_datasets(cfg: ExperimentConfig, progress: bool = False) -> tuple[Image
 
 
 def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
+    """``in_channels``, ``image_size``, ``num_classes``, ``mean``, ``std`` of ``data``, or of the
+    dataset ``cfg`` names (its :class:`~spikeguard.data.DatasetInfo`) when ``data`` is None."""
     if data is not None:
         c, h, w = data.image_shape
         if h != w:
             raise ConfigError(f"data: images must be square, got {h}x{w}")
         return dict(in_channels=c, image_size=h, num_classes=data.num_classes,
                     mean=[float(v) for v in data.mean], std=[float(v) for v in data.std])
-    from .data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-
-    name = cfg.data.name.lower().replace("cifar-", "cifar")
-    if name not in _DATA_SHAPES:
+    info = dataset_info(cfg.data.name)
+    if info is None:
         raise ConfigError(f"build_model: pass the dataset to infer the input shape of {cfg.data.name!r}")
-    shape = dict(_DATA_SHAPES[name])
-    if name == "cifar10":
-        shape.update(mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD))
-    elif name.startswith("cifar100"):
-        shape.update(mean=list(CIFAR100_MEAN), std=list(CIFAR100_STD))
-    return shape
+    return dict(info.model_kw(), num_classes=info.num_classes)
 
 
 def build_model(cfg: ExperimentConfig, data: ImageDataset | None = None) -> nn.Module:

@@ -90,17 +90,8 @@ class AttackSettings:
 
 
 def _build_attack(name: str, model: torch.nn.Module, s: AttackSettings, eot: int):
-    try:
-        from .attacks import build_attack
-    except ImportError:  # pragma: no cover - older attack package: FGSM and PGD only
-        from .attacks import FGSM, PGD
+    from .attacks import build_attack
 
-        n = name.lower()
-        if n == "fgsm":
-            return FGSM(model, eps=s.eps, eot=eot)
-        if n.startswith("pgd") and n[3:].isdigit():
-            return PGD(model, eps=s.eps, alpha=s.alpha, steps=int(n[3:]), eot=eot)
-        raise SpikeguardError(f"attack {name!r} is not available in this spikeguard.attacks")
     return build_attack(name, model, eps=s.eps, eot=eot, alpha=s.alpha)
 
 

@@ -154,10 +154,7 @@ def load_models(specs: list[str], device: str = "cpu") -> tuple[dict, list]:
     """``[NAME=]PATH`` specs -> ``({name: model}, [Run])`` via ``spikeguard.checkpoint.load_run``."""
     from ..errors import ConfigError
 
-    try:
-        from ..checkpoint import load_run
-    except ImportError:
-        raise ConfigError("loading checkpoints needs spikeguard.checkpoint, which this installation lacks") from None
+    from ..checkpoint import load_run
     models, runs = {}, []
     for spec in specs:
         name, path = None, spec

@@ -8,8 +8,7 @@ import sys
 
 from ..errors import SpikeguardError
 
-# Sub-command modules, each with ``add_parser(subparsers)``; a module that is not
-# installed (e.g. a feature still in development) is skipped.
+# Sub-command modules, each with ``add_parser(subparsers)``.
 COMMANDS = ("demo", "train", "evaluate", "audit", "analyze", "report", "ablation", "list")
 
 
@@ -25,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spikeguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__package__}.{name}":
-                continue
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(f"{__package__}.{name}").add_parser(sub)
     return parser
 
 

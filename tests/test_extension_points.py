@@ -97,3 +97,15 @@ def test_new_neuron_and_model_train_and_reload(tmp_path, capsys):
     assert main(["list", "models"]) == 0 and main(["list", "neurons"]) == 0
     out = capsys.readouterr().out
     assert "one_conv" in out and "uniform_lif" in out and "a test network" in out
+
+
+def test_list_prints_every_registry(capsys):
+    from spikeguard.attacks.registry import list_attacks
+    from spikeguard.training import list_strategies
+
+    for kind in ("attacks", "strategies", "presets"):
+        assert main(["list", kind]) == 0
+    out = capsys.readouterr().out
+    assert all(a in out for a in list_attacks()) and all(s in out for s in list_strategies())
+    with pytest.raises(SystemExit):  # argparse rejects an unknown registry
+        main(["list", "nothing"])

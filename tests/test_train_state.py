@@ -47,7 +47,8 @@ def test_fit_resumed_from_a_saved_state_matches_one_fit(tmp_path):
     trainer, model, gen, state, _ = run(4)  # stops after batch 1 of epoch 2
     assert state.stopped and (state.epoch, state.batch) == (1, 1) and state.partial["seen"] == 32
     state.rng = capture_rng(gen)
-    state.optimizer, state.scheduler, state.guard = trainer.state_dict().values()
+    for key, value in trainer.state_dict().items():
+        setattr(state, key, value)
     saved = TrainState.from_dict(state.to_dict())
     # a fresh process: same initial weights, then the saved state
     trainer2, model2 = _setup()

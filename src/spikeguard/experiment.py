@@ -257,7 +257,8 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
         rng = dist.gather_rng(gen, st.epoch_order if not st.batch else None)
         if ctx.is_main:
             st.rng, st.rng_ranks = rng[0], rng[1:]
-            st.optimizer, st.scheduler, st.guard = trainer.state_dict().values()
+            for key, value in trainer.state_dict().items():  # optimizer, scheduler, guard
+                setattr(st, key, value)
             st.save(out, model, cfg)
 
     report.save = save

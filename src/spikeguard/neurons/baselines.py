@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
-from .lif import LIF, check_noise_args, gaussian_noise
+from .lif import LIF, gaussian_noise, set_noise
 from .registry import register_neuron
 from .surrogate import Surrogate
 
@@ -129,11 +129,7 @@ class StoGLIF(LazyModuleMixin, LIF):
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         super().__init__(**kw)
-        check_noise_args(sigma, noisy_grad)
-        self.sigma = float(sigma)
-        self.noise = bool(gate)
-        self.noisy_grad = noisy_grad
-        self.generator = generator
+        set_noise(self, sigma, gate, noisy_grad, generator)
         self.p_min = float(p_min)
         self.temperature = float(temperature)
         self.keep = UninitializedParameter()

@@ -143,12 +143,14 @@ class LIF(nn.Module):
         )
 
 
-def check_noise_args(sigma: float, noisy_grad: str) -> None:
-    """Validate a Gaussian membrane-noise std and a noisy-gradient mode."""
+def set_noise(neuron: nn.Module, sigma: float, noise: bool, noisy_grad: str,
+              generator: torch.Generator | None) -> None:
+    """Validate and set a noisy neuron's ``sigma``, ``noise`` switch, ``noisy_grad`` and ``generator``."""
     if not (sigma >= 0 and math.isfinite(sigma)):
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
     if noisy_grad not in NOISY_GRADS:
         raise ValueError(f"noisy_grad must be one of {NOISY_GRADS}, got {noisy_grad!r}")
+    neuron.sigma, neuron.noise, neuron.noisy_grad, neuron.generator = float(sigma), bool(noise), noisy_grad, generator
 
 
 def gaussian_noise(x: Tensor, sigma: float, generator: torch.Generator | None) -> Tensor:
@@ -188,11 +190,7 @@ class NoisyLIF(LIF):
         **kw,
     ) -> None:
         super().__init__(**kw)
-        check_noise_args(sigma, noisy_grad)
-        self.sigma = float(sigma)
-        self.noise = bool(noise)
-        self.noisy_grad = noisy_grad
-        self.generator = generator
+        set_noise(self, sigma, noise, noisy_grad, generator)
 
     @property
     def stochastic(self) -> bool:

@@ -404,7 +404,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     """Range and name checks; :class:`ConfigError` naming the first offending key."""
     from .data.registry import DATASETS, _ALIASES
     from .models import list_models
-    from .neurons import NEURONS, SURROGATES
+    from .neurons import NEURONS
+    from .neurons.surrogate import surrogate_aliases, surrogate_names
     from .neurons.lif import NOISY_GRADS
     from .tgo import SCHEDULES
 
@@ -419,8 +420,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(n.kind in NEURONS, "neuron.kind", f"must be one of {', '.join(NEURONS)}, got {n.kind!r}")
     _check(0.0 <= n.decay <= 1.0, "neuron.decay", f"must be in [0, 1], got {n.decay}")
     _check(math.isfinite(n.v_threshold) and n.v_threshold > 0, "neuron.v_threshold", f"must be > 0, got {n.v_threshold}")
-    _check(n.surrogate in SURROGATES or n.surrogate in ("rectangular", "rect", "tri", "straight_through"),
-           "neuron.surrogate", f"must be one of {', '.join(SURROGATES)}, got {n.surrogate!r}")
+    _check(n.surrogate in surrogate_names() or n.surrogate in surrogate_aliases(),
+           "neuron.surrogate", f"must be one of {', '.join(surrogate_names())}, got {n.surrogate!r}")
     _check(math.isfinite(n.width) and n.width > 0, "neuron.width", f"must be > 0, got {n.width}")
     _check(math.isfinite(n.sigma) and n.sigma >= 0, "neuron.sigma", f"must be >= 0, got {n.sigma}")
     _check(n.noisy_grad in NOISY_GRADS, "neuron.noisy_grad", f"must be one of {', '.join(NOISY_GRADS)}, got {n.noisy_grad!r}")

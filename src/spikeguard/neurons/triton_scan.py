@@ -60,8 +60,8 @@ def _noise_kernel(OUT, N, TN, seed, sigma, BLOCK_: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(X, xs_t, NOISE, U, S, T, N, decay, vth, seed, sigma,
-                NOISE_MODE: tl.constexpr, STORE_U: tl.constexpr, BLOCK_: tl.constexpr):
+def _fwd_kernel(X, xs_t, NOISE, U, S, N, decay, vth, seed, sigma,
+                T: tl.constexpr, NOISE_MODE: tl.constexpr, STORE_U: tl.constexpr, BLOCK_: tl.constexpr):
     offs = tl.program_id(0) * BLOCK_ + tl.arange(0, BLOCK_)
     mask = offs < N
     v = tl.zeros([BLOCK_], dtype=tl.float32)
@@ -81,7 +81,7 @@ def _fwd_kernel(X, xs_t, NOISE, U, S, T, N, decay, vth, seed, sigma,
 
 
 @triton.jit
-def _bwd_kernel(GS, GU, U, NOISE, GX, T, N, decay, vth, width, seed, sigma, SUR: tl.constexpr,
+def _bwd_kernel(GS, GU, U, NOISE, GX, N, decay, vth, width, seed, sigma, T: tl.constexpr, SUR: tl.constexpr,
                 NOISE_MODE: tl.constexpr, HAS_GS: tl.constexpr, HAS_GU: tl.constexpr,
                 AT_NOISY: tl.constexpr, DETACH_RESET: tl.constexpr, BLOCK_: tl.constexpr):
     offs = tl.program_id(0) * BLOCK_ + tl.arange(0, BLOCK_)
@@ -170,8 +170,8 @@ def triton_forward(x: Tensor, decay: float, v_threshold: float, noise: Tensor | 
     mode, tensor, seed, sigma = _noise_args(noise, x.shape)
     if spikes.numel():
         _fwd_kernel[_grid(n)](x, xs, tensor if tensor is not None else x, u_all if u_all is not None else spikes,
-                              spikes, steps, n, float(decay), float(v_threshold), seed, sigma,
-                              NOISE_MODE=mode, STORE_U=keep_potentials, BLOCK_=BLOCK, enable_fp_fusion=False)
+                              spikes, n, float(decay), float(v_threshold), seed, sigma,
+                              T=steps, NOISE_MODE=mode, STORE_U=keep_potentials, BLOCK_=BLOCK, enable_fp_fusion=False)
     return spikes, u_all
 
 
@@ -186,8 +186,8 @@ def triton_backward(grad_s: Tensor | None, grad_u: Tensor | None, u_all: Tensor,
     mode, tensor, seed, sigma = _noise_args(noise, u_all.shape)
     if gx.numel():
         _bwd_kernel[_grid(n)](grad_s if grad_s is not None else u_all, grad_u if grad_u is not None else u_all,
-                              u_all, tensor if tensor is not None else u_all, gx, steps, n, float(decay),
-                              float(v_threshold), float(surrogate.width), seed, sigma, SUR=_surrogate_jit(surrogate),
+                              u_all, tensor if tensor is not None else u_all, gx, n, float(decay),
+                              float(v_threshold), float(surrogate.width), seed, sigma, T=steps, SUR=_surrogate_jit(surrogate),
                               NOISE_MODE=mode, HAS_GS=grad_s is not None, HAS_GU=grad_u is not None,
                               AT_NOISY=bool(at_noisy), DETACH_RESET=bool(detach_reset), BLOCK_=BLOCK,
                               enable_fp_fusion=False)

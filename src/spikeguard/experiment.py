@@ -77,7 +77,7 @@ def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
                     mean=[float(v) for v in data.mean], std=[float(v) for v in data.std])
     from .data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 
-    name = cfg.data.name.lower().replace("cifar-", "cifar")
+    name = cfg.data.name.lower().replace("cifar-", "cifar").removesuffix("-parquet")
     if name not in _DATA_SHAPES:
         raise ConfigError(f"build_model: pass the dataset to infer the input shape of {cfg.data.name!r}")
     shape = dict(_DATA_SHAPES[name])

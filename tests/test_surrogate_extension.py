@@ -16,9 +16,14 @@ from spikeguard.errors import ConfigError  # noqa: E402
 from spikeguard.neurons import LIF, Surrogate, record_potentials  # noqa: E402
 from spikeguard.neurons import fused, native  # noqa: E402
 from spikeguard.neurons.surrogate import (  # noqa: E402
-    SurrogateKind, register_surrogate, surrogate_names, tl, unregister_surrogate,
+    SurrogateKind, register_surrogate, surrogate_names, unregister_surrogate,
 )
 from spikeguard.tgo import membrane_constraint  # noqa: E402
+
+try:  # only the Triton expression needs it
+    import triton.language as tl
+except ImportError:
+    tl = None
 
 
 class SoftSign(SurrogateKind):

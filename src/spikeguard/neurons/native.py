@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .layout import empty_steps, like, step_view
 from .surrogate import Surrogate, surrogate_kind, surrogate_names
 
 __all__ = ["c_source", "native_available", "native_error", "native_supports", "native_forward",
@@ -221,23 +222,15 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def step_view(x: Tensor) -> tuple[Tensor, int]:
-    """``x`` with contiguous time slices (expanded-over-T inputs stay un-copied) and its T stride."""
-    if x.shape[0] == 1 or x[0].is_contiguous():
-        return x, (x.stride(0) if x.shape[0] > 1 else 0)
-    x = x.contiguous()
-    return x, x.stride(0)
-
-
 def native_forward(x: Tensor, decay: float, v_threshold: float, noise: Tensor | None,
                    keep_potentials: bool = True) -> tuple[Tensor, Tensor | None]:
     """The scan's forward with the C kernel (``noise`` is ``eta`` itself here)."""
     lib = _lib()
     x, xs = step_view(x)
     steps, n = x.shape[0], x[0].numel()
-    spikes = torch.empty(x.shape, dtype=x.dtype)
-    u_all = torch.empty(x.shape, dtype=x.dtype) if keep_potentials else None
-    noise = None if noise is None else noise.contiguous()
+    spikes = empty_steps(x)
+    u_all = empty_steps(x) if keep_potentials else None
+    noise = like(noise, spikes)
     fn = getattr(lib, "lif_fwd_f32" if x.dtype == torch.float32 else "lif_fwd_f64")
     fn(x.data_ptr(), xs, _ptr(noise), _ptr(u_all), spikes.data_ptr(), steps, n, decay, v_threshold, _threads(n))
     return spikes, u_all
@@ -249,10 +242,8 @@ def native_backward(grad_s: Tensor | None, grad_u: Tensor | None, u_all: Tensor,
     """The scan's backward with the C kernel."""
     lib = _lib()
     steps, n = u_all.shape[0], u_all[0].numel()
-    gx = torch.empty(u_all.shape, dtype=u_all.dtype)
-    grad_s = None if grad_s is None else grad_s.contiguous()
-    grad_u = None if grad_u is None else grad_u.contiguous()
-    noise = None if noise is None else noise.contiguous()
+    gx = torch.empty_like(u_all)
+    grad_s, grad_u, noise = like(grad_s, u_all), like(grad_u, u_all), like(noise, u_all)
     suffix = "f32" if u_all.dtype == torch.float32 else "f64"
     fn = getattr(lib, f"lif_bwd_{surrogate.name}_{suffix}")
     fn(_ptr(grad_s), _ptr(grad_u), u_all.data_ptr(), _ptr(noise), gx.data_ptr(), steps, n, decay, v_threshold,

@@ -24,10 +24,10 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor
 
-try:  # Triton is optional (the ``gpu`` extra); its expressions are only compiled when present
-    import triton.language as tl  # noqa: F401  (read by the Triton expressions below)
-except Exception:  # pragma: no cover - depends on the environment
-    tl = None
+# ``triton.language``, bound by :mod:`spikeguard.neurons.triton_scan` when it is imported: the
+# Triton expressions below are only compiled then, and importing spikeguard never imports
+# Triton (optional, the ``gpu`` extra). A surrogate defined elsewhere imports it itself.
+tl = None
 
 __all__ = ["Surrogate", "SurrogateKind", "register_surrogate", "unregister_surrogate", "surrogate_kind",
            "surrogate_names", "surrogate_aliases", "resolve_surrogate", "SURROGATES", "SpikeFunction", "spike"]

@@ -34,7 +34,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .layout import empty_steps, like, step_view
+from . import surrogate as _surrogate_module
 from .surrogate import Surrogate, surrogate_kind
+
+_surrogate_module.tl = tl  # the built-in surrogates' Triton expressions read this name
 
 __all__ = ["PhiloxNoise", "triton_forward", "triton_backward", "philox_noise", "triton_supports", "BLOCK"]
 
@@ -138,13 +142,13 @@ def _grid(n: int) -> tuple[int]:
     return (triton.cdiv(max(n, 1), BLOCK),)
 
 
-def _noise_args(noise: Tensor | PhiloxNoise | None, shape: torch.Size) -> tuple[int, Tensor | None, int, float]:
+def _noise_args(noise: Tensor | PhiloxNoise | None, ref: Tensor) -> tuple[int, Tensor | None, int, float]:
     """``(mode, tensor, seed, sigma)`` for the kernels."""
     if noise is None:
         return 0, None, 0, 0.0
     if isinstance(noise, PhiloxNoise):
         return 2, None, int(noise.seed), float(noise.sigma)
-    return 1, noise.expand(shape).contiguous(), 0, 0.0
+    return 1, like(noise, ref), 0, 0.0
 
 
 def philox_noise(noise: PhiloxNoise, shape: torch.Size | tuple, device: torch.device | str) -> Tensor:
@@ -161,13 +165,11 @@ def philox_noise(noise: PhiloxNoise, shape: torch.Size | tuple, device: torch.de
 def triton_forward(x: Tensor, decay: float, v_threshold: float, noise: Tensor | PhiloxNoise | None,
                    keep_potentials: bool = True) -> tuple[Tensor, Tensor | None]:
     """The scan's forward: ``(spikes [x.dtype], U [float32] or None)``."""
-    from .native import step_view
-
     x, xs = step_view(x)
     steps, n = x.shape[0], x[0].numel()
-    spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    u_all = torch.empty(x.shape, dtype=torch.float32, device=x.device) if keep_potentials else None
-    mode, tensor, seed, sigma = _noise_args(noise, x.shape)
+    spikes = empty_steps(x)
+    u_all = empty_steps(x, torch.float32) if keep_potentials else None
+    mode, tensor, seed, sigma = _noise_args(noise, spikes)
     if spikes.numel():
         _fwd_kernel[_grid(n)](x, xs, tensor if tensor is not None else x, u_all if u_all is not None else spikes,
                               spikes, n, float(decay), float(v_threshold), seed, sigma,
@@ -180,10 +182,9 @@ def triton_backward(grad_s: Tensor | None, grad_u: Tensor | None, u_all: Tensor,
                     out_dtype: torch.dtype = torch.float32) -> Tensor:
     """The scan's backward: ``dL/dI`` in ``out_dtype`` (the input's dtype)."""
     steps, n = u_all.shape[0], u_all[0].numel()
-    gx = torch.empty(u_all.shape, dtype=out_dtype, device=u_all.device)
-    grad_s = None if grad_s is None else grad_s.contiguous()
-    grad_u = None if grad_u is None else grad_u.contiguous()
-    mode, tensor, seed, sigma = _noise_args(noise, u_all.shape)
+    gx = torch.empty_like(u_all, dtype=out_dtype)
+    grad_s, grad_u = like(grad_s, u_all), like(grad_u, u_all)
+    mode, tensor, seed, sigma = _noise_args(noise, u_all)
     if gx.numel():
         _bwd_kernel[_grid(n)](grad_s if grad_s is not None else u_all, grad_u if grad_u is not None else u_all,
                               u_all, tensor if tensor is not None else u_all, gx, n, float(decay),

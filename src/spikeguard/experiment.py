@@ -36,6 +36,7 @@ from .checkpoint import (
 )
 from .config import ExperimentConfig, config_to_dict
 from .data import ImageDataset, batches, load_dataset, random_crop_flip
+from .perf import compile_model, resolve_precision, to_channels_last
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, atomic_write_text, ensure_dir
 from .models import count_parameters, create_model
@@ -263,6 +264,9 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
     gen = seed_everything(cfg.seed)
     train_ds, test_ds = build_datasets(cfg, progress=progress)
     model = build_model(cfg, train_ds).to(device)
+    perf = cfg.perf  # speed options (spikeguard.perf); all off by default
+    if perf.channels_last:
+        to_channels_last(model)
     n_params = count_parameters(model)
     if main:
         write_run_config(out, cfg, model.spikeguard_spec, n_params)
@@ -270,13 +274,17 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
     steps = math.ceil(len(train_ds) / cfg.optim.batch_size)
     epochs = cfg.optim.epochs
     opt, sched = make_sgd(model, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                          epochs=epochs, steps_per_epoch=steps)
+                          epochs=epochs, steps_per_epoch=steps, fused=perf.fused_optimizer)
     if cfg.optim.schedule == "constant":
         sched = None
     strategy = build_strategy(cfg)
     guard = build_guard(cfg)
     trainer = Trainer(model, opt, sched, strategy=strategy, guard=guard, delta_stat=cfg.tgo.delta,
-                      grad_clip=cfg.optim.grad_clip or None)
+                      grad_clip=cfg.optim.grad_clip or None, precision=perf.amp)
+    if perf.gpu_data:
+        train_ds = train_ds.to(device)  # the same batches, gathered and augmented on the device
+    if perf.compile != "off":
+        compile_model(model, mode=None if perf.compile == "default" else perf.compile)
 
     start, elapsed, start_batch, order_state, partial = 0, 0.0, 0, None, None
     state = None
@@ -398,6 +406,7 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
         "epochs": epochs, "train_seconds": elapsed, "seconds_per_epoch": elapsed / max(len(rows), 1),
         "param_count": n_params, "model": cfg.model.name, "dataset": cfg.data.name, "device": str(device),
         "final_epoch": rows[-1] if rows else None,
+        "train_precision": resolve_precision(perf.amp),  # evaluation below runs in float32
     }
     if cfg.eval.attacks:
         results["attacks"] = _run_attacks(model, test_ds, cfg, out, progress)

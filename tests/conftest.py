@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+# Without a GPU, Triton kernels (tests/test_triton_scan.py, only where Triton is installed)
+# run in Triton's interpreter; the switch must be set before anything imports Triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Two cores in CI: one intra-op thread per test process keeps runs predictable.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -185,6 +185,28 @@ class EvalConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed options (docs/performance.md); none changes the defaults' numbers when off.
+
+    Attributes:
+        amp: training precision, ``off`` (float32) or ``bf16`` (autocast; evaluation stays
+            float32 and records its precision).
+        channels_last: NHWC weights and activations (faster convolutions on GPUs).
+        fused_optimizer: torch's fused SGD kernel where the device supports it.
+        compile: ``torch.compile`` the model's forward (``off``, ``default``, ``max-autotune``,
+            ``reduce-overhead``).
+        gpu_data: keep the training set on the training device (batches gathered and
+            augmented there; same batches as on the CPU).
+    """
+
+    amp: str = "off"
+    channels_last: bool = False
+    fused_optimizer: bool = False
+    compile: str = "off"
+    gpu_data: bool = False
+
+
+@dataclass
 class ExperimentConfig:
     """Everything that defines a training run (see the module docstring for the TOML form).
 
@@ -216,6 +238,7 @@ class ExperimentConfig:
     tgo: TGOConfig = field(default_factory=TGOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     def validate(self) -> "ExperimentConfig":
         """Check ranges and names; raises :class:`ConfigError` naming the key. Returns self."""
@@ -403,7 +426,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     """Range and name checks; :class:`ConfigError` naming the first offending key."""
     from .data.registry import DATASETS, _ALIASES
     from .models import list_models
-    from .neurons import SURROGATES, list_neurons
+    from .neurons import list_neurons
+    from .neurons.surrogate import surrogate_aliases, surrogate_names
     from .neurons.lif import NOISY_GRADS
     from .tgo import SCHEDULES
 
@@ -418,11 +442,15 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(n.kind in list_neurons(), "neuron.kind", f"must be one of {', '.join(list_neurons())}, got {n.kind!r}")
     _check(0.0 <= n.decay <= 1.0, "neuron.decay", f"must be in [0, 1], got {n.decay}")
     _check(math.isfinite(n.v_threshold) and n.v_threshold > 0, "neuron.v_threshold", f"must be > 0, got {n.v_threshold}")
-    _check(n.surrogate in SURROGATES or n.surrogate in ("rectangular", "rect", "tri", "straight_through"),
-           "neuron.surrogate", f"must be one of {', '.join(SURROGATES)}, got {n.surrogate!r}")
+    _check(n.surrogate in surrogate_names() or n.surrogate in surrogate_aliases(),
+           "neuron.surrogate", f"must be one of {', '.join(surrogate_names())}, got {n.surrogate!r}")
     _check(math.isfinite(n.width) and n.width > 0, "neuron.width", f"must be > 0, got {n.width}")
     _check(math.isfinite(n.sigma) and n.sigma >= 0, "neuron.sigma", f"must be >= 0, got {n.sigma}")
     _check(n.noisy_grad in NOISY_GRADS, "neuron.noisy_grad", f"must be one of {', '.join(NOISY_GRADS)}, got {n.noisy_grad!r}")
+    _check(cfg.perf.amp.lower() in ("off", "float32", "fp32", "bf16", "bfloat16"), "perf.amp",
+           f"must be 'off' or 'bf16', got {cfg.perf.amp!r}")
+    _check(cfg.perf.compile in ("off", "default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs"),
+           "perf.compile", f"must be off, default, max-autotune or reduce-overhead, got {cfg.perf.compile!r}")
     _check(math.isfinite(t.delta) and t.delta > 0, "tgo.delta", f"must be > 0, got {t.delta}")
     _check(math.isfinite(t.lambda_max) and t.lambda_max >= 0, "tgo.lambda_max", f"must be >= 0, got {t.lambda_max}")
     _check(t.schedule in SCHEDULES, "tgo.schedule", f"must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}")
@@ -460,7 +488,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
 
 
 __all__ = [
-    "ExperimentConfig", "DataConfig", "ModelConfig", "NeuronConfig", "TGOConfig", "OptimConfig", "EvalConfig",
+    "ExperimentConfig", "DataConfig", "ModelConfig", "NeuronConfig", "TGOConfig", "OptimConfig", "EvalConfig", "PerfConfig",
     "FORMAT_VERSION", "load_config", "config_from_dict", "config_to_dict", "config_to_toml", "apply_overrides",
     "parse_value", "validate_config", "read_toml",
 ]

@@ -30,6 +30,7 @@ from torch import nn
 from .checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_run_config, write_run_config
 from .config import ExperimentConfig, config_to_dict
 from .data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
+from .perf import compile_model, resolve_precision, to_channels_last
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, atomic_write_text, ensure_dir
 from .models import count_parameters, create_model
@@ -233,14 +234,21 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
     gen = seed_everything(cfg.seed)
     train_ds, test_ds = build_datasets(cfg, progress=progress)
     model = build_model(cfg, train_ds).to(device)
+    perf = cfg.perf  # speed options (spikeguard.perf); all off by default
+    if perf.channels_last:
+        to_channels_last(model)
     n_params = count_parameters(model)
     if ctx.is_main:
         write_run_config(out, cfg, model.spikeguard_spec, n_params)
     steps, epochs = math.ceil(len(train_ds) / cfg.optim.batch_size), cfg.optim.epochs
     opt, sched = make_sgd(model, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                          epochs=epochs, steps_per_epoch=steps)
+                          epochs=epochs, steps_per_epoch=steps, fused=perf.fused_optimizer)
     strategy = build_strategy(cfg)
     dist = DistributedTraining(ctx, sync_bn=cfg.sync_bn)
+    if perf.gpu_data:
+        train_ds = train_ds.to(device)  # the same batches, gathered and augmented on the device
+    if perf.compile != "off":
+        compile_model(model, mode=None if perf.compile == "default" else perf.compile)
     state = ctx.run_on_main(lambda: _load_state(model, out, device)) if resume else None
     if state is not None:
         dist.restore_rng(state, gen, cfg.seed)
@@ -249,7 +257,8 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
         dist.seed(cfg.seed)  # rank 0 keeps the single-process stream
     train_model, schedule = dist.prepare(model, build_schedule(cfg))
     trainer = Trainer(train_model, opt, None if cfg.optim.schedule == "constant" else sched, strategy=strategy,
-                      guard=build_guard(cfg, schedule), delta_stat=cfg.tgo.delta, grad_clip=cfg.optim.grad_clip or None)
+                      guard=build_guard(cfg, schedule), delta_stat=cfg.tgo.delta, grad_clip=cfg.optim.grad_clip or None,
+                      precision=perf.amp)
     trainer.load_state_dict(state)
     report = _EpochReport(cfg, out, ctx.is_main, progress, logger, steps, device, model, opt, test_ds, on_epoch)
     report.start(state, resume)
@@ -376,6 +385,7 @@ def _finish(cfg: ExperimentConfig, out: Path, model: nn.Module, train_ds: ImageD
         "epochs": cfg.optim.epochs, "train_seconds": state.elapsed,
         "seconds_per_epoch": state.elapsed / max(len(rows), 1), "param_count": n_params, "model": cfg.model.name,
         "dataset": cfg.data.name, "device": str(device), "final_epoch": rows[-1] if rows else None,
+        "train_precision": resolve_precision(cfg.perf.amp),  # evaluation below runs in float32
     }
     if cfg.eval.attacks:
         results["attacks"] = _run_attacks(model, test_ds, cfg, out, progress)

@@ -31,6 +31,7 @@ from ..attacks import Attack, build_attack
 from ..attacks.registry import normalize_name
 from ..errors import SpikeguardError
 from ..neurons import is_stochastic, noise_seed
+from ..perf import current_precision
 from ..utils import eps_label
 from .stats import mean_ci95, wilson_ci95
 
@@ -134,6 +135,7 @@ class RobustnessReport:
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     labels: Tensor | None = None
+    precision: str = "float32"  # autocast in effect while attacking and judging (spikeguard.perf)
 
     @property
     def n(self) -> int:
@@ -168,7 +170,7 @@ class RobustnessReport:
         doc: dict = {
             "eps": self.eps, "eps_label": eps_label(self.eps), "n_samples": self.n, "passes": self.passes,
             "eot": self.eot, "stochastic": self.stochastic, "num_classes": self.num_classes, "seed": self.seed,
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), "precision": self.precision,
             "clean": summarize(self.clean),
             "attacks": {k: r.summary() for k, r in self.results.items()},
             "worst_case": summarize(self.worst_case()) | {"attacks": wc_names},
@@ -377,7 +379,7 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
 
     report = RobustnessReport(eps=float(eps), eot=eot_used, passes=n_pass, stochastic=stochastic,
                               num_classes=num_classes or 0, seed=seed, clean=clean, skipped=skipped,
-                              labels=labels.detach().cpu())
+                              labels=labels.detach().cpu(), precision=current_precision(device))
     for label, atk in named:
         st = stats[label]
         if st["n_attacked"] == 0:

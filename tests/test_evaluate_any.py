@@ -16,28 +16,13 @@ from spikeguard.evaluation import audit_robustness, evaluate_robustness
 from spikeguard.neurons import record_potentials
 from spikeguard.randomness import detect_randomness, seeded_rng
 
+from planted import Centroid, Rounded, StopGrad, centroid_data
+
 torch.set_num_threads(1)
 
 
 def _data(n=90, k=3, seed=0, spread=0.15):
-    # three class centroids in [0.5 - spread, 0.5 + spread]^16; samples are centroid + small noise
-    g = torch.Generator().manual_seed(seed)
-    mu = 0.5 + spread * (torch.randint(0, 2, (k, 16), generator=g) * 2 - 1).float()
-    y = torch.arange(n) % k
-    x = (mu[y] + 0.03 * torch.randn(n, 16, generator=g)).clamp(0, 1).view(n, 1, 4, 4)
-    return mu, x, y
-
-
-class Centroid(nn.Module):
-    """Nearest-centroid linear classifier (deterministic, honest gradients)."""
-
-    def __init__(self, mu):
-        super().__init__()
-        self.register_buffer("mu", mu)
-
-    def forward(self, x):
-        x = x.flatten(1)
-        return 5 * (x @ self.mu.T - 0.5 * (self.mu ** 2).sum(1))
+    return centroid_data(n, k, seed, spread)
 
 
 class InputNoise(Centroid):
@@ -57,16 +42,6 @@ class RandomShift(Centroid):
     def forward(self, x):
         dx, dy = (int(v) for v in torch.randint(-1, 2, (2,)))
         return super().forward(torch.roll(x, (dx, dy), (2, 3)))
-
-
-class Rounded(Centroid):
-    def forward(self, x):
-        return super().forward(torch.round(x * 32) / 32)
-
-
-class StopGrad(Centroid):
-    def forward(self, x):
-        return super().forward(x.detach())
 
 
 # -- randomness detection ------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -398,15 +397,10 @@ def _finish(cfg: ExperimentConfig, out: Path, model: nn.Module, train_ds: ImageD
 
 
 def _run_attacks(model: nn.Module, test_ds: ImageDataset, cfg: ExperimentConfig, out: Path, progress: bool) -> dict:
-    """Hand the configured attacks to ``spikeguard.evaluation.evaluate_config_attacks`` if it exists."""
-    from . import evaluation
+    """The configured end-of-training attacks (:func:`spikeguard.evaluation.evaluate_config_attacks`)."""
+    from .evaluation import evaluate_config_attacks
 
-    hook = getattr(evaluation, "evaluate_config_attacks", None)
-    if hook is None:
-        msg = "spikeguard.evaluation provides no evaluate_config_attacks; run 'spikeguard evaluate' on the run folder"
-        warnings.warn(msg, stacklevel=2)
-        return {"skipped": msg}
-    return hook(model, test_ds, cfg, out_dir=out, progress=progress)
+    return evaluate_config_attacks(model, test_ds, cfg, out_dir=out, progress=progress)
 
 
 __all__ = ["run_experiment", "build_model", "build_datasets", "build_schedule", "build_guard", "build_strategy",

@@ -428,7 +428,6 @@ def evaluate_config_attacks(model: nn.Module, test_ds, cfg, out_dir=None, progre
     from pathlib import Path
 
     from ..attacks import check_eps, parse_attacks
-    from ..io import atomic_write_json
     from ..utils import parse_eps
 
     names = parse_attacks(",".join(cfg.eval.attacks))
@@ -438,7 +437,12 @@ def evaluate_config_attacks(model: nn.Module, test_ds, cfg, out_dir=None, progre
                                  seed=int(cfg.seed), progress=progress)
     summary = report.to_dict(per_sample=False)
     if out_dir is not None:
-        atomic_write_json(Path(out_dir) / "robustness.json",
-                          {"command": "train (eval.attacks)", "data": {"name": test_ds.name, "n_samples": len(test_ds)},
-                           "table": report.table_row(), "report": report.to_dict(per_sample=True)})
+        from .results import provenance, write_robustness
+
+        data = {"name": test_ds.name, "split": "test", "n_samples": len(test_ds)}
+        prov = provenance(command="spikeguard train (eval.attacks)", checkpoint=out_dir, report=report, attacks=names,
+                          data=data, alpha=0.01, batch_size=int(cfg.eval.batch_size))
+        tgo = getattr(cfg, "tgo", None)
+        write_robustness(Path(out_dir) / "robustness.json", report, prov, command="train (eval.attacks)", data=data,
+                         lambda_max=tgo.lambda_max if tgo is not None and tgo.enabled else None)
     return summary

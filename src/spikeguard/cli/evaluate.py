@@ -234,16 +234,23 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
         if args.restart and ctx.is_main and journal.exists():
             shutil.rmtree(journal, ignore_errors=True)
         ctx.barrier()
+        n_done = len(read_journal(journal)) if talk else 0
         if talk:
             print(f"evaluating {rn.path} on {info['name']}/{info['split']} ({len(y)} images): {', '.join(names)}",
                   file=sys.stderr)
             print(f"output folder: {out}", file=sys.stderr)
-            n_done = len(read_journal(journal))
             if n_done:
                 print(f"resuming: {n_done} finished batches on record in {journal}", file=sys.stderr)
         if verbose and ctx.is_main:
             print(f"{ctx.world_size} process(es), {ctx.backend or 'no process group'}, device {device}, journal "
                   f"{journal}", file=sys.stderr)
+        if talk and not n_done:
+            from ..evaluation.progress import suite_cost
+
+            b = args.batch_size
+            print(suite_cost(model, names, x[:b].to(device), y[:b].to(device), len(y), eps=eps, eot=args.eot,
+                             passes=args.passes, alpha=args.alpha, batch_size=b, source=source, attack_kw=kw).format(),
+                  file=sys.stderr)
         report = evaluate_sharded(model, x, y, names, eps=eps, eot=args.eot, passes=args.passes, alpha=args.alpha,
                                   batch_size=args.batch_size, seed=args.seed, source=source, attack_kw=kw,
                                   device=device, journal=journal, ctx=ctx,

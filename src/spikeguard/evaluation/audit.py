@@ -173,7 +173,8 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
         if stochastic:
             runs.append(("noise-free", NoiseFreeTransfer(model, eps, alpha=alpha, steps=2 * steps)))
     own = evaluate_robustness(model, images, labels, runs, eps=eps, eot=eot_used, passes=passes,
-                              batch_size=batch_size, seed=seed + 1, device=device, progress=progress)
+                              batch_size=batch_size, seed=seed + 1, device=device,
+                              progress="audit" if progress else False)
     allres = {**own.results, **have}  # the report's runs win (the user's settings)
 
     def acc(name: str) -> float:

@@ -22,7 +22,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ from ..attacks.registry import normalize_name
 from ..errors import SpikeguardError
 from ..neurons import is_stochastic, noise_seed
 from ..utils import eps_label
+from .progress import as_progress
 from .stats import mean_ci95, wilson_ci95
 
 BUDGET_TOL = 1e-6
@@ -269,7 +270,7 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
                         eps: float = 8 / 255, eot: int = 1, passes: int = 1, alpha: float = 0.01,
                         batch_size: int = 128, seed: int = 0, source: nn.Module | None = None,
                         attack_kw: dict[str, dict] | None = None, device: torch.device | str | None = None,
-                        max_eval_batch: int = 4096, progress: bool = False, first_batch: int = 0) -> RobustnessReport:
+                        max_eval_batch: int = 4096, progress: Any = False, first_batch: int = 0) -> RobustnessReport:
     """Run ``attacks`` on ``(images, labels)`` and judge every sample on every pass.
 
     Args:
@@ -285,7 +286,8 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
         attack_kw: per-name constructor overrides, e.g. ``{"square": {"queries": 500}}``.
         device: where to run (default: the model's device).
         max_eval_batch: largest batch of one judging forward (``passes * b`` is split).
-        progress: show a progress bar.
+        progress: a progress bar: True, a label (``"audit"``), or an
+            :class:`~spikeguard.evaluation.progress.EvalProgress` shared over several calls.
         first_batch: global index of this call's first batch. Every batch's randomness (noise,
             random starts, EoT) is seeded from ``(seed, batch index)``, so evaluating a
             contiguous slice of whole batches with ``first_batch`` set gives exactly the
@@ -336,11 +338,14 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
     robust = {k: torch.zeros(1 if not stochastic else n_pass, n, dtype=torch.bool) for k, _ in named}
     stats = {k: dict(seconds=0.0, max_linf=0.0, x_min=math.inf, x_max=-math.inf, n_attacked=0) for k, _ in named}
     n_batches = math.ceil(n / batch_size)
-    bar = _progress(n_batches * (1 + len(named)), progress)
+    bar, own_bar = as_progress(progress, n)
+    bar.set_attacks([k for k, _ in named])
     num_classes = None
     for bi in range(n_batches):
         s, e = bi * batch_size, min(n, (bi + 1) * batch_size)
         x, y = images[s:e].to(device), labels[s:e].to(device)
+        if own_bar:  # a shared bar counts its caller's batches
+            bar.batch(bi, n_batches)
         # the global stream (random starts, EoT noise) restarts per batch: results of a
         # batch do not depend on which batches ran before it (sharding, resuming)
         torch.manual_seed(_batch_seed(seed, first_batch + bi))
@@ -350,7 +355,7 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
                 num_classes = int(model(x[:1]).shape[1])
         ok = correct_per_pass(model, x, y, n_pass, es, max_eval_batch).cpu()
         clean[:, s:e] = ok
-        bar.update(1)
+        bar.step("clean", e - s)
         todo = ok.any(0).nonzero().squeeze(1)
         xs, ys = x[todo.to(device)], y[todo.to(device)]
         for label, atk in named:
@@ -372,8 +377,9 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
                     hit = correct_per_pass(model, adv, ys, n_pass, es, max_eval_batch).cpu()
                 robust[label][:, s + todo] = hit & ok[:, todo]
             st["seconds"] += time.perf_counter() - t0
-            bar.update(1)
-    bar.close()
+            bar.step(label, e - s)
+    if own_bar:
+        bar.close()
 
     report = RobustnessReport(eps=float(eps), eot=eot_used, passes=n_pass, stochastic=stochastic,
                               num_classes=num_classes or 0, seed=seed, clean=clean, skipped=skipped,
@@ -395,22 +401,6 @@ def _budget(st: dict, adv: Tensor, x: Tensor) -> None:
         st["max_linf"] = max(st["max_linf"], float((adv - x).abs().max()))
         st["x_min"] = min(st["x_min"], float(adv.min()))
         st["x_max"] = max(st["x_max"], float(adv.max()))
-
-
-class _NoBar:
-    def update(self, k: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="evaluate", unit="step", leave=False)
 
 
 DEFAULT_EOT = 8

@@ -138,7 +138,7 @@ def run_landscape(models: Models, ds: ImageDataset, out: str | os.PathLike, *, n
     files += _land.plot_input_lines(lines, out / "landscape_input.png", formats=formats)
     summary = {"analysis": "landscape", "dataset": ds.name, "num_samples": int(len(x)), "eps": eps,
                "eps_label": eps_label(eps), "steps": steps, "span": span, "include_bn": include_bn,
-               "surfaces": {d: {k: s.as_dict() for k, s in per.items()} for d, per in surfaces.items()},
+               "surfaces": {d: {k: s.to_dict() for k, s in per.items()} for d, per in surfaces.items()},
                "input_line": lines, "files": _paths(files) + [str(out / "landscape.json")]}
     atomic_write_json(out / "landscape.json", summary)
     return summary
@@ -163,7 +163,7 @@ def run_flip(models: Models, ds: ImageDataset | None, out: str | os.PathLike, *,
                                                    seed, device=device) for name, m in models.items()}
         files += _flip.plot_flip_rates(measured, out / "flip_rates.png", title=title, formats=formats)
         names = list(measured)
-        summary["measured"] = {k: v.as_dict() for k, v in measured.items()}
+        summary["measured"] = {k: v.to_dict() for k, v in measured.items()}
         summary["dataset"] = ds.name
         summary["num_samples"] = len(sub)
         if len(names) >= 2:

@@ -126,6 +126,8 @@ class Cost:
 def format_seconds(s: float) -> str:
     if not math.isfinite(s):
         return "?"
+    if s < 1:
+        return "under 1 s"
     if s < 90:
         return f"{s:.0f} s"
     if s < 5400:

@@ -30,8 +30,10 @@ class EpochStats:
     seconds: float
     images_per_s: float
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    as_dict = to_dict  # the name before 0.2 (result objects now all use to_dict)
 
 
 def make_sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,

@@ -35,7 +35,7 @@ from .checkpoint import (
     write_run_config,
 )
 from .config import ExperimentConfig, config_to_dict
-from .data import ImageDataset, batches, load_dataset, random_crop_flip
+from .data import ImageDataset, load_dataset, random_crop_flip
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, atomic_write_text, ensure_dir
 from .models import count_parameters, create_model

@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
-
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_text
 from ..utils import eps_label, parse_eps

@@ -200,8 +200,6 @@ def _load_data(args: argparse.Namespace, runs: list):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..analysis import commands as C
     from ..analysis.plotting import parse_formats
     from ..errors import ConfigError

@@ -113,7 +113,7 @@ def load_target(args: argparse.Namespace):
 
     from ..checkpoint import load_run
     from ..data import load_dataset
-    from ..errors import DataError, SpikeguardError
+    from ..errors import DataError
     from ..utils import resolve_device
 
     if args.threads:

@@ -88,7 +88,8 @@ class NeuronConfig:
     """Spiking neuron of every layer (PAPER.md section 1).
 
     Attributes:
-        kind: ``lif``, ``noisy_lif`` or ``relu`` (ANN twin).
+        kind: a registered neuron (``spikeguard list neurons``): ``lif``, ``noisy_lif``, ``relu`` (ANN
+            twin), ``dlif``, ``stog_lif``, ...
         decay: membrane decay beta (paper: 0.5).
         v_threshold: firing threshold (paper: 1.0).
         surrogate: surrogate gradient (``triangle``, ``sigmoid``, ``atan``, ``rectangle``, ``ste``).
@@ -110,13 +111,11 @@ class NeuronConfig:
     kw: dict = field(default_factory=dict)
 
     def neuron_kw(self) -> dict:
-        """Keyword arguments for :func:`spikeguard.models.create_model`'s ``neuron_kw``."""
-        if self.kind == "relu":
-            return dict(self.kw)
-        kw = dict(decay=self.decay, v_threshold=self.v_threshold, surrogate=self.surrogate, width=self.width,
-                  detach_reset=self.detach_reset)
-        if self.kind == "noisy_lif":
-            kw.update(sigma=self.sigma, noisy_grad=self.noisy_grad)
+        """Keyword arguments for :func:`spikeguard.models.create_model`'s ``neuron_kw``: the
+        fields the registered neuron class lists in its ``config_fields``, then :attr:`kw`."""
+        from .neurons import neuron_class
+
+        kw = {name: getattr(self, name) for name in neuron_class(self.kind).config_fields}
         kw.update(self.kw)
         return kw
 
@@ -404,7 +403,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     """Range and name checks; :class:`ConfigError` naming the first offending key."""
     from .data.registry import DATASETS, _ALIASES
     from .models import list_models
-    from .neurons import NEURONS, SURROGATES
+    from .neurons import SURROGATES, list_neurons
     from .neurons.lif import NOISY_GRADS
     from .tgo import SCHEDULES
 
@@ -416,7 +415,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(m.name in list_models(), "model.name", f"must be one of {', '.join(list_models())}, got {m.name!r}")
     _check(m.T >= 1, "model.T", f"must be >= 1, got {m.T}")
     _check(m.num_classes >= 0, "model.num_classes", f"must be >= 0 (0 = from the data), got {m.num_classes}")
-    _check(n.kind in NEURONS, "neuron.kind", f"must be one of {', '.join(NEURONS)}, got {n.kind!r}")
+    _check(n.kind in list_neurons(), "neuron.kind", f"must be one of {', '.join(list_neurons())}, got {n.kind!r}")
     _check(0.0 <= n.decay <= 1.0, "neuron.decay", f"must be in [0, 1], got {n.decay}")
     _check(math.isfinite(n.v_threshold) and n.v_threshold > 0, "neuron.v_threshold", f"must be > 0, got {n.v_threshold}")
     _check(n.surrogate in SURROGATES or n.surrogate in ("rectangular", "rect", "tri", "straight_through"),

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SpikeguardError
-from ..neurons import NoisyLIF, Surrogate, noise_enabled, noise_seed, spiking_neurons
+from ..neurons import Surrogate, noise_enabled, noise_seed, spiking_neurons
 from .base import Attack, ce_loss, check_eps, keep_better
 from .gradient import PGD, _restart_score
 
@@ -79,13 +79,13 @@ def attack_surrogate(model: nn.Module, surrogate: str | Surrogate, width: float 
     try:
         for m in mods:
             m.surrogate = sg
-            if isinstance(m, NoisyLIF):
+            if hasattr(m, "noisy_grad"):  # Noisy-LIF, StoG with membrane noise
                 m.noisy_grad = "surrogate"
         yield
     finally:
         for m, (s, g) in zip(mods, saved):
             m.surrogate = s
-            if isinstance(m, NoisyLIF):
+            if hasattr(m, "noisy_grad"):
                 m.noisy_grad = g
 
 

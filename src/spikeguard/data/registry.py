@@ -7,6 +7,10 @@ Sources, detected from ``root``:
 * an image-folder tree: ``ROOT/{train,test}/<class>/*.jpg|png`` (e.g. the shared
   ``cifar10-jpg``), or ``ROOT/<name>/{train,test}/...``.
 
+Facts about a known dataset that do not need its files (classes, image shape, mean/std, label
+names) are a :class:`DatasetInfo` in this registry (:func:`dataset_info`), so a model can be
+built for ``cifar100`` without loading it.
+
 Decoded splits are cached as uint8 arrays (``.npz``, written atomically) in ``cache_dir``
 (default ``$SPIKEGUARD_CACHE`` or ``~/.cache/spikeguard``), keyed by a fingerprint of the
 source files (names, sizes, modification times), so changing a file invalidates the cache.
@@ -18,6 +22,7 @@ import hashlib
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +31,71 @@ import torch
 from ..errors import DataError, SpikeguardError
 from .base import ImageDataset
 from .cifar import (
-    CIFAR10_DIR, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_DIR, CIFAR100_MEAN, CIFAR100_STD, pickle_files,
-    read_cifar_pickle,
+    CIFAR10_CLASSES, CIFAR10_DIR, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_DIR,
+    CIFAR100_MEAN, CIFAR100_STD, pickle_files, read_cifar_pickle,
 )
+from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD
 from .folder import decode_images, fingerprint_files, folder_classes, is_image_folder, list_images
 
 DATASETS = ("digits", "cifar10", "cifar100", "cifar100-coarse", "folder")
 _ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "cifar100-fine": "cifar100",
             "cifar-100-coarse": "cifar100-coarse", "imagefolder": "folder", "image-folder": "folder"}
 _CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a dataset without reading it.
+
+    Attributes:
+        name: registry name.
+        classes: label names, index = label.
+        image_shape: ``(C, H, W)`` of one image.
+        mean, std: per-channel normalisation (pixel scale [0, 1]) the model applies.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def model_kw(self) -> dict:
+        """The architecture arguments a model built for this data takes (``create_model(**kw)``)."""
+        c, h, _ = self.image_shape
+        return dict(in_channels=c, image_size=h, mean=[float(v) for v in self.mean], std=[float(v) for v in self.std])
+
+
+_INFO: dict[str, DatasetInfo] = {}
+
+
+def register_dataset_info(info: DatasetInfo) -> DatasetInfo:
+    """Record ``info`` under ``info.name`` (the loader of that name must exist in :func:`load_dataset`)."""
+    _INFO[info.name] = info
+    return info
+
+
+for _info in (
+    DatasetInfo("digits", tuple(DIGITS_CLASSES), (1, 8, 8), DIGITS_MEAN, DIGITS_STD),
+    DatasetInfo("cifar10", tuple(CIFAR10_CLASSES), (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD),
+    DatasetInfo("cifar100", CIFAR100_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD),
+    DatasetInfo("cifar100-coarse", CIFAR100_COARSE_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD),
+):
+    register_dataset_info(_info)
+
+
+def dataset_info(name: str) -> DatasetInfo | None:
+    """The :class:`DatasetInfo` of ``name`` (aliases accepted), or None for a dataset whose facts
+    come from its files (``folder``).
+
+    Raises:
+        DataError: unknown dataset name.
+    """
+    return _INFO.get(_normalise_name(name))
 
 
 def list_datasets() -> list[str]:
@@ -212,13 +273,11 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         cdir = cdir / "datasets"
     x, y, classes = _load_arrays(key, split, kind, src, cdir, verify, progress)
 
-    expected = {"cifar10": 10, "cifar100": 100, "cifar100-coarse": 20}.get(key)
-    if expected is not None and len(classes) != expected:
-        raise DataError(f"{src} has {len(classes)} classes but {key} has {expected}")
-    if key == "cifar10":
-        mean, std = CIFAR10_MEAN, CIFAR10_STD
-    elif key.startswith("cifar100"):
-        mean, std = CIFAR100_MEAN, CIFAR100_STD
+    info = _INFO.get(key)
+    if info is not None and len(classes) != info.num_classes:
+        raise DataError(f"{src} has {len(classes)} classes but {key} has {info.num_classes}")
+    if info is not None:
+        mean, std = info.mean, info.std
     else:  # a custom folder: statistics of the split itself
         xf = torch.from_numpy(x).float().div_(255.0)
         mean = tuple(float(v) for v in xf.mean((0, 2, 3)))

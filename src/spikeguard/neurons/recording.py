@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .lif import LIF, NoisyLIF
+from .lif import LIF
 from .surrogate import Surrogate
 
 
@@ -21,13 +21,14 @@ def spiking_neurons(model: nn.Module) -> list[tuple[str, LIF]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LIF)]
 
 
-def noisy_neurons(model: nn.Module) -> list[NoisyLIF]:
-    return [m for _, m in spiking_neurons(model) if isinstance(m, NoisyLIF)]
+def noisy_neurons(model: nn.Module) -> list[LIF]:
+    """The spiking neurons with a ``noise`` switch (``has_noise``), whether it is on or off."""
+    return [m for _, m in spiking_neurons(model) if m.has_noise]
 
 
 def is_stochastic(model: nn.Module) -> bool:
-    """True if a forward pass of ``model`` samples Noisy-LIF noise."""
-    return any(m.stochastic for m in noisy_neurons(model))
+    """True if a forward pass of ``model`` draws random numbers (some neuron is ``stochastic``)."""
+    return any(m.stochastic for _, m in spiking_neurons(model))
 
 
 class PotentialRecorder:

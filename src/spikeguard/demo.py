@@ -34,7 +34,7 @@ from .utils import eps_label, resolve_device
 
 @dataclass
 class DemoConfig:
-    """Settings of ``spikeguard demo`` (defaults finish in well under 3 minutes on 2 cores)."""
+    """Settings of ``spikeguard demo`` (the defaults take about 40 s on 2 cores; README.md)."""
 
     seed: int = 0
     epochs: int = 20

@@ -10,7 +10,7 @@ from .common import eps_list, nonneg_int, positive_int
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="train a vanilla and a TGO SNN on digits, attack both, compare (about 2 min on 2 cores)",
+        "demo", help="train a vanilla and a TGO SNN on digits, attack both, compare (about 40 s on 2 cores)",
         description="Train a vanilla BPTT spiking net (LIF) and a TGO spiking net (membrane-potential "
                     "constraint + Noisy-LIF) on scikit-learn's bundled 8x8 digits, attack both with FGSM and "
                     "PGD over an eps sweep (EoT for the noisy model), and print clean/robust accuracy and the "

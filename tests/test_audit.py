@@ -81,7 +81,9 @@ def test_cli_audit(tmp_path, capsys):
     rc = main(["audit", "--checkpoint", str(tmp_path / "run"), "--n-samples", "20", "--steps", "2",
                "--square-queries", "20", "--no-progress"])
     assert rc == 0
-    doc = json.loads((tmp_path / "run" / "evaluation" / "audit.json").read_text())
+    # each audit writes into a folder of its own (issue 14): RUN/evaluation/<time>-audit-eps8/
+    (path,) = (tmp_path / "run" / "evaluation").glob("*-audit-eps8/audit.json")
+    doc = json.loads(path.read_text())
     assert doc["audit"]["verdict"] in ("PASS", "WARN")
     assert len(doc["audit"]["checks"]) == 8
     assert "robustness audit" in capsys.readouterr().out

@@ -28,7 +28,7 @@ from torch import nn
 
 from .checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_run_config, write_run_config
 from .config import ExperimentConfig, config_to_dict
-from .data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
+from .data import ImageDataset, dataset_info, load_dataset, random_crop_flip
 from .perf import compile_model, resolve_precision, to_channels_last
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, atomic_write_text, ensure_dir
@@ -120,16 +120,14 @@ def build_strategy(cfg: ExperimentConfig):
 @torch.no_grad()
 def test_accuracy(model: nn.Module, ds: ImageDataset, batch_size: int = 256, passes: int = 1,
                   device: torch.device | str = "cpu") -> float:
-    """Clean accuracy on ``ds``; stochastic models are averaged over ``passes`` forward passes."""
-    from .neurons import is_stochastic
+    """Clean accuracy on ``ds`` (:func:`spikeguard.evaluation.clean_accuracy`); stochastic models are
+    averaged over ``passes`` forward passes."""
+    from .evaluation.basic import clean_accuracy
 
     model.eval()
-    passes = passes if is_stochastic(model) else 1
-    correct = 0.0
-    for x, y in batches(ds, batch_size, device=device):
-        for _ in range(passes):
-            correct += float((model(x).argmax(1) == y).sum()) / passes
-    return correct / max(len(ds), 1)
+    if len(ds) == 0:
+        return 0.0
+    return clean_accuracy(model, ds.float_images().to(device), ds.labels.to(device), passes, batch_size)
 
 
 def _read_log(path: Path, upto: int) -> list[dict]:

@@ -27,7 +27,8 @@ def check_eps(eps: float, name: str = "eps") -> float:
     """Validate a perturbation budget on the [0, 1] pixel scale."""
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0 or eps > 1:
-        raise SpikeguardError(f"{name} must be in [0, 1] (pixel scale; 8/255 = {8/255:.4f}), got {eps}")
+        raise SpikeguardError(f"{name} {eps:.6g} is outside [0, 1] (pixel scale; 8/255 = {8/255:.4f}; a decimal "
+                              f"is a fraction of the range, a whole number counts pixel levels: 8 = 8/255)")
     return eps
 
 

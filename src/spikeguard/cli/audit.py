@@ -26,8 +26,10 @@ steps, so they reach the boundary of the eps-ball at every budget.
 examples:
   spikeguard audit --checkpoint runs/demo/tgo --n-samples 200
   spikeguard audit --model-file my_snn.py:build --weights my_snn.safetensors --data cifar10
-Writes OUT/audit.json (atomically) and prints the verdicts; exit status 0 (1 with --strict
-when a check warns)."""
+Writes audit.json (atomically, with its provenance) into a new folder
+RUN/evaluation/<UTC time>-audit-eps<k>/ (or --out DIR; an existing audit.json there is never
+replaced without --overwrite) and prints the verdicts; exit status 0 (1 with --strict when a
+check warns)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from ..attacks import EPS_RULE, parse_alpha
     from ..errors import SpikeguardError
     from ..evaluation import audit_robustness
-    from ..io import atomic_write_json
-    from .evaluate import load_target, out_dir, parse_eps_arg
+    from ..evaluation.results import command_line, provenance, write_audit
+    from ..io import removed_on_failure
+    from .evaluate import load_target, parse_eps_arg, result_dir
 
     eps = parse_eps_arg(args.eps)
     if args.steps < 1 or args.square_queries < 1 or args.tolerance < 0 or args.chance_margin < 0 \
@@ -65,17 +68,20 @@ def run(args: argparse.Namespace) -> int:
         raise SpikeguardError("need --steps >= 1, --square-queries >= 1, --tolerance >= 0, --chance-margin >= 0 "
                               "and --zero-grad-limit in [0, 1]")
     rn, model, x, y, info, device = load_target(args)
-    out = out_dir(args, rn)
-    print(f"auditing {rn.path} on {info['name']}/{info['split']} ({len(y)} images)", file=sys.stderr)
-    audit = audit_robustness(model, x, y, eps=eps, eot=args.eot, passes=args.passes, steps=args.steps,
-                             alpha=parse_alpha(args.alpha, EPS_RULE), randomness=args.randomness,
-                             tolerance=args.tolerance, chance_margin=args.chance_margin,
-                             zero_grad_limit=args.zero_grad_limit, square_queries=args.square_queries,
-                             batch_size=args.batch_size, seed=args.seed, device=device,
-                             progress=not args.no_progress)
-    print(audit.format())
-    path = out / "audit.json"
-    atomic_write_json(path, {"checkpoint": str(rn.path), "model_file": args.model_file, "weights": args.weights,
-                             "data": info, "command": "audit", "audit": audit.to_dict()})
+    out, created = result_dir(args, rn, "audit", eps, "audit.json")
+    with removed_on_failure(out, created=created):
+        print(f"auditing {rn.path} on {info['name']}/{info['split']} ({len(y)} images); output folder {out}",
+              file=sys.stderr)
+        audit = audit_robustness(model, x, y, eps=eps, eot=args.eot, passes=args.passes, steps=args.steps,
+                                 alpha=parse_alpha(args.alpha, EPS_RULE), randomness=args.randomness,
+                                 tolerance=args.tolerance, chance_margin=args.chance_margin,
+                                 zero_grad_limit=args.zero_grad_limit, square_queries=args.square_queries,
+                                 batch_size=args.batch_size, seed=args.seed, device=device,
+                                 progress=not args.no_progress)
+        print(audit.format())
+        prov = provenance(command=command_line(args.argv), checkpoint=rn.path, attacks=[], eps=eps, n_samples=len(y),
+                          seed=args.seed, passes=args.passes, eot=args.eot, data=info, steps=args.steps)
+        path = write_audit(out / "audit.json", audit, prov, checkpoint=str(rn.path), model_file=args.model_file,
+                           weights=args.weights, data=info, command="audit")
     print(f"\nwrote {path}")
     return 1 if args.strict and audit.warnings else 0

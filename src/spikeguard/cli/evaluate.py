@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..utils import EPS_HELP
 from .common import nonneg_int, positive_int
 
 EPILOG = """\
@@ -34,8 +35,14 @@ input transforms, another library's noisy neurons) is judged over --passes passe
 repeating the same draw for the clean images and every attack, and attacked with EoT over
 --eot passes; --deterministic / --stochastic override the detection (recorded in the result).
 A sample counts as robust on an evaluation pass only if it is classified correctly there both
-clean and attacked; the worst case requires it to survive every attack.
-Writes OUT/robustness.json (atomically) and prints the table."""
+clean and attacked; the worst case requires it to survive every attack. Noisy-LIF models are
+judged over --passes passes (mean and 95% interval) and attacked with EoT over --eot passes.
+Each evaluation gets a folder of its own, RUN/evaluation/<UTC time>-<attacks>-eps<k>/ (or --out
+DIR; an existing result there is never replaced without --overwrite), holding robustness.json:
+the result schema of docs/evaluation.md with its provenance (checkpoint hash, command, attacks,
+eps, sample count, seed, passes, versions, date). An interrupted run resumes in its folder.
+Before a long suite a cost estimate is printed (passes of the model, measured time per pass);
+progress shows samples done per attack and batch, rate and ETA. Typical costs: docs/evaluation.md."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +93,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     rnd.add_argument("--stochastic", dest="randomness", action="store_const", const="stochastic",
                      help="treat the model as stochastic (EoT, several passes) whatever the detection finds")
     p.set_defaults(randomness="auto")
-    p.add_argument("--eps", default="8/255", help="L-inf budget: 8/255, 8 (= 8/255) or 0.03 (default 8/255)")
+    p.add_argument("--eps", default="8/255", help=f"L-inf budget: {EPS_HELP} (default 8/255)")
     p.add_argument("--eot", type=positive_int, default=8,
                    help="EoT passes per attack gradient for stochastic models (default 8; 1 for deterministic ones)")
     p.add_argument("--passes", type=positive_int, default=8,
@@ -99,10 +106,19 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, metavar="PATH", help="dataset root (default: the run's data.root)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="images per attack batch (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset, random starts and noise (default 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    add_device_arg(p)
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads, 0 = torch's default")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default RUN_DIR/evaluation)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: a new folder RUN_DIR/evaluation/<UTC time>-<what>-eps<k>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a result already in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device`` of every command that computes."""
+    p.add_argument("--device", default=default, metavar="DEVICE",
+                   help="auto, cpu, cuda, cuda:1 ... (default " + (default or "the config's device") + "); an "
+                        "unavailable device is a one-line error")
 
 
 def parse_eps_arg(text: str) -> float:
@@ -111,9 +127,9 @@ def parse_eps_arg(text: str) -> float:
     from ..utils import parse_eps
 
     try:
-        return check_eps(parse_eps(text))
+        return check_eps(parse_eps(text), "--eps")
     except ValueError:
-        raise SpikeguardError(f"cannot parse --eps {text!r} (use e.g. 8/255, 8 or 0.031)") from None
+        raise SpikeguardError(f"cannot parse --eps {text!r} (use {EPS_HELP})") from None
 
 
 def load_target(args: argparse.Namespace):
@@ -127,10 +143,7 @@ def load_target(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as e:
-        raise SpikeguardError(f"bad --device {args.device!r}: {e}") from None
+    device = resolve_device(args.device)
     if getattr(args, "model_file", None):
         from ..foreign import load_foreign_model
 
@@ -163,10 +176,36 @@ def load_target(args: argparse.Namespace):
     return run, model, x, y, info, device
 
 
-def out_dir(args: argparse.Namespace, run) -> Path:
-    from ..io import ensure_dir
+def result_dir(args: argparse.Namespace, run, what: str, eps: float, result: str, ctx=None,
+               journal_name: str | None = None) -> tuple[Path, bool]:
+    """``(folder, created)``: the output folder of one evaluation or audit, never one holding a result.
 
-    return ensure_dir(args.out or Path(run.path) / "evaluation")
+    ``--out DIR`` is used as given (a ``result`` file already there is an error unless
+    ``--overwrite``); otherwise a new folder ``RUN/evaluation/<UTC time>-<what>-eps<k>`` is made,
+    except that an unfinished run with the same settings (its ``journal_name`` folder is there,
+    its result is not) is resumed in its own folder. Rank 0 decides; the others follow.
+    """
+    from ..io import ensure_dir, new_dir, refuse_overwrite, stamp
+    from ..utils import eps_label
+
+    chosen: tuple[str, bool] | None = None
+    if ctx is None or ctx.is_main:
+        if args.out:
+            existed = Path(args.out).exists()
+            refuse_overwrite(args.out, (result,), args.overwrite)
+            chosen = (str(ensure_dir(args.out)), not existed)
+        else:
+            parent = Path(run.path) / "evaluation"
+            unfinished = [j.parent for j in sorted(parent.glob(f"*/{journal_name}")) if journal_name
+                          and not (j.parent / result).exists()]
+            if unfinished:
+                chosen = (str(unfinished[-1]), False)
+            else:
+                k = eps_label(eps).replace("/255", "")
+                chosen = (str(new_dir(parent, f"{stamp()}-{what}-eps{k}")), True)
+    if ctx is not None and ctx.is_distributed:
+        chosen = ctx.all_gather_object(chosen)[0]
+    return Path(chosen[0]), chosen[1]
 
 
 def _check_source(source, model, x, path: str) -> None:
@@ -209,11 +248,11 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
     from ..attacks import PAPER_ALPHA, SUITE_ALPHA, parse_alpha
     from ..checkpoint import MODEL_FILE, load_run
     from ..evaluation import audit_robustness
+    from ..evaluation.results import command_line, provenance, write_robustness
     from ..evaluation.sharded import evaluate_sharded, journal_key, read_journal
-    from ..io import atomic_write_json
+    from ..io import removed_on_failure
 
     rn, model, x, y, info, device = load_target(args)
-    out = out_dir(args, rn)
     source = load_run(args.source, device=device).model if args.source else None
     if source is not None:
         _check_source(source, model, x[:2].to(device), args.source)
@@ -226,42 +265,58 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
                 "source": str(Path(args.source).resolve()) if args.source else None, "data": info, "attacks": names,
                 "eps": eps, "eot": args.eot, "passes": args.passes, "alpha": alpha, "batch_size": args.batch_size,
                 "seed": args.seed, "attack_kw": kw}
-    journal = out / f".evaluate-{journal_key(settings)}"
-    if args.restart and ctx.is_main and journal.exists():
-        shutil.rmtree(journal, ignore_errors=True)
-    ctx.barrier()
-    if talk:
-        print(f"evaluating {rn.path} on {info['name']}/{info['split']} ({len(y)} images): {', '.join(names)}",
-              file=sys.stderr)
-        n_done = len(read_journal(journal))
-        if n_done:
-            print(f"resuming: {n_done} finished batches on record in {journal}", file=sys.stderr)
-    if verbose and ctx.is_main:
-        print(f"{ctx.world_size} process(es), {ctx.backend or 'no process group'}, device {device}, journal {journal}",
-              file=sys.stderr)
-    report = evaluate_sharded(model, x, y, names, eps=eps, eot=args.eot, passes=args.passes, alpha=alpha,
-                              batch_size=args.batch_size, seed=args.seed, source=source, attack_kw=kw,
-                              device=device, journal=journal, ctx=ctx, progress=talk and not args.no_progress,
-                              randomness=args.randomness)
-    if not ctx.is_main:
-        return 0
-    doc = {"checkpoint": str(rn.path), "model_file": args.model_file, "weights": args.weights,
-           "source": args.source, "data": info, "command": "evaluate",
-           "processes": ctx.world_size, "table": report.table_row(),
-           "report": report.to_dict(per_sample=not args.no_per_sample)}
-    if talk:
-        print(report.format_table(f"robust accuracy of {rn.path}"))
-    if args.audit:
-        audit = audit_robustness(model, x, y, eps=eps, eot=args.eot, passes=args.passes, report=report,
-                                 steps=args.audit_steps, batch_size=args.batch_size, seed=args.seed, device=device,
-                                 progress=talk and not args.no_progress, randomness=args.randomness)
-        doc["audit"] = audit.to_dict()
+    jname = f".evaluate-{journal_key(settings)}"
+    what = args.suite or ("-".join(names) if len(names) <= 3 else f"{len(names)}attacks")
+    out, created = result_dir(args, rn, what, eps, "robustness.json", ctx, jname)
+    journal = out / jname
+    with removed_on_failure(out, created=created and ctx.is_main):
+        if args.restart and ctx.is_main and journal.exists():
+            shutil.rmtree(journal, ignore_errors=True)
+        ctx.barrier()
+        n_done = len(read_journal(journal)) if talk else 0
         if talk:
-            print()
-            print(audit.format())
-    path = out / "robustness.json"
-    atomic_write_json(path, doc)
-    shutil.rmtree(journal, ignore_errors=True)  # the results are safe in robustness.json now
+            print(f"evaluating {rn.path} on {info['name']}/{info['split']} ({len(y)} images): {', '.join(names)}",
+                  file=sys.stderr)
+            print(f"output folder: {out}", file=sys.stderr)
+            if n_done:
+                print(f"resuming: {n_done} finished batches on record in {journal}", file=sys.stderr)
+        if verbose and ctx.is_main:
+            print(f"{ctx.world_size} process(es), {ctx.backend or 'no process group'}, device {device}, journal "
+                  f"{journal}", file=sys.stderr)
+        if talk and not n_done:
+            from ..evaluation.progress import suite_cost
+
+            b = args.batch_size
+            print(suite_cost(model, names, x[:b].to(device), y[:b].to(device), len(y), eps=eps, eot=args.eot,
+                             passes=args.passes, alpha=alpha, batch_size=b, source=source, attack_kw=kw).format(),
+                  file=sys.stderr)
+        report = evaluate_sharded(model, x, y, names, eps=eps, eot=args.eot, passes=args.passes, alpha=alpha,
+                                  batch_size=args.batch_size, seed=args.seed, source=source, attack_kw=kw,
+                                  device=device, journal=journal, ctx=ctx,
+                                  progress=talk and not args.no_progress, randomness=args.randomness)
+        if not ctx.is_main:
+            return 0
+        prov = provenance(command=command_line(args.argv), checkpoint=rn.path, report=report, attacks=names,
+                          data=info, alpha=alpha, batch_size=args.batch_size, source=args.source,
+                          processes=ctx.world_size, randomness=args.randomness)
+        extra = {"checkpoint": str(rn.path), "model_file": args.model_file, "weights": args.weights,
+                 "source": args.source, "data": info, "command": "evaluate", "processes": ctx.world_size}
+        cfg = getattr(rn, "config", None)  # None for a --model-file model
+        lam = cfg.tgo.lambda_max if cfg is not None and cfg.tgo.enabled else None
+        if talk:
+            print(report.format_table(f"robust accuracy of {rn.path}"))
+        if args.audit:
+            audit = audit_robustness(model, x, y, eps=eps, eot=args.eot, passes=args.passes, report=report,
+                                     steps=args.audit_steps, batch_size=args.batch_size, seed=args.seed,
+                                     device=device, progress=talk and not args.no_progress,
+                                     randomness=args.randomness)
+            extra["audit"] = audit.to_dict()
+            if talk:
+                print()
+                print(audit.format())
+        path = write_robustness(out / "robustness.json", report, prov, per_sample=not args.no_per_sample,
+                                lambda_max=lam, **extra)
+        shutil.rmtree(journal, ignore_errors=True)  # the results are safe in robustness.json now
     if talk:
         print(f"\nwrote {path}")
     return 0

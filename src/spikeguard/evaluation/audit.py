@@ -387,7 +387,8 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
             runs.append(("noise-free", NoiseFreeTransfer(model, eps, alpha=step_size(alpha, eps, 2 * steps),
                                                          steps=2 * steps)))
     own = evaluate_robustness(model, images, labels, runs, eps=eps, eot=eot_used, passes=passes,
-                              batch_size=batch_size, seed=seed + 1, device=device, progress=progress,
+                              batch_size=batch_size, seed=seed + 1, device=device,
+                              progress="audit" if progress else False,
                               randomness=randomness)
     results = {**own.results, **have}  # the report's runs win (the user's settings)
     z_ce, z_margin = zero_gradient_share(model, images, labels, eot=eot_used, batch_size=batch_size, device=device)

@@ -27,7 +27,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,7 @@ from ..neurons import noise_seed
 from ..perf import current_precision
 from ..randomness import Randomness, detect_randomness, seeded_rng
 from ..utils import eps_label
+from .progress import as_progress
 from .stats import mean_ci95, wilson_ci95
 
 BUDGET_TOL = 1e-6
@@ -313,7 +314,7 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
                         eps: float = 8 / 255, eot: int = 1, passes: int = 1, alpha: float | str = PAPER_ALPHA,
                         batch_size: int = 128, seed: int = 0, source: nn.Module | None = None,
                         attack_kw: dict[str, dict] | None = None, device: torch.device | str | None = None,
-                        max_eval_batch: int = 4096, progress: bool = False, first_batch: int = 0,
+                        max_eval_batch: int = 4096, progress: Any = False, first_batch: int = 0,
                         randomness: str | Randomness = "auto") -> RobustnessReport:
     """Run ``attacks`` on ``(images, labels)`` and judge every sample on every pass.
 
@@ -333,7 +334,8 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
         attack_kw: per-name constructor overrides, e.g. ``{"square": {"queries": 500}}``.
         device: where to run (default: the model's device).
         max_eval_batch: largest batch of one judging forward (``passes * b`` is split).
-        progress: show a progress bar.
+        progress: a progress bar: True, a label (``"audit"``), or an
+            :class:`~spikeguard.evaluation.progress.EvalProgress` shared over several calls.
         first_batch: global index of this call's first batch. Every batch's randomness (noise,
             random starts, EoT) is seeded from ``(seed, batch index)``, so evaluating a
             contiguous slice of whole batches with ``first_batch`` set gives exactly the
@@ -396,11 +398,14 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
     robust = {k: torch.zeros(1 if not stochastic else n_pass, n, dtype=torch.bool) for k, _ in named}
     stats = {k: dict(seconds=0.0, max_linf=0.0, x_min=math.inf, x_max=-math.inf, n_attacked=0) for k, _ in named}
     n_batches = math.ceil(n / batch_size)
-    bar = _progress(n_batches * (1 + len(named)), progress)
+    bar, own_bar = as_progress(progress, n)
+    bar.set_attacks([k for k, _ in named])
     num_classes = None
     for bi in range(n_batches):
         s, e = bi * batch_size, min(n, (bi + 1) * batch_size)
         x, y = images[s:e].to(device), labels[s:e].to(device)
+        if own_bar:  # a shared bar counts its caller's batches
+            bar.batch(bi, n_batches)
         # the global stream (random starts, EoT noise) restarts per batch: results of a
         # batch do not depend on which batches ran before it (sharding, resuming)
         torch.manual_seed(_batch_seed(seed, first_batch + bi))
@@ -410,7 +415,7 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
                 num_classes = int(model(x[:1]).shape[1])
         ok = correct_per_pass(model, x, y, n_pass, es, max_eval_batch, global_rng).cpu()
         clean[:, s:e] = ok
-        bar.update(1)
+        bar.step("clean", e - s)
         todo = ok.any(0).nonzero().squeeze(1)
         xs, ys = x[todo.to(device)], y[todo.to(device)]
         for label, atk in named:
@@ -434,8 +439,9 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
                         hit[rows] = correct_per_pass(model, adv, ys, n_pass, es, max_eval_batch).cpu()[rows]
                 robust[label][:, s + todo] = hit & ok[:, todo]
             st["seconds"] += time.perf_counter() - t0
-            bar.update(1)
-    bar.close()
+            bar.step(label, e - s)
+    if own_bar:
+        bar.close()
 
     report = RobustnessReport(eps=float(eps), eot=eot_used, passes=n_pass, stochastic=stochastic,
                               num_classes=num_classes or 0, seed=seed, clean=clean, skipped=skipped,
@@ -461,22 +467,6 @@ def _budget(st: dict, adv: Tensor, x: Tensor) -> None:
         st["x_max"] = max(st["x_max"], float(adv.max()))
 
 
-class _NoBar:
-    def update(self, k: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="evaluate", unit="step", leave=False)
-
-
 DEFAULT_EOT = 8
 
 
@@ -492,7 +482,6 @@ def evaluate_config_attacks(model: nn.Module, test_ds, cfg, out_dir=None, progre
     from pathlib import Path
 
     from ..attacks import check_eps, parse_attacks
-    from ..io import atomic_write_json
     from ..utils import parse_eps
 
     names = parse_attacks(",".join(cfg.eval.attacks))
@@ -502,7 +491,12 @@ def evaluate_config_attacks(model: nn.Module, test_ds, cfg, out_dir=None, progre
                                  seed=int(cfg.seed), progress=progress)
     summary = report.to_dict(per_sample=False)
     if out_dir is not None:
-        atomic_write_json(Path(out_dir) / "robustness.json",
-                          {"command": "train (eval.attacks)", "data": {"name": test_ds.name, "n_samples": len(test_ds)},
-                           "table": report.table_row(), "report": report.to_dict(per_sample=True)})
+        from .results import provenance, write_robustness
+
+        data = {"name": test_ds.name, "split": "test", "n_samples": len(test_ds)}
+        prov = provenance(command="spikeguard train (eval.attacks)", checkpoint=out_dir, report=report, attacks=names,
+                          data=data, alpha=0.01, batch_size=int(cfg.eval.batch_size))
+        tgo = getattr(cfg, "tgo", None)
+        write_robustness(Path(out_dir) / "robustness.json", report, prov, command="train (eval.attacks)", data=data,
+                         lambda_max=tgo.lambda_max if tgo is not None and tgo.enabled else None)
     return summary

@@ -149,23 +149,21 @@ def evaluate_sharded(model: nn.Module, images: Tensor, labels: Tensor, attacks: 
     from ..logging import append_jsonl
 
     mine: dict[int, dict] = {}
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
+    from .progress import EvalProgress
 
-        bar = tqdm(total=len(todo), desc=f"evaluate (rank {ctx.rank})" if ctx.is_distributed else "evaluate",
-                   unit="batch", leave=False)
-    for b in todo:
+    # one bar over this rank's samples, moving after every attack of every batch
+    bar = EvalProgress(sum(min(n, (b + 1) * batch_size) - b * batch_size for b in todo),
+                       f"evaluate (rank {ctx.rank})" if ctx.is_distributed else "evaluate", enabled=bool(progress and todo))
+    for i, b in enumerate(todo):
         s, e = b * batch_size, min(n, (b + 1) * batch_size)
-        rep = evaluate_robustness(model, images[s:e], labels[s:e], attacks, batch_size=batch_size, first_batch=b, **kw)
+        bar.batch(i, len(todo))
+        rep = evaluate_robustness(model, images[s:e], labels[s:e], attacks, batch_size=batch_size, first_batch=b,
+                                  progress=bar, **kw)
         rec = _encode_batch(b, rep)
         if path is not None:
             append_jsonl(path, rec)
         mine[b] = rec
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    bar.close()
     # each rank contributes its own batches, computed now or found in its journal (a journal
     # need not be on a shared file system)
     own = {b: r for b, r in done.items() if b % ctx.world_size == ctx.rank}

@@ -36,8 +36,10 @@ class EpochStats:
     #: epoch merges with its first part (``seconds`` adds up, ``images_per_s`` follows)
     REDUCIBLE: ClassVar[tuple[str, ...]] = ("loss", "task_loss", "constraint", "lam", "accuracy", "near_threshold")
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    as_dict = to_dict  # the name before 0.2 (result objects now all use to_dict)
 
     def merge(self, partial: dict | None, seen: int) -> "EpochStats":
         """Combine these stats of a resumed epoch's remainder (``seen`` samples) with ``partial``,

@@ -12,6 +12,8 @@ Names (case-insensitive; ``K``, ``R``, ``Q`` are integers)::
     fixed-noise                       PGD-20 with the evaluation's noise sample known (Noisy-LIF)
     sg-ensemble                       PGD-10 per surrogate gradient, per-sample worst
     sg-adaptive                       PGD-20 with a per-sample greedy surrogate width
+    event-flipK, random-flipK,        event-stream attacks on frame data, budget K flipped
+    event-steK                        event cells (default 50; see attacks/events.py)
 
 Paper settings: eps 8/255, step 0.01 (``alpha``).
 """
@@ -28,6 +30,7 @@ from ..neurons import is_stochastic
 from .adaptive import AdaptiveSurrogate, FixedNoise, NoiseFreeTransfer, SurrogateEnsemble, Transfer
 from .apgd import APGD
 from .base import Attack
+from .events import build_event_attack, is_event_attack_name
 from .gradient import FGSM, MTPGD, PGD, RFGSM
 from .square import Square
 
@@ -54,7 +57,8 @@ _FIXED = ("fgsm", "rfgsm", "transfer", "noise-free", "fixed-noise", "sg-ensemble
 
 def list_attacks() -> list[str]:
     """Example names accepted by :func:`build_attack` (the patterns take any step count)."""
-    return ["fgsm", "rfgsm", "pgdK", "pgdK-rR", "apgd-ceK", "apgd-dlrK", "mtpgdK", "squareQ", *_FIXED[2:]]
+    return ["fgsm", "rfgsm", "pgdK", "pgdK-rR", "apgd-ceK", "apgd-dlrK", "mtpgdK", "squareQ", *_FIXED[2:],
+            "event-flipK", "random-flipK", "event-steK"]
 
 
 def _int(text: str | None, default: int, what: str) -> int:
@@ -69,7 +73,7 @@ def normalize_name(name: str) -> str:
     n = name.strip().lower().replace("_", "-")
     n = {"apgd": "apgd-ce", "pgd": "pgd10", "mt-pgd": "mtpgd", "r-fgsm": "rfgsm", "fixednoise": "fixed-noise",
          "noisefree": "noise-free", "sg-ens": "sg-ensemble", "assg": "sg-adaptive"}.get(n, n)
-    if n in _FIXED or any(p.match(n) for p, _ in _PATTERNS):
+    if n in _FIXED or any(p.match(n) for p, _ in _PATTERNS) or is_event_attack_name(n):
         return n
     raise SpikeguardError(f"unknown attack {name!r}; known: {', '.join(list_attacks())} "
                           f"(K, R, Q are integers, e.g. pgd20, pgd50-r5, apgd-ce100, square2000)")
@@ -102,6 +106,8 @@ def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, eot: int = 1
         **overrides: constructor arguments replacing the defaults (e.g. ``queries=500``).
     """
     n = normalize_name(name)
+    if (event_attack := build_event_attack(n, model, eot=eot, **overrides)) is not None:
+        return event_attack
     kw: dict = dict(eot=eot)
     attack: Attack
     if n == "fgsm":

@@ -18,7 +18,9 @@ examples:
 attacks (comma-separated; suites expand): fgsm, rfgsm, pgdK, pgdK-rR (R restarts), apgd-ce[K],
 apgd-dlr[K], mtpgd[K], square[Q], transfer (PGD-20 from --source, or from the target's noise-free
 twin), noise-free, fixed-noise (the attacker knows the evaluation's noise sample), sg-ensemble
-(PGD per surrogate gradient, per-sample worst), sg-adaptive (greedy per-sample surrogate width).
+(PGD per surrogate gradient, per-sample worst), sg-adaptive (greedy per-sample surrogate width);
+on event data (models on frame sequences) also event-flipK, random-flipK, event-steK (K flipped
+event cells; the output is a valid event stream) and --event-ks for success rate vs k.
   --suite paper : fgsm, rfgsm, pgd7, pgd10, pgd20, pgd40, apgd-ce, mtpgd   (eps 8/255, step 0.01)
   --suite strong: paper + pgd50-r3, apgd-dlr, square, transfer, noise-free, fixed-noise,
                   sg-ensemble, sg-adaptive; stochastic-only attacks are skipped on LIF models.
@@ -49,6 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audit", action="store_true", help="also run the audit (reuses this evaluation's attacks)")
     p.add_argument("--audit-steps", type=positive_int, default=10, help="PGD steps of the audit's own runs (default 10)")
     p.add_argument("--no-per-sample", action="store_true", help="leave the per-sample results out of the JSON")
+    p.add_argument("--event-ks", default="", metavar="LIST",
+                   help="event data only: also measure the event-flip attack (and the random-flip baseline) at "
+                        "these budgets k of flipped event cells, e.g. 1,5,20,50 (success rate over originally "
+                        "correct samples, accuracy vs k), and what rounding PGD-10 back to events leaves")
     p.add_argument("--distributed", type=positive_int, default=None, metavar="N",
                    help="shard the batches over N local processes (under torchrun: over its processes); the "
                         "result is identical to one process")
@@ -114,7 +120,7 @@ def load_target(args: argparse.Namespace):
     name = args.data or d.name
     root = args.data_root if args.data_root is not None else (d.root or None)
     ds = load_dataset(name, args.split, root=root, cache_dir=d.cache_dir or None, subset=args.n_samples,
-                      seed=args.seed, verify=d.verify_md5)
+                      seed=args.seed, verify=d.verify_md5, **(d.options if name == d.name else {}))
     x, y = ds.float_images(), ds.labels
     try:
         with torch.inference_mode():
@@ -126,6 +132,18 @@ def load_target(args: argparse.Namespace):
         raise DataError(f"dataset {name!r} has labels up to {int(y.max())} but the model has {out.shape[1]} classes")
     info = {"name": name, "split": args.split, "root": root, "n_samples": len(y), "seed": args.seed}
     return run, model, x, y, info, device
+
+
+def _parse_ks(text: str) -> list[int]:
+    from ..errors import SpikeguardError
+
+    try:
+        ks = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SpikeguardError(f"--event-ks must be comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 0:
+        raise SpikeguardError(f"--event-ks needs budgets >= 0, got {text!r}")
+    return ks
 
 
 def out_dir(args: argparse.Namespace, run) -> Path:
@@ -219,6 +237,15 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
         if talk:
             print()
             print(audit.format())
+    if args.event_ks:
+        from ..evaluation.events import event_report
+
+        ks = _parse_ks(args.event_ks)
+        doc["events"], text = event_report(model, x, y, ks, eps=eps, eot=args.eot, batch_size=args.batch_size,
+                                           seed=args.seed, alpha=args.alpha)
+        if talk:
+            print()
+            print(text)
     path = out / "robustness.json"
     atomic_write_json(path, doc)
     shutil.rmtree(journal, ignore_errors=True)  # the results are safe in robustness.json now

@@ -95,7 +95,7 @@ class EventFlip(EventAttack):
 
     Args:
         growth: flips per step as a share of the flips already made (at least 1).
-        max_steps: cap on gradient steps, accepted or rejected (default ``min(4 * k + 20, 60)``).
+        max_steps: cap on gradient steps, accepted or rejected (default ``4 * k + 20``).
     """
 
     name = "event-flip"
@@ -106,50 +106,50 @@ class EventFlip(EventAttack):
         if not growth > 0:
             raise SpikeguardError(f"growth must be > 0, got {growth}")
         self.growth = float(growth)
-        self.max_steps = min(4 * self.k + 20, 60) if max_steps is None else int(max_steps)
+        self.max_steps = 4 * self.k + 20 if max_steps is None else int(max_steps)
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
-        b = images.shape[0]
+        b, dev = images.shape[0], images.device
         cur = self.levels_of(images)
         changed = torch.zeros_like(cur, dtype=torch.bool)
         banned = torch.zeros_like(changed)
-        n_used = torch.zeros(b, dtype=torch.long, device=images.device)
-        rate = torch.full((b,), self.growth, device=images.device)
+        n_used = torch.zeros(b, dtype=torch.long, device=dev)
+        rate = torch.full((b,), self.growth, device=dev)
         grad, margin, _ = self.loss_grad(self.norm.encode(cur), labels, margin_loss)
         active = (margin <= 0) & (self.k > 0)
         for _ in range(self.max_steps):
-            if not active.any():
+            a = active.nonzero().squeeze(1)  # only the samples still being attacked cost a pass
+            if a.numel() == 0:
                 break
-            up, down = self.step_values(cur)
-            gain_up, gain_down = up * grad, down * grad
+            lv, g = cur[a], grad[a]
+            up, down = self.step_values(lv)
+            gain_up, gain_down = up * g, down * g
             go_up = gain_up >= gain_down
             gain = torch.where(go_up, gain_up, gain_down)
-            gain = gain.masked_fill(changed | banned | (gain <= 0), float("-inf")).flatten(1)
-            take = torch.ceil(rate * n_used.clamp(min=4).float()).long().clamp(min=1)
-            take = torch.minimum(take, self.k - n_used).masked_fill(~active, 0)
+            gain = gain.masked_fill(changed[a] | banned[a] | (gain <= 0), float("-inf")).flatten(1)
+            take = torch.ceil(rate[a] * n_used[a].clamp(min=4).float()).long().clamp(min=1)
+            take = torch.minimum(take, self.k - n_used[a])
             m = int(take.max())
             vals, idx = gain.topk(m, dim=1)
-            sel = (torch.arange(m, device=images.device)[None] < take[:, None]) & torch.isfinite(vals)
-            active &= sel.any(1)  # nothing left that the gradient says would help
-            if not active.any():
-                break
-            mask = torch.zeros_like(gain, dtype=torch.bool).scatter_(1, idx, sel).view_as(cur)
-            proposal = cur + mask.long() * torch.where(go_up, 1, -1)
-            g_new, m_new, _ = self.loss_grad(self.norm.encode(proposal), labels, margin_loss)
-            accept = active & (m_new > margin)
-            a4 = accept.view(-1, *[1] * (cur.dim() - 1))
-            cur = torch.where(a4, proposal, cur)
-            changed |= mask & a4
-            n_used += torch.where(accept, sel.sum(1), 0)
-            grad = torch.where(a4, g_new, grad)
-            margin = torch.where(accept, m_new, margin)
+            sel = (torch.arange(m, device=dev)[None] < take[:, None]) & torch.isfinite(vals)
+            has = sel.any(1)  # no flip the gradient says would help: the sample is done
+            mask = torch.zeros_like(gain, dtype=torch.bool).scatter_(1, idx, sel).view_as(lv)
+            proposal = lv + mask.long() * torch.where(go_up, 1, -1)
+            g_new, m_new, _ = self.loss_grad(self.norm.encode(proposal), labels[a], margin_loss)
+            accept = has & (m_new > margin[a])
+            acc4 = accept.view(-1, *[1] * (lv.dim() - 1))
+            cur[a] = torch.where(acc4, proposal, lv)
+            changed[a] |= mask & acc4
+            n_used[a] += torch.where(accept, sel.sum(1), 0)
+            grad[a] = torch.where(acc4, g_new, g)
+            margin[a] = torch.where(accept, m_new, margin[a])
             # a rejected step is retried with half the flips; a rejected single flip is banned
-            reject = active & ~accept
+            reject = has & ~accept
             single = reject & (sel.sum(1) == 1)
-            first = torch.zeros_like(gain, dtype=torch.bool).scatter_(1, idx[:, :1], single[:, None]).view_as(cur)
-            banned |= first
-            rate = torch.where(reject, rate / 2, torch.clamp(rate * 2, max=self.growth))
-            active &= (margin <= 0) & (n_used < self.k)
+            first = torch.zeros_like(gain, dtype=torch.bool).scatter_(1, idx[:, :1], single[:, None]).view_as(lv)
+            banned[a] |= first
+            rate[a] = torch.where(reject, rate[a] / 2, torch.clamp(rate[a] * 2, max=self.growth))
+            active[a] = has & (margin[a] <= 0) & (n_used[a] < self.k)
         self.last_l0 = n_used.cpu()
         self.last_fooled = (margin > 0).cpu()
         return self.norm.encode(cur)

@@ -55,6 +55,9 @@ class DataConfig:
         test_subset: class-balanced test subset size (0 = the whole split).
         augment: random crop (4-pixel zero padding) + horizontal flip on training batches.
         verify_md5: check the pickle release against the official md5 sums.
+        options: options of the event data sets (``cifar10-dvs``, ``nmnist``, ``dvs-gesture``,
+            ``synthetic-dvs``): ``frames``, ``size``, ``split_by``, ``norm``, ... (see
+            :mod:`spikeguard.data.event_sets`).
     """
 
     name: str = "cifar10"
@@ -64,6 +67,7 @@ class DataConfig:
     test_subset: int = 0
     augment: bool = True
     verify_md5: bool = True
+    options: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -44,7 +44,7 @@ def build_datasets(cfg: ExperimentConfig, progress: bool = False) -> tuple[Image
     """The train and test splits named by ``cfg.data`` (subsets applied, cache used)."""
     d = cfg.data
     kw = dict(root=d.root or None, cache_dir=d.cache_dir or None, seed=cfg.seed, verify=d.verify_md5,
-              progress=progress)
+              progress=progress, **d.options)
     train = load_dataset(d.name, "train", subset=d.subset, **kw)
     test = load_dataset(d.name, "test", subset=d.test_subset, **kw)
     if train.classes != test.classes:
@@ -55,7 +55,16 @@ def build_datasets(cfg: ExperimentConfig, progress: bool = False) -> tuple[Image
 
 def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
     """``in_channels``, ``image_size``, ``num_classes``, ``mean``, ``std`` of ``data``, or of the
-    dataset ``cfg`` names (its :class:`~spikeguard.data.DatasetInfo`) when ``data`` is None."""
+    dataset ``cfg`` names (its :class:`~spikeguard.data.DatasetInfo`) when ``data`` is None; event
+    data sets (frame sequences, 2 polarities per step) from their frame options."""
+    from .data.event_sets import EVENT_DATASETS, EventFrameDataset, event_data_shape
+
+    if isinstance(data, EventFrameDataset):  # frame sequences: 2 polarities per step
+        shape = event_data_shape(data.name, {**data.options})
+        shape.update(num_classes=data.num_classes)
+        return shape
+    if data is None and cfg.data.name.lower() in EVENT_DATASETS:
+        return event_data_shape(cfg.data.name.lower(), cfg.data.options)
     if data is not None:
         c, h, w = data.image_shape
         if h != w:

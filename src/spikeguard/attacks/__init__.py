@@ -18,6 +18,7 @@ from .adaptive import (
 )
 from .apgd import APGD, apgd_checkpoints
 from .base import Attack, ce_loss, check_batch, check_eps, dlr_loss, get_loss, margin_loss, targeted_margin_loss
+from .events import EventAttack, EventFlip, EventSTE, RandomFlip
 from .gradient import FGSM, MTPGD, PGD, RFGSM
 from .registry import (
     EPS_RULE,
@@ -40,7 +41,7 @@ from .requirements import REQUIREMENTS, ModelTraits, model_traits, unmet
 from .square import Square
 
 __all__ = [
-    "Attack", "FGSM", "RFGSM", "PGD", "MTPGD", "APGD", "Square", "Transfer", "NoiseFreeTransfer", "FixedNoise",
+    "Attack", "EventAttack", "EventFlip", "RandomFlip", "EventSTE", "FGSM", "RFGSM", "PGD", "MTPGD", "APGD", "Square", "Transfer", "NoiseFreeTransfer", "FixedNoise",
     "SurrogateEnsemble", "AdaptiveSurrogate", "NoiseFreeTwin", "FixedNoiseModel", "attack_surrogate",
     "ce_loss", "dlr_loss", "margin_loss", "targeted_margin_loss", "get_loss", "check_batch", "check_eps",
     "apgd_checkpoints", "build_attack", "list_attacks", "normalize_name", "parse_attacks",

@@ -21,6 +21,8 @@ Names (case-insensitive; ``K``, ``R``, ``Q`` are integers)::
     fixed-noise                       PGD-20 with the evaluation's noise sample known
     sg-ensemble                       PGD-10 per surrogate gradient, per-sample worst
     sg-adaptive                       PGD-20 with a per-sample greedy surrogate width
+    event-flipK, random-flipK,        event-stream attacks on frame data, budget K flipped
+    event-steK                        event cells (default 50; see attacks/events.py)
 
 Step sizes (``alpha``) of the attacks that take one: a number (the paper's protocol uses
 0.01 whatever eps is), or :data:`EPS_RULE` (``"eps"``): ``alpha = 2.5 * eps / steps`` for

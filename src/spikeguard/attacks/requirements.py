@@ -24,22 +24,25 @@ class ModelTraits:
         surrogate_neurons: spiking neurons whose surrogate gradient can be swapped
             (spikeguard's own, SpikingJelly's, snnTorch's).
         has_source: a source model for the transfer attack was given.
+        event_frames: the model takes event frame sequences (built for an event data set).
     """
 
     stochastic: bool = False
     switchable_noise: bool = False
     surrogate_neurons: int = 0
     has_source: bool = False
+    event_frames: bool = False
 
 
 def model_traits(model: nn.Module, stochastic: bool, source: nn.Module | None = None) -> ModelTraits:
     """The :class:`ModelTraits` of ``model`` (``stochastic`` comes from the randomness detection)."""
     from ..adapters import foreign_neurons
     from ..neurons import is_stochastic, spiking_neurons
+    from .events import model_frame_norm
 
     return ModelTraits(stochastic=bool(stochastic), switchable_noise=is_stochastic(model),
                        surrogate_neurons=len(spiking_neurons(model)) + len(foreign_neurons(model)),
-                       has_source=source is not None)
+                       has_source=source is not None, event_frames=bool(model_frame_norm(model)))
 
 
 #: requirement -> (test on the model's traits, reason given when it fails)
@@ -54,6 +57,8 @@ REQUIREMENTS: dict[str, tuple[Callable[[ModelTraits], bool], str]] = {
                          "needs Noisy-LIF noise it can switch off (a noise-free twin); the model has none"),
     "source": (lambda t: t.has_source or (t.switchable_noise and t.stochastic),
                "needs a source model (--source RUN_DIR), or Noisy-LIF noise to build the noise-free twin from"),
+    "event-frames": (lambda t: t.event_frames,
+                     "needs a model on event frame sequences (built for an event data set); this one takes images"),
 }
 
 

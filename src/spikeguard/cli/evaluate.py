@@ -21,7 +21,9 @@ examples:
 attacks (comma-separated; suites expand): fgsm, rfgsm, pgdK, pgdK-rR (R restarts), apgd-ce[K],
 apgd-dlr[K], mtpgd[K], square[Q], transfer (PGD-20 from --source, or from the target's noise-free
 twin), noise-free, fixed-noise (the attacker knows the evaluation's noise sample), sg-ensemble
-(PGD per surrogate gradient, per-sample worst), sg-adaptive (greedy per-sample surrogate width).
+(PGD per surrogate gradient, per-sample worst), sg-adaptive (greedy per-sample surrogate width);
+on event data (models on frame sequences) also event-flipK, random-flipK, event-steK (K flipped
+event cells; the output is a valid event stream) and --event-ks for success rate vs k.
   --suite paper : fgsm, rfgsm, pgd7, pgd10, pgd20, pgd40, apgd-ce, mtpgd
                   (the paper's protocol: step 0.01 whatever eps is)
   --suite strong: paper + pgd50-r3, apgd-dlr, square, transfer, noise-free, fixed-noise,
@@ -67,6 +69,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audit", action="store_true", help="also run the audit (reuses this evaluation's attacks)")
     p.add_argument("--audit-steps", type=positive_int, default=10, help="PGD steps of the audit's own runs (default 10)")
     p.add_argument("--no-per-sample", action="store_true", help="leave the per-sample results out of the JSON")
+    p.add_argument("--event-ks", default="", metavar="LIST",
+                   help="event data only: also measure the event-flip attack (and the random-flip baseline) at "
+                        "these budgets k of flipped event cells, e.g. 1,5,20,50 (success rate over originally "
+                        "correct samples, accuracy vs k), and what rounding PGD-10 back to events leaves")
     p.add_argument("--distributed", type=positive_int, default=None, metavar="N",
                    help="shard the batches over N local processes (under torchrun: over its processes); the "
                         "result is identical to one process")
@@ -150,7 +156,7 @@ def load_target(args: argparse.Namespace):
         if not args.data:
             raise SpikeguardError("--model-file needs --data NAME (there is no run config to take it from)")
         run = load_foreign_model(args.model_file, args.weights, device=device)
-        name, root, cache, verify = args.data, args.data_root, None, True
+        name, root, cache, verify, options = args.data, args.data_root, None, True, {}
     else:
         if getattr(args, "weights", None):
             raise SpikeguardError("--weights goes with --model-file (a run folder has its own weights)")
@@ -159,10 +165,11 @@ def load_target(args: argparse.Namespace):
         name = args.data or d.name
         root = args.data_root if args.data_root is not None else (d.root or None)
         cache, verify = d.cache_dir or None, d.verify_md5
+        options = dict(d.options) if name == d.name else {}  # e.g. an event data set's frame settings
     model = run.model
     model.eval()  # BatchNorm in inference mode; Noisy-LIF noise stays on (it is not tied to the mode)
     ds = load_dataset(name, args.split, root=root, cache_dir=cache, subset=args.n_samples, seed=args.seed,
-                      verify=verify)
+                      verify=verify, **options)
     x, y = ds.float_images(), ds.labels
     try:
         with torch.inference_mode():
@@ -174,6 +181,18 @@ def load_target(args: argparse.Namespace):
         raise DataError(f"dataset {name!r} has labels up to {int(y.max())} but the model has {out.shape[1]} classes")
     info = {"name": name, "split": args.split, "root": root, "n_samples": len(y), "seed": args.seed}
     return run, model, x, y, info, device
+
+
+def _parse_ks(text: str) -> list[int]:
+    from ..errors import SpikeguardError
+
+    try:
+        ks = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SpikeguardError(f"--event-ks must be comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 0:
+        raise SpikeguardError(f"--event-ks needs budgets >= 0, got {text!r}")
+    return ks
 
 
 def result_dir(args: argparse.Namespace, run, what: str, eps: float, result: str, ctx=None,
@@ -314,6 +333,14 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
             if talk:
                 print()
                 print(audit.format())
+        if args.event_ks:  # event data: success rate of the event-stream attacks vs the budget k
+            from ..evaluation.events import event_report
+
+            extra["events"], text = event_report(model, x, y, _parse_ks(args.event_ks), eps=eps, eot=args.eot,
+                                                 batch_size=args.batch_size, seed=args.seed, alpha=alpha)
+            if talk:
+                print()
+                print(text)
         path = write_robustness(out / "robustness.json", report, prov, per_sample=not args.no_per_sample,
                                 lambda_max=lam, **extra)
         shutil.rmtree(journal, ignore_errors=True)  # the results are safe in robustness.json now

@@ -42,12 +42,16 @@ from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD
 from .folder import decode_images, fingerprint_files, folder_classes, is_image_folder, list_images
 from .parquet import is_parquet_root, parquet_fingerprint, read_parquet_split
 
-DATASETS = ("digits", "cifar10", "cifar100", "cifar100-coarse", "folder")
+from .event_sets import EVENT_DATASETS
+
+DATASETS = ("digits", "cifar10", "cifar100", "cifar100-coarse", "folder") + EVENT_DATASETS
 _ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "cifar100-fine": "cifar100",
             "cifar-100-coarse": "cifar100-coarse", "imagefolder": "folder", "image-folder": "folder",
             # the parquet copies (data/parquet.py): same data set, parquet source preferred
             "cifar10-parquet": "cifar10", "cifar100-parquet": "cifar100",
-            "cifar100-coarse-parquet": "cifar100-coarse"}
+            "cifar100-coarse-parquet": "cifar100-coarse",
+            "cifar10dvs": "cifar10-dvs", "dvs-cifar10": "cifar10-dvs", "n-mnist": "nmnist",
+            "dvs128-gesture": "dvs-gesture", "dvsgesture": "dvs-gesture", "synthetic_dvs": "synthetic-dvs"}
 _CACHE_FORMAT = 1
 
 
@@ -249,7 +253,7 @@ def _load_arrays(name: str, split: str, kind: str, src: Path, cache_dir: Path | 
 
 def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, subset: int = 0, seed: int = 0,
-                 verify: bool = True, progress: bool = False) -> ImageDataset:
+                 verify: bool = True, progress: bool = False, **options) -> ImageDataset:
     """Load one split of a dataset as an in-memory :class:`ImageDataset`.
 
     Args:
@@ -264,10 +268,13 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         seed: seed of the subset draw.
         verify: check md5s of the pickle release against the official checksums.
         progress: show a progress bar while decoding image files.
+        **options: options of the event data sets (``frames``, ``size``, ``split_by``, ``norm``,
+            ...; see :mod:`spikeguard.data.event_sets`); an error for the image sets.
 
     Returns:
         images ``uint8 [N, 3, 32, 32]`` (digits: float ``[N, 1, 8, 8]``), labels, class names
-        and the standard per-channel mean/std.
+        and the standard per-channel mean/std; for the event sets an
+        :class:`~spikeguard.data.event_sets.EventFrameDataset` of frame sequences.
 
     Raises:
         DataError: unknown name, missing files (with where to put them), md5 mismatch,
@@ -279,6 +286,17 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     if subset < 0:
         raise DataError(f"subset must be >= 0, got {subset}")
+    if key in EVENT_DATASETS:
+        from .event_sets import load_event_dataset
+
+        cdir = None if cache_dir == "" else (
+            Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "datasets"
+        ds = load_event_dataset(key, split, Path(root).expanduser() if root not in (None, "") else None, cdir,
+                                progress=progress, **options)
+        return ds.subset(subset, seed) if subset else ds
+    if options:
+        raise DataError(f"{key} takes no data options (got {', '.join(sorted(options))}); they are for the event "
+                        f"data sets {', '.join(EVENT_DATASETS)}")
     if key == "digits":
         from .digits import load_digits_split
 

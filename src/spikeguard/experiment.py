@@ -39,7 +39,7 @@ from .data import ImageDataset, batches, load_dataset, random_crop_flip
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, atomic_write_text, ensure_dir
 from .models import count_parameters, create_model
-from .tgo import LambdaSchedule, ThresholdGuard
+from .tgo import LambdaSchedule, Normalisation, ThresholdGuard, constraint_gradient_ratio
 from .training import Trainer, create_strategy, make_sgd
 from .utils import resolve_device, seed_everything
 
@@ -115,10 +115,27 @@ def build_guard(cfg: ExperimentConfig) -> ThresholdGuard | None:
     t = cfg.tgo
     if not t.enabled:
         return None
+    ramp = t.ramp_fraction * cfg.optim.epochs if t.ramp_fraction else (t.ramp_epochs or cfg.optim.epochs)
     sched = LambdaSchedule(kind=t.schedule, lambda_max=t.lambda_max,
                            lambda_start=None if t.lambda_start < 0 else t.lambda_start,
-                           ramp_epochs=t.ramp_epochs or cfg.optim.epochs, dual_lr=t.dual_lr, dual_target=t.dual_target)
-    return ThresholdGuard(delta=t.delta, v_threshold=cfg.neuron.v_threshold, schedule=sched)
+                           ramp_epochs=ramp, dual_lr=t.dual_lr, dual_target=t.dual_target)
+    norm = Normalisation(layer_reduce=t.layer_reduce, neuron_reduce=t.neuron_reduce, hinge=t.hinge,
+                         potential=t.potential)
+    return ThresholdGuard(delta=t.delta, v_threshold=cfg.neuron.v_threshold, schedule=sched, norm=norm)
+
+
+def grad_ratio_log(cfg: ExperimentConfig, model: nn.Module, strategy: Any, guard: ThresholdGuard | None,
+                   train_ds: ImageDataset, epochs_done: int, device: torch.device | str) -> dict:
+    """The per-epoch ``grad_ratio`` log entries (``tgo.log_grad_ratio``; empty without TGO).
+
+    Measured on the first ``batch_size`` training images (fixed, not augmented) at the lambda the
+    schedule has reached; see :mod:`spikeguard.tgo.diagnostics` (no training number changes).
+    """
+    if guard is None or not cfg.tgo.log_grad_ratio:
+        return {}
+    x, y = next(batches(train_ds, cfg.optim.batch_size, device=device))
+    return {k: v for k, v in constraint_gradient_ratio(model, strategy, guard, x, y, guard.schedule(epochs_done)).items()
+            if k != "lam"}
 
 
 def build_strategy(cfg: ExperimentConfig):
@@ -368,6 +385,8 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
                                   stop.signum or 15)
             row = {**stats.as_dict(), "epoch": epoch + 1, "step": (epoch + 1) * steps, "lr": lr, "elapsed": elapsed,
                    **memory_stats(device)}
+            if ctx.world_size == 1:  # the constraint's pull next to the task's on one fixed batch (changes nothing)
+                row.update(grad_ratio_log(cfg, model, strategy, guard, train_ds, epoch + 1, device))
             if main and cfg.eval.test_every and (epoch + 1) % cfg.eval.test_every == 0 and epoch + 1 < epochs:
                 row["test_accuracy"] = test_accuracy(model, test_ds, cfg.eval.batch_size, cfg.eval.passes, device)
             rows.append(row)

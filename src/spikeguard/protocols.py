@@ -72,6 +72,16 @@ class EvalGroup:
     audit_steps: int = 10
     note: str = ""
 
+    def describe(self) -> str:
+        """One line with the group's settings as they are now (overrides included) and its note."""
+        step = "2.5 eps / steps" if self.alpha is None else f"{self.alpha:g}"
+        text = (f"stochastic models: EoT {self.eot} per gradient, {self.passes} judging pass(es); step {step}"
+                + (f"; audit ({self.audit_steps}-step runs)" if self.audit else ""))
+        custom = ", ".join(f"{k} {v}" for k, v in self.attack_kw.items() if k != "sg-ensemble" or set(v) != {"members"})
+        if custom:
+            text += f"; settings {custom}"
+        return text + (f". {self.note}" if self.note else "")
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -129,9 +139,10 @@ PAPER = Protocol(
                 "as in Table 3",
     groups=(
         EvalGroup("single-pass", ("fgsm", "rfgsm", "pgd7", "pgd10", "pgd20", "pgd40"), eot=1, passes=1,
-                  note="one noisy pass per gradient, one fresh pass for the verdict (no EoT)"),
+                  note="As the paper's Table 1 appears to have been run: one noisy pass per gradient, one "
+                       "fresh pass for the verdict, no EoT"),
         EvalGroup("table3-eot", ("apgd-ce10", "mtpgd10"), eot=8, passes=1,
-                  note="EoT over 8 passes per gradient, one pass for the verdict (Table 3)"),
+                  note="As Table 3: EoT for the gradient, one pass for the verdict"),
     ))
 
 STRONG = Protocol(
@@ -143,7 +154,7 @@ STRONG = Protocol(
         EvalGroup("strong", ("fgsm", "rfgsm", "pgd10", "pgd40", "pgd50-r3", "apgd-ce", "apgd-dlr", "mtpgd", "square",
                              "transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive"),
                   eot=8, passes=8, alpha=None, attack_kw={"sg-ensemble": {"members": WIDTH_SWEEP}}, audit=True,
-                  note="EoT 8, 8 judging passes, alpha = 2.5 eps / steps, per-sample worst case, audit"),
+                  note="Per-sample worst case over every attack; sg-ensemble sweeps surrogate widths 0.25-2"),
     ))
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (PAPER, STRONG)}
@@ -160,23 +171,25 @@ _STEPS = re.compile(r"^(?:pgd|mtpgd)(\d+)(?:-r\d+)?$")
 _DEFAULT_STEPS = {"mtpgd": 20, "pgd": 10}
 
 
-def resolve_alpha(group: EvalGroup, eps: float) -> tuple[float, dict[str, dict]]:
-    """``(engine alpha, per-attack constructor overrides)`` of a group at ``eps``.
+def resolve_alpha(group: EvalGroup, eps: float) -> tuple[float, dict[str, float]]:
+    """``(engine alpha, {attack: own alpha})`` of a group at ``eps``.
 
-    A fixed ``alpha`` is used as is. ``alpha=None`` follows eps: every PGD/MTPGD attack gets
-    ``2.5 eps / steps`` through its constructor overrides, and the engine's shared alpha (used by
+    A fixed ``alpha`` is used as is (no per-attack steps). ``alpha=None`` follows eps: every
+    PGD/MTPGD attack gets ``2.5 eps / steps`` of its own, and the engine's shared alpha (used by
     the attacks built around an inner PGD: transfer, noise-free, fixed noise, the surrogate
     attacks) is ``2.5 eps / 10``.
     """
-    kw = {k: dict(v) for k, v in group.attack_kw.items()}
     if group.alpha is not None:
-        return float(group.alpha), kw
+        return float(group.alpha), {}
+    own: dict[str, float] = {}
     for name in group.attacks:
         m = _STEPS.match(name)
-        steps = int(m.group(1)) if m else _DEFAULT_STEPS.get(name)
+        if not m and name not in _DEFAULT_STEPS:
+            continue  # not a PGD/MTPGD attack: it takes the engine's shared alpha
+        steps = group.attack_kw.get(name, {}).get("steps") or (int(m.group(1)) if m else _DEFAULT_STEPS[name])
         if steps:
-            kw.setdefault(name, {}).setdefault("alpha", EPS_STEP_FACTOR * eps / steps)
-    return EPS_STEP_FACTOR * eps / 10, kw
+            own[name] = EPS_STEP_FACTOR * eps / int(steps)
+    return EPS_STEP_FACTOR * eps / 10, own
 
 
 __all__ = ["EvalGroup", "Protocol", "PAPER", "STRONG", "PROTOCOLS", "get_protocol", "resolve_alpha", "WIDTH_SWEEP",

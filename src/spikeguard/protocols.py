@@ -91,6 +91,8 @@ class Protocol:
     tag: str
     description: str
     groups: tuple[EvalGroup, ...]
+    n_samples: int = 0
+    """Test images of this protocol (0 = the study's ``[evaluation].n_samples``)."""
 
     def attacks(self) -> list[str]:
         return [a for g in self.groups for a in g.attacks]
@@ -100,15 +102,20 @@ class Protocol:
 
         Keys: ``eot``, ``passes``, ``audit``, ``audit_steps``, ``alpha`` (number, or ``"eps"`` for
         eps-following), ``attack_kw`` (merged per attack), ``drop`` (attack names to leave out,
-        e.g. to fit a CPU budget) and ``groups`` (group names to keep).
+        e.g. to fit a CPU budget), ``groups`` (group names to keep) and ``n_samples`` (this
+        protocol's own number of test images, a class-balanced draw with the study's seed).
         """
         if not overrides:
             return self
         ov = dict(overrides)
-        unknown = set(ov) - {"eot", "passes", "audit", "audit_steps", "alpha", "attack_kw", "drop", "groups"}
+        unknown = set(ov) - {"eot", "passes", "audit", "audit_steps", "alpha", "attack_kw", "drop", "groups",
+                             "n_samples"}
         if unknown:
             raise ConfigError(f"protocol {self.name}: unknown override(s) {', '.join(sorted(unknown))} (known: eot, "
-                              "passes, audit, audit_steps, alpha, attack_kw, drop, groups)")
+                              "passes, audit, audit_steps, alpha, attack_kw, drop, groups, n_samples)")
+        n_samples = ov.pop("n_samples", self.n_samples)
+        if not isinstance(n_samples, int) or n_samples < 0:
+            raise ConfigError(f"protocol {self.name}: n_samples must be an integer >= 0, got {n_samples!r}")
         drop = set(ov.pop("drop", ()))
         keep = ov.pop("groups", None)
         kw_extra = ov.pop("attack_kw", {}) or {}
@@ -129,7 +136,7 @@ class Protocol:
                 groups.append(dataclasses.replace(g, attacks=attacks, attack_kw=kw, **ov))
         if not groups:
             raise ConfigError(f"protocol {self.name}: the overrides leave no attack to run")
-        return dataclasses.replace(self, groups=tuple(groups))
+        return dataclasses.replace(self, groups=tuple(groups), n_samples=n_samples)
 
 
 PAPER = Protocol(

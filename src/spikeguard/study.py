@@ -267,13 +267,13 @@ def plan_epochs(spec: StudySpec, out: Path, budget_s: float, log: Log, progress:
 
 
 # --------------------------------------------------------------------------------------- evaluation
-def _eval_images(cfg: ExperimentConfig, ev: dict):
+def _eval_images(cfg: ExperimentConfig, ev: dict, n_samples: int | None = None):
     from .data import load_dataset
 
     d = cfg.data
-    ds = load_dataset(d.name, ev["split"], root=d.root or None, cache_dir=d.cache_dir or None,
-                      subset=int(ev["n_samples"]), seed=int(ev["seed"]), verify=d.verify_md5)
-    return ds
+    n = int(ev["n_samples"]) if not n_samples else int(n_samples)
+    return load_dataset(d.name, ev["split"], root=d.root or None, cache_dir=d.cache_dir or None, subset=n,
+                        seed=int(ev["seed"]), verify=d.verify_md5)
 
 
 def _weights_id(run_dir: Path) -> list:
@@ -481,9 +481,12 @@ def format_markdown(spec: StudySpec, rows: list[dict], columns: list[str], meta:
     lines = [f"# Study {spec.name}", ""]
     if spec.description:
         lines += [spec.description, ""]
-    lines += [f"Robust accuracy (%) at eps {meta['eps_label']} on {meta['n_samples']} {ev['split']} images "
-              f"(seed {ev['seed']}). Column tags: " + "; ".join(f"**({p.tag})** = `{p.name}` protocol" for p in
-                                                               spec.protocols) + ".", ""]
+    per = meta.get("n_per_protocol", {})
+    lines += [f"Robust accuracy (%) at eps {meta['eps_label']} on class-balanced {ev['split']} images (seed "
+              f"{ev['seed']}). Column tags: " + "; ".join(f"**({p.tag})** = `{p.name}` protocol on "
+                                                          f"{per.get(p.tag, meta['n_samples'])} images"
+                                                          for p in spec.protocols)
+              + f". The near-threshold share and the BN control use {meta['n_samples']} images.", ""]
     head = ["training", "model", *columns]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -645,33 +648,42 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
     device = None
     data_cache: dict[str, Any] = {}
     models: dict[str, Any] = {}
+    n_eval: dict[str, int] = {}
     for i, r in enumerate(spec.runs):
         d = out / "runs" / r.name
         run = load_run(d)
         model = run.model.eval()
         device = next(model.parameters()).device
         models[r.name] = model
-        key = json.dumps(config_to_dict(r.config.data), sort_keys=True)
-        if key not in data_cache:
-            data_cache[key] = _eval_images(r.config, ev)
-        ds = data_cache[key]
-        x, y = ds.float_images().to(device), ds.labels.to(device)
+
+        def images(n: int = 0):
+            key = json.dumps([config_to_dict(r.config.data), n], sort_keys=True)
+            if key not in data_cache:
+                data_cache[key] = _eval_images(r.config, ev, n)
+            ds = data_cache[key]
+            return ds, ds.float_images().to(device), ds.labels.to(device)
+
+        ds, x, y = images()
+        n_eval["study"] = len(y)
         log(f"  run {i + 1}/{len(spec.runs)} '{r.name}': share and BN control")
         _share_and_control(model, ds, x, y, r.config, spec, d, log)
         source = None
         if r.source:
             source = models.get(r.source) or load_run(out / "runs" / r.source).model.eval()
         for prot in spec.protocols:
+            _, xp, yp = images(prot.n_samples) if prot.n_samples else (ds, x, y)
+            n_eval[prot.tag] = len(yp)
             for g in prot.groups:
-                log(f"  run {i + 1}/{len(spec.runs)} '{r.name}': {prot.name}/{g.name} ({', '.join(g.attacks)})")
-                _run_group(model, x, y, g, prot, ev, d, source if "transfer" in g.attacks else None,
+                log(f"  run {i + 1}/{len(spec.runs)} '{r.name}': {prot.name}/{g.name} ({', '.join(g.attacks)}, "
+                    f"{len(yp)} images)")
+                _run_group(model, xp, yp, g, prot, ev, d, source if "transfer" in g.attacks else None,
                            r.source if "transfer" in g.attacks else "", device, log, progress)
 
     # 5. tables, figures, report
     log(f"[study] stage 5/{n_stages}: tables, figures and report")
     rows, columns = build_rows(spec, out)
-    meta = {"eps": float(ev["eps"]), "eps_label": eps_label(float(ev["eps"])), "n_samples": len(y),
-            "date": _dt.date.today().isoformat(), "version": __version__,
+    meta = {"eps": float(ev["eps"]), "eps_label": eps_label(float(ev["eps"])), "n_samples": n_eval.get("study"),
+            "n_per_protocol": {t: n for t, n in n_eval.items() if t != "study"}, "date": _dt.date.today().isoformat(), "version": __version__,
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device is not None and
                                       device.type == "cuda" else f", torch {torch.__version__}")}
     md = format_markdown(spec, rows, columns, meta)

@@ -167,6 +167,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudySpe
         except ConfigError as e:
             raise ConfigError(f"study run {rname!r}: {e}") from None
         cfg.name = f"{name}-{rname}"
+        cfg.eval.attacks = []  # the study evaluates every run itself, under its protocols
         paper = r.get("paper", {})
         if not isinstance(paper, dict):
             raise ConfigError(f"study: runs[{i}].paper must be a table of column = accuracy (%)")

@@ -162,17 +162,17 @@ def calibrate_lambda(base: ExperimentConfig, out_dir: str | Path, settings: Cali
     log(f"[calibrate] baseline (no constraint): near-threshold share {100 * base_t.share:.2f}%, "
         f"clean {100 * base_t.clean:.2f}% over seeds {list(s.seeds)}")
 
-    def reduction(t: Trial) -> float:
+    def reaches(lam: float, step: str) -> bool:
+        """Measure ``lam``, log it, and say whether it reaches the target."""
+        t = trial(lam)
         t.reduction = 1.0 - t.share / base_t.share if base_t.share > 0 else float("nan")
-        return t.reduction
+        log(f"[calibrate] {step}lambda {_fmt_lam(lam)}: share {100 * t.share:.2f}% (reduction "
+            f"{100 * t.reduction:.1f}%), clean {100 * t.clean:.2f}%")
+        return t.reduction >= s.target_reduction
 
     below, above = None, None
     for lam in sorted(s.lambdas):
-        t = trial(lam)
-        r = reduction(t)
-        log(f"[calibrate] lambda {_fmt_lam(lam)}: share {100 * t.share:.2f}% (reduction {100 * r:.1f}%), "
-            f"clean {100 * t.clean:.2f}%")
-        if r >= s.target_reduction:
+        if reaches(lam, ""):
             above = lam
             break
         below = lam
@@ -180,11 +180,7 @@ def calibrate_lambda(base: ExperimentConfig, out_dir: str | Path, settings: Cali
         lo, hi = below, above
         for i in range(s.bisect):
             mid = math.sqrt(lo * hi)
-            t = trial(mid)
-            r = reduction(t)
-            log(f"[calibrate] bisection {i + 1}/{s.bisect}: lambda {_fmt_lam(mid)}: reduction {100 * r:.1f}%, "
-                f"clean {100 * t.clean:.2f}%")
-            if r >= s.target_reduction:
+            if reaches(mid, f"bisection {i + 1}/{s.bisect}: "):
                 hi = mid
             else:
                 lo = mid

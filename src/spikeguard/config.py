@@ -134,8 +134,18 @@ class TGOConfig:
         lambda_max: final weight (paper sweep: 0.2, 0.3, 0.4, 0.6).
         schedule: ``linear``, ``cosine``, ``exp``, ``constant`` or ``dual``.
         ramp_epochs: epochs of the ramp (0 = all training epochs).
+        ramp_fraction: a short ramp given as a share of training (0.1 = lambda_max is reached after
+            10% of the epochs); 0 = use ``ramp_epochs``. Follows the epoch count when a study's
+            ``--budget`` chooses it.
         lambda_start: weight at the start (-1 = the schedule's default).
         dual_lr, dual_target: dual ascent step and constraint target.
+        layer_reduce: ``mean`` (default) or ``sum`` of the layer penalties.
+        neuron_reduce: ``mean`` (default) over time steps, neurons and samples, or ``sum`` over
+            time steps and neurons (mean over the batch).
+        hinge: ``squared`` (default) or ``plain`` ``relu(delta - |U - V_th|)``.
+        potential: ``pre`` (default: pre-spike U) or ``post`` (post-reset V).
+        log_grad_ratio: log ``||lambda grad L_mc|| / ||grad L_task||`` once per epoch, measured on
+            the first training batch (``grad_ratio`` in log.jsonl; changes no training number).
     """
 
     enabled: bool = False
@@ -146,6 +156,12 @@ class TGOConfig:
     lambda_start: float = -1.0
     dual_lr: float = 0.1
     dual_target: float = 0.0
+    ramp_fraction: float = 0.0
+    layer_reduce: str = "mean"
+    neuron_reduce: str = "mean"
+    hinge: str = "squared"
+    potential: str = "pre"
+    log_grad_ratio: bool = True
 
 
 @dataclass
@@ -462,6 +478,13 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(t.lambda_start == -1.0 or 0 <= t.lambda_start <= t.lambda_max, "tgo.lambda_start",
            f"must be -1 (default) or in [0, tgo.lambda_max], got {t.lambda_start}")
     _check(t.dual_lr >= 0, "tgo.dual_lr", f"must be >= 0, got {t.dual_lr}")
+    _check(0 <= t.ramp_fraction <= 1, "tgo.ramp_fraction", f"must be in [0, 1] (0 = use ramp_epochs), got {t.ramp_fraction}")
+    from .tgo import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, POTENTIALS
+
+    for key, value, allowed in (("layer_reduce", t.layer_reduce, LAYER_REDUCTIONS),
+                                ("neuron_reduce", t.neuron_reduce, NEURON_REDUCTIONS), ("hinge", t.hinge, HINGES),
+                                ("potential", t.potential, POTENTIALS)):
+        _check(value in allowed, f"tgo.{key}", f"must be one of {', '.join(allowed)}, got {value!r}")
     _check(t.enabled is False or n.kind != "relu", "tgo.enabled", "needs a spiking neuron (neuron.kind is relu)")
     _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")

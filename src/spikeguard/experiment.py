@@ -28,12 +28,12 @@ from torch import nn
 
 from .checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_run_config, write_run_config
 from .config import ExperimentConfig, config_to_dict
-from .data import ImageDataset, dataset_info, load_dataset, random_crop_flip
+from .data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
 from .perf import compile_model, resolve_precision, to_channels_last
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, atomic_write_text, ensure_dir
 from .models import count_parameters, create_model
-from .tgo import LambdaSchedule, ThresholdGuard
+from .tgo import LambdaSchedule, Normalisation, ThresholdGuard, constraint_gradient_ratio
 from .training import Trainer, TrainState, create_strategy, make_sgd
 from .utils import resolve_device, seed_everything
 
@@ -104,18 +104,36 @@ def build_schedule(cfg: ExperimentConfig) -> LambdaSchedule | None:
     t = cfg.tgo
     if not t.enabled:
         return None
+    ramp = t.ramp_fraction * cfg.optim.epochs if t.ramp_fraction else (t.ramp_epochs or cfg.optim.epochs)
     return LambdaSchedule(kind=t.schedule, lambda_max=t.lambda_max,
                           lambda_start=None if t.lambda_start < 0 else t.lambda_start,
-                          ramp_epochs=t.ramp_epochs or cfg.optim.epochs, dual_lr=t.dual_lr, dual_target=t.dual_target)
+                          ramp_epochs=ramp, dual_lr=t.dual_lr, dual_target=t.dual_target)
 
 
 def build_guard(cfg: ExperimentConfig, schedule: Any = None) -> ThresholdGuard | None:
     """The TGO term of ``cfg`` (None when ``tgo.enabled`` is false), with ``schedule`` or
     :func:`build_schedule`'s."""
-    if not cfg.tgo.enabled:
+    t = cfg.tgo
+    if not t.enabled:
         return None
-    return ThresholdGuard(delta=cfg.tgo.delta, v_threshold=cfg.neuron.v_threshold,
-                          schedule=schedule or build_schedule(cfg))
+    norm = Normalisation(layer_reduce=t.layer_reduce, neuron_reduce=t.neuron_reduce, hinge=t.hinge,
+                         potential=t.potential)
+    return ThresholdGuard(delta=t.delta, v_threshold=cfg.neuron.v_threshold,
+                          schedule=schedule or build_schedule(cfg), norm=norm)
+
+
+def grad_ratio_log(cfg: ExperimentConfig, model: nn.Module, strategy: Any, guard: ThresholdGuard | None,
+                   train_ds: ImageDataset, epochs_done: int, device: torch.device | str) -> dict:
+    """The per-epoch ``grad_ratio`` log entries (``tgo.log_grad_ratio``; empty without TGO).
+
+    Measured on the first ``batch_size`` training images (fixed, not augmented) at the lambda the
+    schedule has reached; see :mod:`spikeguard.tgo.diagnostics` (no training number changes).
+    """
+    if guard is None or not cfg.tgo.log_grad_ratio:
+        return {}
+    x, y = next(batches(train_ds, cfg.optim.batch_size, device=device))
+    return {k: v for k, v in constraint_gradient_ratio(model, strategy, guard, x, y, guard.schedule(epochs_done)).items()
+            if k != "lam"}
 
 
 def build_strategy(cfg: ExperimentConfig):
@@ -277,6 +295,8 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
             st.save(out, model, cfg)
 
     report.save = save
+    if ctx.world_size == 1:  # the constraint's pull next to the task's on one fixed batch (changes nothing)
+        report.extra = lambda done: grad_ratio_log(cfg, model, strategy, trainer.guard, train_ds, done, device)
     augment = random_crop_flip if cfg.data.augment else None
     start = state.epoch
     with graceful_stop(handle_signals) as stop:
@@ -327,6 +347,7 @@ class _EpochReport:
         self.run_sums: dict[str, float] = {}
         self.count = 0
         self.save: Callable[[TrainState], None] = lambda st: None
+        self.extra: Callable[[int], dict] = lambda done: {}  # more log entries after epoch ``done``
 
     def start(self, state: TrainState, resume: bool) -> None:
         self.rows = _read_log(self.out / LOG_FILE, state.epoch) if resume and self.main else []
@@ -363,7 +384,7 @@ class _EpochReport:
 
         cfg, done, epochs = self.cfg, state.epoch, self.cfg.optim.epochs
         row = {**stats.as_dict(), "epoch": done, "step": done * self.steps, "lr": lr, "elapsed": state.elapsed,
-               **memory_stats(self.device)}
+               **memory_stats(self.device), **self.extra(done)}
         if self.main and cfg.eval.test_every and done % cfg.eval.test_every == 0 and done < epochs:
             row["test_accuracy"] = test_accuracy(self.model, self.test_ds, cfg.eval.batch_size, cfg.eval.passes,
                                                  self.device)

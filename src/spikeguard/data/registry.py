@@ -11,6 +11,10 @@ Sources, detected from ``root``:
   names ``cifar10-parquet``, ``cifar100-parquet`` and ``cifar100-coarse-parquet`` ask for
   this source first.
 
+Facts about a known dataset that do not need its files (classes, image shape, mean/std, label
+names) are a :class:`DatasetInfo` in this registry (:func:`dataset_info`), so a model can be
+built for ``cifar100`` without loading it.
+
 Decoded splits are cached as uint8 arrays (``.npz``, written atomically) in ``cache_dir``
 (default ``$SPIKEGUARD_CACHE`` or ``~/.cache/spikeguard``), keyed by a fingerprint of the
 source files (names, sizes, modification times), so changing a file invalidates the cache.
@@ -22,6 +26,7 @@ import hashlib
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +35,79 @@ import torch
 from ..errors import DataError, SpikeguardError
 from .base import ImageDataset
 from .cifar import (
-    CIFAR10_DIR, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_DIR, CIFAR100_MEAN, CIFAR100_STD, pickle_files,
-    read_cifar_pickle,
+    CIFAR10_CLASSES, CIFAR10_DIR, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_DIR,
+    CIFAR100_MEAN, CIFAR100_STD, pickle_files, read_cifar_pickle,
 )
+from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD
 from .folder import decode_images, fingerprint_files, folder_classes, is_image_folder, list_images
 from .parquet import is_parquet_root, parquet_fingerprint, read_parquet_split
 
-DATASETS = ("digits", "cifar10", "cifar100", "cifar100-coarse", "folder")
+from .event_sets import EVENT_DATASETS
+
+DATASETS = ("digits", "cifar10", "cifar100", "cifar100-coarse", "folder") + EVENT_DATASETS
 _ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "cifar100-fine": "cifar100",
             "cifar-100-coarse": "cifar100-coarse", "imagefolder": "folder", "image-folder": "folder",
             # the parquet copies (data/parquet.py): same data set, parquet source preferred
             "cifar10-parquet": "cifar10", "cifar100-parquet": "cifar100",
-            "cifar100-coarse-parquet": "cifar100-coarse"}
+            "cifar100-coarse-parquet": "cifar100-coarse",
+            "cifar10dvs": "cifar10-dvs", "dvs-cifar10": "cifar10-dvs", "n-mnist": "nmnist",
+            "dvs128-gesture": "dvs-gesture", "dvsgesture": "dvs-gesture", "synthetic_dvs": "synthetic-dvs"}
 _CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a dataset without reading it.
+
+    Attributes:
+        name: registry name.
+        classes: label names, index = label.
+        image_shape: ``(C, H, W)`` of one image.
+        mean, std: per-channel normalisation (pixel scale [0, 1]) the model applies.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def model_kw(self) -> dict:
+        """The architecture arguments a model built for this data takes (``create_model(**kw)``)."""
+        c, h, _ = self.image_shape
+        return dict(in_channels=c, image_size=h, mean=[float(v) for v in self.mean], std=[float(v) for v in self.std])
+
+
+_INFO: dict[str, DatasetInfo] = {}
+
+
+def register_dataset_info(info: DatasetInfo) -> DatasetInfo:
+    """Record ``info`` under ``info.name`` (the loader of that name must exist in :func:`load_dataset`)."""
+    _INFO[info.name] = info
+    return info
+
+
+for _info in (
+    DatasetInfo("digits", tuple(DIGITS_CLASSES), (1, 8, 8), DIGITS_MEAN, DIGITS_STD),
+    DatasetInfo("cifar10", tuple(CIFAR10_CLASSES), (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD),
+    DatasetInfo("cifar100", CIFAR100_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD),
+    DatasetInfo("cifar100-coarse", CIFAR100_COARSE_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD),
+):
+    register_dataset_info(_info)
+
+
+def dataset_info(name: str) -> DatasetInfo | None:
+    """The :class:`DatasetInfo` of ``name`` (aliases accepted), or None for a dataset whose facts
+    come from its files (``folder``).
+
+    Raises:
+        DataError: unknown dataset name.
+    """
+    return _INFO.get(_normalise_name(name))
 
 
 def list_datasets() -> list[str]:
@@ -188,7 +253,7 @@ def _load_arrays(name: str, split: str, kind: str, src: Path, cache_dir: Path | 
 
 def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, subset: int = 0, seed: int = 0,
-                 verify: bool = True, progress: bool = False) -> ImageDataset:
+                 verify: bool = True, progress: bool = False, **options) -> ImageDataset:
     """Load one split of a dataset as an in-memory :class:`ImageDataset`.
 
     Args:
@@ -203,10 +268,13 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         seed: seed of the subset draw.
         verify: check md5s of the pickle release against the official checksums.
         progress: show a progress bar while decoding image files.
+        **options: options of the event data sets (``frames``, ``size``, ``split_by``, ``norm``,
+            ...; see :mod:`spikeguard.data.event_sets`); an error for the image sets.
 
     Returns:
         images ``uint8 [N, 3, 32, 32]`` (digits: float ``[N, 1, 8, 8]``), labels, class names
-        and the standard per-channel mean/std.
+        and the standard per-channel mean/std; for the event sets an
+        :class:`~spikeguard.data.event_sets.EventFrameDataset` of frame sequences.
 
     Raises:
         DataError: unknown name, missing files (with where to put them), md5 mismatch,
@@ -218,6 +286,17 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     if subset < 0:
         raise DataError(f"subset must be >= 0, got {subset}")
+    if key in EVENT_DATASETS:
+        from .event_sets import load_event_dataset
+
+        cdir = None if cache_dir == "" else (
+            Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "datasets"
+        ds = load_event_dataset(key, split, Path(root).expanduser() if root not in (None, "") else None, cdir,
+                                progress=progress, **options)
+        return ds.subset(subset, seed) if subset else ds
+    if options:
+        raise DataError(f"{key} takes no data options (got {', '.join(sorted(options))}); they are for the event "
+                        f"data sets {', '.join(EVENT_DATASETS)}")
     if key == "digits":
         from .digits import load_digits_split
 
@@ -244,13 +323,11 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         cdir = cdir / "datasets"
     x, y, classes = _load_arrays(key, split, kind, src, cdir, verify, progress)
 
-    expected = {"cifar10": 10, "cifar100": 100, "cifar100-coarse": 20}.get(key)
-    if expected is not None and len(classes) != expected:
-        raise DataError(f"{src} has {len(classes)} classes but {key} has {expected}")
-    if key == "cifar10":
-        mean, std = CIFAR10_MEAN, CIFAR10_STD
-    elif key.startswith("cifar100"):
-        mean, std = CIFAR100_MEAN, CIFAR100_STD
+    info = _INFO.get(key)
+    if info is not None and len(classes) != info.num_classes:
+        raise DataError(f"{src} has {len(classes)} classes but {key} has {info.num_classes}")
+    if info is not None:
+        mean, std = info.mean, info.std
     else:  # a custom folder: statistics of the split itself
         xf = torch.from_numpy(x).float().div_(255.0)
         mean = tuple(float(v) for v in xf.mean((0, 2, 3)))

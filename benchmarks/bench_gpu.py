@@ -47,7 +47,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT / "src", ROOT / "benchmarks"):
@@ -60,7 +59,7 @@ from torch import nn  # noqa: E402
 
 from spikeguard.io import atomic_write_json, atomic_write_text  # noqa: E402
 from spikeguard.models import create_model  # noqa: E402
-from spikeguard.neurons import LIF, fused  # noqa: E402
+from spikeguard.neurons import fused  # noqa: E402
 from spikeguard.perf import autocast, compile_model, fused_optimizer_kw, to_channels_last  # noqa: E402
 
 TARGETS = {
@@ -87,28 +86,15 @@ def has(mod: str) -> bool:
 # ---------------------------------------------------------------------------------------
 # Variants
 # ---------------------------------------------------------------------------------------
-def _swap(model: nn.Module, make: Callable[[], nn.Module]) -> nn.Module:
-    for name, child in list(model.named_children()):
-        if isinstance(child, LIF):
-            setattr(model, name, make())
-        else:
-            _swap(child, make)
-    return model
-
-
 def build(name: str, variant: str, T: int) -> nn.Module:
     """The registry's network with the variant's neuron (same layers otherwise)."""
     if variant == "ann":
         return create_model(name, num_classes=10, T=1, neuron="relu")
     model = create_model(name, num_classes=10, T=T, neuron="lif")
-    if variant == "spikingjelly":
-        from bench_training import _SJWrap  # the same SpikingJelly wrapper as the CPU benchmark
+    if variant in ("spikingjelly", "snntorch"):  # the same wrappers as the CPU benchmark
+        from bench_training import _SJWrap, _SnnTorchWrap, _swap_neurons
 
-        return _swap(model, _SJWrap)
-    if variant == "snntorch":
-        from bench_training import _SnnTorchWrap
-
-        return _swap(model, _SnnTorchWrap)
+        return _swap_neurons(model, _SJWrap if variant == "spikingjelly" else _SnnTorchWrap)
     return model
 
 

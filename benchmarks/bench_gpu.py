@@ -259,10 +259,46 @@ def bench_epoch(args, device: torch.device) -> dict:
     dt = time.perf_counter() - t0
     seen = len(loader) * args.batch
     per_epoch_50k = dt * 50000 / seen
-    return dict(model="wrn16_4", T=4, precision=args.precision, data=source, images=seen, seconds=dt,
-                images_per_s=seen / dt, data_load_s=t_data, train_accuracy=stats.accuracy,
-                projected_epoch_s=per_epoch_50k, projected_300_epochs_min=300 * per_epoch_50k / 60,
-                projected_3_seeds_min=3 * 300 * per_epoch_50k / 60)
+    out = dict(model="wrn16_4", T=4, precision=args.precision, data=source, images=seen, seconds=dt,
+               images_per_s=seen / dt, data_load_s=t_data, train_accuracy=stats.accuracy,
+               projected_epoch_s=per_epoch_50k, projected_300_epochs_min=300 * per_epoch_50k / 60,
+               projected_3_seeds_min=3 * 300 * per_epoch_50k / 60)
+    out["bf16_vs_float32_attack"] = precision_check(args, model.eval(), device)
+    return out
+
+
+def precision_check(args, model: nn.Module, device: torch.device) -> dict:
+    """The model just trained, attacked with PGD-10 in float32 and under bf16 autocast: bf16 must
+    not weaken the attack (robust accuracy equal within sampling noise). One epoch of training
+    gives a weak model, so this is a first check of the mechanism, not of the paper's models."""
+    from spikeguard.attacks import build_attack
+    from spikeguard.data import load_dataset
+
+    n = args.check_images
+    try:
+        test = load_dataset("cifar10-parquet", "test", root=args.data) if args.data else None
+    except Exception:  # noqa: BLE001
+        test = None
+    if test is not None:
+        x, y = test.float_images(slice(0, n)).to(device), test.labels[:n].to(device)
+    else:
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.rand(n, 3, 32, 32, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device)
+    res = {"images": n, "data": "cifar10-parquet test" if test is not None else "random"}
+    for prec in ("float32", "bf16"):
+        torch.manual_seed(0)
+        atk = build_attack("pgd10", model, eps=8 / 255)
+        clean = robust = 0
+        with autocast(prec, device):
+            for i in range(0, n, args.eval_batch):
+                xb, yb = x[i:i + args.eval_batch], y[i:i + args.eval_batch]
+                with torch.no_grad():
+                    clean += int((model(xb).argmax(1) == yb).sum())
+                adv = atk(xb, yb)
+                with torch.no_grad(), autocast("float32", device):  # judged in float32 both times
+                    robust += int((model(adv).argmax(1) == yb).sum())
+        res[prec] = {"clean_accuracy": clean / n, "pgd10_robust_accuracy": robust / n}
+    return res
 
 
 def bench_attack(args, device: torch.device) -> dict:
@@ -365,6 +401,11 @@ def markdown(res: dict) -> str:
                   f"WRN-16-4, T=4, {e['precision']}, data {e['data']}: {e['images']} images in {e['seconds']:.2f} s "
                   f"({e['images_per_s']:.0f} images/s); projected 300 epochs of 50,000 images: "
                   f"**{e['projected_300_epochs_min']:.1f} min** ({e['projected_3_seeds_min']:.1f} min for 3 seeds)."]
+        c = e.get("bf16_vs_float32_attack")
+        if c:
+            lines += ["", f"PGD-10 (8/255) on this 1-epoch model, {c['images']} {c['data']} images, judged in float32: "
+                      + "; ".join(f"crafted in {p}: clean {c[p]['clean_accuracy']:.3f}, robust "
+                                  f"{c[p]['pgd10_robust_accuracy']:.3f}" for p in ("float32", "bf16"))]
     if res.get("attack"):
         a = res["attack"]
         lines += ["", "## Attack", "",
@@ -424,6 +465,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--data", default=None, help="CIFAR-10 parquet folder for the epoch section (else random images)")
     ap.add_argument("--epoch-images", type=int, default=50000)
     ap.add_argument("--eval-images", type=int, default=2048)
+    ap.add_argument("--check-images", type=int, default=1000, help="images of the float32/bf16 attack check")
     ap.add_argument("--eval-batch", type=int, default=256)
     ap.add_argument("--pgd-steps", type=int, default=10)
     ap.add_argument("--eot", type=int, default=8)
@@ -435,6 +477,7 @@ def parse(argv=None) -> argparse.Namespace:
         args.device = args.device or "cpu"
         args.batch, args.steps, args.warmup, args.T = 2, 1, 1, [2]
         args.epoch_images, args.eval_images, args.eval_batch, args.pgd_steps, args.eot = 8, 2, 2, 2, 2
+        args.check_images = 4
         args.sj_timeout = min(args.sj_timeout, 300)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = args.device.type == "cuda"

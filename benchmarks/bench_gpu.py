@@ -371,6 +371,12 @@ def verdicts(res: dict, precision: str) -> list[dict]:
     if ep and "projected_300_epochs_min" in ep:
         v = ep["projected_300_epochs_min"]
         add("paper run: 300 epochs WRN-16-4 T=4 (minutes)", round(v, 2), "< 25", v < 25)
+    chk = (ep or {}).get("bf16_vs_float32_attack")
+    if chk:  # bf16 crafting must not leave more samples robust than float32 crafting, beyond noise
+        a, b, n = chk["float32"]["pgd10_robust_accuracy"], chk["bf16"]["pgd10_robust_accuracy"], chk["images"]
+        se = max((a * (1 - a) / n) ** 0.5, 1 / n)
+        add("bf16-crafted PGD-10 robust acc - float32-crafted (1-epoch model)", round(b - a, 4), f"<= {2 * se:.4f} (2 SE)",
+            b - a <= 2 * se)
     at = res.get("attack")
     if at and "projected_10k_s" in at:
         v = at["projected_10k_s"]

@@ -166,7 +166,8 @@ def _free(device: torch.device) -> None:
 def bench_training(args, device: torch.device, variants: list[str], skipped: dict) -> list[dict]:
     rows = []
     plan = [(m, T, args.precision, v) for m in args.models for T in args.T for v in variants]
-    plan += [(m, args.T[0], "float32", v) for m in args.models for v in ("ann", "spikeguard")]
+    if args.precision != "float32":  # the float32 pair, for scale
+        plan += [(m, args.T[0], "float32", v) for m in args.models for v in ("ann", "spikeguard")]
     for name, T, prec, variant in plan:
         try:
             r = Runner(name, variant, T, args.batch, device, prec, args.channels_last)
@@ -389,7 +390,7 @@ def markdown(res: dict) -> str:
     lines = [f"# GPU benchmark ({res['tag']})", "",
              f"Command: `{res['command']}`  ", f"Device: {env['device_name']}; torch {env['torch']}, "
              f"triton {env['triton']}, CUDA {env['cuda']}; {env['date']}; {res['seconds']:.0f} s in all.  ",
-             f"Precision of the training rows: {res['precision']} unless a row says float32; "
+             f"Precision of the training rows: {res['precision']} unless a row says otherwise; TF32 allowed for float32; "
              f"channels_last: {res['channels_last']}.", "",
              "## Training step (forward + backward + SGD), batch "
              f"{res['batch']}, images/s of the B input images", "",
@@ -544,7 +545,8 @@ def main(argv=None) -> int:
         else:
             skipped["spikingjelly backends"] = "time budget spent"
     res["skipped"] = skipped
-    res["verdicts"] = verdicts(res, args.precision)
+    # --tiny checks the code paths on shapes the targets are not about: nothing is judged
+    res["verdicts"] = [] if args.tiny else verdicts(res, args.precision)
     res["seconds"] = time.perf_counter() - t_start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -135,3 +135,27 @@ def test_bf16_on_cuda_uses_the_triton_kernel():
         logits = model(x)
     assert logits.dtype == torch.bfloat16 and rec.potentials[0].dtype == torch.float32
     assert fused.kernel_for(x) == "triton" or not fused.triton_available()
+
+
+def test_batched_restarts_pick_the_best_run_per_sample():
+    from spikeguard.attacks.base import best_of_restarts
+    from spikeguard.attacks.gradient import PGD
+
+    model = _model("lif").eval()
+    x, y = torch.rand(5, 3, 8, 8), torch.arange(5) % 3
+    loop = PGD(model, eps=8 / 255, steps=2, restarts=3, random_start=False)(x, y)
+    atk = PGD(model, eps=8 / 255, steps=2, restarts=3, random_start=False)
+    atk.batch_restarts = True
+    assert torch.equal(atk(x, y), loop)  # identical runs: the same answer either way
+
+    calls = []
+
+    def run_once(images, labels):  # three "restarts" with known scores per sample
+        calls.append(images.shape[0])
+        adv = torch.arange(images.shape[0], dtype=torch.float32).view(-1, 1)
+        score = torch.tensor([0., 5., 1., 2., 5., 0., 3., 5., 9.])  # restart-major, B = 3
+        return adv, score
+
+    out = best_of_restarts(run_once, torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), 3, batched=True)
+    assert calls == [9]  # one batched call
+    assert out.view(-1).tolist() == [6.0, 1.0, 8.0]  # sample 1: the first of the tied scores

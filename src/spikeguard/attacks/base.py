@@ -135,6 +135,7 @@ class Attack:
     iterative = False
     requires: tuple[str, ...] = ()
     uses_step_size = False
+    batch_restarts = False  # run restarts as one batch (see best_of_restarts); set per instance
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, eot: int = 1, eot_batched: bool = True) -> None:
         self.model = model
@@ -253,8 +254,21 @@ class Attack:
 
 
 def best_of_restarts(run_once: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]], images: Tensor,
-                     labels: Tensor, restarts: int) -> Tensor:
-    """Call ``run_once`` ``restarts`` times; per sample keep the run with the highest score."""
+                     labels: Tensor, restarts: int, batched: bool | None = None) -> Tensor:
+    """Call ``run_once`` ``restarts`` times; per sample keep the run with the highest score.
+
+    ``batched`` (default: the attack's ``batch_restarts`` attribute, False): run all restarts
+    as one batch of ``restarts * B`` (one pass per step instead of ``restarts``: faster on a
+    GPU; the random starts are drawn in another order, so the numbers differ from the loop's
+    like another seed's do).
+    """
+    if batched is None:
+        batched = bool(getattr(getattr(run_once, "__self__", None), "batch_restarts", False))
+    if batched and restarts > 1:
+        b = images.shape[0]
+        adv, score = run_once(images.repeat(restarts, *([1] * (images.dim() - 1))), labels.repeat(restarts))
+        pick = score.view(restarts, b).argmax(0)  # the first of equal scores, as the loop keeps it
+        return adv.view(restarts, b, *images.shape[1:])[pick, torch.arange(b, device=pick.device)]
     best, best_score = run_once(images, labels)
     for _ in range(restarts - 1):
         best, best_score = keep_better(best, best_score, *run_once(images, labels))

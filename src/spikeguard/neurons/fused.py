@@ -247,7 +247,14 @@ def _materialise(noise, x: Tensor) -> Tensor | None:
     """A tensor for noise given as ``PhiloxNoise`` (when a non-Triton kernel runs it)."""
     if noise is None or isinstance(noise, Tensor):
         return noise
-    return _triton.philox_noise(noise, x.shape, x.device).to(x.dtype)
+    if _triton:
+        try:
+            return _triton.philox_noise(noise, x.shape, x.device).to(x.dtype)
+        except Exception as e:  # noqa: BLE001
+            _triton_failed(e)
+    # Triton failed: the same distribution from torch's generator, seeded with the same seed
+    gen = torch.Generator(device=x.device).manual_seed(int(noise.seed) & (2 ** 63 - 1))
+    return torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * noise.sigma
 
 
 def _widen(x: Tensor) -> Tensor:
@@ -259,10 +266,25 @@ def _widen(x: Tensor) -> Tensor:
 NoiseArg = Union[Tensor, "object", None]  # a tensor, a triton_scan.PhiloxNoise, or None
 
 
+def _triton_failed(e: Exception) -> None:
+    """A Triton kernel failed to compile or launch under ``auto``: warn once, use the others."""
+    global _triton, _triton_error
+    if _kernel_choice == "triton":
+        raise e
+    _triton, _triton_error = False, f"{type(e).__name__}: {e}"
+    warnings.warn(f"spikeguard: the Triton LIF kernel failed ({_triton_error[:200]}); using torch ops",
+                  RuntimeWarning, stacklevel=4)
+
+
 def _run_forward(kernel: str, x: Tensor, decay: float, v_threshold: float, noise: NoiseArg,
-                 keep_potentials: bool) -> tuple[Tensor, Tensor | None]:
+                 keep_potentials: bool) -> tuple[Tensor, Tensor | None, str, NoiseArg]:
+    """``(spikes, U, the kernel that ran, the noise it used)``."""
     if kernel == "triton":
-        return _triton.triton_forward(x, decay, v_threshold, noise, keep_potentials)
+        try:
+            return (*_triton.triton_forward(x, decay, v_threshold, noise, keep_potentials), kernel, noise)
+        except Exception as e:  # noqa: BLE001 - fall back (same numbers) rather than stop a run
+            _triton_failed(e)
+            kernel = "torch"
     xw = _widen(x)
     noise = _materialise(noise, xw)
     if kernel == "native":
@@ -271,7 +293,7 @@ def _run_forward(kernel: str, x: Tensor, decay: float, v_threshold: float, noise
     else:
         spikes, u_all = scan_forward(xw, decay, v_threshold, None if noise is None else noise.to(xw.dtype).neg(),
                                      keep_potentials)
-    return spikes.to(x.dtype), u_all
+    return spikes.to(x.dtype), u_all, kernel, noise
 
 
 class LIFScan(torch.autograd.Function):
@@ -291,7 +313,7 @@ class LIFScan(torch.autograd.Function):
         kernel = kernel_for(x, surrogate)
         if kernel != "triton":
             noise = _materialise(noise, _widen(x))
-        spikes, u_all = _run_forward(kernel, x, decay, v_threshold, noise, True)
+        spikes, u_all, kernel, noise = _run_forward(kernel, x, decay, v_threshold, noise, True)
         ctx.set_materialize_grads(False)
         ctx.params = (kernel, decay, v_threshold, surrogate, at_noisy, detach_reset, x.dtype)
         ctx.noise_spec = None if isinstance(noise, Tensor) else noise  # PhiloxNoise: nothing stored
@@ -334,4 +356,4 @@ def lif_scan(x: Tensor, noise: NoiseArg, decay: float, v_threshold: float, surro
     """
     if torch.is_grad_enabled() and x.requires_grad:
         return LIFScan.apply(x, noise, decay, v_threshold, surrogate, at_noisy, detach_reset)
-    return _run_forward(kernel_for(x, None), x, decay, v_threshold, noise, need_potentials)
+    return _run_forward(kernel_for(x, None), x, decay, v_threshold, noise, need_potentials)[:2]

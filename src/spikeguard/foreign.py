@@ -113,7 +113,8 @@ def load_foreign_model(spec: str, weights: str | os.PathLike | None = None,
         try:
             model.load_state_dict(sd)
         except RuntimeError as e:
-            first = str(e).splitlines()[0] + (" " + str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else "")
+            lines = str(e).splitlines()
+            first = lines[0] + (" " + lines[1].strip() if len(lines) > 1 else "")
             raise CheckpointError(f"weights {wpath} do not fit {spec}(): {first}") from None
     model.to(device).eval()
     home = wpath.parent if wpath is not None else Path(spec.rsplit(":", 1)[0]).parent

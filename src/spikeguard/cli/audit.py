@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, seed=args.seed, device=device,
                                  progress=not args.no_progress)
         print(audit.format())
-        prov = provenance(command=command_line(args.argv), checkpoint=rn.path, attacks=[], eps=eps, n_samples=len(y),
+        prov = provenance(command=command_line(args.argv), checkpoint=getattr(rn, "weights", None) or rn.path,
+                          attacks=[], eps=eps, n_samples=len(y),
                           seed=args.seed, passes=args.passes, eot=args.eot, data=info, steps=args.steps)
         path = write_audit(out / "audit.json", audit, prov, checkpoint=str(rn.path), model_file=args.model_file,
                            weights=args.weights, data=info, command="audit")

@@ -315,7 +315,8 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
                                   progress=talk and not args.no_progress, randomness=args.randomness)
         if not ctx.is_main:
             return 0
-        prov = provenance(command=command_line(args.argv), checkpoint=rn.path, report=report, attacks=names,
+        prov = provenance(command=command_line(args.argv), checkpoint=getattr(rn, "weights", None) or rn.path,
+                          report=report, attacks=names,
                           data=info, alpha=alpha, batch_size=args.batch_size, source=args.source,
                           processes=ctx.world_size, randomness=args.randomness)
         extra = {"checkpoint": str(rn.path), "model_file": args.model_file, "weights": args.weights,

@@ -43,9 +43,16 @@ def rows(kind: str) -> list[tuple[str, str]]:
 
         return [(n, _summary(model_builder(n))) for n in list_models()]
     if kind == "attacks":
-        from ..attacks.registry import list_attacks
+        from ..attacks.registry import registered_attacks
 
-        return [(n, "") for n in list_attacks()]
+        out = []
+        for spec in registered_attacks().values():
+            cls = spec.cls
+            tags = [cls.threat] + (["iterative"] if cls.iterative else [])
+            if cls.requires:
+                tags.append("needs: " + ", ".join(cls.requires))
+            out.append((spec.example, _summary(cls) + f" [{'; '.join(tags)}]"))
+        return out
     if kind == "neurons":
         from ..neurons import list_neurons, neuron_aliases, neuron_class
 

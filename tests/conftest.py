@@ -4,6 +4,10 @@ import tempfile
 import pytest
 import torch
 
+# Without a GPU, Triton kernels (tests/test_triton_scan.py, only where Triton is installed)
+# run in Triton's interpreter; the switch must be set before anything imports Triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 # Tests never write into the user's ~/.cache/spikeguard (data arrays, compiled LIF kernels):
 # the whole session uses a temporary cache, unless SPIKEGUARD_CACHE points elsewhere already.
 if not os.environ.get("SPIKEGUARD_CACHE"):

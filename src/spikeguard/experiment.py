@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,11 +28,12 @@ from torch import nn
 
 from .checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_run_config, write_run_config
 from .config import ExperimentConfig, config_to_dict
-from .data import ImageDataset, dataset_info, load_dataset, random_crop_flip
+from .data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
+from .perf import compile_model, resolve_precision, to_channels_last
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, atomic_write_text, ensure_dir
 from .models import count_parameters, create_model
-from .tgo import LambdaSchedule, ThresholdGuard
+from .tgo import LambdaSchedule, Normalisation, ThresholdGuard, constraint_gradient_ratio
 from .training import Trainer, TrainState, create_strategy, make_sgd
 from .utils import resolve_device, seed_everything
 
@@ -44,7 +44,7 @@ def build_datasets(cfg: ExperimentConfig, progress: bool = False) -> tuple[Image
     """The train and test splits named by ``cfg.data`` (subsets applied, cache used)."""
     d = cfg.data
     kw = dict(root=d.root or None, cache_dir=d.cache_dir or None, seed=cfg.seed, verify=d.verify_md5,
-              progress=progress)
+              progress=progress, **d.options)
     train = load_dataset(d.name, "train", subset=d.subset, **kw)
     test = load_dataset(d.name, "test", subset=d.test_subset, **kw)
     if train.classes != test.classes:
@@ -55,7 +55,16 @@ def build_datasets(cfg: ExperimentConfig, progress: bool = False) -> tuple[Image
 
 def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
     """``in_channels``, ``image_size``, ``num_classes``, ``mean``, ``std`` of ``data``, or of the
-    dataset ``cfg`` names (its :class:`~spikeguard.data.DatasetInfo`) when ``data`` is None."""
+    dataset ``cfg`` names (its :class:`~spikeguard.data.DatasetInfo`) when ``data`` is None; event
+    data sets (frame sequences, 2 polarities per step) from their frame options."""
+    from .data.event_sets import EVENT_DATASETS, EventFrameDataset, event_data_shape
+
+    if isinstance(data, EventFrameDataset):  # frame sequences: 2 polarities per step
+        shape = event_data_shape(data.name, {**data.options})
+        shape.update(num_classes=data.num_classes)
+        return shape
+    if data is None and cfg.data.name.lower() in EVENT_DATASETS:
+        return event_data_shape(cfg.data.name.lower(), cfg.data.options)
     if data is not None:
         c, h, w = data.image_shape
         if h != w:
@@ -95,18 +104,36 @@ def build_schedule(cfg: ExperimentConfig) -> LambdaSchedule | None:
     t = cfg.tgo
     if not t.enabled:
         return None
+    ramp = t.ramp_fraction * cfg.optim.epochs if t.ramp_fraction else (t.ramp_epochs or cfg.optim.epochs)
     return LambdaSchedule(kind=t.schedule, lambda_max=t.lambda_max,
                           lambda_start=None if t.lambda_start < 0 else t.lambda_start,
-                          ramp_epochs=t.ramp_epochs or cfg.optim.epochs, dual_lr=t.dual_lr, dual_target=t.dual_target)
+                          ramp_epochs=ramp, dual_lr=t.dual_lr, dual_target=t.dual_target)
 
 
 def build_guard(cfg: ExperimentConfig, schedule: Any = None) -> ThresholdGuard | None:
     """The TGO term of ``cfg`` (None when ``tgo.enabled`` is false), with ``schedule`` or
     :func:`build_schedule`'s."""
-    if not cfg.tgo.enabled:
+    t = cfg.tgo
+    if not t.enabled:
         return None
-    return ThresholdGuard(delta=cfg.tgo.delta, v_threshold=cfg.neuron.v_threshold,
-                          schedule=schedule or build_schedule(cfg))
+    norm = Normalisation(layer_reduce=t.layer_reduce, neuron_reduce=t.neuron_reduce, hinge=t.hinge,
+                         potential=t.potential)
+    return ThresholdGuard(delta=t.delta, v_threshold=cfg.neuron.v_threshold,
+                          schedule=schedule or build_schedule(cfg), norm=norm)
+
+
+def grad_ratio_log(cfg: ExperimentConfig, model: nn.Module, strategy: Any, guard: ThresholdGuard | None,
+                   train_ds: ImageDataset, epochs_done: int, device: torch.device | str) -> dict:
+    """The per-epoch ``grad_ratio`` log entries (``tgo.log_grad_ratio``; empty without TGO).
+
+    Measured on the first ``batch_size`` training images (fixed, not augmented) at the lambda the
+    schedule has reached; see :mod:`spikeguard.tgo.diagnostics` (no training number changes).
+    """
+    if guard is None or not cfg.tgo.log_grad_ratio:
+        return {}
+    x, y = next(batches(train_ds, cfg.optim.batch_size, device=device))
+    return {k: v for k, v in constraint_gradient_ratio(model, strategy, guard, x, y, guard.schedule(epochs_done)).items()
+            if k != "lam"}
 
 
 def build_strategy(cfg: ExperimentConfig):
@@ -231,14 +258,21 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
     gen = seed_everything(cfg.seed)
     train_ds, test_ds = build_datasets(cfg, progress=progress)
     model = build_model(cfg, train_ds).to(device)
+    perf = cfg.perf  # speed options (spikeguard.perf); all off by default
+    if perf.channels_last:
+        to_channels_last(model)
     n_params = count_parameters(model)
     if ctx.is_main:
         write_run_config(out, cfg, model.spikeguard_spec, n_params)
     steps, epochs = math.ceil(len(train_ds) / cfg.optim.batch_size), cfg.optim.epochs
     opt, sched = make_sgd(model, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                          epochs=epochs, steps_per_epoch=steps)
+                          epochs=epochs, steps_per_epoch=steps, fused=perf.fused_optimizer)
     strategy = build_strategy(cfg)
     dist = DistributedTraining(ctx, sync_bn=cfg.sync_bn)
+    if perf.gpu_data:
+        train_ds = train_ds.to(device)  # the same batches, gathered and augmented on the device
+    if perf.compile != "off":
+        compile_model(model, mode=None if perf.compile == "default" else perf.compile)
     state = ctx.run_on_main(lambda: _load_state(model, out, device)) if resume else None
     if state is not None:
         dist.restore_rng(state, gen, cfg.seed)
@@ -247,7 +281,8 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
         dist.seed(cfg.seed)  # rank 0 keeps the single-process stream
     train_model, schedule = dist.prepare(model, build_schedule(cfg))
     trainer = Trainer(train_model, opt, None if cfg.optim.schedule == "constant" else sched, strategy=strategy,
-                      guard=build_guard(cfg, schedule), delta_stat=cfg.tgo.delta, grad_clip=cfg.optim.grad_clip or None)
+                      guard=build_guard(cfg, schedule), delta_stat=cfg.tgo.delta, grad_clip=cfg.optim.grad_clip or None,
+                      precision=perf.amp)
     trainer.load_state_dict(state)
     report = _EpochReport(cfg, out, ctx.is_main, progress, logger, steps, device, model, opt, test_ds, on_epoch)
     report.start(state, resume)
@@ -260,6 +295,8 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
             st.save(out, model, cfg)
 
     report.save = save
+    if ctx.world_size == 1:  # the constraint's pull next to the task's on one fixed batch (changes nothing)
+        report.extra = lambda done: grad_ratio_log(cfg, model, strategy, trainer.guard, train_ds, done, device)
     augment = random_crop_flip if cfg.data.augment else None
     start = state.epoch
     with graceful_stop(handle_signals) as stop:
@@ -310,6 +347,7 @@ class _EpochReport:
         self.run_sums: dict[str, float] = {}
         self.count = 0
         self.save: Callable[[TrainState], None] = lambda st: None
+        self.extra: Callable[[int], dict] = lambda done: {}  # more log entries after epoch ``done``
 
     def start(self, state: TrainState, resume: bool) -> None:
         self.rows = _read_log(self.out / LOG_FILE, state.epoch) if resume and self.main else []
@@ -346,7 +384,7 @@ class _EpochReport:
 
         cfg, done, epochs = self.cfg, state.epoch, self.cfg.optim.epochs
         row = {**stats.as_dict(), "epoch": done, "step": done * self.steps, "lr": lr, "elapsed": state.elapsed,
-               **memory_stats(self.device)}
+               **memory_stats(self.device), **self.extra(done)}
         if self.main and cfg.eval.test_every and done % cfg.eval.test_every == 0 and done < epochs:
             row["test_accuracy"] = test_accuracy(self.model, self.test_ds, cfg.eval.batch_size, cfg.eval.passes,
                                                  self.device)
@@ -374,6 +412,7 @@ def _finish(cfg: ExperimentConfig, out: Path, model: nn.Module, train_ds: ImageD
         "epochs": cfg.optim.epochs, "train_seconds": state.elapsed,
         "seconds_per_epoch": state.elapsed / max(len(rows), 1), "param_count": n_params, "model": cfg.model.name,
         "dataset": cfg.data.name, "device": str(device), "final_epoch": rows[-1] if rows else None,
+        "train_precision": resolve_precision(cfg.perf.amp),  # evaluation below runs in float32
     }
     if cfg.eval.attacks:
         results["attacks"] = _run_attacks(model, test_ds, cfg, out, progress)
@@ -386,15 +425,10 @@ def _finish(cfg: ExperimentConfig, out: Path, model: nn.Module, train_ds: ImageD
 
 
 def _run_attacks(model: nn.Module, test_ds: ImageDataset, cfg: ExperimentConfig, out: Path, progress: bool) -> dict:
-    """Hand the configured attacks to ``spikeguard.evaluation.evaluate_config_attacks`` if it exists."""
-    from . import evaluation
+    """The configured end-of-training attacks (:func:`spikeguard.evaluation.evaluate_config_attacks`)."""
+    from .evaluation import evaluate_config_attacks
 
-    hook = getattr(evaluation, "evaluate_config_attacks", None)
-    if hook is None:
-        msg = "spikeguard.evaluation provides no evaluate_config_attacks; run 'spikeguard evaluate' on the run folder"
-        warnings.warn(msg, stacklevel=2)
-        return {"skipped": msg}
-    return hook(model, test_ds, cfg, out_dir=out, progress=progress)
+    return evaluate_config_attacks(model, test_ds, cfg, out_dir=out, progress=progress)
 
 
 __all__ = ["run_experiment", "build_model", "build_datasets", "build_schedule", "build_guard", "build_strategy",

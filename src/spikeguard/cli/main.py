@@ -10,7 +10,7 @@ from ..errors import SpikeguardError
 
 # Sub-command modules, each with ``add_parser(subparsers)``; a module that is not
 # installed (e.g. a feature still in development) is skipped.
-COMMANDS = ("demo", "train", "evaluate", "audit", "analyze", "report", "ablation", "list")
+COMMANDS = ("demo", "train", "evaluate", "audit", "analyze", "report", "ablation", "study", "calibrate", "list")
 
 
 def build_parser() -> argparse.ArgumentParser:

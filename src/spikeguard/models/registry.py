@@ -50,9 +50,12 @@ def create_model(name: str, num_classes: int = 10, T: int = 4, neuron: str = "li
         T: time steps; forced to 1 when ``neuron == "relu"`` (the ANN twin).
         neuron: a registered neuron kind (``lif``, ``noisy_lif``, ``relu``, ...).
         neuron_kw: neuron arguments (decay, v_threshold, surrogate, width, sigma, ...).
-        **kw: architecture arguments (in_channels, image_size, mean, std, ...).
+        **kw: architecture arguments (in_channels, image_size, mean, std, ...); ``frames=T``
+            (and ``frame_norm``) make the model take frame sequences of event data
+            (:meth:`SpikingModel.use_frame_input`).
     """
     builder = model_builder(name)
+    frames, frame_norm = int(kw.pop("frames", 0) or 0), str(kw.pop("frame_norm", "") or "")
     factory = NeuronFactory(neuron, **(neuron_kw or {}))
     if neuron == "relu":
         T = 1
@@ -62,6 +65,8 @@ def create_model(name: str, num_classes: int = 10, T: int = 4, neuron: str = "li
     from ..neurons.baselines import materialize_for
 
     materialize_for(model, kw)
+    if frames:
+        model.use_frame_input(frames, frame_norm)
     return model
 
 

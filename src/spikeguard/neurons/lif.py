@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .fused import lif_scan
+from .fused import lif_scan, philox_noise_for
 from .registry import register_neuron
 from .surrogate import Surrogate, spike
 
@@ -103,6 +103,11 @@ class LIF(nn.Module):
         """Membrane noise for all time steps at once (``None``: deterministic neuron)."""
         return None
 
+    def fused_noise(self, x: Tensor):
+        """The noise for the fused scan: :meth:`sample_noise`, or a description of noise the
+        kernel draws itself (Noisy-LIF on the Triton kernel)."""
+        return self.sample_noise(x)
+
     def grad_surrogate(self) -> tuple[Surrogate, bool]:
         """The surrogate used in backward and whether it is evaluated at the noisy potential."""
         return self.surrogate, True
@@ -111,14 +116,15 @@ class LIF(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects input [T, B, ...], got shape {tuple(x.shape)}")
-        noise = self.sample_noise(x)
         surrogate, at_noisy = self.grad_surrogate()
         if (getattr(self, "backend", None) or _default_backend) == "fused":
+            noise = self.fused_noise(x)
             spikes, u_all = lif_scan(x, noise, self.decay, self.v_threshold, surrogate, at_noisy,
                                      self.detach_reset, need_potentials=bool(self._recorders))
             for rec in self._recorders:
                 rec.add(self, u_all)
             return spikes
+        noise = self.sample_noise(x)
         keep = bool(self._recorders)
         v = torch.zeros_like(x[0])
         spikes, potentials = [], []
@@ -203,6 +209,19 @@ class NoisyLIF(LIF):
         if not self.stochastic:
             return None
         return gaussian_noise(x, self.sigma, self.generator)
+
+    def fused_noise(self, x: Tensor):
+        # Gaussian noise drawn inside the Triton kernel (Philox seed from this neuron's
+        # generator), regenerated in its backward instead of stored; other kernels, and
+        # subclasses with their own noise, get the sampled tensor.
+        if self.stochastic and type(self).sample_noise is NoisyLIF.sample_noise:
+            gen = self.generator
+            if gen is not None and gen.device != x.device:
+                raise RuntimeError(f"NoisyLIF generator is on {gen.device} but input is on {x.device}")
+            spec = philox_noise_for(x, self.sigma, gen)
+            if spec is not None:
+                return spec
+        return self.sample_noise(x)
 
     def grad_surrogate(self) -> tuple[Surrogate, bool]:
         if self.noisy_grad == "expected" and self.stochastic:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import SpikeguardError
 from ..neurons import record_potentials
+from ..perf import autocast, fused_optimizer_kw, resolve_precision
 from ..tgo import ThresholdGuard, near_threshold_share
 from .state import TrainState
 from .strategies import BPTT, Strategy
@@ -70,8 +71,10 @@ class EpochLoader(Protocol):
 
 
 def make_sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
-             epochs: int = 1, steps_per_epoch: int = 1) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD with cosine annealing stepped per batch (the paper: SGD, lr 0.1, cosine)."""
+             epochs: int = 1, steps_per_epoch: int = 1, fused: bool = False) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with cosine annealing stepped per batch (the paper: SGD, lr 0.1, cosine).
+
+    ``fused``: torch's fused SGD kernel where the parameters' device supports it (same update)."""
     # parameters flagged ``no_weight_decay`` (e.g. StoG keep probabilities, which carry their own
     # prior) are excluded from weight decay
     params = list(model.parameters())
@@ -79,7 +82,8 @@ def make_sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_de
     groups: list[dict] = [{"params": [p for p in params if not getattr(p, "no_weight_decay", False)]}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                          **fused_optimizer_kw(params, fused))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     return opt, sched
 
@@ -94,12 +98,16 @@ class Trainer:
         guard: the TGO term, or ``None`` for no constraint.
         delta_stat: margin used for the logged near-threshold share (defaults to the guard's).
         grad_clip: optional max gradient norm.
+        precision: ``float32`` (default) or ``bf16``: the forward and the loss run under bf16
+            autocast (the LIF state stays float32 inside the fused kernels; weights, gradients
+            and the optimizer stay float32).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                  strategy: Strategy | None = None, guard: ThresholdGuard | None = None,
-                 delta_stat: float | None = None, grad_clip: float | None = None) -> None:
+                 delta_stat: float | None = None, grad_clip: float | None = None,
+                 precision: str = "float32") -> None:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -108,6 +116,7 @@ class Trainer:
         self.delta_stat = delta_stat if delta_stat is not None else (guard.delta if guard else 0.5)
         self.v_threshold = guard.v_threshold if guard else 1.0
         self.grad_clip = grad_clip
+        self.precision = resolve_precision(precision)
 
     def state_dict(self) -> dict:
         """Optimiser, scheduler and TGO schedule states (what :class:`TrainState` saves)."""
@@ -190,7 +199,8 @@ class Trainer:
                 potentials[:] = rec.potentials
                 return out
 
-            out = self.strategy(self.model, images, labels, forward)
+            with autocast(self.precision, images.device):
+                out = self.strategy(self.model, images, labels, forward)
         loss = out.loss
         constraint = lam = 0.0
         if self.guard is not None and potentials:

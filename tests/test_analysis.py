@@ -306,6 +306,8 @@ def test_sweep_keeps_different_provenance_apart_unless_merged(tmp_path, capsys):
     demo_row = next(v for k, v in rows.items() if k.startswith("tgo [demo, n=360"))
     eval_row = next(v for k, v in rows.items() if k.startswith("tgo [evaluate, n=60"))
     assert "92.4" in demo_row and "93.5" not in demo_row and "93.5" in eval_row
+    assert "92.4 (-2.6)" in demo_row  # the delta is taken against the reference of the same provenance
+    assert "93.5 (" not in eval_row  # no vanilla evaluation of n=60: no delta
     # asked to merge: one row, and the table says what was merged
     rc = cli_main(["analyze", "sweep", str(tmp_path / "results.json"), str(tmp_path / "tgo" / "evaluation"),
                    "--merge", "--out", str(tmp_path / "sw2")])

@@ -310,9 +310,14 @@ def _run_group(model, x, y, group, protocol: Protocol, ev: dict, run_dir: Path, 
     report = evaluate_sharded(model, x, y, _attack_list(model, group, eps, own_alpha, attack_kw), eps=eps, eot=group.eot, passes=group.passes,
                               alpha=alpha, batch_size=int(ev["batch_size"]), seed=int(ev["seed"]), source=source,
                               attack_kw=by_name_kw, device=device, journal=journal, progress=progress)
-    doc = {"command": "study", "label": f"{run_dir.name} [{protocol.name}]", "checkpoint": str(run_dir),
-           "protocol": protocol.name, "group": group.name, "note": group.note, "settings": settings,
-           "source": source_name or None, "table": report.table_row(), "report": report.to_dict(per_sample=True)}
+    from .evaluation.results import command_line, provenance, robustness_document
+
+    prov = provenance(command=command_line(), checkpoint=run_dir, report=report, alpha=alpha,
+                      batch_size=int(ev["batch_size"]), study_protocol=protocol.name, group=group.name)
+    # the result schema (docs/evaluation.md) plus the study's own keys (settings: the reuse check)
+    doc = robustness_document(report, prov, command="study", label=f"{run_dir.name} [{protocol.name}]",
+                              checkpoint=str(run_dir), protocol=protocol.name, group=group.name, note=group.note,
+                              settings=settings, source=source_name or None)
     if group.audit:
         audit = audit_robustness(model, x, y, eps=eps, eot=group.eot, passes=group.passes, report=report,
                                  steps=group.audit_steps, alpha=alpha if group.alpha is not None else

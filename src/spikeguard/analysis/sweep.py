@@ -306,6 +306,11 @@ def plot_sweep(records: Sequence[SweepRecord], path: str | os.PathLike, *, attac
     return save_figure(fig, path, formats)
 
 
+def _short(group: str) -> str:
+    """A group label without its weights hash (shown unless two groups differ only by weights)."""
+    return ", ".join(p for p in group.split(", ") if not p.startswith("weights "))
+
+
 def split_rows(records: Sequence[SweepRecord], merge: bool = False
                ) -> tuple[list[SweepRecord], dict[str, list[str]]]:
     """One table row per (model, provenance group); returns the relabelled records and what was merged.
@@ -323,9 +328,28 @@ def split_rows(records: Sequence[SweepRecord], merge: bool = False
             g.append(r.group)
     if merge:
         return list(records), {m: g for m, g in groups.items() if len(g) > 1}
-    out = [SweepRecord(**{**asdict(r), "model": f"{r.model} [{r.group}]"}) if len(groups[r.model]) > 1 else r
-           for r in records]
-    return out, {}
+    label: dict[tuple[str, str], str] = {}
+    for m, gs in groups.items():
+        shorts = [_short(g) for g in gs]
+        for g, sh in zip(gs, shorts):
+            label[(m, g)] = m if len(gs) == 1 else f"{m} [{sh if shorts.count(sh) == 1 else g}]"
+    return [SweepRecord(**{**asdict(r), "model": label[(r.model, r.group)]}) for r in records], {}
+
+
+def _key(group: str) -> str:
+    """Command and sample count of a group (``demo, n=360``): what a delta may be taken across."""
+    return ", ".join(group.split(", ")[:2])
+
+
+def _reference_row(reference: str, row: str, grid: "AccuracyGrid") -> str | None:
+    """The row ``row`` is compared with: the reference model's row (or, if it was split by provenance,
+    one of its rows) measured by the same command on the same number of samples; None if none was."""
+    cands = [m for m in grid.models if m == reference or m.startswith(reference + " [")]
+    mine = {_key(g) for g in grid.groups.get(row, ())}
+    for m in cands:
+        if mine & {_key(g) for g in grid.groups.get(m, ())}:
+            return m
+    return None
 
 
 @dataclass
@@ -342,6 +366,7 @@ class AccuracyGrid:
     cells: dict[tuple[str, tuple[float, str]], float]
     clean: dict[str, float]
     n: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, records: Sequence[SweepRecord]) -> "AccuracyGrid":
@@ -354,6 +379,8 @@ class AccuracyGrid:
             if r.clean is not None:
                 grid.clean.setdefault(r.model, r.clean)
             counts.setdefault(r.model, set()).add(r.n_samples)
+            if r.group not in grid.groups.setdefault(r.model, []):
+                grid.groups[r.model].append(r.group)
         grid.n = {m: ", ".join(str(v) if v is not None else "?" for v in sorted(c, key=lambda v: (v is None, v or 0)))
                   for m, c in counts.items()}
         return grid
@@ -365,10 +392,13 @@ def accuracy_table(records: Sequence[SweepRecord], reference: str | None = None)
 
     Columns are ordered by eps, then by the attacks' first appearance; a cell no record fills is
     ``-``. With ``reference`` (a model name), every other row also shows its difference to that
-    row in points, the layout the paper uses for its comparisons.
+    row in points, the layout the paper uses for its comparisons; the reference row is the
+    reference model's row measured by the same command on the same number of samples, and a
+    row without one shows no delta.
     """
     g = AccuracyGrid.of(records)
-    if reference is not None and reference not in g.models:
+    if reference is not None and reference not in g.models and not any(m.startswith(reference + " [")
+                                                                        for m in g.models):
         raise ConfigError(f"reference model {reference!r} is not among the models {g.models}")
 
     def fmt(v: float | None, ref: float | None) -> str:
@@ -380,7 +410,8 @@ def accuracy_table(records: Sequence[SweepRecord], reference: str | None = None)
     head = ["model", "n", "clean"] + [f"{a} {eps_label(e)}" for e, a in g.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in g.models:
-        ref_m = reference if reference is not None and m != reference else None
+        ref_m = _reference_row(reference, m, g) if reference is not None else None
+        ref_m = None if ref_m == m else ref_m
         row = [m, g.n.get(m, "?"), fmt(g.clean.get(m), g.clean.get(ref_m) if ref_m else None)]
         row += [fmt(g.cells.get((m, c)), g.cells.get((ref_m, c)) if ref_m else None) for c in g.columns]
         lines.append("| " + " | ".join(row) + " |")

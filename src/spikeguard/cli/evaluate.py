@@ -267,7 +267,7 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
     from ..attacks import PAPER_ALPHA, SUITE_ALPHA, parse_alpha
     from ..checkpoint import MODEL_FILE, load_run
     from ..evaluation import audit_robustness
-    from ..evaluation.results import command_line, provenance, write_robustness
+    from ..evaluation.results import checkpoint_id, command_line, provenance, write_robustness
     from ..evaluation.sharded import evaluate_sharded, journal_key, read_journal
     from ..io import removed_on_failure
 
@@ -318,7 +318,9 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
         prov = provenance(command=command_line(args.argv), checkpoint=getattr(rn, "weights", None) or rn.path,
                           report=report, attacks=names,
                           data=info, alpha=alpha, batch_size=args.batch_size, source=args.source,
-                          processes=ctx.world_size, randomness=args.randomness)
+                          processes=ctx.world_size, randomness=args.randomness,
+                          # a --model-file model is identified by its weights file
+                          checkpoint_id=checkpoint_id(getattr(rn, "identity_file", None) or rn.path))
         extra = {"checkpoint": str(rn.path), "model_file": args.model_file, "weights": args.weights,
                  "source": args.source, "data": info, "command": "evaluate", "processes": ctx.world_size}
         cfg = getattr(rn, "config", None)  # None for a --model-file model

@@ -226,3 +226,14 @@ def test_bn_rescale_keeps_first_step_spikes_and_lowers_share():
     assert torch.allclose(bn2(z) - 1.0, 2.0 * (bn(z) - 1.0), atol=1e-5)
     with pytest.raises(Exception, match="k must be > 0"):
         bn_rescaled(m, 0.0)
+
+
+def test_group_overrides_leave_the_paper_single_pass_group_without_eot():
+    p = get_protocol("paper", {"table3-eot": {"eot": 3}, "passes": 1})
+    single, eot = p.groups
+    assert single.eot == 1 and eot.eot == 3
+    spec = load_study(SMOKE)
+    paper = next(x for x in spec.protocols if x.name == "paper")
+    assert paper.groups[0].eot == 1 and paper.groups[1].eot == 2
+    with pytest.raises(ConfigError, match="table of group settings"):
+        get_protocol("paper", {"single-pass": 3})

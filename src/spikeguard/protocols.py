@@ -77,7 +77,11 @@ class EvalGroup:
         step = "2.5 eps / steps" if self.alpha is None else f"{self.alpha:g}"
         text = (f"stochastic models: EoT {self.eot} per gradient, {self.passes} judging pass(es); step {step}"
                 + (f"; audit ({self.audit_steps}-step runs)" if self.audit else ""))
-        custom = ", ".join(f"{k} {v}" for k, v in self.attack_kw.items() if k != "sg-ensemble" or set(v) != {"members"})
+        def fmt(kw: Mapping[str, Any]) -> str:
+            return ", ".join(f"{k}=" + (" ".join(f"{n}:{w:g}" for n, w in v) if k == "members" else f"{v}")
+                             for k, v in kw.items())
+
+        custom = "; ".join(f"{k} ({fmt(v)})" for k, v in self.attack_kw.items())
         if custom:
             text += f"; settings {custom}"
         return text + (f". {self.note}" if self.note else "")
@@ -103,11 +107,18 @@ class Protocol:
         Keys: ``eot``, ``passes``, ``audit``, ``audit_steps``, ``alpha`` (number, or ``"eps"`` for
         eps-following), ``attack_kw`` (merged per attack), ``drop`` (attack names to leave out,
         e.g. to fit a CPU budget), ``groups`` (group names to keep) and ``n_samples`` (this
-        protocol's own number of test images, a class-balanced draw with the study's seed).
+        protocol's own number of test images, a class-balanced draw with the study's seed). A key
+        that names a group holds overrides for that group only (``[protocols.paper.table3-eot]``
+        ``eot = 2`` leaves the single-pass group without EoT).
         """
         if not overrides:
             return self
         ov = dict(overrides)
+        names = {g.name for g in self.groups}
+        per_group = {k: ov.pop(k) for k in list(ov) if k in names}
+        for k, v in per_group.items():
+            if not isinstance(v, Mapping) or set(v) & {"n_samples", "groups"}:
+                raise ConfigError(f"protocol {self.name}: [{k}] must be a table of group settings")
         unknown = set(ov) - {"eot", "passes", "audit", "audit_steps", "alpha", "attack_kw", "drop", "groups",
                              "n_samples"}
         if unknown:
@@ -132,8 +143,12 @@ class Protocol:
             for k, v in kw_extra.items():
                 kw[k] = {**kw.get(k, {}), **dict(v)}
             attacks = tuple(a for a in g.attacks if a not in drop)
-            if attacks:
-                groups.append(dataclasses.replace(g, attacks=attacks, attack_kw=kw, **ov))
+            if not attacks:
+                continue
+            g = dataclasses.replace(g, attacks=attacks, attack_kw=kw, **ov)
+            if g.name in per_group:  # the group's own settings win over the protocol-wide ones
+                g = Protocol(self.name, self.tag, "", (g,)).with_overrides(per_group[g.name]).groups[0]
+            groups.append(g)
         if not groups:
             raise ConfigError(f"protocol {self.name}: the overrides leave no attack to run")
         return dataclasses.replace(self, groups=tuple(groups), n_samples=n_samples)

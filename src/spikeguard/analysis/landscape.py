@@ -25,7 +25,9 @@ with ``s`` the FGSM direction ``sign(grad_x loss)`` and, as a control, a random 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -195,15 +197,29 @@ class Landscape:
         return float(self.loss[int(np.argmin(np.abs(self.alphas))), int(np.argmin(np.abs(self.betas)))])
 
     def sharpness(self, radius: float = 0.25) -> float:
-        """Mean loss increase over the grid points within ``radius`` (L-inf) of the centre."""
+        """Mean loss increase over the grid points within ``radius`` (L-inf) of the centre.
+
+        NaN, with a warning, when no grid point but the centre lies within ``radius`` (a grid
+        coarser than the radius would otherwise report a rise of exactly 0).
+        """
         a, b = np.meshgrid(self.alphas, self.betas, indexing="ij")
         m = (np.abs(a) <= radius + 1e-12) & (np.abs(b) <= radius + 1e-12)
+        if int(m.sum()) <= 1:
+            span = float(np.abs(self.alphas).max())
+            need = int(math.ceil(2 * span / radius)) + 1
+            need += 1 - need % 2
+            warnings.warn(f"loss landscape: no grid point within {radius:g} of the centre (grid spacing "
+                          f"{float(np.diff(np.sort(self.alphas)).min()):.3g}); the mean rise within {radius:g} is "
+                          f"undefined: use --steps {need} or more for --span {span:g}", stacklevel=2)
+            return float("nan")
         return float(self.loss[m].mean() - self.center_loss)
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
         return {"alphas": self.alphas.tolist(), "betas": self.betas.tolist(), "loss": self.loss.tolist(),
                 "accuracy": self.accuracy.tolist(), "center_loss": self.center_loss,
                 "sharpness_0.25": self.sharpness(0.25), "max_loss": float(self.loss.max()), **self.info}
+
+    as_dict = to_dict  # the name before 0.2 (result objects now all use to_dict)
 
 
 def grid(steps: int, span: float) -> np.ndarray:

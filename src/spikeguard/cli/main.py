@@ -10,7 +10,7 @@ from ..errors import SpikeguardError
 
 # Sub-command modules, each with ``add_parser(subparsers)``; a module that is not
 # installed (e.g. a feature still in development) is skipped.
-COMMANDS = ("demo", "train", "evaluate", "audit", "analyze", "report", "ablation", "study", "calibrate")
+COMMANDS = ("demo", "train", "evaluate", "audit", "analyze", "report", "ablation", "study", "calibrate", "list")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SpikeguardError as e:
-        print(f"spikeguard {args.command}: error: {e}", file=sys.stderr)
+        from ..signals import Interrupted
+
+        # a stop on request (Ctrl-C, SIGTERM) that saved its state is not an error
+        kind = "interrupted" if isinstance(e, Interrupted) else "error"
+        print(f"spikeguard {args.command}: {kind}: {e}", file=sys.stderr)
         return int(getattr(e, "exit_code", 2))  # e.g. 143 after a checkpoint on SIGTERM
     except KeyboardInterrupt:
         print(f"spikeguard {args.command}: interrupted", file=sys.stderr)

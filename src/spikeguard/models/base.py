@@ -8,6 +8,11 @@ Conventions (the attack and training code relies on them):
   broadcast to ``[T, B, ...]`` (same numbers as running them T times, T times cheaper);
 * ``forward_steps`` returns per-time-step logits ``[T, B, K]`` (for the TET loss) and
   ``forward`` their mean over T.
+
+Frame sequences (event-camera data, :meth:`SpikingModel.use_frame_input`): the input is one
+frame per time step, ``[T, B, C, H, W]`` or packed ``[B, T * C, H, W]`` (what data sets,
+batches and attacks carry, so every L-inf attack works on it unchanged); the stem then runs
+at every step (no stem-once shortcut) and ``model.T`` must equal the number of frames.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class NeuronFactory:
     """Builds the activation of every spiking layer from one description.
 
     Args:
-        kind: ``lif``, ``noisy_lif`` or ``relu`` (ANN twin).
+        kind: a registered neuron kind (``lif``, ``noisy_lif``, ``relu`` (ANN twin), ...).
         **kw: neuron arguments (decay, v_threshold, surrogate, width, sigma, noisy_grad, ...).
     """
 
@@ -60,6 +65,10 @@ class SpikingModel(nn.Module):
 
     stem: nn.Module
     body: nn.Module
+    #: frames per sample when the input is a frame sequence (0: a static image, direct encoding)
+    frames: int = 0
+    #: how frame values encode event counts (a FrameNorm spec such as ``"clip:4"``), for event attacks
+    frame_norm: str = ""
 
     def __init__(self, T: int, num_classes: int, in_channels: int,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
@@ -76,14 +85,48 @@ class SpikingModel(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
+    def use_frame_input(self, frames: int, frame_norm: str = "") -> None:
+        """Take frame sequences of ``frames`` frames (one per time step) instead of static images.
+
+        Raises:
+            ValueError: ``frames != self.T`` (each time step consumes one frame).
+        """
+        frames = int(frames)
+        if frames < 1:
+            raise ValueError(f"frames must be >= 1, got {frames}")
+        if frames != self.T:
+            raise ValueError(f"the data has {frames} frames per sample but the model has T = {self.T} time steps; "
+                             f"set model.T = {frames} (event data feeds one frame per step)")
+        self.frames = frames
+        self.frame_norm = str(frame_norm)
+
     def check_input(self, x: Tensor) -> None:
+        if self.frames:
+            ok = (x.dim() == 4 and x.shape[1] == self.frames * self.in_channels) or (
+                x.dim() == 5 and x.shape[0] == self.frames and x.shape[2] == self.in_channels)
+            if not ok:
+                raise ValueError(
+                    f"{type(self).__name__} expects {self.frames} frames of {self.in_channels} channels: "
+                    f"[T={self.frames}, B, {self.in_channels}, H, W] or packed [B, {self.frames * self.in_channels}, "
+                    f"H, W], got shape {tuple(x.shape)}")
+            return
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"{type(self).__name__} expects images [B, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
 
+    def frame_sequence(self, x: Tensor) -> Tensor:
+        """Packed ``[B, T * C, H, W]`` (or already ``[T, B, C, H, W]``) -> ``[T, B, C, H, W]``."""
+        if x.dim() == 5:
+            return x
+        return x.unflatten(1, (self.frames, self.in_channels)).transpose(0, 1)
+
     def forward_steps(self, x: Tensor) -> Tensor:
         """Per-time-step logits ``[T, B, num_classes]`` for images ``x`` in [0, 1]."""
         self.check_input(x)
+        if self.frames:
+            seq = self.frame_sequence(x)
+            h = self.stem((seq.flatten(0, 1) - self.mean) / self.std)  # the stem runs at every step
+            return self.body(h.unflatten(0, tuple(seq.shape[:2])))
         h = self.stem((x - self.mean) / self.std)
         h = h.unsqueeze(0).expand(self.T, *h.shape)
         return self.body(h)

@@ -27,6 +27,7 @@ from typing import Sequence, Union
 from torch import nn
 
 from .base import MultiStep, NeuronFactory, SpikingModel, conv_bn
+from .registry import register_model
 
 Item = Union[int, str]
 
@@ -82,8 +83,11 @@ class SpikingVGG(SpikingModel):
         if hidden is None:
             hidden = 4096 if name == "snn_rat" else 512
         n_pool = sum(1 for it in items if it == "A")
-        if image_size % (2 ** n_pool):
-            raise ValueError(f"image_size {image_size} is not divisible by 2^{n_pool} (the layout's pools)")
+        if image_size < 2 ** n_pool:
+            raise ValueError(f"image_size {image_size} is smaller than 2^{n_pool} (the layout's pools)")
+        final = image_size
+        for _ in range(n_pool):  # 2x2 average pools floor odd sizes (48 px: 24, 12, 6, 3, 1)
+            final //= 2
         self.layout = name
         self.width = float(width)
         self.classifier_kind = classifier
@@ -102,7 +106,7 @@ class SpikingVGG(SpikingModel):
             body += [MultiStep(*pending, *conv_bn(c, cout)), neuron()]
             pending = []
             c = cout
-        feat = c * (image_size // 2 ** n_pool) ** 2
+        feat = c * final ** 2
         pending.append(nn.Flatten())
         if classifier == "linear":
             body.append(MultiStep(*pending, nn.Linear(feat, num_classes)))
@@ -129,11 +133,13 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+@register_model("vgg11")
 def vgg11(**kw) -> SpikingVGG:
     """VGG-11 (layout ``cifar``, linear classifier unless overridden)."""
     return SpikingVGG(**kw)
 
 
+@register_model("vgg_small")
 def vgg_small(**kw) -> SpikingVGG:
     """VGG-11 layout at a quarter of the width (16..128 channels): for CPU runs."""
     kw.setdefault("width", 0.25)

@@ -118,7 +118,7 @@ def test_study_end_to_end_and_reuse(tmp_path):
         assert r["accuracy"]["worst case (S)"] <= min(v for k, v in r["accuracy"].items() if k.endswith("(S)"))
     assert (tmp_path / "figures" / "accuracy.png").is_file() and (tmp_path / "figures" / "near_threshold.png").is_file()
     html = (tmp_path / "report.html").read_text()
-    assert "vanilla [paper]" in html and "tgo [strong]" in html
+    assert "vanilla [paper]" in html and "tgo [strong]" in html and "<h2>Study cpu-digits-smoke" in html
     from spikeguard.evaluation.results import read_results
 
     saved = read_results(json.loads((tmp_path / "runs" / "tgo" / "eval-strong" / "strong.json").read_text()))

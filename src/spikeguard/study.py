@@ -522,6 +522,29 @@ def format_markdown(spec: StudySpec, rows: list[dict], columns: list[str], meta:
     return "\n".join(lines) + "\n"
 
 
+def study_html(spec: StudySpec, rows: list[dict], columns: list[str]) -> str:
+    """The comparison tables for the HTML report (the same numbers as ``study.md``)."""
+    from .analysis.report import table
+
+    def acc(r: dict, c: str) -> Any:
+        return r["accuracy"].get(c, "skip" if c in r["skipped"] else None)
+
+    import html
+
+    tags = "; ".join(f"({p.tag}) = {p.name} protocol" for p in spec.protocols)
+    parts = [f"<h2>Study {html.escape(spec.name)}</h2><p>{html.escape(spec.description)}</p>"
+             f"<p class=meta>Robust accuracy; column tags: {tags}. "
+             "Details, protocols and settings: study.md.</p>",
+             table(["training", "model", *columns], [[r["training"], r["model"], *(acc(r, c) for c in columns)]
+                                                      for r in rows], pct_cols=range(2, 2 + len(columns))),
+             table(["model", "neuron", "normalisation", "lambda_max", "grad ratio", "near-threshold share",
+                    f"BN control (k={spec.control.get('k')}) share", "audit"],
+                   [[f"{r['model']} ({r['training']})", r["neuron"], r["normalisation"], r["lambda_max"],
+                     r["grad_ratio"], r["near_threshold"], (r["bn_control"] or {}).get("share_rescaled"),
+                     (r["audit"] or {}).get("verdict")] for r in rows], pct_cols=(5, 6))]
+    return "\n".join(parts)
+
+
 def plot_study(rows: list[dict], columns: list[str], spec: StudySpec, out: Path) -> list[Path]:
     """``figures/accuracy.png`` (paper vs strong per attack and model) and ``figures/near_threshold.png``."""
     import numpy as np
@@ -686,7 +709,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
         from .analysis.report import build_report
 
         build_report([out / "figures"] + [out / "runs" / r.name for r in spec.runs], out / "report.html",
-                     title=f"spikeguard study {spec.name}")
+                     title=f"spikeguard study {spec.name}", preface=study_html(spec, rows, columns))
     log(md)
     log(f"[study] wrote {out / STUDY_MD}, {out / STUDY_JSON}, {len(figs)} figures"
         + (f", {out / 'report.html'}" if report else "") + f" in {time.perf_counter() - t0:.0f} s")

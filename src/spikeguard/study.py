@@ -57,7 +57,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from .config import ExperimentConfig, config_to_dict, load_config, read_toml
 from .errors import ConfigError, SpikeguardError

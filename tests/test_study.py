@@ -12,7 +12,7 @@ from spikeguard.calibration import CalibrationSettings, calibrate_lambda
 from spikeguard.config import load_config
 from spikeguard.errors import ConfigError
 from spikeguard.models import create_model
-from spikeguard.protocols import PAPER, STRONG, get_protocol, resolve_alpha
+from spikeguard.protocols import EPS_RULE, PAPER, STRONG, get_protocol
 from spikeguard.study import load_study, parse_duration, plan_epochs, run_study
 
 STUDIES = Path(__file__).resolve().parents[1] / "configs" / "studies"
@@ -25,18 +25,11 @@ def test_paper_protocol_is_the_papers_evaluation():
     assert single.attacks == ("fgsm", "rfgsm", "pgd7", "pgd10", "pgd20", "pgd40")
     assert (single.eot, single.passes, single.alpha) == (1, 1, 0.01)  # no EoT, one fresh pass
     assert eot.eot > 1 and eot.passes == 1 and {"apgd-ce10", "mtpgd10"} == set(eot.attacks)
-    assert resolve_alpha(single, 8 / 255) == (0.01, {})
 
 
 def test_strong_protocol_steps_follow_eps_and_sweep_widths():
     (g,) = STRONG.groups
-    assert g.audit and g.eot > 1 and g.passes > 1 and g.alpha is None
-    eps = 8 / 255
-    shared, own = resolve_alpha(g, eps)
-    assert shared == pytest.approx(2.5 * eps / 10)
-    assert own["pgd40"] == pytest.approx(2.5 * eps / 40) and own["mtpgd"] == pytest.approx(2.5 * eps / 20)
-    assert own["pgd50-r3"] == pytest.approx(2.5 * eps / 50)
-    assert "transfer" not in own and "sg-ensemble" not in own  # those take the shared alpha
+    assert g.audit and g.eot > 1 and g.passes > 1 and g.alpha == EPS_RULE  # the engine's 2.5 eps / steps
     widths = {w for n, w in g.attack_kw["sg-ensemble"]["members"] if n == "triangle"}
     assert {0.25, 1.0} <= widths
 
@@ -46,7 +39,9 @@ def test_protocol_overrides():
     (g,) = p.groups
     assert g.eot == 2 and "square" not in g.attacks and g.attack_kw["apgd-ce"] == {"steps": 5}
     assert "members" in g.attack_kw["sg-ensemble"] and p.n_samples == 7
-    assert "apgd-ce" not in resolve_alpha(g, 8 / 255)[1]  # APGD adapts its own step
+    with pytest.raises(ConfigError, match="alpha"):
+        get_protocol("strong", {"alpha": "big"})
+    assert get_protocol("paper", {"alpha": "eps"}).groups[0].alpha == EPS_RULE
     with pytest.raises(ConfigError, match="unknown override"):
         get_protocol("paper", {"eots": 2})
     with pytest.raises(ConfigError, match="no attack"):
@@ -123,7 +118,12 @@ def test_study_end_to_end_and_reuse(tmp_path):
         assert r["accuracy"]["worst case (S)"] <= min(v for k, v in r["accuracy"].items() if k.endswith("(S)"))
     assert (tmp_path / "figures" / "accuracy.png").is_file() and (tmp_path / "figures" / "near_threshold.png").is_file()
     html = (tmp_path / "report.html").read_text()
-    assert "vanilla [paper]" in html and "tgo [strong]" in html
+    assert "vanilla [paper]" in html and "tgo [strong]" in html and "<h2>Study cpu-digits-smoke" in html
+    from spikeguard.evaluation.results import read_results
+
+    saved = read_results(json.loads((tmp_path / "runs" / "tgo" / "eval-strong" / "strong.json").read_text()))
+    assert saved[0]["version"] == 2 and saved[0]["provenance"]["study_protocol"] == "strong"
+    assert saved[0]["report"]["step_size"]["rule"] == "eps"
     assert json.loads((tmp_path / "study.json").read_text())["rows"][0]["run"] == "vanilla"
     assert any("stage 5/5" in s for s in lines)
 
@@ -226,3 +226,14 @@ def test_bn_rescale_keeps_first_step_spikes_and_lowers_share():
     assert torch.allclose(bn2(z) - 1.0, 2.0 * (bn(z) - 1.0), atol=1e-5)
     with pytest.raises(Exception, match="k must be > 0"):
         bn_rescaled(m, 0.0)
+
+
+def test_group_overrides_leave_the_paper_single_pass_group_without_eot():
+    p = get_protocol("paper", {"table3-eot": {"eot": 3}, "passes": 1})
+    single, eot = p.groups
+    assert single.eot == 1 and eot.eot == 3
+    spec = load_study(SMOKE)
+    paper = next(x for x in spec.protocols if x.name == "paper")
+    assert paper.groups[0].eot == 1 and paper.groups[1].eot == 2
+    with pytest.raises(ConfigError, match="table of group settings"):
+        get_protocol("paper", {"single-pass": 3})

@@ -20,13 +20,13 @@ for reference, PGD-10/40, PGD-50 with 3 restarts, APGD-CE and APGD-DLR, MTPGD, S
 deterministic target), the noise-free twin itself, fixed noise, a surrogate-gradient ensemble
 that sweeps surrogate widths (item 5(b): the attack's surrogate is a masking knob), the
 adaptive surrogate, the per-sample worst case over all of them, and the audit. Its step sizes
-follow eps (``alpha = 2.5 eps / steps``, see :func:`resolve_alpha`) where the paper keeps 0.01.
+follow eps (the engine's ``alpha="eps"`` rule, ``2.5 eps / steps`` per attack) where the paper
+keeps 0.01.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -35,8 +35,8 @@ from .errors import ConfigError
 PAPER_ALPHA = 0.01
 """The paper's PGD step (PAPER.md section 4)."""
 
-EPS_STEP_FACTOR = 2.5
-"""``alpha = 2.5 eps / steps``: the usual eps-following PGD step (Madry et al.)."""
+EPS_RULE = "eps"
+"""The engine's eps-following step (``spikeguard.attacks.EPS_RULE``): ``2.5 eps / steps`` per attack."""
 
 #: Surrogate-width sweep of the strong protocol's ``sg-ensemble`` (item 5(b) of issue 16: a
 #: narrower attack surrogate than the training one changed FGSM accuracy by 25 points).
@@ -55,7 +55,8 @@ class EvalGroup:
         attacks: registry names (:mod:`spikeguard.attacks.registry`).
         eot: EoT passes per gradient for a stochastic model (the engine uses 1 for deterministic ones).
         passes: evaluation passes for a stochastic model (the verdict; 1 = one fresh noisy pass).
-        alpha: PGD-type step; ``None`` = follows eps (:func:`resolve_alpha`).
+        alpha: step of the attacks that take one: a number (the paper's 0.01) or ``"eps"``, the
+            engine's eps-following rule (``2.5 eps / steps`` per attack, its own step count).
         attack_kw: per-attack constructor overrides (e.g. the surrogate widths).
         audit: also run the gradient-masking audit on this group's report.
         audit_steps: PGD steps of the audit's own runs.
@@ -66,7 +67,7 @@ class EvalGroup:
     attacks: tuple[str, ...]
     eot: int = 1
     passes: int = 1
-    alpha: float | None = PAPER_ALPHA
+    alpha: float | str = PAPER_ALPHA
     attack_kw: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     audit: bool = False
     audit_steps: int = 10
@@ -74,10 +75,14 @@ class EvalGroup:
 
     def describe(self) -> str:
         """One line with the group's settings as they are now (overrides included) and its note."""
-        step = "2.5 eps / steps" if self.alpha is None else f"{self.alpha:g}"
+        step = "2.5 eps / steps" if self.alpha == EPS_RULE else f"{self.alpha:g}"
         text = (f"stochastic models: EoT {self.eot} per gradient, {self.passes} judging pass(es); step {step}"
                 + (f"; audit ({self.audit_steps}-step runs)" if self.audit else ""))
-        custom = ", ".join(f"{k} {v}" for k, v in self.attack_kw.items() if k != "sg-ensemble" or set(v) != {"members"})
+        def fmt(kw: Mapping[str, Any]) -> str:
+            return ", ".join(f"{k}=" + (" ".join(f"{n}:{w:g}" for n, w in v) if k == "members" else f"{v}")
+                             for k, v in kw.items())
+
+        custom = "; ".join(f"{k} ({fmt(v)})" for k, v in self.attack_kw.items())
         if custom:
             text += f"; settings {custom}"
         return text + (f". {self.note}" if self.note else "")
@@ -103,11 +108,18 @@ class Protocol:
         Keys: ``eot``, ``passes``, ``audit``, ``audit_steps``, ``alpha`` (number, or ``"eps"`` for
         eps-following), ``attack_kw`` (merged per attack), ``drop`` (attack names to leave out,
         e.g. to fit a CPU budget), ``groups`` (group names to keep) and ``n_samples`` (this
-        protocol's own number of test images, a class-balanced draw with the study's seed).
+        protocol's own number of test images, a class-balanced draw with the study's seed). A key
+        that names a group holds overrides for that group only (``[protocols.paper.table3-eot]``
+        ``eot = 2`` leaves the single-pass group without EoT).
         """
         if not overrides:
             return self
         ov = dict(overrides)
+        names = {g.name for g in self.groups}
+        per_group = {k: ov.pop(k) for k in list(ov) if k in names}
+        for k, v in per_group.items():
+            if not isinstance(v, Mapping) or set(v) & {"n_samples", "groups"}:
+                raise ConfigError(f"protocol {self.name}: [{k}] must be a table of group settings")
         unknown = set(ov) - {"eot", "passes", "audit", "audit_steps", "alpha", "attack_kw", "drop", "groups",
                              "n_samples"}
         if unknown:
@@ -119,8 +131,8 @@ class Protocol:
         drop = set(ov.pop("drop", ()))
         keep = ov.pop("groups", None)
         kw_extra = ov.pop("attack_kw", {}) or {}
-        if "alpha" in ov and ov["alpha"] == "eps":
-            ov["alpha"] = None
+        if "alpha" in ov and ov["alpha"] != EPS_RULE and not isinstance(ov["alpha"], (int, float)):
+            raise ConfigError(f"protocol {self.name}: alpha must be a number or \"eps\", got {ov['alpha']!r}")
         for key in ("eot", "passes", "audit_steps"):
             if key in ov and (not isinstance(ov[key], int) or ov[key] < 1):
                 raise ConfigError(f"protocol {self.name}: {key} must be an integer >= 1, got {ov[key]!r}")
@@ -132,8 +144,12 @@ class Protocol:
             for k, v in kw_extra.items():
                 kw[k] = {**kw.get(k, {}), **dict(v)}
             attacks = tuple(a for a in g.attacks if a not in drop)
-            if attacks:
-                groups.append(dataclasses.replace(g, attacks=attacks, attack_kw=kw, **ov))
+            if not attacks:
+                continue
+            g = dataclasses.replace(g, attacks=attacks, attack_kw=kw, **ov)
+            if g.name in per_group:  # the group's own settings win over the protocol-wide ones
+                g = Protocol(self.name, self.tag, "", (g,)).with_overrides(per_group[g.name]).groups[0]
+            groups.append(g)
         if not groups:
             raise ConfigError(f"protocol {self.name}: the overrides leave no attack to run")
         return dataclasses.replace(self, groups=tuple(groups), n_samples=n_samples)
@@ -160,7 +176,7 @@ STRONG = Protocol(
     groups=(
         EvalGroup("strong", ("fgsm", "rfgsm", "pgd10", "pgd40", "pgd50-r3", "apgd-ce", "apgd-dlr", "mtpgd", "square",
                              "transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive"),
-                  eot=8, passes=8, alpha=None, attack_kw={"sg-ensemble": {"members": WIDTH_SWEEP}}, audit=True,
+                  eot=8, passes=8, alpha=EPS_RULE, attack_kw={"sg-ensemble": {"members": WIDTH_SWEEP}}, audit=True,
                   note="Per-sample worst case over every attack; sg-ensemble sweeps surrogate widths 0.25-2"),
     ))
 
@@ -174,30 +190,5 @@ def get_protocol(name: str, overrides: Mapping[str, Any] | None = None) -> Proto
     return PROTOCOLS[name].with_overrides(overrides)
 
 
-_STEPS = re.compile(r"^(?:pgd|mtpgd)(\d+)(?:-r\d+)?$")
-_DEFAULT_STEPS = {"mtpgd": 20, "pgd": 10}
-
-
-def resolve_alpha(group: EvalGroup, eps: float) -> tuple[float, dict[str, float]]:
-    """``(engine alpha, {attack: own alpha})`` of a group at ``eps``.
-
-    A fixed ``alpha`` is used as is (no per-attack steps). ``alpha=None`` follows eps: every
-    PGD/MTPGD attack gets ``2.5 eps / steps`` of its own, and the engine's shared alpha (used by
-    the attacks built around an inner PGD: transfer, noise-free, fixed noise, the surrogate
-    attacks) is ``2.5 eps / 10``.
-    """
-    if group.alpha is not None:
-        return float(group.alpha), {}
-    own: dict[str, float] = {}
-    for name in group.attacks:
-        m = _STEPS.match(name)
-        if not m and name not in _DEFAULT_STEPS:
-            continue  # not a PGD/MTPGD attack: it takes the engine's shared alpha
-        steps = group.attack_kw.get(name, {}).get("steps") or (int(m.group(1)) if m else _DEFAULT_STEPS[name])
-        if steps:
-            own[name] = EPS_STEP_FACTOR * eps / int(steps)
-    return EPS_STEP_FACTOR * eps / 10, own
-
-
-__all__ = ["EvalGroup", "Protocol", "PAPER", "STRONG", "PROTOCOLS", "get_protocol", "resolve_alpha", "WIDTH_SWEEP",
-           "PAPER_ALPHA", "EPS_STEP_FACTOR"]
+__all__ = ["EvalGroup", "Protocol", "PAPER", "STRONG", "PROTOCOLS", "get_protocol", "WIDTH_SWEEP", "PAPER_ALPHA",
+           "EPS_RULE"]

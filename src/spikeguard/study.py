@@ -57,12 +57,12 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from .config import ExperimentConfig, config_to_dict, load_config, read_toml
 from .errors import ConfigError, SpikeguardError
 from .io import atomic_write_json, atomic_write_text, ensure_dir
-from .protocols import Protocol, get_protocol, resolve_alpha
+from .protocols import Protocol, get_protocol
 
 STUDY_JSON = "study.json"
 STUDY_MD = "study.md"
@@ -285,43 +285,42 @@ def _weights_id(run_dir: Path) -> list:
 
 
 def _run_group(model, x, y, group, protocol: Protocol, ev: dict, run_dir: Path, source, source_name: str,
-               device, log: Log, progress: bool) -> dict:
-    """One protocol group on one model through the engine; its JSON is reused when the settings match."""
+               device, log: Log, progress: bool, command: str = "spikeguard study", data_info: dict | None = None) -> dict:
+    """One protocol group on one model through the engine; its JSON is reused when the settings match.
+
+    The result is written in the one result schema (``spikeguard.evaluation.results``, model
+    name ``RUN [PROTOCOL]``) with the group's settings, so ``spikeguard report`` reads it.
+    """
     from .evaluation import audit_robustness
+    from .evaluation.results import provenance, robustness_document
     from .evaluation.sharded import evaluate_sharded, journal_key
 
     eps = float(ev["eps"])
-    alpha, own_alpha = resolve_alpha(group, eps)
-    attack_kw = {k: dict(v) for k, v in group.attack_kw.items()}
     settings = {"weights": _weights_id(run_dir), "attacks": list(group.attacks), "eps": eps, "eot": group.eot,
-                "passes": group.passes, "alpha": alpha, "own_alpha": own_alpha, "attack_kw": attack_kw, "n": int(len(y)),
-                "batch_size": int(ev["batch_size"]), "seed": int(ev["seed"]), "source": source_name,
+                "passes": group.passes, "alpha": group.alpha, "attack_kw": {k: dict(v) for k, v in group.attack_kw.items()},
+                "n": int(len(y)), "batch_size": int(ev["batch_size"]), "seed": int(ev["seed"]), "source": source_name,
                 "audit": group.audit, "audit_steps": group.audit_steps}
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
     folder = ensure_dir(run_dir / f"eval-{protocol.name}")
     path = folder / f"{group.name}.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        if json.loads(json.dumps(old.get("settings"))) == json.loads(json.dumps(settings, default=list)):
+        if old.get("settings") == settings:
             log(f"    {protocol.name}/{group.name}: finished before, reused ({path})")
             return old
-    journal = folder / f".journal-{group.name}-{journal_key(json.loads(json.dumps(settings, default=list)))}"
+    journal = folder / f".journal-{group.name}-{journal_key(settings)}"
     t0 = time.perf_counter()
-    by_name_kw = {k: v for k, v in attack_kw.items() if k not in own_alpha}  # the others are built here
-    report = evaluate_sharded(model, x, y, _attack_list(model, group, eps, own_alpha, attack_kw), eps=eps, eot=group.eot, passes=group.passes,
-                              alpha=alpha, batch_size=int(ev["batch_size"]), seed=int(ev["seed"]), source=source,
-                              attack_kw=by_name_kw, device=device, journal=journal, progress=progress)
-    from .evaluation.results import command_line, provenance, robustness_document
-
-    prov = provenance(command=command_line(), checkpoint=run_dir, report=report, alpha=alpha,
-                      batch_size=int(ev["batch_size"]), study_protocol=protocol.name, group=group.name)
-    # the result schema (docs/evaluation.md) plus the study's own keys (settings: the reuse check)
-    doc = robustness_document(report, prov, command="study", label=f"{run_dir.name} [{protocol.name}]",
-                              checkpoint=str(run_dir), protocol=protocol.name, group=group.name, note=group.note,
-                              settings=settings, source=source_name or None)
+    report = evaluate_sharded(model, x, y, list(group.attacks), eps=eps, eot=group.eot, passes=group.passes,
+                              alpha=group.alpha, batch_size=int(ev["batch_size"]), seed=int(ev["seed"]), source=source,
+                              attack_kw=settings["attack_kw"], device=device, journal=journal, progress=progress)
+    prov = provenance(command=command, checkpoint=run_dir, report=report, data=data_info,
+                      study_protocol=protocol.name, study_group=group.name)
+    doc = robustness_document(report, prov, model=f"{run_dir.name} [{protocol.name}]", per_sample=True,
+                              protocol=protocol.name, group=group.name, note=group.note, settings=settings,
+                              source=source_name or None)
     if group.audit:
         audit = audit_robustness(model, x, y, eps=eps, eot=group.eot, passes=group.passes, report=report,
-                                 steps=group.audit_steps, alpha=alpha if group.alpha is not None else
-                                 2.5 * eps / group.audit_steps, batch_size=int(ev["batch_size"]),
+                                 steps=group.audit_steps, alpha=group.alpha, batch_size=int(ev["batch_size"]),
                                  seed=int(ev["seed"]), device=device, progress=progress)
         doc["audit"] = audit.to_dict()
     atomic_write_json(path, doc)
@@ -333,27 +332,6 @@ def _run_group(model, x, y, group, protocol: Protocol, ev: dict, run_dir: Path, 
         + (f"; audit {doc['audit']['verdict']}" if group.audit else "")
         + (f"; skipped {', '.join(report.skipped)}" if report.skipped else ""))
     return doc
-
-
-def _attack_list(model, group, eps: float, own_alpha: dict[str, float], attack_kw: dict) -> list:
-    """The group's attacks for the engine: names, except those with a step size of their own.
-
-    The engine passes one shared ``alpha`` to the attacks it builds by name; an attack whose
-    step follows eps with its own step count is built here (same registry, same EoT rule as the
-    engine: EoT only for a stochastic model) and handed over as ``(name, attack)``.
-    """
-    from .attacks import build_attack
-    from .neurons import is_stochastic
-
-    eot = group.eot if is_stochastic(model) else 1
-    out: list = []
-    for name in group.attacks:
-        if name in own_alpha:
-            out.append((name, build_attack(name, model, eps=eps, eot=eot, alpha=own_alpha[name],
-                                           **attack_kw.get(name, {}))))
-        else:
-            out.append(name)
-    return out
 
 
 def _share_and_control(model, ds, x, y, cfg: ExperimentConfig, spec: StudySpec, run_dir: Path, log: Log) -> dict:
@@ -544,6 +522,29 @@ def format_markdown(spec: StudySpec, rows: list[dict], columns: list[str], meta:
     return "\n".join(lines) + "\n"
 
 
+def study_html(spec: StudySpec, rows: list[dict], columns: list[str]) -> str:
+    """The comparison tables for the HTML report (the same numbers as ``study.md``)."""
+    from .analysis.report import table
+
+    def acc(r: dict, c: str) -> Any:
+        return r["accuracy"].get(c, "skip" if c in r["skipped"] else None)
+
+    import html
+
+    tags = "; ".join(f"({p.tag}) = {p.name} protocol" for p in spec.protocols)
+    parts = [f"<h2>Study {html.escape(spec.name)}</h2><p>{html.escape(spec.description)}</p>"
+             f"<p class=meta>Robust accuracy; column tags: {tags}. "
+             "Details, protocols and settings: study.md.</p>",
+             table(["training", "model", *columns], [[r["training"], r["model"], *(acc(r, c) for c in columns)]
+                                                      for r in rows], pct_cols=range(2, 2 + len(columns))),
+             table(["model", "neuron", "normalisation", "lambda_max", "grad ratio", "near-threshold share",
+                    f"BN control (k={spec.control.get('k')}) share", "audit"],
+                   [[f"{r['model']} ({r['training']})", r["neuron"], r["normalisation"], r["lambda_max"],
+                     r["grad_ratio"], r["near_threshold"], (r["bn_control"] or {}).get("share_rescaled"),
+                     (r["audit"] or {}).get("verdict")] for r in rows], pct_cols=(5, 6))]
+    return "\n".join(parts)
+
+
 def plot_study(rows: list[dict], columns: list[str], spec: StudySpec, out: Path) -> list[Path]:
     """``figures/accuracy.png`` (paper vs strong per attack and model) and ``figures/near_threshold.png``."""
     import numpy as np
@@ -683,7 +684,10 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
                 log(f"  run {i + 1}/{len(spec.runs)} '{r.name}': {prot.name}/{g.name} ({', '.join(g.attacks)}, "
                     f"{len(yp)} images)")
                 _run_group(model, xp, yp, g, prot, ev, d, source if "transfer" in g.attacks else None,
-                           r.source if "transfer" in g.attacks else "", device, log, progress)
+                           r.source if "transfer" in g.attacks else "", device, log, progress,
+                           command=f"spikeguard study {spec.path}",
+                           data_info={"name": r.config.data.name, "split": ev["split"], "n_samples": len(yp),
+                                      "seed": int(ev["seed"])})
 
     # 5. tables, figures, report
     log(f"[study] stage 5/{n_stages}: tables, figures and report")
@@ -705,7 +709,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
         from .analysis.report import build_report
 
         build_report([out / "figures"] + [out / "runs" / r.name for r in spec.runs], out / "report.html",
-                     title=f"spikeguard study {spec.name}")
+                     title=f"spikeguard study {spec.name}", preface=study_html(spec, rows, columns))
     log(md)
     log(f"[study] wrote {out / STUDY_MD}, {out / STUDY_JSON}, {len(figs)} figures"
         + (f", {out / 'report.html'}" if report else "") + f" in {time.perf_counter() - t0:.0f} s")

@@ -310,8 +310,13 @@ def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str,
     return "\n".join(parts), records
 
 
-def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str = "spikeguard report") -> Path:
-    """Write the HTML report for ``runs`` to ``out`` (atomically) and return its path."""
+def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str = "spikeguard report",
+                 preface: str = "") -> Path:
+    """Write the HTML report for ``runs`` to ``out`` (atomically) and return its path.
+
+    ``preface``: HTML placed before the overview (e.g. a study's comparison tables, built with
+    :func:`table`).
+    """
     from .. import __version__
 
     if not runs:
@@ -339,7 +344,7 @@ def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, titl
         overview = (_eval_section(all_records, "Overview: accuracy of every model found")
                     + f'<p class="meta">n: test samples behind the row. {_e(CLEAN_NOTE)}</p>')
     body = (f"<h1>{_e(title)}</h1><p class=meta>generated {now} by spikeguard {__version__}; "
-            f"{len(dirs)} run folder(s)</p><ul>{toc}</ul>{overview}" + "\n".join(sections))
+            f"{len(dirs)} run folder(s)</p><ul>{toc}</ul>{preface}{overview}" + "\n".join(sections))
     doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n")

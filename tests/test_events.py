@@ -322,3 +322,27 @@ def test_rounding_erases_a_small_frame_attack(trained):
     assert rc.false_robustness == (rc.success_continuous > 0)
     if rc.false_robustness:
         assert "false robustness" in rc.warning()
+
+
+def test_cli_train_and_evaluate_event_data(tmp_path, capsys):
+    import json
+
+    from spikeguard.cli.main import main
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "cpu" / "synthetic-dvs-small_conv-at.toml"
+    run = tmp_path / "run"
+    sets = ["--set", "data.options={frames = 2, size = 16, n_train = 40, n_test = 20}", "--set", "model.T=2",
+            "--set", "model.kw={channels = [4, 8, 8]}", "--set", "optim.epochs=1", "--set", "optim.batch_size=20",
+            "--set", "eval.attacks=[]", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert main(["train", "-c", str(preset), "--out", str(run), "--no-progress", "-q", *sets]) == 0
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--checkpoint", str(run), "--attacks", "fgsm,event-flip5,random-flip5", "--event-ks",
+               "0,2,5", "--no-progress", "--out", str(out), "--audit", "--audit-steps", "2"])
+    assert rc == 0
+    doc = json.loads((out / "robustness.json").read_text())
+    assert {"EVENT-FLIP5", "RANDOM-FLIP5"} <= set(doc["table"])
+    assert doc["events"]["event_flip"]["ks"] == [0, 2, 5] and "warning" in doc["events"]["rounding"]
+    assert "event attacks (success rate" in capsys.readouterr().out
+    # a mismatch of frames and time steps is one clear line, not a traceback
+    assert main(["train", "-c", str(preset), "--out", str(tmp_path / "bad"), "-q", *sets, "--set", "model.T=3"]) == 2
+    assert "set model.T = 2" in capsys.readouterr().err

@@ -268,6 +268,7 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
     from ..checkpoint import MODEL_FILE, load_run
     from ..evaluation import audit_robustness
     from ..evaluation.results import checkpoint_id, command_line, provenance, write_robustness
+    from ..neurons import is_stochastic
     from ..evaluation.sharded import evaluate_sharded, journal_key, read_journal
     from ..io import removed_on_failure
 
@@ -336,6 +337,16 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
             if talk:
                 print()
                 print(audit.format())
+            if getattr(model, "frame_norm", "") and not args.event_ks:
+                # event data: a frame attack that rounding back to events erases is false robustness
+                from ..evaluation.events import rounding_check
+
+                rc = rounding_check(model, x, y, "pgd10", eps=eps, batch_size=args.batch_size, seed=args.seed,
+                                    eot=args.eot if is_stochastic(model) else 1, alpha=alpha)
+                extra["audit"]["event_rounding"] = rc.to_dict()
+                if talk:
+                    print(rc.warning() or f"rounding PGD-10 back to events: success {rc.success_continuous:.1%} on "
+                                          f"frames, {rc.success_rounded:.1%} as events")
         if args.event_ks:  # event data: success rate of the event-stream attacks vs the budget k
             from ..evaluation.events import event_report
 

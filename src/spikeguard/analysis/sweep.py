@@ -10,7 +10,8 @@ lambda_max, n_samples, group)``; any other JSON is an error naming the file.
 seed, weights); the tables never put numbers of two groups into one row unless asked
 (``merge=True``), and then say what they merged.
 
-Model name: the document's ``model`` (version 2), else the evaluated run folder's name. lambda_max:
+Model name: the document's ``label`` (a display name some writers set, e.g. a study's
+``vanilla [paper]``), else its ``model`` (version 2), else the evaluated run folder's name. lambda_max:
 the document's ``lambda_max``, else the evaluated run's ``config.json`` when ``tgo.enabled``.
 """
 
@@ -120,7 +121,9 @@ def records_of_document(doc: Mapping, src: str) -> list[SweepRecord]:
     prov = doc.get("provenance") or {}
     rep = doc.get("report") or {}
     run = _run_folder(prov.get("checkpoint"))
-    name = doc.get("model") or (run.resolve().name if run is not None else Path(src).parent.name or Path(src).stem)
+    # a writer's display label (a study's "vanilla [paper]") names the row; else the evaluated model
+    name = (doc.get("label") if isinstance(doc.get("label"), str) and doc.get("label") else None) or doc.get("model") \
+        or (run.resolve().name if run is not None else Path(src).parent.name or Path(src).stem)
     lam = doc.get("lambda_max")
     lam = float(lam) if isinstance(lam, (int, float)) else _lambda_of_run(run)
     eps = _eps(rep.get("eps"))

@@ -34,9 +34,9 @@ for m in "${MODELS[@]}"; do
   done
 done
 
-spikeguard analyze sweep "$OUT"/bptt/eval-{2,4,8} "$OUT"/tgo/eval-{2,4,8} --reference bptt --out "$OUT/table-bptt" \
+spikeguard analyze sweep "$OUT"/bptt/eval-{2,4,8} "$OUT"/tgo/eval-{2,4,8} --reference bptt --out "$OUT/table-bptt" --overwrite \
   --title "CIFAR-10 subset, vgg_small T=4: TGO vs BPTT"
-spikeguard analyze sweep "$OUT"/at/eval-{2,4,8} "$OUT"/at-tgo/eval-{2,4,8} --reference at --out "$OUT/table-at" \
+spikeguard analyze sweep "$OUT"/at/eval-{2,4,8} "$OUT"/at-tgo/eval-{2,4,8} --reference at --out "$OUT/table-at" --overwrite \
   --title "CIFAR-10 subset, vgg_small T=4: TGO+AT vs AT"
 
 # the paper's analyses of the BPTT/TGO pair (about 15 min on 2 cores) and one HTML page with everything

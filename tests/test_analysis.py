@@ -14,6 +14,7 @@ from torch import nn
 
 from spikeguard.analysis import flip, gradients, jacobian, landscape, membrane, sweep
 from spikeguard.analysis.plotting import parse_formats
+from spikeguard.cli.main import main as cli_main
 from spikeguard.data import ImageDataset
 from spikeguard.errors import ConfigError, DataError
 from spikeguard.models import create_model
@@ -239,24 +240,35 @@ def test_bound_check_and_plot(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- sweep
+def _v2(model, eps, attacks, clean, lam=None, n=100, worst=None, **prov):
+    """A version-2 result document as ``write_robustness`` writes it (the fields sweep reads)."""
+    rep = {"eps": eps, "n_samples": n, "clean": {"accuracy": clean},
+           "attacks": {k: {"accuracy": v} for k, v in attacks.items()}}
+    if worst is not None:
+        rep["worst_case"] = {"accuracy": worst}
+    return {"schema": "spikeguard.robustness", "version": 2, "model": model, "lambda_max": lam,
+            "provenance": {"command": "spikeguard evaluate", "protocol": "engine", "n_samples": n, "seed": 0,
+                           "passes": 1, "eot": 1, **prov}, "table": {}, "report": rep}
+
+
 def test_sweep_reads_demo_and_evaluation_layouts(tmp_path):
+    # the demo's results.json as spikeguard 0.1.0 wrote it (version 1, no schema key)
     demo = {"config": {"lambda_max": 0.4},
             "models": {"vanilla": {"clean": 0.9, "attacks": {"fgsm": {"8/255": 0.2, "16/255": 0.1}}},
                        "tgo": {"clean": 0.88, "attacks": {"fgsm": {"8/255": 0.4, "16/255": 0.3}}}}}
     (tmp_path / "results.json").write_text(json.dumps(demo))
-    evals = [{"name": "tgo_lam0.2", "lambda_max": 0.2, "eps": e, "clean": {"accuracy": 0.9},
-              "attacks": {"pgd10": {"accuracy": a}, "fgsm": a + 0.1}, "worst_case": {"accuracy": a}}
-             for e, a in ((2 / 255, 0.6), (8 / 255, 0.3))]
-    evals.append({"name": "tgo_lam0.6", "lambda_max": 0.6, "eps": "8/255", "clean": 85.0, "results": {"pgd10": 40.0},
-                  "worst_case": 40})
-    (tmp_path / "evals.json").write_text(json.dumps(evals))
-    recs = sweep.load_sweep_records([tmp_path / "results.json", tmp_path / "evals.json"])
+    for i, (e, a) in enumerate(((2 / 255, 0.6), (8 / 255, 0.3))):
+        (tmp_path / f"ev{i}.json").write_text(json.dumps(_v2("tgo_lam0.2", e, {"pgd10": a, "fgsm": a + 0.1}, 0.9,
+                                                               lam=0.2, worst=a)))
+    (tmp_path / "ev2.json").write_text(json.dumps(_v2("tgo_lam0.6", 8 / 255, {"pgd10": 0.4}, 0.85, lam=0.6, worst=0.4)))
+    recs = sweep.load_sweep_records([tmp_path / "results.json", *sorted(tmp_path.glob("ev*.json"))])
     demo_recs = [r for r in recs if r.model in ("vanilla", "tgo")]
     assert len(demo_recs) == 4
+    assert {r.n_samples for r in demo_recs} == {360}  # the demo's whole test split
     assert {r.lambda_max for r in demo_recs if r.model == "tgo"} == {0.4}
     assert {r.lambda_max for r in demo_recs if r.model == "vanilla"} == {None}
     pct = [r for r in recs if r.model == "tgo_lam0.6" and r.attack == "pgd10"][0]
-    assert pct.accuracy == pytest.approx(0.4) and pct.clean == pytest.approx(0.85)
+    assert pct.accuracy == pytest.approx(0.4) and pct.clean == pytest.approx(0.85) and pct.n_samples == 100
     curves = sweep.select_curve(recs)  # not every model has "worst case" -> min over attacks
     assert curves["vanilla"] == [(pytest.approx(8 / 255), 0.2), (pytest.approx(16 / 255), 0.1)]
     assert sweep.select_curve(recs, "fgsm")["tgo_lam0.2"][0][1] == pytest.approx(0.7)
@@ -265,8 +277,44 @@ def test_sweep_reads_demo_and_evaluation_layouts(tmp_path):
     sweep.plot_sweep(recs, tmp_path / "s.png", figsize=(6, 3), dpi=50)
     assert png_size(tmp_path / "s.png") == (300, 150)
     (tmp_path / "junk.json").write_text('{"hello": 1}')
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="not a spikeguard result file"):
         sweep.load_sweep_records([tmp_path / "junk.json"])
+    # an ad-hoc layout the 0.1.0 reader guessed at is no longer read
+    (tmp_path / "guess.json").write_text(json.dumps({"eps": "8/255", "attacks": {"pgd10": 40.0}}))
+    with pytest.raises(DataError):
+        sweep.load_sweep_records([tmp_path / "guess.json"])
+
+
+def test_sweep_keeps_different_provenance_apart_unless_merged(tmp_path, capsys):
+    """issue 14, item 1: the demo's 360-image numbers and a later 60-image evaluation of the same
+    model never share a row silently; the table shows the sample count."""
+    demo = {"config": {"lambda_max": 0.4, "n_test": 0, "seed": 0},
+            "models": {"vanilla": {"clean": 0.99, "attacks": {"fgsm": {"8/255": 0.95, "16/255": 0.88}}},
+                       "tgo": {"clean": 0.98, "attacks": {"fgsm": {"8/255": 0.924, "16/255": 0.79}}}}}
+    (tmp_path / "results.json").write_text(json.dumps(demo))
+    ev = tmp_path / "tgo" / "evaluation" / "20261128-120000-fgsm-eps8"
+    ev.mkdir(parents=True)
+    (ev / "robustness.json").write_text(json.dumps(_v2("tgo", 8 / 255, {"fgsm": 0.935}, 0.983, n=60)))
+    out = tmp_path / "sw"
+    rc = cli_main(["analyze", "sweep", str(tmp_path / "results.json"), str(tmp_path / "tgo" / "evaluation"),
+                   "--reference", "vanilla", "--out", str(out)])
+    assert rc == 0
+    table = (out / "sweep_table.md").read_text()
+    assert "| model | n | clean |" in table
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in table.splitlines()[2:] if ln.startswith("|")}
+    assert "vanilla" in rows and "tgo" not in rows  # tgo is split into its two provenances
+    demo_row = next(v for k, v in rows.items() if k.startswith("tgo [demo, n=360"))
+    eval_row = next(v for k, v in rows.items() if k.startswith("tgo [evaluate, n=60"))
+    assert "92.4" in demo_row and "93.5" not in demo_row and "93.5" in eval_row
+    assert "92.4 (-2.6)" in demo_row  # the delta is taken against the reference of the same provenance
+    assert "93.5 (" not in eval_row  # no vanilla evaluation of n=60: no delta
+    # asked to merge: one row, and the table says what was merged
+    rc = cli_main(["analyze", "sweep", str(tmp_path / "results.json"), str(tmp_path / "tgo" / "evaluation"),
+                   "--merge", "--out", str(tmp_path / "sw2")])
+    assert rc == 0
+    merged = (tmp_path / "sw2" / "sweep_table.md").read_text()
+    assert "| tgo | 60, 360 |" in merged and "row 'tgo' merges results of different provenance" in merged
+    assert "merges" in capsys.readouterr().out
 
 
 def test_sweep_reads_evaluate_robustness_json(tmp_path):
@@ -288,9 +336,9 @@ def test_accuracy_table_layout_and_deltas():
     recs = [R("bptt", "fgsm", 8 / 255, 0.10, 0.50), R("bptt", "pgd10", 8 / 255, 0.02, 0.50),
             R("bptt", "fgsm", 2 / 255, 0.30, 0.50), R("tgo", "fgsm", 8 / 255, 0.25, 0.45)]
     lines = sweep.accuracy_table(recs, reference="bptt").splitlines()
-    assert lines[0] == "| model | clean | fgsm 2/255 | fgsm 8/255 | pgd10 8/255 |"  # eps first, then attack order
-    assert lines[2] == "| bptt | 50.0 | 30.0 | 10.0 | 2.0 |"
-    assert lines[3] == "| tgo | 45.0 (-5.0) | - | 25.0 (+15.0) | - |"
+    assert lines[0] == "| model | n | clean | fgsm 2/255 | fgsm 8/255 | pgd10 8/255 |"  # eps first, then attack order
+    assert lines[2] == "| bptt | ? | 50.0 | 30.0 | 10.0 | 2.0 |"
+    assert lines[3] == "| tgo | ? | 45.0 (-5.0) | - | 25.0 (+15.0) | - |"
     with pytest.raises(ConfigError):
         sweep.accuracy_table(recs, reference="nope")
 

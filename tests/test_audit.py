@@ -4,47 +4,17 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 from spikeguard.evaluation import audit_robustness, evaluate_robustness
 from spikeguard.evaluation.audit import zero_gradient_share
+
+from planted import Centroid, Rounded, StopGrad, centroid_data
 
 torch.set_num_threads(1)
 
 
 def _data(n=150, k=3, seed=0):
-    # three class centroids in [0.35, 0.65]^16; samples are centroid + small noise
-    g = torch.Generator().manual_seed(seed)
-    mu = 0.5 + 0.15 * (torch.randint(0, 2, (k, 16), generator=g) * 2 - 1).float()
-    y = torch.arange(n) % k
-    x = (mu[y] + 0.03 * torch.randn(n, 16, generator=g)).clamp(0, 1).view(n, 1, 4, 4)
-    return mu, x, y
-
-
-class Centroid(nn.Module):
-    """Nearest-centroid linear classifier: z_k = 5 (mu_k . x - |mu_k|^2 / 2)."""
-
-    def __init__(self, mu):
-        super().__init__()
-        self.register_buffer("mu", mu)
-
-    def forward(self, x):
-        x = x.flatten(1)
-        return 5 * (x @ self.mu.T - 0.5 * (self.mu ** 2).sum(1))
-
-
-class Rounded(Centroid):
-    """The same classifier behind a rounding layer: same decisions, zero input gradient."""
-
-    def forward(self, x):
-        return super().forward(torch.round(x * 32) / 32)
-
-
-class StopGrad(Centroid):
-    """The same classifier behind a stop-gradient layer."""
-
-    def forward(self, x):
-        return super().forward(x.detach())
+    return centroid_data(n, k, seed)
 
 
 # eps where the plain classifier is breakable (its samples sit ~38/255 from the boundary)
@@ -111,7 +81,9 @@ def test_cli_audit(tmp_path, capsys):
     rc = main(["audit", "--checkpoint", str(tmp_path / "run"), "--n-samples", "20", "--steps", "2",
                "--square-queries", "20", "--no-progress"])
     assert rc == 0
-    doc = json.loads((tmp_path / "run" / "evaluation" / "audit.json").read_text())
+    # each audit writes into a folder of its own (issue 14): RUN/evaluation/<time>-audit-eps8/
+    (path,) = (tmp_path / "run" / "evaluation").glob("*-audit-eps8/audit.json")
+    doc = json.loads(path.read_text())
     assert doc["audit"]["verdict"] in ("PASS", "WARN")
     assert len(doc["audit"]["checks"]) == 8
     assert "robustness audit" in capsys.readouterr().out

@@ -23,6 +23,13 @@ def test_demo_end_to_end_writes_valid_json_and_png(tmp_path, capsys):
         for acc in m["attacks"]["pgd10"].values():
             assert 0.0 <= acc <= 1.0
     assert res["models"]["tgo"]["stochastic"] and not res["models"]["vanilla"]["stochastic"]
+    # the result schema: provenance per model, and analyze sweep reads it with its sample count
+    assert res["schema"] == "spikeguard.demo" and res["version"] == 2
+    prov = res["models"]["tgo"]["provenance"]
+    assert prov["n_samples"] == 40 and prov["protocol"] == "demo-stream" and prov["checkpoint_id"]
+    from spikeguard.analysis.sweep import load_sweep_records
+
+    assert {r.n_samples for r in load_sweep_records([out / "results.json"])} == {40}
     png = (out / "potentials.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     printed = capsys.readouterr().out

@@ -175,3 +175,25 @@ def test_double_backward_is_refused_not_silently_wrong():
     (g,) = torch.autograd.grad(s, x, u, create_graph=True)
     (jv,) = torch.autograd.grad(g, u, torch.ones_like(g))
     assert jv.shape == s.shape
+
+
+def test_channels_last_steps_need_no_copy_and_match(kernel):
+    """A channels_last activation viewed as [T, B, C, H, W]: same spikes, U and gradients as the
+    contiguous layout, outputs in the input's layout."""
+    g = torch.Generator().manual_seed(3)
+    flat = (torch.randn(3 * 2, 4, 5, 6, generator=g) * 1.2 + 0.4)
+    w = torch.randn(3, 2, 4, 5, 6, generator=g)
+    outs = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = flat.contiguous(memory_format=fmt).requires_grad_()
+        m = NoisyLIF(backend="fused")
+        with noise_seed(m, 1), record_potentials(m) as rec:
+            s = m(x.view(3, 2, 4, 5, 6))
+        loss = (s * w).sum() + membrane_constraint(rec.potentials)
+        (gx,) = torch.autograd.grad(loss, x)
+        outs.append((s.detach(), rec.potentials[0].detach(), gx))
+        if fmt is torch.channels_last and kernel == "native":
+            assert s[0].is_contiguous(memory_format=torch.channels_last)
+    (s0, u0, g0), (s1, u1, g1) = outs
+    assert torch.equal(s0, s1) and torch.equal(u0, u1)
+    torch.testing.assert_close(g0, g1)

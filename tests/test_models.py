@@ -88,7 +88,7 @@ def test_ann_twin():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="layout"):
         create_model("vgg11", 10, T=2, layout="nope")
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match=r"smaller than 2\^5"):
         create_model("vgg11", 10, T=2, image_size=24)
     with pytest.raises(ValueError, match="depth"):
         create_model("wrn16_4", 10, T=2, depth=15)

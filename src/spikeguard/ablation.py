@@ -14,7 +14,8 @@ MC    NLIF  config changes
 trains each with :func:`spikeguard.experiment.run_experiment` (one run folder per cell; a
 finished cell is reused, an interrupted one resumed), evaluates clean accuracy and the attacks
 (default FGSM, RFGSM, PGD-40 at eps 8/255, step 0.01, as in the paper) with
-:mod:`spikeguard.attacks`, and reports the table in the paper's layout with deltas to the
+:func:`spikeguard.evaluation.evaluate_robustness` (each cell's result, with its provenance, in
+``CELL/evaluation/<time>-ablation-eps<k>/robustness.json``), and reports the table in the paper's layout with deltas to the
 first row. Stochastic (Noisy-LIF) cells are attacked with EoT gradients and judged over several
 forward passes.
 """
@@ -89,47 +90,24 @@ class AttackSettings:
     seed: int = 0
 
 
-def _build_attack(name: str, model: torch.nn.Module, s: AttackSettings, eot: int):
-    try:
-        from .attacks import build_attack
-    except ImportError:  # pragma: no cover - older attack package: FGSM and PGD only
-        from .attacks import FGSM, PGD
-
-        n = name.lower()
-        if n == "fgsm":
-            return FGSM(model, eps=s.eps, eot=eot)
-        if n.startswith("pgd") and n[3:].isdigit():
-            return PGD(model, eps=s.eps, alpha=s.alpha, steps=int(n[3:]), eot=eot)
-        raise SpikeguardError(f"attack {name!r} is not available in this spikeguard.attacks")
-    return build_attack(name, model, eps=s.eps, eot=eot, alpha=s.alpha)
-
-
 def evaluate_cell(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, s: AttackSettings,
-                  progress: Callable[[int], None] | None = None) -> dict:
-    """Clean and per-attack accuracy of one trained model (fractions in [0, 1])."""
-    from .evaluation import adversarial_examples, correct_over_passes
-    from .neurons import is_stochastic
+                  progress: bool = False):
+    """Clean and per-attack accuracy of one trained model, measured by
+    :func:`~spikeguard.evaluation.evaluate_robustness` (returns its report)."""
+    from .evaluation import evaluate_robustness
 
     model.eval()
-    stochastic = is_stochastic(model)
-    eot = s.eot if stochastic else 1
-    passes = s.passes if stochastic else 1
-    torch.manual_seed(s.seed)
-    out = {"clean": float(correct_over_passes(model, images, labels, passes, s.batch_size).mean()),
-           "stochastic": stochastic, "eot": eot, "passes": passes}
-    for name in s.attacks:
-        attack = _build_attack(name, model, s, eot)
-        adv = adversarial_examples(attack, images, labels, s.batch_size, progress=progress)
-        linf = float((adv - images).abs().max())
-        if linf > s.eps + 1e-6:
-            raise SpikeguardError(f"attack {name} left the eps-ball (||delta||_inf = {linf:.5f} > {s.eps:.5f})")
-        out[name] = float(correct_over_passes(model, adv, labels, passes, s.batch_size).mean())
-    return out
+    report = evaluate_robustness(model, images, labels, list(s.attacks), eps=s.eps, eot=s.eot, passes=s.passes,
+                                 alpha=s.alpha, batch_size=s.batch_size, seed=s.seed, progress=progress)
+    for name, r in report.results.items():
+        if not r.within_budget:
+            raise SpikeguardError(f"attack {name} left the eps-ball (||delta||_inf = {r.max_linf:.5f} > {s.eps:.5f})")
+    return report
 
 
 def run_ablation(base: ExperimentConfig, out_dir: str | Path, strategy: str | None = None,
                  settings: AttackSettings | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, argv: list[str] | None = None) -> dict:
     """Train and evaluate the four MC/NLIF cells of ``base``; write ``OUT/ablation.json``.
 
     Args:
@@ -141,7 +119,10 @@ def run_ablation(base: ExperimentConfig, out_dir: str | Path, strategy: str | No
         log: where one line per finished cell goes.
     """
     from .checkpoint import load_model
+    from .evaluation.results import command_line, provenance, write_robustness
     from .experiment import RESULTS_FILE, build_datasets, run_experiment
+    from .io import new_dir, stamp
+    from .utils import eps_label
 
     s = settings or AttackSettings()
     if not s.attacks:
@@ -165,9 +146,17 @@ def run_ablation(base: ExperimentConfig, out_dir: str | Path, strategy: str | No
             test_cache[key] = (test_ds.float_images(), test_ds.labels)
         x, y = test_cache[key]
         device = next(model.parameters()).device
-        res = evaluate_cell(model, x.to(device), y.to(device), s)
+        report = evaluate_cell(model, x.to(device), y.to(device), s, progress=progress)
+        prov = provenance(command=command_line(argv), checkpoint=run_dir, report=report, attacks=list(s.attacks),
+                          data={"name": cfg.data.name, "split": "test", "n_samples": len(y)}, alpha=s.alpha,
+                          batch_size=s.batch_size)
+        path = write_robustness(new_dir(run_dir / "evaluation", f"{stamp()}-ablation-eps{eps_label(s.eps).replace('/255', '')}")
+                                / "robustness.json", report, prov, per_sample=False,
+                                lambda_max=cfg.tgo.lambda_max if mc else None)
+        res = {"clean": report.accuracy("clean"), "stochastic": report.stochastic, "eot": report.eot,
+               "passes": report.passes, **{k: report.accuracy(k) for k in s.attacks if k in report.results}}
         train = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-        rows.append({"mc": mc, "nlif": nlif, "run": str(run_dir), **res,
+        rows.append({"mc": mc, "nlif": nlif, "run": str(run_dir), **res, "result": str(path),
                      "train_seconds": train.get("train_seconds")})
         log(f"[{cell_name(mc, nlif)}] " + "  ".join(f"{k} {100 * res[k]:.1f}" for k in ("clean", *s.attacks)))
     result = {

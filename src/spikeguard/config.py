@@ -92,7 +92,8 @@ class NeuronConfig:
     """Spiking neuron of every layer (PAPER.md section 1).
 
     Attributes:
-        kind: ``lif``, ``noisy_lif`` or ``relu`` (ANN twin).
+        kind: a registered neuron (``spikeguard list neurons``): ``lif``, ``noisy_lif``, ``relu`` (ANN
+            twin), ``dlif``, ``stog_lif``, ...
         decay: membrane decay beta (paper: 0.5).
         v_threshold: firing threshold (paper: 1.0).
         surrogate: surrogate gradient (``triangle``, ``sigmoid``, ``atan``, ``rectangle``, ``ste``).
@@ -114,13 +115,11 @@ class NeuronConfig:
     kw: dict = field(default_factory=dict)
 
     def neuron_kw(self) -> dict:
-        """Keyword arguments for :func:`spikeguard.models.create_model`'s ``neuron_kw``."""
-        if self.kind == "relu":
-            return dict(self.kw)
-        kw = dict(decay=self.decay, v_threshold=self.v_threshold, surrogate=self.surrogate, width=self.width,
-                  detach_reset=self.detach_reset)
-        if self.kind == "noisy_lif":
-            kw.update(sigma=self.sigma, noisy_grad=self.noisy_grad)
+        """Keyword arguments for :func:`spikeguard.models.create_model`'s ``neuron_kw``: the
+        fields the registered neuron class lists in its ``config_fields``, then :attr:`kw`."""
+        from .neurons import neuron_class
+
+        kw = {name: getattr(self, name) for name in neuron_class(self.kind).config_fields}
         kw.update(self.kw)
         return kw
 
@@ -135,8 +134,18 @@ class TGOConfig:
         lambda_max: final weight (paper sweep: 0.2, 0.3, 0.4, 0.6).
         schedule: ``linear``, ``cosine``, ``exp``, ``constant`` or ``dual``.
         ramp_epochs: epochs of the ramp (0 = all training epochs).
+        ramp_fraction: a short ramp given as a share of training (0.1 = lambda_max is reached after
+            10% of the epochs); 0 = use ``ramp_epochs``. Follows the epoch count when a study's
+            ``--budget`` chooses it.
         lambda_start: weight at the start (-1 = the schedule's default).
         dual_lr, dual_target: dual ascent step and constraint target.
+        layer_reduce: ``mean`` (default) or ``sum`` of the layer penalties.
+        neuron_reduce: ``mean`` (default) over time steps, neurons and samples, or ``sum`` over
+            time steps and neurons (mean over the batch).
+        hinge: ``squared`` (default) or ``plain`` ``relu(delta - |U - V_th|)``.
+        potential: ``pre`` (default: pre-spike U) or ``post`` (post-reset V).
+        log_grad_ratio: log ``||lambda grad L_mc|| / ||grad L_task||`` once per epoch, measured on
+            the first training batch (``grad_ratio`` in log.jsonl; changes no training number).
     """
 
     enabled: bool = False
@@ -147,6 +156,12 @@ class TGOConfig:
     lambda_start: float = -1.0
     dual_lr: float = 0.1
     dual_target: float = 0.0
+    ramp_fraction: float = 0.0
+    layer_reduce: str = "mean"
+    neuron_reduce: str = "mean"
+    hinge: str = "squared"
+    potential: str = "pre"
+    log_grad_ratio: bool = True
 
 
 @dataclass
@@ -190,6 +205,28 @@ class EvalConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed options (docs/performance.md); none changes the defaults' numbers when off.
+
+    Attributes:
+        amp: training precision, ``off`` (float32) or ``bf16`` (autocast; evaluation stays
+            float32 and records its precision).
+        channels_last: NHWC weights and activations (faster convolutions on GPUs).
+        fused_optimizer: torch's fused SGD kernel where the device supports it.
+        compile: ``torch.compile`` the model's forward (``off``, ``default``, ``max-autotune``,
+            ``reduce-overhead``).
+        gpu_data: keep the training set on the training device (batches gathered and
+            augmented there; same batches as on the CPU).
+    """
+
+    amp: str = "off"
+    channels_last: bool = False
+    fused_optimizer: bool = False
+    compile: str = "off"
+    gpu_data: bool = False
+
+
+@dataclass
 class ExperimentConfig:
     """Everything that defines a training run (see the module docstring for the TOML form).
 
@@ -221,6 +258,7 @@ class ExperimentConfig:
     tgo: TGOConfig = field(default_factory=TGOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     def validate(self) -> "ExperimentConfig":
         """Check ranges and names; raises :class:`ConfigError` naming the key. Returns self."""
@@ -408,7 +446,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     """Range and name checks; :class:`ConfigError` naming the first offending key."""
     from .data.registry import DATASETS, _ALIASES
     from .models import list_models
-    from .neurons import NEURONS, SURROGATES
+    from .neurons import list_neurons
+    from .neurons.surrogate import surrogate_aliases, surrogate_names
     from .neurons.lif import NOISY_GRADS
     from .tgo import SCHEDULES
 
@@ -420,14 +459,18 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(m.name in list_models(), "model.name", f"must be one of {', '.join(list_models())}, got {m.name!r}")
     _check(m.T >= 1, "model.T", f"must be >= 1, got {m.T}")
     _check(m.num_classes >= 0, "model.num_classes", f"must be >= 0 (0 = from the data), got {m.num_classes}")
-    _check(n.kind in NEURONS, "neuron.kind", f"must be one of {', '.join(NEURONS)}, got {n.kind!r}")
+    _check(n.kind in list_neurons(), "neuron.kind", f"must be one of {', '.join(list_neurons())}, got {n.kind!r}")
     _check(0.0 <= n.decay <= 1.0, "neuron.decay", f"must be in [0, 1], got {n.decay}")
     _check(math.isfinite(n.v_threshold) and n.v_threshold > 0, "neuron.v_threshold", f"must be > 0, got {n.v_threshold}")
-    _check(n.surrogate in SURROGATES or n.surrogate in ("rectangular", "rect", "tri", "straight_through"),
-           "neuron.surrogate", f"must be one of {', '.join(SURROGATES)}, got {n.surrogate!r}")
+    _check(n.surrogate in surrogate_names() or n.surrogate in surrogate_aliases(),
+           "neuron.surrogate", f"must be one of {', '.join(surrogate_names())}, got {n.surrogate!r}")
     _check(math.isfinite(n.width) and n.width > 0, "neuron.width", f"must be > 0, got {n.width}")
     _check(math.isfinite(n.sigma) and n.sigma >= 0, "neuron.sigma", f"must be >= 0, got {n.sigma}")
     _check(n.noisy_grad in NOISY_GRADS, "neuron.noisy_grad", f"must be one of {', '.join(NOISY_GRADS)}, got {n.noisy_grad!r}")
+    _check(cfg.perf.amp.lower() in ("off", "float32", "fp32", "bf16", "bfloat16"), "perf.amp",
+           f"must be 'off' or 'bf16', got {cfg.perf.amp!r}")
+    _check(cfg.perf.compile in ("off", "default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs"),
+           "perf.compile", f"must be off, default, max-autotune or reduce-overhead, got {cfg.perf.compile!r}")
     _check(math.isfinite(t.delta) and t.delta > 0, "tgo.delta", f"must be > 0, got {t.delta}")
     _check(math.isfinite(t.lambda_max) and t.lambda_max >= 0, "tgo.lambda_max", f"must be >= 0, got {t.lambda_max}")
     _check(t.schedule in SCHEDULES, "tgo.schedule", f"must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}")
@@ -435,6 +478,13 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(t.lambda_start == -1.0 or 0 <= t.lambda_start <= t.lambda_max, "tgo.lambda_start",
            f"must be -1 (default) or in [0, tgo.lambda_max], got {t.lambda_start}")
     _check(t.dual_lr >= 0, "tgo.dual_lr", f"must be >= 0, got {t.dual_lr}")
+    _check(0 <= t.ramp_fraction <= 1, "tgo.ramp_fraction", f"must be in [0, 1] (0 = use ramp_epochs), got {t.ramp_fraction}")
+    from .tgo import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, POTENTIALS
+
+    for key, value, allowed in (("layer_reduce", t.layer_reduce, LAYER_REDUCTIONS),
+                                ("neuron_reduce", t.neuron_reduce, NEURON_REDUCTIONS), ("hinge", t.hinge, HINGES),
+                                ("potential", t.potential, POTENTIALS)):
+        _check(value in allowed, f"tgo.{key}", f"must be one of {', '.join(allowed)}, got {value!r}")
     _check(t.enabled is False or n.kind != "relu", "tgo.enabled", "needs a spiking neuron (neuron.kind is relu)")
     _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
@@ -465,7 +515,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
 
 
 __all__ = [
-    "ExperimentConfig", "DataConfig", "ModelConfig", "NeuronConfig", "TGOConfig", "OptimConfig", "EvalConfig",
+    "ExperimentConfig", "DataConfig", "ModelConfig", "NeuronConfig", "TGOConfig", "OptimConfig", "EvalConfig", "PerfConfig",
     "FORMAT_VERSION", "load_config", "config_from_dict", "config_to_dict", "config_to_toml", "apply_overrides",
     "parse_value", "validate_config", "read_toml",
 ]

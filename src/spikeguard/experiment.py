@@ -20,40 +20,25 @@ from __future__ import annotations
 
 import json
 import math
-import random
-import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import (
-    CONFIG_FILE, MODEL_FILE, load_training_state, load_weights, read_run_config, save_checkpoint,
-    write_run_config,
-)
+from .checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_run_config, write_run_config
 from .config import ExperimentConfig, config_to_dict
-from .data import ImageDataset, batches, load_dataset, random_crop_flip
+from .data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
+from .perf import compile_model, resolve_precision, to_channels_last
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, atomic_write_text, ensure_dir
 from .models import count_parameters, create_model
-from .tgo import LambdaSchedule, ThresholdGuard
-from .training import Trainer, create_strategy, make_sgd
+from .tgo import LambdaSchedule, Normalisation, ThresholdGuard, constraint_gradient_ratio
+from .training import Trainer, TrainState, create_strategy, make_sgd
 from .utils import resolve_device, seed_everything
 
 LOG_FILE = "log.jsonl"
 RESULTS_FILE = "results.json"
-
-# Shape and statistics of the known datasets, so a model can be built without loading data.
-_DATA_SHAPES = {
-    "digits": dict(in_channels=1, image_size=8, num_classes=10, mean=[0.3], std=[0.4]),
-    "cifar10": dict(in_channels=3, image_size=32, num_classes=10),
-    "cifar100": dict(in_channels=3, image_size=32, num_classes=100),
-    "cifar100-coarse": dict(in_channels=3, image_size=32, num_classes=20),
-}
-
 
 def build_datasets(cfg: ExperimentConfig, progress: bool = False) -> tuple[ImageDataset, ImageDataset]:
     """The train and test splits named by ``cfg.data`` (subsets applied, cache used)."""
@@ -69,6 +54,9 @@ def build_datasets(cfg: ExperimentConfig, progress: bool = False) -> tuple[Image
 
 
 def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
+    """``in_channels``, ``image_size``, ``num_classes``, ``mean``, ``std`` of ``data``, or of the
+    dataset ``cfg`` names (its :class:`~spikeguard.data.DatasetInfo`) when ``data`` is None; event
+    data sets (frame sequences, 2 polarities per step) from their frame options."""
     from .data.event_sets import EVENT_DATASETS, EventFrameDataset, event_data_shape
 
     if isinstance(data, EventFrameDataset):  # frame sequences: 2 polarities per step
@@ -83,17 +71,10 @@ def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
             raise ConfigError(f"data: images must be square, got {h}x{w}")
         return dict(in_channels=c, image_size=h, num_classes=data.num_classes,
                     mean=[float(v) for v in data.mean], std=[float(v) for v in data.std])
-    from .data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-
-    name = cfg.data.name.lower().replace("cifar-", "cifar")
-    if name not in _DATA_SHAPES:
+    info = dataset_info(cfg.data.name)
+    if info is None:
         raise ConfigError(f"build_model: pass the dataset to infer the input shape of {cfg.data.name!r}")
-    shape = dict(_DATA_SHAPES[name])
-    if name == "cifar10":
-        shape.update(mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD))
-    elif name.startswith("cifar100"):
-        shape.update(mean=list(CIFAR100_MEAN), std=list(CIFAR100_STD))
-    return shape
+    return dict(info.model_kw(), num_classes=info.num_classes)
 
 
 def build_model(cfg: ExperimentConfig, data: ImageDataset | None = None) -> nn.Module:
@@ -118,15 +99,41 @@ def build_model(cfg: ExperimentConfig, data: ImageDataset | None = None) -> nn.M
     return model
 
 
-def build_guard(cfg: ExperimentConfig) -> ThresholdGuard | None:
-    """The TGO term of ``cfg`` (None when ``tgo.enabled`` is false)."""
+def build_schedule(cfg: ExperimentConfig) -> LambdaSchedule | None:
+    """The TGO lambda schedule of ``cfg`` (None when ``tgo.enabled`` is false)."""
     t = cfg.tgo
     if not t.enabled:
         return None
-    sched = LambdaSchedule(kind=t.schedule, lambda_max=t.lambda_max,
-                           lambda_start=None if t.lambda_start < 0 else t.lambda_start,
-                           ramp_epochs=t.ramp_epochs or cfg.optim.epochs, dual_lr=t.dual_lr, dual_target=t.dual_target)
-    return ThresholdGuard(delta=t.delta, v_threshold=cfg.neuron.v_threshold, schedule=sched)
+    ramp = t.ramp_fraction * cfg.optim.epochs if t.ramp_fraction else (t.ramp_epochs or cfg.optim.epochs)
+    return LambdaSchedule(kind=t.schedule, lambda_max=t.lambda_max,
+                          lambda_start=None if t.lambda_start < 0 else t.lambda_start,
+                          ramp_epochs=ramp, dual_lr=t.dual_lr, dual_target=t.dual_target)
+
+
+def build_guard(cfg: ExperimentConfig, schedule: Any = None) -> ThresholdGuard | None:
+    """The TGO term of ``cfg`` (None when ``tgo.enabled`` is false), with ``schedule`` or
+    :func:`build_schedule`'s."""
+    t = cfg.tgo
+    if not t.enabled:
+        return None
+    norm = Normalisation(layer_reduce=t.layer_reduce, neuron_reduce=t.neuron_reduce, hinge=t.hinge,
+                         potential=t.potential)
+    return ThresholdGuard(delta=t.delta, v_threshold=cfg.neuron.v_threshold,
+                          schedule=schedule or build_schedule(cfg), norm=norm)
+
+
+def grad_ratio_log(cfg: ExperimentConfig, model: nn.Module, strategy: Any, guard: ThresholdGuard | None,
+                   train_ds: ImageDataset, epochs_done: int, device: torch.device | str) -> dict:
+    """The per-epoch ``grad_ratio`` log entries (``tgo.log_grad_ratio``; empty without TGO).
+
+    Measured on the first ``batch_size`` training images (fixed, not augmented) at the lambda the
+    schedule has reached; see :mod:`spikeguard.tgo.diagnostics` (no training number changes).
+    """
+    if guard is None or not cfg.tgo.log_grad_ratio:
+        return {}
+    x, y = next(batches(train_ds, cfg.optim.batch_size, device=device))
+    return {k: v for k, v in constraint_gradient_ratio(model, strategy, guard, x, y, guard.schedule(epochs_done)).items()
+            if k != "lam"}
 
 
 def build_strategy(cfg: ExperimentConfig):
@@ -140,33 +147,14 @@ def build_strategy(cfg: ExperimentConfig):
 @torch.no_grad()
 def test_accuracy(model: nn.Module, ds: ImageDataset, batch_size: int = 256, passes: int = 1,
                   device: torch.device | str = "cpu") -> float:
-    """Clean accuracy on ``ds``; stochastic models are averaged over ``passes`` forward passes."""
-    from .neurons import is_stochastic
+    """Clean accuracy on ``ds`` (:func:`spikeguard.evaluation.clean_accuracy`); stochastic models are
+    averaged over ``passes`` forward passes."""
+    from .evaluation.basic import clean_accuracy
 
     model.eval()
-    passes = passes if is_stochastic(model) else 1
-    correct = 0.0
-    for x, y in batches(ds, batch_size, device=device):
-        for _ in range(passes):
-            correct += float((model(x).argmax(1) == y).sum()) / passes
-    return correct / max(len(ds), 1)
-
-
-def _rng_state(gen: torch.Generator) -> dict:
-    st: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                          "torch": torch.get_rng_state(), "data": gen.get_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict, gen: torch.Generator) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    torch.set_rng_state(st["torch"])
-    gen.set_state(st["data"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+    if len(ds) == 0:
+        return 0.0
+    return clean_accuracy(model, ds.float_images().to(device), ds.labels.to(device), passes, batch_size)
 
 
 def _read_log(path: Path, upto: int) -> list[dict]:
@@ -255,204 +243,195 @@ def _prepare_run(cfg: ExperimentConfig | None, out: Path, resume: bool) -> Exper
 
 def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoch: Callable | None, logger: Any,
          handle_signals: bool, ctx: Any) -> dict:
-    from .distributed import EpochLoader, ShardWeight, merge_epoch_stats, prepare_model, reduce_epoch_stats, seed_rank
-    from .logging import NORMAL, QUIET, RunLogger, memory_stats
+    from .distributed import DistributedTraining
+    from .logging import NORMAL, QUIET, RunLogger
     from .signals import Interrupted, graceful_stop
 
-    main = ctx.is_main
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     if logger is None:
-        logger = RunLogger(out, verbosity=NORMAL if progress else QUIET, enabled=main, device=device)
+        logger = RunLogger(out, verbosity=NORMAL if progress else QUIET, enabled=ctx.is_main, device=device)
     elif getattr(logger, "device", 0) is None:
         logger.device = device  # report this run's CUDA memory
 
     gen = seed_everything(cfg.seed)
     train_ds, test_ds = build_datasets(cfg, progress=progress)
     model = build_model(cfg, train_ds).to(device)
+    perf = cfg.perf  # speed options (spikeguard.perf); all off by default
+    if perf.channels_last:
+        to_channels_last(model)
     n_params = count_parameters(model)
-    if main:
+    if ctx.is_main:
         write_run_config(out, cfg, model.spikeguard_spec, n_params)
-
-    steps = math.ceil(len(train_ds) / cfg.optim.batch_size)
-    epochs = cfg.optim.epochs
+    steps, epochs = math.ceil(len(train_ds) / cfg.optim.batch_size), cfg.optim.epochs
     opt, sched = make_sgd(model, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                          epochs=epochs, steps_per_epoch=steps)
-    if cfg.optim.schedule == "constant":
-        sched = None
+                          epochs=epochs, steps_per_epoch=steps, fused=perf.fused_optimizer)
     strategy = build_strategy(cfg)
-    guard = build_guard(cfg)
-    trainer = Trainer(model, opt, sched, strategy=strategy, guard=guard, delta_stat=cfg.tgo.delta,
-                      grad_clip=cfg.optim.grad_clip or None)
-
-    start, elapsed, start_batch, order_state, partial = 0, 0.0, 0, None, None
-    state = None
-    if resume:
-        def _load() -> dict | None:
-            if not (out / MODEL_FILE).exists():
-                return None
-            st = load_training_state(out)
-            if st is not None:  # other ranks get rank 0's weights from DDP
-                load_weights(model, out / MODEL_FILE, device=device)
-            return st
-
-        state = ctx.run_on_main(_load)
+    dist = DistributedTraining(ctx, sync_bn=cfg.sync_bn)
+    if perf.gpu_data:
+        train_ds = train_ds.to(device)  # the same batches, gathered and augmented on the device
+    if perf.compile != "off":
+        compile_model(model, mode=None if perf.compile == "default" else perf.compile)
+    state = ctx.run_on_main(lambda: _load_state(model, out, device)) if resume else None
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler") is not None:
-            sched.load_state_dict(state["scheduler"])
-        if guard is not None and state.get("guard") is not None:
-            guard.load_state_dict(state["guard"])
-        if state.get("strategy") is not None and hasattr(strategy, "load_state_dict"):
-            strategy.load_state_dict(state["strategy"])
-        ranks = [state["rng"]] + list(state.get("rng_ranks") or [])
-        if len(ranks) == ctx.world_size:
-            _set_rng_state(ranks[ctx.rank], gen)
-        else:  # another number of processes: same data order, fresh per-rank noise streams
-            _set_rng_state(state["rng"], gen)
-            seed_rank(cfg.seed + int(state["epoch"]) + 1, ctx)
-            if main:
-                warnings.warn(f"resuming a {len(ranks)}-process run with {ctx.world_size} processes: the data "
-                              "order is kept but the per-rank random streams are new", stacklevel=2)
-        start, elapsed = int(state["epoch"]), float(state.get("elapsed", 0.0))
-        start_batch, order_state, partial = int(state.get("batch", 0)), state.get("epoch_order"), state.get("partial")
+        dist.restore_rng(state, gen, cfg.seed)
     else:
-        seed_rank(cfg.seed, ctx)  # rank 0 keeps the single-process stream
-    shard = ShardWeight(ctx.world_size)
-    train_model = prepare_model(model, guard, sync_bn=cfg.sync_bn, ctx=ctx, shard=shard)
-    trainer.model = train_model
-    log_path = out / LOG_FILE
-    rows = _read_log(log_path, start) if resume and main else []
-    if main:
-        _write_log(log_path, rows)
-        logger.resume(start * steps + start_batch)
+        state = TrainState()
+        dist.seed(cfg.seed)  # rank 0 keeps the single-process stream
+    train_model, schedule = dist.prepare(model, build_schedule(cfg))
+    trainer = Trainer(train_model, opt, None if cfg.optim.schedule == "constant" else sched, strategy=strategy,
+                      guard=build_guard(cfg, schedule), delta_stat=cfg.tgo.delta, grad_clip=cfg.optim.grad_clip or None,
+                      precision=perf.amp)
+    trainer.load_state_dict(state)
+    report = _EpochReport(cfg, out, ctx.is_main, progress, logger, steps, device, model, opt, test_ds, on_epoch)
+    report.start(state, resume)
 
-    def checkpoint(epoch_done: int, batch: int = 0, loader: Any = None, stats: Any = None, seen: int = 0) -> None:
-        own = _rng_state(gen)
-        if loader is not None and not batch:  # stopped before the epoch's first batch: its order is not drawn yet
-            own["data"] = loader.order_state
-        rng = ctx.all_gather_object(own)  # every rank's streams, for an exact resume
-        if not main:
-            return
-        ckpt_state = {"epoch": epoch_done, "elapsed": elapsed, "optimizer": opt.state_dict(),
-                      "scheduler": sched.state_dict() if sched is not None else None,
-                      "guard": guard.state_dict() if guard is not None else None,
-                      "strategy": strategy.state_dict() if hasattr(strategy, "state_dict") else None,
-                      "rng": rng[0]}
-        if len(rng) > 1:
-            ckpt_state["rng_ranks"] = rng[1:]
-        if batch:
-            ckpt_state.update(batch=batch, epoch_order=loader.order_state,
-                              partial={"stats": stats.as_dict(), "seen": seen})
-        save_checkpoint(out, model, cfg, ckpt_state)
+    def save(st: TrainState) -> None:
+        rng = dist.gather_rng(gen, st.epoch_order if not st.batch else None)
+        if ctx.is_main:
+            st.rng, st.rng_ranks = rng[0], rng[1:]
+            for key, value in trainer.state_dict().items():  # optimizer, scheduler, guard
+                setattr(st, key, value)
+            st.save(out, model, cfg)
 
-    from tqdm.auto import tqdm
-
+    report.save = save
+    if ctx.world_size == 1:  # the constraint's pull next to the task's on one fixed batch (changes nothing)
+        report.extra = lambda done: grad_ratio_log(cfg, model, strategy, trainer.guard, train_ds, done, device)
     augment = random_crop_flip if cfg.data.augment else None
-    stop_ctx = graceful_stop(handle_signals)
-    stop = stop_ctx.__enter__()
-    try:
-        for epoch in range(start, epochs):
-            first = start_batch if epoch == start else 0
-            loader = EpochLoader(train_ds, cfg.optim.batch_size, gen, augment, device, ctx, start=first,
-                                 order_state=order_state if first else None,
-                                 stop=lambda: ctx.any(stop.requested), weight=shard)
-            lr = opt.param_groups[0]["lr"]
-            stats = _train_epoch(trainer, loader, epoch, epochs, steps, first, progress, opt, logger, tqdm)
-            stats = reduce_epoch_stats(stats, loader.local_samples, ctx)
-            if first:
-                stats = merge_epoch_stats(stats, loader.samples, partial)
-            elapsed += stats.seconds - (float(partial["stats"].get("seconds", 0.0)) if first and partial else 0.0)
-            if loader.stopped:
-                done = loader.position
-                if done or epoch > start:  # else the state on disk (if any) is this one
-                    seen = loader.samples + (int(partial["seen"]) if first and partial else 0)
-                    checkpoint(epoch, done, loader, stats, seen)
+    start = state.epoch
+    with graceful_stop(handle_signals) as stop:
+        try:
+            loader = dist.loader(train_ds, cfg.optim.batch_size, gen, augment, device, stop=lambda: stop.requested)
+            state = trainer.fit(loader, state, epochs, steps, reduce=dist.reduce, on_batch=report.batch,
+                                on_epoch=report.epoch, on_epoch_end=report.close_bar)
+            if state.stopped:
+                msg = "nothing new to save"
+                if state.batch or state.epoch > start:
+                    save(state)
                     msg = f"checkpoint saved in {out}, continue with --resume"
-                else:
-                    msg = "nothing new to save"
-                raise Interrupted(f"stopped by {stop.name} at epoch {epoch + 1}, batch {done}/{steps}; {msg}",
-                                  stop.signum or 15)
-            row = {**stats.as_dict(), "epoch": epoch + 1, "step": (epoch + 1) * steps, "lr": lr, "elapsed": elapsed,
-                   **memory_stats(device)}
-            if main and cfg.eval.test_every and (epoch + 1) % cfg.eval.test_every == 0 and epoch + 1 < epochs:
-                row["test_accuracy"] = test_accuracy(model, test_ds, cfg.eval.batch_size, cfg.eval.passes, device)
-            rows.append(row)
-            if main:
-                _write_log(log_path, rows)
-                logger.scalars(row, (epoch + 1) * steps, prefix="epoch/")
-            if progress:
-                extra = f" test {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
-                tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {stats.loss:.4f} acc {stats.accuracy:.4f} "
-                           f"lambda {stats.lam:.3f} near {stats.near_threshold:.4f} "
-                           f"{stats.images_per_s:.0f} img/s {stats.seconds:.1f}s{extra}")
-            last = epoch + 1 == epochs
-            if last or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
-                checkpoint(epoch + 1)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, row)
-        if stop.requested:  # the signal came after the last batch: the final checkpoint is on disk
-            raise Interrupted(f"stopped by {stop.name} after training; continue with --resume to write the results",
-                              stop.signum or 15)
-    finally:
-        stop_ctx.__exit__(None, None, None)
-        logger.close()
-    if not main:
+                raise Interrupted(f"stopped by {stop.name} at epoch {state.epoch + 1}, batch {state.batch}/{steps}; "
+                                  f"{msg}", stop.signum or 15)
+            if stop.requested:  # the signal came after the last batch: the final checkpoint is on disk
+                raise Interrupted(f"stopped by {stop.name} after training; continue with --resume to write the "
+                                  "results", stop.signum or 15)
+        finally:
+            logger.close()
+    if not ctx.is_main:
         return {"rank": ctx.rank}
+    return _finish(cfg, out, model, train_ds, test_ds, state, report.rows, n_params, device, progress)
+
+
+def _load_state(model: nn.Module, out: Path, device: torch.device) -> TrainState | None:
+    """The run's saved :class:`TrainState`, its weights loaded into ``model`` (None: nothing saved)."""
+    if not (out / MODEL_FILE).exists():
+        return None
+    st = TrainState.load(out)
+    if st is not None:  # other ranks get rank 0's weights from DDP
+        load_weights(model, out / MODEL_FILE, device=device)
+    return st
+
+
+class _EpochReport:
+    """The run's outputs during training: progress bar, step logs, ``log.jsonl``, per-epoch
+    lines, test accuracy every ``eval.test_every`` epochs, checkpoints, the ``on_epoch`` callback."""
+
+    def __init__(self, cfg: ExperimentConfig, out: Path, main: bool, progress: bool, logger: Any, steps: int,
+                 device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer, test_ds: ImageDataset,
+                 on_epoch: Callable | None) -> None:
+        from tqdm.auto import tqdm
+
+        self.cfg, self.out, self.main, self.progress, self.logger = cfg, out, main, progress, logger
+        self.steps, self.device, self.model, self.optimizer = steps, device, model, optimizer
+        self.test_ds, self.on_epoch = test_ds, on_epoch
+        self.tqdm, self.bar, self.rows = tqdm, None, []
+        self.run_sums: dict[str, float] = {}
+        self.count = 0
+        self.save: Callable[[TrainState], None] = lambda st: None
+        self.extra: Callable[[int], dict] = lambda done: {}  # more log entries after epoch ``done``
+
+    def start(self, state: TrainState, resume: bool) -> None:
+        self.rows = _read_log(self.out / LOG_FILE, state.epoch) if resume and self.main else []
+        if self.main:
+            _write_log(self.out / LOG_FILE, self.rows)
+            self.logger.resume(state.epoch * self.steps + state.batch)
+
+    def batch(self, epoch: int, loader: Any, m: dict[str, float]) -> None:
+        if self.bar is None:
+            epochs = self.cfg.optim.epochs
+            self.bar = self.tqdm(total=self.steps, initial=loader.position, desc=f"epoch {epoch + 1}/{epochs}",
+                                 unit="batch", disable=not self.progress, leave=False, dynamic_ncols=True)
+            self.run_sums, self.count = {}, 0
+        self.count += 1
+        for k in ("loss", "accuracy", "lam", "near_threshold"):
+            if not math.isnan(m.get(k, float("nan"))):
+                self.run_sums[k] = self.run_sums.get(k, 0.0) + m[k]
+        n, sums = self.count, self.run_sums
+        self.bar.set_postfix(loss=f"{sums.get('loss', 0) / n:.3f}", acc=f"{sums.get('accuracy', 0) / n:.3f}",
+                             lam=f"{m.get('lam', 0.0):.3f}", near=f"{sums.get('near_threshold', 0) / n:.3f}",
+                             refresh=False)
+        self.bar.update(1)
+        i = loader.position  # index of the batch just trained
+        self.logger.step(epoch * self.steps + i + 1, epoch + (i + 1) / self.steps, m, loader.last_size,
+                         self.optimizer.param_groups[0]["lr"])
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def epoch(self, state: TrainState, stats: Any, lr: float) -> None:
+        from .logging import memory_stats
+
+        cfg, done, epochs = self.cfg, state.epoch, self.cfg.optim.epochs
+        row = {**stats.as_dict(), "epoch": done, "step": done * self.steps, "lr": lr, "elapsed": state.elapsed,
+               **memory_stats(self.device), **self.extra(done)}
+        if self.main and cfg.eval.test_every and done % cfg.eval.test_every == 0 and done < epochs:
+            row["test_accuracy"] = test_accuracy(self.model, self.test_ds, cfg.eval.batch_size, cfg.eval.passes,
+                                                 self.device)
+        self.rows.append(row)
+        if self.main:
+            _write_log(self.out / LOG_FILE, self.rows)
+            self.logger.scalars(row, done * self.steps, prefix="epoch/")
+        if self.progress:
+            extra = f" test {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
+            self.tqdm.write(f"epoch {done}/{epochs}: loss {stats.loss:.4f} acc {stats.accuracy:.4f} "
+                            f"lambda {stats.lam:.3f} near {stats.near_threshold:.4f} "
+                            f"{stats.images_per_s:.0f} img/s {stats.seconds:.1f}s{extra}")
+        if done == epochs or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+            self.save(state)
+        if self.on_epoch is not None:
+            self.on_epoch(done, row)
+
+
+def _finish(cfg: ExperimentConfig, out: Path, model: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset,
+            state: TrainState, rows: list[dict], n_params: int, device: torch.device, progress: bool) -> dict:
+    """Clean test accuracy (and configured attacks) of the trained model into ``results.json``."""
     acc = test_accuracy(model, test_ds, cfg.eval.batch_size, cfg.eval.passes, device)
     results: dict[str, Any] = {
         "test_accuracy": acc, "test_samples": len(test_ds), "train_samples": len(train_ds),
-        "epochs": epochs, "train_seconds": elapsed, "seconds_per_epoch": elapsed / max(len(rows), 1),
-        "param_count": n_params, "model": cfg.model.name, "dataset": cfg.data.name, "device": str(device),
-        "final_epoch": rows[-1] if rows else None,
+        "epochs": cfg.optim.epochs, "train_seconds": state.elapsed,
+        "seconds_per_epoch": state.elapsed / max(len(rows), 1), "param_count": n_params, "model": cfg.model.name,
+        "dataset": cfg.data.name, "device": str(device), "final_epoch": rows[-1] if rows else None,
+        "train_precision": resolve_precision(cfg.perf.amp),  # evaluation below runs in float32
     }
     if cfg.eval.attacks:
         results["attacks"] = _run_attacks(model, test_ds, cfg, out, progress)
     atomic_write_json(out / RESULTS_FILE, results)
     if progress:
+        from tqdm.auto import tqdm
+
         tqdm.write(f"clean test accuracy {acc:.4f} on {len(test_ds)} images; run saved in {out}")
     return results
 
 
-def _train_epoch(trainer: Trainer, loader: Any, epoch: int, epochs: int, steps: int, first: int, progress: bool,
-                 opt: torch.optim.Optimizer, logger: Any, tqdm: Any) -> Any:
-    """One epoch with a progress bar (loss, accuracy, lambda, near-threshold share) and step logs."""
-    bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress,
-               leave=False, dynamic_ncols=True)
-    run_sums: dict[str, float] = {}
-    count = [0]
-
-    def on_batch(m: dict[str, float]) -> None:
-        count[0] += 1
-        for k in ("loss", "accuracy", "lam", "near_threshold"):
-            if not math.isnan(m.get(k, float("nan"))):
-                run_sums[k] = run_sums.get(k, 0.0) + m[k]
-        n = count[0]
-        bar.set_postfix(loss=f"{run_sums.get('loss', 0) / n:.3f}", acc=f"{run_sums.get('accuracy', 0) / n:.3f}",
-                        lam=f"{m.get('lam', 0.0):.3f}", near=f"{run_sums.get('near_threshold', 0) / n:.3f}",
-                        refresh=False)
-        bar.update(1)
-        i = loader.position  # index of the batch just trained
-        logger.step(epoch * steps + i + 1, epoch + (i + 1) / steps, m, loader.last_size, opt.param_groups[0]["lr"])
-
-    try:
-        return trainer.train_epoch(loader, epoch, steps, on_batch=on_batch, start=first)
-    finally:
-        bar.close()
-
-
 def _run_attacks(model: nn.Module, test_ds: ImageDataset, cfg: ExperimentConfig, out: Path, progress: bool) -> dict:
-    """Hand the configured attacks to ``spikeguard.evaluation.evaluate_config_attacks`` if it exists."""
-    from . import evaluation
+    """The configured end-of-training attacks (:func:`spikeguard.evaluation.evaluate_config_attacks`)."""
+    from .evaluation import evaluate_config_attacks
 
-    hook = getattr(evaluation, "evaluate_config_attacks", None)
-    if hook is None:
-        msg = "spikeguard.evaluation provides no evaluate_config_attacks; run 'spikeguard evaluate' on the run folder"
-        warnings.warn(msg, stacklevel=2)
-        return {"skipped": msg}
-    return hook(model, test_ds, cfg, out_dir=out, progress=progress)
+    return evaluate_config_attacks(model, test_ds, cfg, out_dir=out, progress=progress)
 
 
-__all__ = ["run_experiment", "build_model", "build_datasets", "build_guard", "build_strategy", "test_accuracy",
+__all__ = ["run_experiment", "build_model", "build_datasets", "build_schedule", "build_guard", "build_strategy",
+           "test_accuracy",
            "LOG_FILE", "RESULTS_FILE"]

@@ -7,14 +7,29 @@ stays intact until the new one is complete.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import SpikeguardError
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _readable(fd: int) -> None:
+    """Give a ``mkstemp`` file (always 0600) the mode a plain ``open`` would: 0666 minus the umask,
+    so results and checkpoints are shared as the user's umask says."""
+    os.fchmod(fd, 0o666 & ~_umask())
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:
@@ -29,13 +44,67 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+def stamp() -> str:
+    """A sortable UTC time stamp for output folder names: ``20261128-211003``."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def new_dir(parent: str | os.PathLike, name: str) -> Path:
+    """Create ``parent/name`` (or ``name-2``, ``name-3``, ... if taken) and return it; never reuses a folder."""
+    base = ensure_dir(parent)
+    for i in range(1, 10_000):
+        p = base / (name if i == 1 else f"{name}-{i}")
+        try:
+            p.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise SpikeguardError(f"cannot create output folder {p}: {e.strerror or e}") from None
+        return p
+    raise SpikeguardError(f"no free folder name {name}-N in {base}")  # pragma: no cover
+
+
+def refuse_overwrite(folder: str | os.PathLike, names: tuple[str, ...] | list[str], overwrite: bool,
+                     flag: str = "--out") -> None:
+    """A one-line error if ``folder`` already holds one of ``names`` and ``overwrite`` is off."""
+    taken = [n for n in names if (Path(folder) / n).exists()]
+    if taken and not overwrite:
+        raise SpikeguardError(f"{Path(folder) / taken[0]} already exists; choose another {flag} (or leave it out "
+                              "for a new folder of its own), or pass --overwrite to replace it")
+
+
+def _holds_files(path: Path) -> bool:
+    return any(p.is_file() for p in path.rglob("*"))
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: str | os.PathLike, keep: Any = None, created: bool | None = None) -> Iterator[Path]:
+    """Remove ``path`` again if the block fails and it was created by this call (or, with
+    ``created=True``, by the caller just before), unless ``keep(path)`` says it holds something worth keeping (default: any file).
+
+    So a failed command (bad device, missing data, Ctrl-C before anything was saved) leaves no
+    empty output folder behind.
+    """
+    p = Path(path)
+    existed = p.exists() if created is None else not created
+    try:
+        yield p
+    except BaseException:
+        if not existed and p.is_dir() and not (keep(p) if keep is not None else _holds_files(p)):
+            shutil.rmtree(p, ignore_errors=True)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``."""
     target = Path(path)
     ensure_dir(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        _readable(fd)
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -70,6 +139,7 @@ def atomic_write_many(files: dict[str | os.PathLike, bytes]) -> None:
             ensure_dir(target.parent)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             temps.append((Path(tmp), target))
+            _readable(fd)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -138,7 +138,7 @@ def run_landscape(models: Models, ds: ImageDataset, out: str | os.PathLike, *, n
     files += _land.plot_input_lines(lines, out / "landscape_input.png", formats=formats)
     summary = {"analysis": "landscape", "dataset": ds.name, "num_samples": int(len(x)), "eps": eps,
                "eps_label": eps_label(eps), "steps": steps, "span": span, "include_bn": include_bn,
-               "surfaces": {d: {k: s.as_dict() for k, s in per.items()} for d, per in surfaces.items()},
+               "surfaces": {d: {k: s.to_dict() for k, s in per.items()} for d, per in surfaces.items()},
                "input_line": lines, "files": _paths(files) + [str(out / "landscape.json")]}
     atomic_write_json(out / "landscape.json", summary)
     return summary
@@ -163,7 +163,7 @@ def run_flip(models: Models, ds: ImageDataset | None, out: str | os.PathLike, *,
                                                    seed, device=device) for name, m in models.items()}
         files += _flip.plot_flip_rates(measured, out / "flip_rates.png", title=title, formats=formats)
         names = list(measured)
-        summary["measured"] = {k: v.as_dict() for k, v in measured.items()}
+        summary["measured"] = {k: v.to_dict() for k, v in measured.items()}
         summary["dataset"] = ds.name
         summary["num_samples"] = len(sub)
         if len(names) >= 2:
@@ -226,17 +226,21 @@ def run_jacobian(models: Models, ds: ImageDataset, out: str | os.PathLike, *, n:
 
 def run_sweep(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, attack: str | None = None,
               lambda_eps: float | None = None, formats: str | Sequence[str] | None = None, title: str = "",
-              reference: str | None = None) -> dict:
-    """Robust accuracy vs eps and vs lambda_max from evaluation JSON files, plus a Markdown table
-    of every (eps, attack) per model (``sweep_table.md``; deltas to ``reference`` when given)."""
+              reference: str | None = None, merge: bool = False) -> dict:
+    """Robust accuracy vs eps and vs lambda_max from result files, plus a Markdown table of every
+    (eps, attack) per model with its sample count (``sweep_table.md``; deltas to ``reference`` when
+    given). Results of different provenance get rows of their own unless ``merge`` (then
+    ``summary["merged"]`` says, per model, which groups share its row)."""
+    records, merged = _sweep.split_rows(_sweep.load_sweep_records(paths), merge)
     out = ensure_dir(out)
-    records = _sweep.load_sweep_records(paths)
     files = _sweep.plot_sweep(records, out / "sweep.png", attack=attack, lambda_eps=lambda_eps, title=title,
                               formats=formats)
     _sweep.write_records_csv(records, out / "sweep.csv")
     summary = _sweep.sweep_summary(records, attack)
     summary["table"] = _sweep.accuracy_table(records, reference)
-    atomic_write_text(out / "sweep_table.md", summary["table"])
+    summary["merged"] = merged
+    note = "".join(f"\nrow {m!r} merges results of different provenance: " + "; ".join(g) for m, g in merged.items())
+    atomic_write_text(out / "sweep_table.md", summary["table"] + note + ("\n" if note else ""))
     summary["files"] = _paths(files) + [str(out / "sweep.csv"), str(out / "sweep_table.md"), str(out / "sweep.json")]
     atomic_write_json(out / "sweep.json", summary)
     return summary

@@ -166,10 +166,12 @@ class FlipMeasurement:
     def layer_rates(self) -> dict[str, float]:
         return {k: self.layer_flips[k] / n for k, n in self.layer_neurons.items() if n}
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
         return {"edges": self.edges.tolist(), "neurons": self.neurons.tolist(), "flips": self.flips.tolist(),
                 "rates": [None if math.isnan(r) else r for r in self.rates()], "overall_rate": self.overall_rate,
                 "layer_rates": self.layer_rates(), **self.info}
+
+    as_dict = to_dict  # the name before 0.2 (result objects now all use to_dict)
 
 
 @contextlib.contextmanager

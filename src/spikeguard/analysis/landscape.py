@@ -25,7 +25,9 @@ with ``s`` the FGSM direction ``sign(grad_x loss)`` and, as a control, a random 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..attacks import RFGSM
 from ..neurons import noise_seed
 from .plotting import color, new_figure, save_figure
 
@@ -43,44 +46,24 @@ from .plotting import color, new_figure, save_figure
 # --------------------------------------------------------------------------------------------
 # RFGSM (Tramer et al., 2018)
 # --------------------------------------------------------------------------------------------
-def _rfgsm_local(model: nn.Module, images: Tensor, labels: Tensor, eps: float, alpha: float,
-                 generator: torch.Generator | None = None) -> Tensor:
-    """Random step ``alpha * sign(N(0, I))``, then a sign-gradient step ``eps - alpha``; clipped
-    to the eps-ball and to [0, 1]."""
-    noise = torch.randn(images.shape, generator=generator, device="cpu").to(images.device)
-    x = (images + alpha * noise.sign()).clamp(0, 1).detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x), labels)
-    (g,) = torch.autograd.grad(loss, x)
-    adv = x.detach() + (eps - alpha) * g.sign()
-    return torch.min(torch.max(adv, images - eps), images + eps).clamp(0, 1).detach()
-
-
 def rfgsm_examples(model: nn.Module, images: Tensor, labels: Tensor, eps: float = 8 / 255,
                    alpha: float | None = None, seed: int = 0, batch_size: int = 256) -> Tensor:
     """RFGSM adversarial examples (``alpha`` defaults to ``eps / 2``).
 
-    Uses ``spikeguard.attacks.RFGSM`` when the attack suite provides it, else a local
-    implementation of the same two steps.
+    Uses :class:`spikeguard.attacks.RFGSM`, seeded with ``seed`` without disturbing the
+    caller's random state.
     """
     if not 0 <= eps <= 1:
         raise ConfigError(f"eps must be in [0, 1], got {eps}")
     alpha = eps / 2 if alpha is None else float(alpha)
     if not 0 <= alpha <= eps:
         raise ConfigError(f"RFGSM alpha must be in [0, eps], got {alpha}")
-    attack = None
-    try:
-        from ..attacks import RFGSM  # type: ignore[attr-defined]
-
-        attack = RFGSM(model, eps=eps, alpha=alpha)
-    except (ImportError, TypeError):
-        attack = None
-    gen = torch.Generator().manual_seed(seed)
+    attack = RFGSM(model, eps=eps, alpha=alpha)
     out = []
     with torch.random.fork_rng(devices=[]):  # a seeded attack without disturbing the caller's RNG
         torch.manual_seed(seed)
         for i in range(0, len(images), batch_size):
-            x, y = images[i:i + batch_size], labels[i:i + batch_size]
-            out.append(attack(x, y) if attack is not None else _rfgsm_local(model, x, y, eps, alpha, gen))
+            out.append(attack(images[i:i + batch_size], labels[i:i + batch_size]))
     return torch.cat(out)
 
 
@@ -195,15 +178,29 @@ class Landscape:
         return float(self.loss[int(np.argmin(np.abs(self.alphas))), int(np.argmin(np.abs(self.betas)))])
 
     def sharpness(self, radius: float = 0.25) -> float:
-        """Mean loss increase over the grid points within ``radius`` (L-inf) of the centre."""
+        """Mean loss increase over the grid points within ``radius`` (L-inf) of the centre.
+
+        NaN, with a warning, when no grid point but the centre lies within ``radius`` (a grid
+        coarser than the radius would otherwise report a rise of exactly 0).
+        """
         a, b = np.meshgrid(self.alphas, self.betas, indexing="ij")
         m = (np.abs(a) <= radius + 1e-12) & (np.abs(b) <= radius + 1e-12)
+        if int(m.sum()) <= 1:
+            span = float(np.abs(self.alphas).max())
+            need = int(math.ceil(2 * span / radius)) + 1
+            need += 1 - need % 2
+            warnings.warn(f"loss landscape: no grid point within {radius:g} of the centre (grid spacing "
+                          f"{float(np.diff(np.sort(self.alphas)).min()):.3g}); the mean rise within {radius:g} is "
+                          f"undefined: use --steps {need} or more for --span {span:g}", stacklevel=2)
+            return float("nan")
         return float(self.loss[m].mean() - self.center_loss)
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
         return {"alphas": self.alphas.tolist(), "betas": self.betas.tolist(), "loss": self.loss.tolist(),
                 "accuracy": self.accuracy.tolist(), "center_loss": self.center_loss,
                 "sharpness_0.25": self.sharpness(0.25), "max_loss": float(self.loss.max()), **self.info}
+
+    as_dict = to_dict  # the name before 0.2 (result objects now all use to_dict)
 
 
 def grid(steps: int, span: float) -> np.ndarray:

@@ -71,13 +71,15 @@ class PotentialHistogram:
         total = max(int(c.sum()), 1)
         return c[1:-1].astype(float) / total / np.diff(self.edges)
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
         return {
             "edges": self.edges.tolist(), "counts": self.counts.tolist(),
             "layers": {k: v.tolist() for k, v in self.layer_counts.items()},
             "near_threshold": self.near_threshold, "layer_near_threshold": self.layer_near_threshold(),
             "total": int(sum(self.total.values())), "v_threshold": self.v_threshold, "delta": self.delta,
         }
+
+    as_dict = to_dict  # the name before 0.2 (result objects now all use to_dict)
 
 
 @torch.no_grad()
@@ -150,7 +152,7 @@ def membrane_summary(hists: Mapping[str, PotentialHistogram], baseline: str | No
     out: dict = {
         "analysis": "membrane", "v_threshold": first.v_threshold, "delta": first.delta, "baseline": base,
         "models": {n: {"near_threshold": h.near_threshold, "layer_near_threshold": h.layer_near_threshold(),
-                       "num_potentials": h.num_potentials, "histogram": h.as_dict()} for n, h in hists.items()},
+                       "num_potentials": h.num_potentials, "histogram": h.to_dict()} for n, h in hists.items()},
         "reduction_vs_baseline": {n: near_threshold_reduction(hists[base], h) for n, h in hists.items() if n != base},
     }
     return out
@@ -236,7 +238,9 @@ def plot_layer_histograms(hists: Mapping[str, PotentialHistogram], path: str | o
         layer = panels[k]
         _draw_hist(ax, hists, layer, log)
         ax.set_title("all layers" if layer is None else f"layer {k}: {layer}", fontsize=9)
-        ax.legend(fontsize=6.5, loc="upper right")
+        # "best" places the legend where it hides the fewest curve points (a fixed corner covered
+        # the histograms' tails in small panels)
+        ax.legend(fontsize=6, loc="best", framealpha=0.8)
         ax.tick_params(labelsize=7)
         if k % ncols == 0:
             ax.set_ylabel("density", fontsize=8)

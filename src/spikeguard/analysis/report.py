@@ -49,6 +49,7 @@ td.l,th.l{text-align:left}
 figure{margin:1em 0;display:inline-block;vertical-align:top;max-width:100%}
 figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:.85em;color:#555}
+.tw{overflow-x:auto;max-width:100%}
 .meta{color:#666;font-size:.85em}
 .note{background:#fff8e1;border-left:4px solid #E69F00;padding:.4em .8em}
 code{background:#f4f4f4;padding:0 .25em}
@@ -119,7 +120,8 @@ def _config_section(cfg: dict) -> str:
                        ("optim", ("epochs", "lr", "batch_size", "schedule"))):
         d = c.get(sect)
         if isinstance(d, dict):
-            rows += [(f"{sect}.{k}", d[k]) for k in keys if k in d]
+            rows += [(f"{sect}.{k}", "0 (from the data)" if (sect, k) == ("model", "num_classes") and d[k] == 0
+                      else d[k]) for k in keys if k in d]
     for k in ("strategy", "seed"):
         if k in c:
             rows.append((k, c[k]))
@@ -163,14 +165,22 @@ def _log_section(path: Path) -> str:
         _img_tag(_fig_bytes(fig), f"{path.name}: training curves")
 
 
+CLEAN_NOTE = ("Clean accuracy can differ between rows of the same weights because each source measures it "
+              "its own way: the demo (protocol demo-stream) averages 8 passes with fresh noise over its 360 "
+              "images; training's results.json (test_accuracy) uses eval.passes passes over the whole test "
+              "split; an evaluation judges each of its n samples per pass under common random numbers. Rows of "
+              "different provenance (command, n, passes, seed, weights) are therefore never merged.")
+
+
 def _eval_section(records: list[_sweep.SweepRecord], title: str) -> str:
-    """Accuracy table: rows = models, columns = clean + attack@eps."""
+    """Accuracy table: rows = models (one per provenance group), columns = n, clean, attack@eps."""
     if not records:
         return ""
+    records, _ = _sweep.split_rows(records)
     g = _sweep.AccuracyGrid.of(records)
-    head = ["model", "clean"] + [f"{a} @ {eps_label(e)}" for e, a in g.columns]
-    rows = [[m, g.clean.get(m)] + [g.cells.get((m, c)) for c in g.columns] for m in g.models]
-    html_ = f"<h3>{_e(title)}</h3>" + table(head, rows, pct_cols=range(1, len(head)))
+    head = ["model", "n", "clean"] + [f"{a} @ {eps_label(e)}" for e, a in g.columns]
+    rows = [[m, g.n.get(m), g.clean.get(m)] + [g.cells.get((m, c)) for c in g.columns] for m in g.models]
+    html_ = f"<h3>{_e(title)}</h3><div class=tw>" + table(head, rows, pct_cols=range(2, len(head))) + "</div>"
     if len({round(r.eps, 9) for r in records}) >= 2:
         import tempfile
 
@@ -230,7 +240,14 @@ def _analysis_section(kind: str, doc: dict) -> str:
     return ""
 
 
-def _run_section(run: Path, idx: int) -> tuple[str, list[_sweep.SweepRecord]]:
+def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str, list[_sweep.SweepRecord]]:
+    """One run folder's section; files inside ``others`` (folders with a section of their own,
+    e.g. ``runs/demo/analysis`` next to ``runs/demo``) are left to those sections."""
+
+    def own(p: Path) -> bool:
+        rp = p.resolve()
+        return not any(o in rp.parents for o in others)
+
     parts = [f'<h2 id="run{idx}">{_e(run.name or str(run))}</h2><p class="meta">{_e(run.resolve())}</p>']
     cfg = _read_json(run / "config.json") if (run / "config.json").is_file() else None
     if isinstance(cfg, dict):
@@ -268,8 +285,8 @@ def _run_section(run: Path, idx: int) -> tuple[str, list[_sweep.SweepRecord]]:
     # evaluations written into sub-folders (``spikeguard evaluate``'s default RUN/evaluation/, or
     # one folder per budget) belong to this run: one table over all of them
     sub_records: list[_sweep.SweepRecord] = []
-    for f in sorted(run.glob("*/*.json")):
-        if f.parent.name.startswith(".") or f.name == "config.json" or f.name.startswith("state"):
+    for f in sorted([*run.glob("*/*.json"), *run.glob("evaluation/*/*.json")]):
+        if f.parent.name.startswith(".") or f.name == "config.json" or f.name.startswith("state") or not own(f):
             continue
         doc = _read_json(f)
         if isinstance(doc, dict) and doc.get("analysis") not in _ANALYSES:
@@ -278,7 +295,7 @@ def _run_section(run: Path, idx: int) -> tuple[str, list[_sweep.SweepRecord]]:
         records += sub_records
         folders = sorted({Path(r.source).parent.name for r in sub_records})
         parts.append(_eval_section(sub_records, f"Accuracy ({', '.join(x + '/' for x in folders)})"))
-    pngs = sorted(p for p in run.rglob("*.png") if len(p.relative_to(run).parts) <= 3)
+    pngs = sorted(p for p in run.rglob("*.png") if len(p.relative_to(run).parts) <= 3 and own(p))
     if pngs:
         parts.append("<h3>Figures</h3>")
         for p in pngs:
@@ -293,8 +310,13 @@ def _run_section(run: Path, idx: int) -> tuple[str, list[_sweep.SweepRecord]]:
     return "\n".join(parts), records
 
 
-def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str = "spikeguard report") -> Path:
-    """Write the HTML report for ``runs`` to ``out`` (atomically) and return its path."""
+def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str = "spikeguard report",
+                 preface: str = "") -> Path:
+    """Write the HTML report for ``runs`` to ``out`` (atomically) and return its path.
+
+    ``preface``: HTML placed before the overview (e.g. a study's comparison tables, built with
+    :func:`table`).
+    """
     from .. import __version__
 
     if not runs:
@@ -306,8 +328,10 @@ def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, titl
             raise DataError(f"{p} is not a folder")
         dirs.append(p)
     sections, all_records = [], []
+    resolved = [d.resolve() for d in dirs]
     for i, d in enumerate(dirs):
-        s, recs = _run_section(d, i)
+        inside = [o for o in resolved if o != resolved[i] and resolved[i] in o.parents]
+        s, recs = _run_section(d, i, inside)
         sections.append(s)
         # a record named after its own run folder needs no prefix to tell it from the other runs'
         all_records += [_sweep.SweepRecord(**{**r.__dict__, "model": f"{d.name}/{r.model}"
@@ -317,9 +341,10 @@ def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, titl
     toc = "".join(f'<li><a href="#run{i}">{_e(d.name or str(d))}</a></li>' for i, d in enumerate(dirs))
     overview = ""
     if all_records:
-        overview = _eval_section(all_records, "Overview: accuracy of every model found")
+        overview = (_eval_section(all_records, "Overview: accuracy of every model found")
+                    + f'<p class="meta">n: test samples behind the row. {_e(CLEAN_NOTE)}</p>')
     body = (f"<h1>{_e(title)}</h1><p class=meta>generated {now} by spikeguard {__version__}; "
-            f"{len(dirs)} run folder(s)</p><ul>{toc}</ul>{overview}" + "\n".join(sections))
+            f"{len(dirs)} run folder(s)</p><ul>{toc}</ul>{preface}{overview}" + "\n".join(sections))
     doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n")

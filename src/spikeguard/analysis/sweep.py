@@ -1,29 +1,17 @@
-"""Robust accuracy vs eps and vs lambda_max from evaluation JSON files (PAPER.md Fig. 3).
+"""Robust accuracy vs eps and vs lambda_max from result files (PAPER.md Fig. 3).
 
-The reader is liberal; every file is turned into flat :class:`SweepRecord` rows
-``(model, attack, eps, accuracy, clean, lambda_max)``. Accepted shapes:
+Files are read with :func:`spikeguard.evaluation.results.read_results`: the result schema
+(``spikeguard.robustness`` version 2, with provenance) and the earlier layouts spikeguard wrote
+(version 1: ``evaluate``'s and training's ``robustness.json``, the demo's ``results.json``).
+Every file becomes flat :class:`SweepRecord` rows ``(model, attack, eps, accuracy, clean,
+lambda_max, n_samples, group)``; any other JSON is an error naming the file.
 
-1. the demo's ``results.json``:
-   ``{"models": {name: {"clean": a, "attacks": {attack: {"8/255": a, ...}}}}, "config": {...}}``;
-   lambda_max is the model entry's ``"lambda_max"``, or ``config.lambda_max`` for a model
-   whose name contains ``tgo``;
-2. one evaluation: a top-level ``"eps"`` (number or ``"8/255"``)
-   and ``"attacks"`` or ``"results"`` mapping attack -> accuracy, where an accuracy is a
-   number or a dict with ``"accuracy"`` / ``"robust_accuracy"`` / ``"acc"``; ``"clean"`` (same
-   forms), ``"clean_accuracy"`` or ``"test_accuracy"``; ``"worst_case"`` becomes the attack
-   ``worst case``;
-3. an evaluation whose attacks map eps labels to accuracies (shape 1 without ``"models"``);
-4. ``spikeguard evaluate``'s ``robustness.json``: shape 2 under ``"report"``, named after the
-   evaluated run folder (``"checkpoint"``), whose ``config.json`` gives lambda_max;
-5. a list of evaluations, or a dict with ``"evaluations"`` / ``"runs"`` / ``"sweep"`` holding
-   one, or a training ``results.json`` whose ``"attacks"`` is an evaluation or a dict of
-   evaluations keyed by eps.
+``group`` describes where a number comes from (command, protocol, sample count, passes,
+seed, weights); the tables never put numbers of two groups into one row unless asked
+(``merge=True``), and then say what they merged.
 
-Model name: the document's ``"model_name"`` / ``"name"`` / ``"run"`` / ``"label"``, else the
-run folder (a folder with ``config.json``), else the file name (its folder's name when the
-file is called ``results``/``eval*``). lambda_max, when the document has none, comes from a
-``config.json`` next to the file whose ``tgo.enabled`` is true. Accuracies above 1 are read
-as percentages. Files that match no shape raise a one-line error naming the file.
+Model name: the document's ``model`` (version 2), else the evaluated run folder's name. lambda_max:
+the document's ``lambda_max``, else the evaluated run's ``config.json`` when ``tgo.enabled``.
 """
 
 from __future__ import annotations
@@ -32,11 +20,9 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
-
-import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_text
@@ -48,7 +34,7 @@ WORST = "worst case"
 
 @dataclass
 class SweepRecord:
-    """One robust-accuracy measurement."""
+    """One robust-accuracy measurement, with the sample count and provenance group it belongs to."""
 
     model: str
     attack: str
@@ -57,166 +43,128 @@ class SweepRecord:
     clean: float | None = None
     lambda_max: float | None = None
     source: str = ""
+    n_samples: int | None = None
+    group: str = ""
 
 
 def _acc(v: Any) -> float | None:
-    """A number, or a dict holding one; percentages (> 1) become fractions."""
+    """A fraction, or a dict holding one under ``accuracy``."""
     if isinstance(v, Mapping):
-        for k in ("accuracy", "robust_accuracy", "acc", "mean"):
-            if k in v:
-                return _acc(v[k])
+        return _acc(v.get("accuracy"))
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    v = float(v)
-    if not math.isfinite(v):
-        return None
-    return v / 100.0 if 1.0 < v <= 100.0 else v
+    return float(v)
 
 
 def _eps(v: Any) -> float | None:
     if isinstance(v, bool):
         return None
     if isinstance(v, (int, float)):
-        v = float(v)
-        return v / 255.0 if v >= 1 else v
+        return float(v)
     if isinstance(v, str):
         try:
-            return parse_eps(v.replace("eps=", "").replace("eps", "").strip())
+            return parse_eps(v)
         except ValueError:
             return None
     return None
 
 
-def _run_config(path: Path) -> dict | None:
-    cfg = path.parent / "config.json"
-    if cfg.is_file() and cfg != path:
-        try:
-            doc = json.loads(cfg.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return doc.get("config", doc) if isinstance(doc, dict) else None
+def _run_folder(ckpt: Any) -> Path | None:
+    if not isinstance(ckpt, str) or not ckpt:
+        return None
+    p = Path(ckpt)
+    return p.parent if p.suffix == ".safetensors" else p
+
+
+def _lambda_of_run(run: Path | None) -> float | None:
+    if run is None or not (run / "config.json").is_file():
+        return None
+    try:
+        doc = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    cfg = doc.get("config", doc) if isinstance(doc, dict) else None
+    tgo = cfg.get("tgo") if isinstance(cfg, Mapping) else None
+    if isinstance(tgo, Mapping) and tgo.get("enabled") and isinstance(tgo.get("lambda_max"), (int, float)):
+        return float(tgo["lambda_max"])
     return None
 
 
-def _default_name(path: Path, doc: Mapping) -> str:
-    for k in ("model_name", "name", "run", "label"):
-        if isinstance(doc.get(k), str) and doc[k]:
-            return doc[k]
-    if (path.parent / "config.json").is_file():
-        return path.parent.name
-    stem = path.stem
-    if stem.lower() in ("results", "result", "metrics") or stem.lower().startswith("eval"):
-        return path.parent.name or stem
-    return stem
+def provenance_group(prov: Mapping, model: str) -> str:
+    """A short label of what may share a table row: command, sample count, passes, EoT, seed, weights.
+
+    Results that differ only in eps or in the attacks run share a group (one evaluation per
+    budget fills one row); anything else that changes a number starts a new group.
+    """
+    cmd = str(prov.get("command") or "?").split()
+    kind = cmd[1] if len(cmd) > 1 and cmd[0] == "spikeguard" else cmd[0]
+    parts = [kind, f"n={prov.get('n_samples') if prov.get('n_samples') is not None else '?'}"]
+    if (prov.get("passes") or 1) > 1:
+        parts.append(f"{prov['passes']} passes")
+    if (prov.get("eot") or 1) > 1:
+        parts.append(f"EoT {prov['eot']}")
+    if prov.get("seed") not in (None, 0):
+        parts.append(f"seed {prov['seed']}")
+    data = prov.get("data") if isinstance(prov.get("data"), Mapping) else {}
+    if data.get("split") not in (None, "test"):
+        parts.append(f"{data['split']} split")
+    if prov.get("protocol") not in (None, "engine"):
+        parts.append(str(prov["protocol"]))
+    if prov.get("checkpoint_id"):
+        parts.append(f"weights {prov['checkpoint_id'][:8]}")
+    return ", ".join(parts)
 
 
-def _lambda_from(doc: Mapping, path: Path) -> float | None:
-    for k in ("lambda_max", "lam_max"):
-        if isinstance(doc.get(k), (int, float)):
-            return float(doc[k])
-    cfg = doc.get("config") if isinstance(doc.get("config"), Mapping) else _run_config(path)
-    if isinstance(cfg, Mapping):
-        tgo = cfg.get("tgo")
-        if isinstance(tgo, Mapping) and tgo.get("enabled") and isinstance(tgo.get("lambda_max"), (int, float)):
-            return float(tgo["lambda_max"])
-    return None
-
-
-def _clean_of(doc: Mapping) -> float | None:
-    for k in ("clean", "clean_accuracy", "test_accuracy"):
-        if k in doc:
-            a = _acc(doc[k])
-            if a is not None:
-                return a
-    return None
-
-
-def _from_eval(doc: Mapping, name: str, lam: float | None, src: str, eps: float | None = None) -> list[SweepRecord]:
-    """Shapes 2 and 3 (and a training results.json wrapping them)."""
-    eps = _eps(doc.get("eps")) if eps is None else eps
-    clean = _clean_of(doc)
-    attacks = doc.get("attacks", doc.get("results"))
-    out: list[SweepRecord] = []
-    if isinstance(attacks, Mapping):
-        for att, v in attacks.items():
-            a = _acc(v)
-            if a is not None and eps is not None:
-                out.append(SweepRecord(name, str(att), eps, a, clean, lam, src))
-            elif isinstance(v, Mapping):
-                # {attack: {eps_label: acc}} or {eps_label: evaluation}
-                e_key = _eps(att)
-                if e_key is not None and ("attacks" in v or "results" in v):
-                    out += _from_eval(v, name, lam, src, e_key)
-                    continue
-                for lab, acc in v.items():
-                    e, a2 = _eps(lab), _acc(acc)
-                    if e is not None and a2 is not None:
-                        out.append(SweepRecord(name, str(att), e, a2, clean, lam, src))
-    if eps is not None and "worst_case" in doc:
-        a = _acc(doc["worst_case"])
+def records_of_document(doc: Mapping, src: str) -> list[SweepRecord]:
+    """The records of one version-2 document (as :func:`read_results` returns them)."""
+    prov = doc.get("provenance") or {}
+    rep = doc.get("report") or {}
+    run = _run_folder(prov.get("checkpoint"))
+    name = doc.get("model") or (run.resolve().name if run is not None else Path(src).parent.name or Path(src).stem)
+    lam = doc.get("lambda_max")
+    lam = float(lam) if isinstance(lam, (int, float)) else _lambda_of_run(run)
+    eps = _eps(rep.get("eps"))
+    n = rep.get("n_samples", prov.get("n_samples"))
+    n = int(n) if isinstance(n, (int, float)) else None
+    group = provenance_group({**prov, "n_samples": n}, name)
+    clean = _acc(rep.get("clean"))
+    out = []
+    attacks = rep.get("attacks") if isinstance(rep.get("attacks"), Mapping) else {}
+    if eps is None:
+        return out
+    for att, v in attacks.items():
+        a = _acc(v)
         if a is not None:
-            out.append(SweepRecord(name, WORST, eps, a, clean, lam, src))
+            out.append(SweepRecord(str(name), str(att), eps, a, clean, lam, src, n, group))
+    wc = _acc(rep.get("worst_case"))
+    if wc is not None:
+        out.append(SweepRecord(str(name), WORST, eps, wc, clean, lam, src, n, group))
     return out
 
 
 def parse_evaluation(doc: Any, path: str | os.PathLike = "<memory>") -> list[SweepRecord]:
-    """Flatten one JSON document (any accepted shape) into records."""
-    p = Path(path)
-    src = str(p)
-    if isinstance(doc, list):
-        return [r for d in doc for r in parse_evaluation(d, p)]
-    if not isinstance(doc, Mapping):
-        return []
-    if isinstance(doc.get("models"), Mapping):
-        cfg = doc.get("config") if isinstance(doc.get("config"), Mapping) else {}
-        out = []
-        for name, m in doc["models"].items():
-            if not isinstance(m, Mapping):
-                continue
-            lam = m.get("lambda_max")
-            if lam is None and "tgo" in str(name).lower() and isinstance(cfg.get("lambda_max"), (int, float)):
-                lam = cfg["lambda_max"]
-            out += _from_eval(m, str(name), None if lam is None else float(lam), src)
-        return out
-    if isinstance(doc.get("report"), Mapping) and "attacks" in doc["report"]:
-        # ``spikeguard evaluate``'s robustness.json: the evaluation sits under "report"; the model
-        # is the evaluated run folder (its config.json gives lambda_max)
-        ckpt = doc.get("checkpoint")
-        run = Path(ckpt) if isinstance(ckpt, str) and ckpt else None
-        if run is not None and run.suffix == ".safetensors":
-            run = run.parent
-        name = _default_name(p, doc) if run is None or any(k in doc for k in ("model_name", "name", "label")) \
-            else run.name
-        lam = _lambda_from(doc, p)
-        if lam is None and run is not None:
-            lam = _lambda_from({}, run / "robustness.json")  # reads run/config.json
-        return _from_eval(doc["report"], name, lam, src)
-    for k in ("evaluations", "runs", "sweep"):
-        if isinstance(doc.get(k), list):
-            name = _default_name(p, doc)
-            out = []
-            for d in doc[k]:
-                if isinstance(d, Mapping):
-                    out += _from_eval(d, _default_name(p, d) if any(x in d for x in ("name", "model_name", "run", "label")) else name,
-                                      _lambda_from(d, p) if _lambda_from(d, p) is not None else _lambda_from(doc, p), src)
-            return out
-    return _from_eval(doc, _default_name(p, doc), _lambda_from(doc, p), src)
+    """Records of one JSON document (empty when it is not a result file)."""
+    from ..evaluation.results import read_results
+
+    docs = read_results(doc)
+    return [r for d in docs or () for r in records_of_document(d, str(path))]
 
 
 def load_sweep_records(paths: Iterable[str | os.PathLike]) -> list[SweepRecord]:
-    """Read evaluation JSON files (or folders: every ``*.json`` inside, one level deep)."""
+    """Read result files (or folders: every result ``*.json`` inside, down to two levels)."""
     records: list[SweepRecord] = []
     files: list[Path] = []
+    paths = list(paths)
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            files += sorted(f for f in p.glob("*.json") if f.name != "config.json")
+            files += sorted(f for pat in ("*.json", "*/*.json") for f in p.glob(pat)
+                            if f.name != "config.json" and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif p.is_file():
             files.append(p)
         else:
             raise DataError(f"{p} does not exist")
-    for f in files:
+    for f in dict.fromkeys(files):
         try:
             doc = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as e:
@@ -225,7 +173,8 @@ def load_sweep_records(paths: Iterable[str | os.PathLike]) -> list[SweepRecord]:
             raise DataError(f"{f} is not valid JSON ({e})") from None
         recs = parse_evaluation(doc, f)
         if not recs and any(Path(x) == f for x in paths):
-            raise DataError(f"{f} holds no robust-accuracy numbers in a known layout (see 'spikeguard analyze sweep --help')")
+            raise DataError(f"{f} is not a spikeguard result file (schema {doc.get('schema') if isinstance(doc, dict) else None!r}; "
+                            "see docs/evaluation.md, 'Result files')")
         records += recs
     if not records:
         raise DataError("no robust-accuracy numbers found in the given files")
@@ -234,12 +183,13 @@ def load_sweep_records(paths: Iterable[str | os.PathLike]) -> list[SweepRecord]:
 
 def write_records_csv(records: Sequence[SweepRecord], path: str | os.PathLike) -> None:
     """All records as CSV."""
-    lines = ["model,attack,eps,eps_label,accuracy,clean,lambda_max,source"]
+    lines = ["model,attack,eps,eps_label,accuracy,clean,lambda_max,n_samples,group,source"]
     for r in records:
         def f(v: float | None) -> str:
             return "" if v is None else f"{v:.6g}"
         lines.append(",".join([_csv(r.model), _csv(r.attack), f"{r.eps:.6g}", eps_label(r.eps), f(r.accuracy),
-                               f(r.clean), f(r.lambda_max), _csv(r.source)]))
+                               f(r.clean), f(r.lambda_max), "" if r.n_samples is None else str(r.n_samples),
+                               _csv(r.group), _csv(r.source)]))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -356,40 +306,99 @@ def plot_sweep(records: Sequence[SweepRecord], path: str | os.PathLike, *, attac
     return save_figure(fig, path, formats)
 
 
+def _short(group: str) -> str:
+    """A group label without its weights hash (shown unless two groups differ only by weights)."""
+    return ", ".join(p for p in group.split(", ") if not p.startswith("weights "))
+
+
+def split_rows(records: Sequence[SweepRecord], merge: bool = False
+               ) -> tuple[list[SweepRecord], dict[str, list[str]]]:
+    """One table row per (model, provenance group); returns the relabelled records and what was merged.
+
+    A model measured under one group keeps its name; one measured under several (say, the
+    demo's 360 images and a later 60-image ``evaluate``) gets one row per group, named
+    ``model [group]``, so that numbers of different provenance never share a row. With
+    ``merge=True`` the rows stay per model and the second value lists, per model, the groups
+    that were merged into its row (empty when nothing was merged).
+    """
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        g = groups.setdefault(r.model, [])
+        if r.group not in g:
+            g.append(r.group)
+    if merge:
+        return list(records), {m: g for m, g in groups.items() if len(g) > 1}
+    label: dict[tuple[str, str], str] = {}
+    for m, gs in groups.items():
+        shorts = [_short(g) for g in gs]
+        for g, sh in zip(gs, shorts):
+            label[(m, g)] = m if len(gs) == 1 else f"{m} [{sh if shorts.count(sh) == 1 else g}]"
+    return [SweepRecord(**{**asdict(r), "model": label[(r.model, r.group)]}) for r in records], {}
+
+
+def _key(group: str) -> str:
+    """Command and sample count of a group (``demo, n=360``): what a delta may be taken across."""
+    return ", ".join(group.split(", ")[:2])
+
+
+def _reference_row(reference: str, row: str, grid: "AccuracyGrid") -> str | None:
+    """The row ``row`` is compared with: the reference model's row (or, if it was split by provenance,
+    one of its rows) measured by the same command on the same number of samples; None if none was."""
+    cands = [m for m in grid.models if m == reference or m.startswith(reference + " [")]
+    mine = {_key(g) for g in grid.groups.get(row, ())}
+    for m in cands:
+        if mine & {_key(g) for g in grid.groups.get(m, ())}:
+            return m
+    return None
+
+
 @dataclass
 class AccuracyGrid:
     """Records arranged as a model x (eps, attack) grid (tables in Markdown and in the HTML report).
 
     ``columns`` are ordered by eps, then by the attacks' first appearance; ``cells`` maps
-    ``(model, column)`` to an accuracy, ``clean`` maps a model to its clean accuracy.
+    ``(model, column)`` to an accuracy, ``clean`` maps a model to its clean accuracy and
+    ``n`` to its sample count(s) (``"360"``, or ``"60, 360"`` for a merged row).
     """
 
     models: list[str]
     columns: list[tuple[float, str]]
     cells: dict[tuple[str, tuple[float, str]], float]
     clean: dict[str, float]
+    n: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, records: Sequence[SweepRecord]) -> "AccuracyGrid":
         attacks = list(dict.fromkeys(r.attack for r in records))
         keys = sorted({(round(r.eps, 9), attacks.index(r.attack)) for r in records})
         grid = cls(list(dict.fromkeys(r.model for r in records)), [(e, attacks[a]) for e, a in keys], {}, {})
+        counts: dict[str, set] = {}
         for r in records:
             grid.cells[(r.model, (round(r.eps, 9), r.attack))] = r.accuracy
             if r.clean is not None:
                 grid.clean.setdefault(r.model, r.clean)
+            counts.setdefault(r.model, set()).add(r.n_samples)
+            if r.group not in grid.groups.setdefault(r.model, []):
+                grid.groups[r.model].append(r.group)
+        grid.n = {m: ", ".join(str(v) if v is not None else "?" for v in sorted(c, key=lambda v: (v is None, v or 0)))
+                  for m, c in counts.items()}
         return grid
 
 
 def accuracy_table(records: Sequence[SweepRecord], reference: str | None = None) -> str:
-    """A Markdown table: one row per model, ``clean`` then one column per (eps, attack), in %.
+    """A Markdown table: one row per model, its sample count ``n``, ``clean`` then one column per
+    (eps, attack), in %.
 
     Columns are ordered by eps, then by the attacks' first appearance; a cell no record fills is
     ``-``. With ``reference`` (a model name), every other row also shows its difference to that
-    row in points, the layout the paper uses for its comparisons.
+    row in points, the layout the paper uses for its comparisons; the reference row is the
+    reference model's row measured by the same command on the same number of samples, and a
+    row without one shows no delta.
     """
     g = AccuracyGrid.of(records)
-    if reference is not None and reference not in g.models:
+    if reference is not None and reference not in g.models and not any(m.startswith(reference + " [")
+                                                                        for m in g.models):
         raise ConfigError(f"reference model {reference!r} is not among the models {g.models}")
 
     def fmt(v: float | None, ref: float | None) -> str:
@@ -398,11 +407,12 @@ def accuracy_table(records: Sequence[SweepRecord], reference: str | None = None)
         txt = f"{100 * v:.1f}"
         return txt if ref is None else f"{txt} ({100 * (v - ref):+.1f})"
 
-    head = ["model", "clean"] + [f"{a} {eps_label(e)}" for e, a in g.columns]
+    head = ["model", "n", "clean"] + [f"{a} {eps_label(e)}" for e, a in g.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in g.models:
-        ref_m = reference if reference is not None and m != reference else None
-        row = [m, fmt(g.clean.get(m), g.clean.get(ref_m) if ref_m else None)]
+        ref_m = _reference_row(reference, m, g) if reference is not None else None
+        ref_m = None if ref_m == m else ref_m
+        row = [m, g.n.get(m, "?"), fmt(g.clean.get(m), g.clean.get(ref_m) if ref_m else None)]
         row += [fmt(g.cells.get((m, c)), g.cells.get((ref_m, c)) if ref_m else None) for c in g.columns]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

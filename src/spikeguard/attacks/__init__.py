@@ -2,6 +2,8 @@
 
 ``Attack(model, eps=8/255, ...)(images, labels) -> adversarial images``; the registry
 (:func:`build_attack`) builds any of them by name (``fgsm``, ``pgd20``, ``apgd-dlr``, ...).
+Each attack registers itself with :func:`register_attack` where it is defined and says
+what it needs from the model (:mod:`spikeguard.attacks.requirements`).
 """
 
 from .adaptive import (
@@ -18,7 +20,24 @@ from .apgd import APGD, apgd_checkpoints
 from .base import Attack, ce_loss, check_batch, check_eps, dlr_loss, get_loss, margin_loss, targeted_margin_loss
 from .events import EventAttack, EventFlip, EventSTE, RandomFlip
 from .gradient import FGSM, MTPGD, PGD, RFGSM
-from .registry import PAPER_SUITE, STRONG_SUITE, SUITES, build_attack, list_attacks, normalize_name, parse_attacks
+from .registry import (
+    EPS_RULE,
+    PAPER_ALPHA,
+    PAPER_SUITE,
+    STRONG_SUITE,
+    SUITE_ALPHA,
+    SUITES,
+    attack_class,
+    build_attack,
+    list_attacks,
+    normalize_name,
+    parse_alpha,
+    parse_attacks,
+    register_attack,
+    registered_attacks,
+    step_size,
+)
+from .requirements import REQUIREMENTS, ModelTraits, model_traits, unmet
 from .square import Square
 
 __all__ = [
@@ -26,5 +45,7 @@ __all__ = [
     "SurrogateEnsemble", "AdaptiveSurrogate", "NoiseFreeTwin", "FixedNoiseModel", "attack_surrogate",
     "ce_loss", "dlr_loss", "margin_loss", "targeted_margin_loss", "get_loss", "check_batch", "check_eps",
     "apgd_checkpoints", "build_attack", "list_attacks", "normalize_name", "parse_attacks",
-    "SUITES", "PAPER_SUITE", "STRONG_SUITE",
+    "SUITES", "PAPER_SUITE", "STRONG_SUITE", "SUITE_ALPHA", "PAPER_ALPHA", "EPS_RULE", "register_attack",
+    "registered_attacks", "attack_class", "parse_alpha", "step_size", "REQUIREMENTS", "ModelTraits", "model_traits",
+    "unmet",
 ]

@@ -26,9 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SpikeguardError
-from ..neurons import NoisyLIF, Surrogate, noise_enabled, noise_seed, spiking_neurons
+from ..neurons import Surrogate, is_stochastic, noise_enabled, noise_seed, spiking_neurons
+from ..randomness import seeded_rng
 from .base import Attack, ce_loss, check_eps, keep_better
 from .gradient import PGD, _restart_score
+from .registry import register_attack
 
 
 # -- model views ---------------------------------------------------------------------------
@@ -48,10 +50,13 @@ class NoiseFreeTwin(nn.Module):
 
 
 class FixedNoiseModel(nn.Module):
-    """The model with its Noisy-LIF noise frozen to the sample drawn from ``seed``.
+    """The model with its randomness frozen to the sample drawn from ``seed``.
 
-    Every forward re-seeds the noise, so two forwards of batches of the same shape see the
-    very same noise sample (what the fixed-noise attack and its evaluation need).
+    Every forward re-seeds the Noisy-LIF noise generators and the global generators (the
+    source of any other randomness: a random input transform, another library's noisy
+    neuron), so two forwards of batches of the same shape see the very same draw (what the
+    fixed-noise attack and its evaluation need). The global generators' state outside the
+    forward is left as it was.
     """
 
     def __init__(self, model: nn.Module, seed: int) -> None:
@@ -60,7 +65,7 @@ class FixedNoiseModel(nn.Module):
         self.seed = int(seed)
 
     def forward(self, x: Tensor) -> Tensor:
-        with noise_seed(self.model, self.seed):
+        with noise_seed(self.model, self.seed), seeded_rng(self.seed, x.device):
             return self.model(x)
 
 
@@ -69,27 +74,33 @@ def attack_surrogate(model: nn.Module, surrogate: str | Surrogate, width: float 
     """Use ``surrogate`` for the backward of every spiking neuron inside the block.
 
     Unlike :func:`spikeguard.neurons.use_surrogate` this also makes Noisy-LIF neurons built
-    with ``noisy_grad="expected"`` use it (they otherwise ignore their surrogate).
+    with ``noisy_grad="expected"`` use it (they otherwise ignore their surrogate), and it
+    reaches SpikingJelly and snnTorch neurons through :mod:`spikeguard.adapters`.
     """
+    from ..adapters import foreign_neurons, foreign_surrogate
+
     sg = surrogate if isinstance(surrogate, Surrogate) else Surrogate(surrogate, width)
     mods = [m for _, m in spiking_neurons(model)]
-    if not mods:
-        raise SpikeguardError("surrogate-gradient attacks need a model with spikeguard spiking neurons")
+    if not mods and not foreign_neurons(model):
+        raise SpikeguardError("surrogate-gradient attacks need a model with spiking neurons (spikeguard, "
+                              "SpikingJelly or snnTorch)")
     saved = [(m.surrogate, getattr(m, "noisy_grad", None)) for m in mods]
     try:
         for m in mods:
             m.surrogate = sg
-            if isinstance(m, NoisyLIF):
+            if hasattr(m, "noisy_grad"):  # Noisy-LIF, StoG with membrane noise
                 m.noisy_grad = "surrogate"
-        yield
+        with foreign_surrogate(model, sg):
+            yield
     finally:
         for m, (s, g) in zip(mods, saved):
             m.surrogate = s
-            if isinstance(m, NoisyLIF):
+            if hasattr(m, "noisy_grad"):
                 m.noisy_grad = g
 
 
 # -- transfer --------------------------------------------------------------------------------
+@register_attack("transfer")
 class Transfer(Attack):
     """Craft adversarial examples on ``source`` and hand them to the target ``model``.
 
@@ -103,6 +114,20 @@ class Transfer(Attack):
 
     name = "transfer"
     threat = "transfer"
+    requires = ("source",)
+    uses_step_size = True
+
+    @classmethod
+    def build(cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0,
+              **kw) -> Attack:
+        """PGD-20 from ``source``, or from the target's noise-free twin when there is none."""
+        if source is None:
+            if not is_stochastic(model):
+                raise SpikeguardError("the transfer attack needs a source model (--source RUN_DIR) for a "
+                                      "deterministic target; its noise-free twin would be the target itself")
+            return NoiseFreeTransfer(model, eps, **kw)
+        src_eot = eot if is_stochastic(source) else 1
+        return Transfer(model, source, eps, **(dict(steps=20) | kw | dict(eot=src_eot)))
 
     def __init__(self, model: nn.Module, source: nn.Module, eps: float = 8 / 255, alpha: float = 0.01,
                  steps: int = 20, restarts: int = 1, attack: Attack | None = None, **kw) -> None:
@@ -117,15 +142,21 @@ class Transfer(Attack):
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         return self.inner(images, labels)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(eps={self.eps:.5g}, via={self.inner!r})"
+    def settings(self) -> dict:
+        return {"eps": self.eps, "via": repr(self.inner)}
 
 
+@register_attack("noise-free", aliases=("noisefree",))
 class NoiseFreeTransfer(Transfer):
     """PGD on the target's own noise-free twin (same weights, sigma = 0), evaluated with noise."""
 
     name = "noise-free"
-    stochastic_only = True
+    requires = ("switchable-noise",)
+
+    @classmethod
+    def build(cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0,
+              **kw) -> Attack:
+        return cls(model, eps, **kw)
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 20,
                  restarts: int = 1, **kw) -> None:
@@ -134,19 +165,29 @@ class NoiseFreeTransfer(Transfer):
 
 
 # -- fixed noise --------------------------------------------------------------------------------
+@register_attack("fixed-noise", aliases=("fixednoise",))
 class FixedNoise(Attack):
-    """PGD against one known Noisy-LIF noise sample, judged under that same sample.
+    """PGD against one known noise sample, judged under that same sample.
 
-    ``attack(images, labels)`` uses ``seed``; :mod:`spikeguard.evaluation` instead calls
-    :meth:`craft` once per evaluation pass with that pass's noise seed and judges the result
-    with :meth:`judge_model` of the same seed, so "robust on pass i" means: robust even
-    though the attacker knew pass i's noise. This is a stronger threat model than fresh
-    noise (reported separately as ``threat = "known-noise"``).
+    The noise is the model's Noisy-LIF noise and anything else it draws from the global
+    generators (see :class:`FixedNoiseModel`). ``attack(images, labels)`` uses ``seed``;
+    :mod:`spikeguard.evaluation` instead runs :meth:`per_pass`: one :meth:`craft` per
+    evaluation pass with that pass's seed, judged by :meth:`judge_model` of the same seed,
+    so "robust on pass i" means: robust even though the attacker knew pass i's noise. This
+    is a stronger threat model than fresh noise (reported separately as
+    ``threat = "known-noise"``).
     """
 
     name = "fixed-noise"
     threat = "known-noise"
-    stochastic_only = True
+    requires = ("fixable-noise",)
+    iterative = True
+    uses_step_size = True
+
+    @classmethod
+    def build(cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0,
+              **kw) -> Attack:
+        return cls(model, eps, **(dict(seed=seed) | kw))
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 20,
                  restarts: int = 1, seed: int = 0, **kw) -> None:
@@ -168,8 +209,12 @@ class FixedNoise(Attack):
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         return self.craft(images, labels, self.seed)
 
-    def __repr__(self) -> str:
-        return f"FixedNoise(eps={self.eps:.5g}, alpha={self.alpha:.5g}, steps={self.steps}, seed={self.seed})"
+    def per_pass(self, images: Tensor, labels: Tensor, passes: int, seed: int | None):
+        """One attack per evaluation pass, each against (and judged under) that pass's noise."""
+        base = self.seed if seed is None else seed
+        for p in range(passes):
+            ps = base + 100 * (p + 1)  # the evaluation's pass seeds (see evaluation.engine.pass_seed)
+            yield self.craft(images, labels, ps), [p], self.judge_model(ps)
 
 
 # -- surrogate gradients at attack time -----------------------------------------------------------
@@ -177,6 +222,7 @@ DEFAULT_ENSEMBLE: tuple[tuple[str, float], ...] = tuple(
     [(name, w) for name in ("triangle", "sigmoid", "atan", "rectangle") for w in (0.5, 1.0, 2.0)] + [("ste", 1.0)])
 
 
+@register_attack("sg-ensemble", aliases=("sg-ens",))
 class SurrogateEnsemble(Attack):
     """PGD once per attack-time surrogate gradient; per sample the strongest result.
 
@@ -191,6 +237,9 @@ class SurrogateEnsemble(Attack):
     """
 
     name = "sg-ensemble"
+    requires = ("surrogate",)
+    iterative = True
+    uses_step_size = True
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 10,
                  members: Sequence[tuple[str, float]] = DEFAULT_ENSEMBLE, restarts: int = 1, loss: str = "ce",
@@ -217,11 +266,13 @@ class SurrogateEnsemble(Attack):
             best, best_score = keep_better(best, best_score, adv, score)
         return best
 
-    def __repr__(self) -> str:
-        names = ",".join(f"{m.name}:{m.width:g}" for m in self.members)
-        return f"SurrogateEnsemble(eps={self.eps:.5g}, steps={self.pgd.steps}, members=[{names}], eot={self.eot})"
+    def settings(self) -> dict:
+        members = "[" + ",".join(f"{m.name}:{m.width:g}" for m in self.members) + "]"
+        return {"eps": self.eps, "alpha": self.pgd.alpha, "steps": self.pgd.steps, "members": members,
+                "restarts": self.pgd.restarts, "loss": self.pgd.loss, "eot": self.eot}
 
 
+@register_attack("sg-adaptive", aliases=("assg",))
 class AdaptiveSurrogate(Attack):
     """Greedy per-sample surrogate sharpness ("sg-adaptive"): a simpler variant of ASSG.
 
@@ -239,15 +290,21 @@ class AdaptiveSurrogate(Attack):
     """
 
     name = "sg-adaptive"
+    requires = ("surrogate",)
+    iterative = True
+    uses_step_size = True
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 20,
                  surrogate: str | None = None, widths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
                  random_start: bool = True, **kw) -> None:
         super().__init__(model, eps, **kw)
+        from ..adapters import base_surrogate, foreign_neurons
+
         neurons = spiking_neurons(model)
-        if not neurons:
-            raise SpikeguardError("sg-adaptive needs a model with spikeguard spiking neurons")
-        base = neurons[0][1].surrogate
+        foreign = foreign_neurons(model)
+        if not neurons and not foreign:
+            raise SpikeguardError("sg-adaptive needs a model with spiking neurons (spikeguard, SpikingJelly or snnTorch)")
+        base = neurons[0][1].surrogate if neurons else base_surrogate(foreign[0].module)
         family = surrogate or base.name
         if not widths:
             raise SpikeguardError("sg-adaptive needs at least one candidate width")
@@ -279,7 +336,7 @@ class AdaptiveSurrogate(Attack):
             best, best_score = keep_better(best, best_score, adv, score)
         return best
 
-    def __repr__(self) -> str:
-        ws = ",".join(f"{c.width:g}" for c in self.candidates)
-        return (f"AdaptiveSurrogate(eps={self.eps:.5g}, alpha={self.alpha:.5g}, steps={self.steps}, "
-                f"surrogate={self.candidates[0].name}, widths=[{ws}], eot={self.eot})")
+    def settings(self) -> dict:
+        widths = "[" + ",".join(f"{c.width:g}" for c in self.candidates) + "]"
+        return {"eps": self.eps, "alpha": self.alpha, "steps": self.steps, "surrogate": self.candidates[0].name,
+                "widths": widths, "eot": self.eot}

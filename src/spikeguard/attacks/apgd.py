@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import SpikeguardError
 from .base import Attack, best_of_restarts, get_loss, margin_loss
+from .registry import register_attack
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -37,6 +38,8 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return sorted({max(1, math.ceil(q * steps - 1e-9)) for q in p[1:] if q <= 1.0 + 1e-12})
 
 
+@register_attack("apgd", pattern=r"apgd-(?P<loss>ce|dlr)(?P<steps>\d+)?", aliases={"apgd": "apgd-ce"},
+                 defaults={"steps": 50}, example="apgd-ceK, apgd-dlrK")
 class APGD(Attack):
     """Auto-PGD with step-size halving at checkpoints, momentum and restarts.
 
@@ -49,6 +52,13 @@ class APGD(Attack):
     """
 
     name = "apgd"
+    family, table_rank = "apgd", 3
+    iterative = True
+
+    @classmethod
+    def table_key(cls, args: dict) -> tuple | None:
+        # APGD-CE columns before APGD-DLR ones, each by steps
+        return 3 + (args.get("loss", "ce") == "dlr"), args.get("steps", 0)
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, steps: int = 100, loss: str = "ce",
                  restarts: int = 1, rho: float = 0.75, momentum: float = 0.75, **kw) -> None:
@@ -115,7 +125,3 @@ class APGD(Attack):
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         return best_of_restarts(self.run_once, images, labels, self.restarts)
-
-    def __repr__(self) -> str:
-        return (f"APGD(eps={self.eps:.5g}, steps={self.steps}, loss={self.loss}, restarts={self.restarts}, "
-                f"rho={self.rho}, eot={self.eot})")

@@ -12,8 +12,9 @@ Conventions:
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,8 @@ def check_eps(eps: float, name: str = "eps") -> float:
     """Validate a perturbation budget on the [0, 1] pixel scale."""
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0 or eps > 1:
-        raise SpikeguardError(f"{name} must be in [0, 1] (pixel scale; 8/255 = {8/255:.4f}), got {eps}")
+        raise SpikeguardError(f"{name} {eps:.6g} is outside [0, 1] (pixel scale; 8/255 = {8/255:.4f}; a decimal "
+                              f"is a fraction of the range, a whole number counts pixel levels: 8 = 8/255)")
     return eps
 
 
@@ -108,17 +110,32 @@ class Attack:
         eot: number of stochastic forward passes the input gradient is averaged over.
         eot_batched: run the EoT passes as one ``eot * B`` batch (faster) instead of a loop.
 
-    Class attributes used by :mod:`spikeguard.evaluation`:
+    Class attributes used by :mod:`spikeguard.evaluation` (set them on a new attack class;
+    register it with :func:`spikeguard.attacks.registry.register_attack`):
 
     * ``threat``: ``white-box`` (gradients of the evaluated model), ``black-box`` (scores
       only), ``transfer`` (crafted on another model) or ``known-noise`` (the attacker sees
-      the Noisy-LIF noise sample the evaluation uses);
-    * ``stochastic_only``: meaningless on a deterministic model (the evaluation skips it).
+      the noise sample the evaluation uses);
+    * ``family``: its column family in the paper-style table (``fgsm``, ``rfgsm``, ``pgd``,
+      ``apgd``, ``mtpgd``; None: listed after those, in run order); ``table_rank`` orders
+      the families;
+    * ``iterative``: a multi-step attack (the audit expects it to beat single-step ones);
+    * ``requires``: what it needs from the model, keys of
+      :data:`spikeguard.attacks.requirements.REQUIREMENTS` (``surrogate``, ``fixable-noise``,
+      ``switchable-noise``, ``source``); the evaluation skips it, with the reason, where
+      the model does not meet them;
+    * ``uses_step_size``: it takes the shared PGD step ``alpha`` (and follows the
+      ``alpha="eps"`` rule, ``2.5 * eps / steps``).
     """
 
     name = "attack"
     threat = "white-box"
-    stochastic_only = False
+    family: str | None = None
+    table_rank: int | None = None
+    iterative = False
+    requires: tuple[str, ...] = ()
+    uses_step_size = False
+    batch_restarts = False  # run restarts as one batch (see best_of_restarts); set per instance
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, eot: int = 1, eot_batched: bool = True) -> None:
         self.model = model
@@ -191,13 +208,67 @@ class Attack:
             return self.model(x.expand(k, *x.shape).reshape(k * b, *x.shape[1:])).view(k, b, -1).mean(0)
         return sum(self.model(x) for _ in range(k)) / k
 
+    # -- construction by name and per-pass evaluation (the registry and the engine call these) --
+    @classmethod
+    def build(cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0,
+              **kw: Any) -> "Attack":
+        """Construct from the registry's shared settings; an attack that needs ``source`` or
+        ``seed`` overrides this (the default ignores both)."""
+        return cls(model, eps, eot=eot, **kw)
+
+    @classmethod
+    def table_key(cls, args: dict) -> tuple | None:
+        """Sort key of this attack among the paper-style table's columns, for a registry name
+        implying constructor arguments ``args`` (None: not a paper column, listed after them)."""
+        return None if cls.table_rank is None else (cls.table_rank, args.get("steps", 0))
+
+    def per_pass(self, images: Tensor, labels: Tensor, passes: int,
+                 seed: int | None) -> Iterator[tuple[Tensor, Sequence[int] | None, nn.Module | None]]:
+        """The adversarial batches the evaluation judges, as ``(adv, passes judged, judge model)``.
+
+        Default: one call, judged on every evaluation pass (``None``) by the evaluated model
+        under that pass's randomness (``None``). An attack that needs to know the pass (the
+        fixed-noise attack) yields one batch per pass with the model that judges it.
+        ``seed`` is the evaluation's randomness seed of this batch (None: deterministic).
+        """
+        yield self(images, labels), None, None
+
+    # -- description ---------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """The attack's settings: eps, its constructor's scalar arguments as stored, and eot."""
+        out: dict[str, Any] = {"eps": self.eps}
+        for key, p in inspect.signature(type(self).__init__).parameters.items():
+            if key in ("self", "model", "eps", "eot", "eot_batched") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            value = getattr(self, key, None)
+            if isinstance(value, (bool, int, float, str)):
+                out[key] = value
+        out["eot"] = self.eot
+        return out
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(eps={self.eps:.5g}, eot={self.eot})"
+        def fmt(v: Any) -> str:
+            return f"{v:.5g}" if isinstance(v, float) else str(v)
+
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={fmt(v)}" for k, v in self.settings().items()) + ")"
 
 
 def best_of_restarts(run_once: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]], images: Tensor,
-                     labels: Tensor, restarts: int) -> Tensor:
-    """Call ``run_once`` ``restarts`` times; per sample keep the run with the highest score."""
+                     labels: Tensor, restarts: int, batched: bool | None = None) -> Tensor:
+    """Call ``run_once`` ``restarts`` times; per sample keep the run with the highest score.
+
+    ``batched`` (default: the attack's ``batch_restarts`` attribute, False): run all restarts
+    as one batch of ``restarts * B`` (one pass per step instead of ``restarts``: faster on a
+    GPU; the random starts are drawn in another order, so the numbers differ from the loop's
+    like another seed's do).
+    """
+    if batched is None:
+        batched = bool(getattr(getattr(run_once, "__self__", None), "batch_restarts", False))
+    if batched and restarts > 1:
+        b = images.shape[0]
+        adv, score = run_once(images.repeat(restarts, *([1] * (images.dim() - 1))), labels.repeat(restarts))
+        pick = score.view(restarts, b).argmax(0)  # the first of equal scores, as the loop keeps it
+        return adv.view(restarts, b, *images.shape[1:])[pick, torch.arange(b, device=pick.device)]
     best, best_score = run_once(images, labels)
     for _ in range(restarts - 1):
         best, best_score = keep_better(best, best_score, *run_once(images, labels))

@@ -26,13 +26,12 @@ Each attack leaves ``last_l0`` (changed cells per sample) and ``last_fooled`` af
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import Tensor, nn
 
 from ..errors import SpikeguardError
 from .base import Attack, margin_loss
+from .registry import register_attack
 
 
 def model_frame_norm(model: nn.Module) -> str:
@@ -54,6 +53,7 @@ class EventAttack(Attack):
     """
 
     threat = "white-box"
+    requires = ("event-frames",)
 
     def __init__(self, model: nn.Module, eps: float = 1.0, k: int = 50, norm: str | None = None, eot: int = 1,
                  eot_batched: bool = True) -> None:
@@ -90,6 +90,7 @@ class EventAttack(Attack):
         return f"{type(self).__name__}(k={self.k}, norm={self.norm.spec})"
 
 
+@register_attack("event-flip", pattern=r"event-flip(?P<k>\d+)?", defaults={"k": 50}, example="event-flipK")
 class EventFlip(EventAttack):
     """Gradient-ranked, verified greedy event flips (see the module docstring).
 
@@ -155,6 +156,7 @@ class EventFlip(EventAttack):
         return self.norm.encode(cur)
 
 
+@register_attack("random-flip", pattern=r"random-flip(?P<k>\d+)?", defaults={"k": 50}, example="random-flipK")
 class RandomFlip(EventAttack):
     """``k`` random flips per sample (each cell one level, in a feasible direction), best of ``trials``."""
 
@@ -192,6 +194,7 @@ class RandomFlip(EventAttack):
         return f"RandomFlip(k={self.k}, trials={self.trials}, norm={self.norm.spec})"
 
 
+@register_attack("event-ste", pattern=r"event-ste(?P<k>\d+)?", defaults={"k": 50}, example="event-steK")
 class EventSTE(EventAttack):
     """Targeted add / delete / keep optimisation through a straight-through relaxation.
 
@@ -262,28 +265,3 @@ class EventSTE(EventAttack):
 
     def __repr__(self) -> str:
         return f"EventSTE(k={self.k}, steps={self.steps}, lr={self.lr}, target={self.target}, norm={self.norm.spec})"
-
-
-EVENT_ATTACKS: dict[str, type[EventAttack]] = {"event-flip": EventFlip, "random-flip": RandomFlip,
-                                               "event-ste": EventSTE}
-_NAME = re.compile(r"^(event-flip|random-flip|event-ste)(\d+)?$")
-
-
-def build_event_attack(name: str, model: nn.Module, **kw) -> EventAttack | None:
-    """``event-flipK`` / ``random-flipK`` / ``event-steK`` (K = budget, default 50), or None for other names."""
-    m = _NAME.match(name)
-    if m is None:
-        return None
-    kw.pop("alpha", None)
-    kw.pop("source", None)
-    kw.pop("seed", None)
-    k = int(m.group(2)) if m.group(2) else 50
-    attack = EVENT_ATTACKS[m.group(1)](model, **(dict(k=k) | kw))
-    attack.name = name
-    return attack
-
-
-def is_event_attack_name(name: str) -> bool:
-    """True for the names :func:`build_event_attack` accepts."""
-    return _NAME.match(name) is not None
-

@@ -7,18 +7,22 @@ from torch import Tensor, nn
 
 from ..errors import SpikeguardError
 from .base import Attack, best_of_restarts, check_eps, get_loss, margin_loss, targeted_margin_loss
+from .registry import register_attack
 
 
+@register_attack("fgsm")
 class FGSM(Attack):
     """Fast Gradient Sign Method (Goodfellow et al., 2015): ``x + eps * sign(grad)``."""
 
     name = "fgsm"
+    family, table_rank = "fgsm", 0
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         grad, _ = self.input_grad(images, labels)
         return self.project(images + self.eps * grad.sign(), images)
 
 
+@register_attack("rfgsm", aliases=("r-fgsm",))
 class RFGSM(Attack):
     """FGSM from a random step (Tramer et al., 2018), the single-step "RFGSM" of SNN papers.
 
@@ -30,6 +34,7 @@ class RFGSM(Attack):
     """
 
     name = "rfgsm"
+    family, table_rank = "rfgsm", 1
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float | None = None, **kw) -> None:
         super().__init__(model, eps, **kw)
@@ -42,10 +47,9 @@ class RFGSM(Attack):
         grad, _ = self.input_grad(start, labels)
         return self.project(start + (self.eps - self.alpha) * grad.sign(), images)
 
-    def __repr__(self) -> str:
-        return f"RFGSM(eps={self.eps:.5g}, alpha={self.alpha:.5g}, eot={self.eot})"
 
-
+@register_attack("pgd", pattern=r"pgd(?P<steps>\d+)?(?:-r(?P<restarts>\d+))?", aliases={"pgd": "pgd10"},
+                 example="pgdK, pgdK-rR")
 class PGD(Attack):
     """Projected Gradient Descent (Madry et al., 2018) with random start and restarts.
 
@@ -59,6 +63,14 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    family, table_rank = "pgd", 2
+    iterative = True
+    uses_step_size = True
+
+    @classmethod
+    def table_key(cls, args: dict) -> tuple | None:
+        # restarted PGD is not one of the paper's PGD-k columns
+        return None if args.get("restarts", 1) > 1 else super().table_key(args)
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 10,
                  random_start: bool = True, restarts: int = 1, loss: str = "ce", **kw) -> None:
@@ -84,10 +96,6 @@ class PGD(Attack):
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         return best_of_restarts(self.run_once, images, labels, self.restarts)
 
-    def __repr__(self) -> str:
-        return (f"PGD(eps={self.eps:.5g}, alpha={self.alpha:.5g}, steps={self.steps}, restarts={self.restarts}, "
-                f"loss={self.loss}, eot={self.eot})")
-
 
 def _restart_score(logits: Tensor, labels: Tensor, loss_fn) -> Tensor:
     """Score to pick the best of several runs per sample: misclassified first, then by loss."""
@@ -95,6 +103,7 @@ def _restart_score(logits: Tensor, labels: Tensor, loss_fn) -> Tensor:
     return loss_fn(logits, labels) + 1e6 * fooled
 
 
+@register_attack("mtpgd", pattern=r"mtpgd(?P<steps>\d+)?", aliases=("mt-pgd",), example="mtpgdK")
 class MTPGD(Attack):
     """Multi-targeted PGD (Gowal et al., 2019).
 
@@ -112,6 +121,9 @@ class MTPGD(Attack):
     """
 
     name = "mtpgd"
+    family, table_rank = "mtpgd", 5
+    iterative = True
+    uses_step_size = True
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 20,
                  n_targets: int = 9, momentum: float = 0.9, random_start: bool = True, **kw) -> None:
@@ -160,7 +172,3 @@ class MTPGD(Attack):
             best[todo[better]] = adv[better]
             best_margin[todo[better]] = margin[better]
         return best
-
-    def __repr__(self) -> str:
-        return (f"MTPGD(eps={self.eps:.5g}, alpha={self.alpha:.5g}, steps={self.steps}, n_targets={self.n_targets}, "
-                f"momentum={self.momentum}, eot={self.eot})")

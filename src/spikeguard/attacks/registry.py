@@ -1,82 +1,163 @@
-"""Attack registry: build any attack of the suite by name.
+"""Attack registry: every attack registers itself where its class is defined.
+
+``@register_attack("pgd", pattern=r"pgd(?P<steps>\\d+)?(?:-r(?P<restarts>\\d+))?")`` on a class
+makes ``pgd``, ``pgd20`` and ``pgd50-r3`` buildable by :func:`build_attack`; the pattern's
+named groups become constructor arguments (digits become integers >= 1). The class's
+attributes say how the rest of the library treats it (see :class:`~spikeguard.attacks.base.Attack`):
+``family`` (its column in the paper-style table), ``iterative`` (the audit compares
+iterative attacks with single-step ones), ``threat`` and ``requires`` (what it needs from
+the model; the evaluation skips it with a reason where that is missing). Adding an attack
+is one class in one file.
 
 Names (case-insensitive; ``K``, ``R``, ``Q`` are integers)::
 
     fgsm, rfgsm                       single-step
-    pgdK, pgdK-rR                     PGD, K steps (default 10), R restarts; alpha = the shared step
+    pgdK, pgdK-rR                     PGD, K steps (default 10), R restarts
     apgd-ce[K], apgd-dlr[K]           Auto-PGD with CE / DLR loss, K steps (default 50)
     mtpgd[K]                          multi-targeted PGD, K steps per target (default 20)
     square[Q]                         Square attack, Q queries (default 1000)
     transfer                          PGD-20 on a source model (default: the noise-free twin)
     noise-free                        PGD-20 on the target's noise-free twin (Noisy-LIF models)
-    fixed-noise                       PGD-20 with the evaluation's noise sample known (Noisy-LIF)
+    fixed-noise                       PGD-20 with the evaluation's noise sample known
     sg-ensemble                       PGD-10 per surrogate gradient, per-sample worst
     sg-adaptive                       PGD-20 with a per-sample greedy surrogate width
     event-flipK, random-flipK,        event-stream attacks on frame data, budget K flipped
     event-steK                        event cells (default 50; see attacks/events.py)
 
-Paper settings: eps 8/255, step 0.01 (``alpha``).
+Step sizes (``alpha``) of the attacks that take one: a number (the paper's protocol uses
+0.01 whatever eps is), or :data:`EPS_RULE` (``"eps"``): ``alpha = 2.5 * eps / steps`` for
+each attack from its own step count, so every attack can reach the boundary of the
+eps-ball (the usual PGD choice; the strong protocol and the audit use it).
 """
 
 from __future__ import annotations
 
+import inspect
 import re
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from torch import nn
 
 from ..errors import SpikeguardError
-from ..neurons import is_stochastic
-from .adaptive import AdaptiveSurrogate, FixedNoise, NoiseFreeTransfer, SurrogateEnsemble, Transfer
-from .apgd import APGD
-from .base import Attack
-from .events import build_event_attack, is_event_attack_name
-from .gradient import FGSM, MTPGD, PGD, RFGSM
-from .square import Square
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import Attack
 
 PAPER_ALPHA = 0.01
+#: ``alpha="eps"``: the step size follows eps, ``2.5 * eps / steps`` per attack.
+EPS_RULE = "eps"
+EPS_RULE_FACTOR = 2.5
 
 #: The paper's table (PAPER.md section 4): clean, FGSM, RFGSM, PGD7..40, APGD, MTPGD.
 PAPER_SUITE: tuple[str, ...] = ("fgsm", "rfgsm", "pgd7", "pgd10", "pgd20", "pgd40", "apgd-ce", "mtpgd")
 
 #: Everything: the paper's attacks, longer/restarted PGD, APGD-DLR, black-box, transfer and
-#: the SNN-adaptive attacks (the stochastic-only ones are skipped on deterministic models).
+#: the SNN-adaptive attacks (those whose needs the model does not meet are skipped with a reason).
 STRONG_SUITE: tuple[str, ...] = PAPER_SUITE + (
     "pgd50-r3", "apgd-dlr", "square", "transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive")
 
 SUITES: dict[str, tuple[str, ...]] = {"paper": PAPER_SUITE, "strong": STRONG_SUITE}
 
-_PATTERNS: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"^pgd(\d+)?(?:-r(\d+))?$"), "pgd"),
-    (re.compile(r"^apgd-(ce|dlr)(\d+)?$"), "apgd"),
-    (re.compile(r"^mtpgd(\d+)?$"), "mtpgd"),
-    (re.compile(r"^square(\d+)?$"), "square"),
-]
-_FIXED = ("fgsm", "rfgsm", "transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive")
+#: The step-size rule each suite uses by default.
+SUITE_ALPHA: dict[str, float | str] = {"paper": PAPER_ALPHA, "strong": EPS_RULE}
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One registered attack: its name, class, name pattern and name-implied defaults."""
+
+    name: str
+    cls: type
+    pattern: re.Pattern | None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    example: str = ""
+
+    def match(self, text: str) -> dict[str, Any] | None:
+        """Constructor arguments implied by ``text``, or None if ``text`` is not this attack's name."""
+        if self.pattern is None:
+            return {} if text == self.name else None
+        m = self.pattern.fullmatch(text)
+        if m is None:
+            return None
+        args = dict(self.defaults)
+        for key, value in m.groupdict().items():
+            if value is None:
+                continue
+            if value.isdigit():
+                if int(value) < 1:
+                    raise SpikeguardError(f"{self.name} {key} must be >= 1, got {value}")
+                args[key] = int(value)
+            else:
+                args[key] = value
+        return args
+
+
+_REGISTRY: dict[str, AttackSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_attack(name: str, pattern: str | None = None, *, aliases: Mapping[str, str] | Sequence[str] = (),
+                    defaults: Mapping[str, Any] | None = None, example: str | None = None) -> Callable[[type], type]:
+    """Class decorator: make ``cls`` buildable by :func:`build_attack` as ``name``.
+
+    Args:
+        name: canonical name (lower case).
+        pattern: regular expression (matched in full) for parametrised names; its named groups
+            are constructor arguments (``steps``, ``restarts``, ``queries``, ``loss`` ...).
+        aliases: other spellings, as a list (meaning ``name``) or ``{alias: canonical name}``.
+        defaults: constructor arguments every name of this attack implies (e.g. APGD's 50 steps).
+        example: how ``list_attacks`` shows a parametrised name (e.g. ``pgdK-rR``).
+    """
+
+    def deco(cls: type) -> type:
+        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
+            raise ValueError(f"attack {name!r} is already registered by {_REGISTRY[name].cls.__name__}")
+        _REGISTRY[name] = AttackSpec(name, cls, re.compile(pattern) if pattern else None, dict(defaults or {}),
+                                     example or name)
+        items = aliases.items() if isinstance(aliases, Mapping) else ((a, name) for a in aliases)
+        _ALIASES.update({a: target for a, target in items})
+        if "name" not in cls.__dict__:
+            cls.name = name
+        return cls
+
+    return deco
+
+
+def registered_attacks() -> dict[str, AttackSpec]:
+    """The registered attacks by canonical name (a copy)."""
+    return dict(_REGISTRY)
 
 
 def list_attacks() -> list[str]:
     """Example names accepted by :func:`build_attack` (the patterns take any step count)."""
-    return ["fgsm", "rfgsm", "pgdK", "pgdK-rR", "apgd-ceK", "apgd-dlrK", "mtpgdK", "squareQ", *_FIXED[2:],
-            "event-flipK", "random-flipK", "event-steK"]
+    return [s.example for s in _REGISTRY.values()]
 
 
-def _int(text: str | None, default: int, what: str) -> int:
-    v = default if text is None else int(text)
-    if v < 1:
-        raise SpikeguardError(f"{what} must be >= 1, got {v}")
-    return v
+def _spelling(name: str) -> str:
+    n = name.strip().lower().replace("_", "-")
+    return _ALIASES.get(n, n)
+
+
+def resolve(name: str) -> tuple[str, AttackSpec, dict[str, Any]]:
+    """``(canonical name, spec, name-implied constructor arguments)`` of an attack name."""
+    n = _spelling(name)
+    for spec in _REGISTRY.values():
+        args = spec.match(n)
+        if args is not None:
+            return n, spec, args
+    raise SpikeguardError(f"unknown attack {name!r}; known: {', '.join(list_attacks())} "
+                          f"(K, R, Q are integers, e.g. pgd20, pgd50-r5, apgd-ce100, square2000)")
 
 
 def normalize_name(name: str) -> str:
     """Canonical spelling of an attack name (``APGD`` -> ``apgd-ce``, ``pgd`` -> ``pgd10``)."""
-    n = name.strip().lower().replace("_", "-")
-    n = {"apgd": "apgd-ce", "pgd": "pgd10", "mt-pgd": "mtpgd", "r-fgsm": "rfgsm", "fixednoise": "fixed-noise",
-         "noisefree": "noise-free", "sg-ens": "sg-ensemble", "assg": "sg-adaptive"}.get(n, n)
-    if n in _FIXED or any(p.match(n) for p, _ in _PATTERNS) or is_event_attack_name(n):
-        return n
-    raise SpikeguardError(f"unknown attack {name!r}; known: {', '.join(list_attacks())} "
-                          f"(K, R, Q are integers, e.g. pgd20, pgd50-r5, apgd-ce100, square2000)")
+    return resolve(name)[0]
+
+
+def attack_class(name: str) -> type:
+    """The class that a registered attack name builds."""
+    return resolve(name)[1].cls
 
 
 def parse_attacks(text: str) -> list[str]:
@@ -91,70 +172,72 @@ def parse_attacks(text: str) -> list[str]:
     return out
 
 
-def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, eot: int = 1, alpha: float = PAPER_ALPHA,
-                 source: nn.Module | None = None, seed: int = 0, **overrides) -> Attack:
+def parse_alpha(text: str | float | None, default: float | str = PAPER_ALPHA) -> float | str:
+    """A step-size setting: a number on the [0, 1] scale, ``eps`` (follow eps) or ``paper`` (0.01)."""
+    if text is None:
+        return default
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        t = str(text).strip().lower()
+        if t == EPS_RULE:
+            return EPS_RULE
+        if t == "paper":
+            return PAPER_ALPHA
+        try:
+            value = float(t)
+        except ValueError:
+            raise SpikeguardError(f"step size must be a number, 'eps' (2.5 * eps / steps) or 'paper' (0.01), "
+                                  f"got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise SpikeguardError(f"step size must be in (0, 1], got {value}")
+    return value
+
+
+def step_size(alpha: float | str, eps: float, steps: int) -> float:
+    """The step size an attack of ``steps`` steps uses under the rule ``alpha`` (see module docstring)."""
+    if alpha == EPS_RULE:
+        return max(EPS_RULE_FACTOR * float(eps) / max(int(steps), 1), 1e-6) if eps > 0 else 0.0
+    if isinstance(alpha, str):
+        return float(parse_alpha(alpha))
+    return float(alpha)
+
+
+def describe_step_size(alpha: float | str) -> dict[str, Any]:
+    """The step-size rule as recorded in a result."""
+    if alpha == EPS_RULE:
+        return {"rule": "eps", "alpha": f"{EPS_RULE_FACTOR:g} * eps / steps",
+                "note": "each attack's step size follows eps and its own step count, so it can reach the eps boundary"}
+    note = "the paper's fixed step size, whatever eps is" if float(alpha) == PAPER_ALPHA else "a fixed step size"
+    return {"rule": "fixed", "alpha": float(alpha), "note": note}
+
+
+def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, eot: int = 1, alpha: float | str = PAPER_ALPHA,
+                 source: nn.Module | None = None, seed: int = 0, **overrides: Any) -> "Attack":
     """Build the attack called ``name`` on ``model``.
 
     Args:
         name: see the module docstring.
         eps: L-inf budget on the [0, 1] scale.
         eot: EoT passes for the gradient attacks (use 1 for deterministic models).
-        alpha: step size of the PGD-type attacks (paper: 0.01).
+        alpha: step size of the attacks that take one: a number (paper: 0.01) or ``"eps"``
+            (``2.5 * eps / steps`` from each attack's own step count).
         source: model for ``transfer`` (default: the target's noise-free twin, which needs
             a Noisy-LIF target).
         seed: seed of ``fixed-noise``'s default noise sample.
         **overrides: constructor arguments replacing the defaults (e.g. ``queries=500``).
     """
-    n = normalize_name(name)
-    if (event_attack := build_event_attack(n, model, eot=eot, **overrides)) is not None:
-        return event_attack
-    kw: dict = dict(eot=eot)
-    attack: Attack
-    if n == "fgsm":
-        attack = FGSM(model, eps, **kw, **overrides)
-    elif n == "rfgsm":
-        attack = RFGSM(model, eps, **kw, **overrides)
-    elif n == "transfer":
-        if source is None:
-            if not is_stochastic(model):
-                raise SpikeguardError("the transfer attack needs a source model (--source RUN_DIR) for a "
-                                      "deterministic target; its noise-free twin would be the target itself")
-            attack = NoiseFreeTransfer(model, eps, alpha=alpha, **overrides)
-        else:
-            src_eot = eot if is_stochastic(source) else 1
-            attack = Transfer(model, source, eps, alpha=alpha, **(dict(steps=20) | overrides), eot=src_eot)
-        attack.name = "transfer"
-    elif n == "noise-free":
-        attack = NoiseFreeTransfer(model, eps, alpha=alpha, **overrides)
-    elif n == "fixed-noise":
-        attack = FixedNoise(model, eps, alpha=alpha, seed=seed, **overrides)
-    elif n == "sg-ensemble":
-        attack = SurrogateEnsemble(model, eps, alpha=alpha, **kw, **overrides)
-    elif n == "sg-adaptive":
-        attack = AdaptiveSurrogate(model, eps, alpha=alpha, **kw, **overrides)
-    else:
-        attack = _build_pattern(n, model, eps, kw, alpha, overrides)
+    n, spec, args = resolve(name)
+    kw = args | overrides
+    cls = spec.cls
+    if getattr(cls, "uses_step_size", False) and "alpha" not in overrides:
+        kw["alpha"] = step_size(alpha, eps, kw.get("steps", _default(cls, "steps", 1)))
+    attack = cls.build(model, eps, eot=eot, source=source, seed=seed, **kw)
     attack.name = n
     return attack
 
 
-def _build_pattern(n: str, model: nn.Module, eps: float, kw: dict, alpha: float, overrides: dict) -> Attack:
-    for pattern, kind in _PATTERNS:
-        m = pattern.match(n)
-        if not m:
-            continue
-        if kind == "pgd":
-            args = dict(alpha=alpha, steps=_int(m.group(1), 10, "PGD steps"), restarts=_int(m.group(2), 1, "restarts"))
-            return PGD(model, eps, **kw, **(args | overrides))
-        if kind == "apgd":
-            args = dict(loss=m.group(1), steps=_int(m.group(2), 50, "APGD steps"))
-            return APGD(model, eps, **kw, **(args | overrides))
-        if kind == "mtpgd":
-            args = dict(alpha=alpha, steps=_int(m.group(1), 20, "MTPGD steps"))
-            return MTPGD(model, eps, **kw, **(args | overrides))
-        if kind == "square":
-            return Square(model, eps, **kw, **(dict(queries=_int(m.group(1), 1000, "queries")) | overrides))
-    raise SpikeguardError(f"unknown attack {n!r}")  # unreachable after normalize_name
-
-
-AttackBuilder = Callable[..., Attack]
+def _default(cls: type, param: str, fallback: Any) -> Any:
+    """The default of ``cls.__init__``'s parameter ``param`` (``fallback`` if it has none)."""
+    p = inspect.signature(cls.__init__).parameters.get(param)
+    return fallback if p is None or p.default is inspect.Parameter.empty else p.default

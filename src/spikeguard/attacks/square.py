@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import SpikeguardError
 from .base import Attack, margin_loss
+from .registry import register_attack
 
 # Query indices (on a 10,000-query scale) after which the square's area share p halves.
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -28,6 +29,7 @@ def square_fraction(p_init: float, query: int, n_queries: int) -> float:
     return p_init / 2 ** sum(it > h for h in _P_HALVINGS)
 
 
+@register_attack("square", pattern=r"square(?P<queries>\d+)?", example="squareQ")
 class Square(Attack):
     """Square attack, L-infinity, margin loss.
 
@@ -96,6 +98,3 @@ class Square(Attack):
             best[todo[better]] = adv[better]
             best_margin[todo[better]] = m[better]
         return best
-
-    def __repr__(self) -> str:
-        return f"Square(eps={self.eps:.5g}, queries={self.queries}, p_init={self.p_init}, eot={self.eot})"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..utils import EPS_HELP
 from .common import eps_list, positive_int
+from .evaluate import add_device_arg
 
 EPILOG = """\
 examples:
@@ -36,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attacks", default=None, metavar="LIST",
                    help="comma-separated attacks (default fgsm,rfgsm,pgd40; any spikeguard attack name)")
     p.add_argument("--eps", type=eps_list, default=None, metavar="EPS",
-                   help="L-inf budget; integers are in 1/255 units (default 8)")
+                   help=f"L-inf budget: {EPS_HELP} (default 8/255)")
     p.add_argument("--alpha", type=float, default=0.01, help="PGD step size on the [0, 1] scale (default 0.01)")
     p.add_argument("--eot", type=positive_int, default=4, help="EoT samples for attacking Noisy-LIF cells (default 4)")
     p.add_argument("--passes", type=positive_int, default=4,
@@ -44,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="tiny run: digits, small conv SNN, T=2, 3 epochs, 120 test images (overrides the config)")
     p.add_argument("--json", metavar="FILE", help="also write the result JSON here")
+    add_device_arg(p, default=None)
     p.add_argument("--no-progress", action="store_true", help="hide training progress")
     p.set_defaults(func=run)
 
@@ -69,7 +72,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--alpha must be in (0, 1], got {args.alpha}")
     settings = AttackSettings(attacks=attacks, eps=args.eps[0] if args.eps else 8 / 255, alpha=args.alpha,
                               eot=args.eot, passes=args.passes, batch_size=base.eval.batch_size, seed=base.seed)
-    result = run_ablation(base, args.out, strategy=args.strategy, settings=settings, progress=not args.no_progress)
+    if args.device:
+        base.device = args.device
+    from ..utils import resolve_device
+
+    resolve_device(base.device)
+    result = run_ablation(base, args.out, strategy=args.strategy, settings=settings, progress=not args.no_progress,
+                          argv=args.argv)
     print()
     print(format_table(result))
     if args.json:

@@ -7,6 +7,7 @@ everything written atomically into --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ examples:
   spikeguard analyze flip      -k runs/demo/vanilla -k runs/demo/tgo --flip-eps 2/255   # theory + measured
   spikeguard analyze flip                                                        # theory only
   spikeguard analyze jacobian  -k runs/demo/vanilla -k runs/demo/tgo --attack fgsm --eps 8/255
-  spikeguard analyze sweep runs/eval/*.json runs/demo/results.json --attack pgd10
+  spikeguard analyze sweep runs/demo/results.json runs/demo/tgo/evaluation --sweep-attack pgd10
   spikeguard analyze all       -k runs/demo/vanilla -k runs/demo/tgo --out runs/analysis
 
 -k/--checkpoint takes a run folder written by 'spikeguard train' (or the demo), optionally
@@ -31,10 +32,14 @@ named: NAME=PATH (default name: the folder's name). The first model is the basel
 reductions and ratios are computed against. The dataset is the first run's (override with
 --dataset/--data-root); analyses use the test split.
 
-sweep reads evaluation JSON files: the demo's results.json ({"models": {name: {"clean",
-"attacks": {attack: {"8/255": acc}}}}}), 'spikeguard evaluate' output (top-level "eps" and
-"attacks"/"results" of accuracies or {"accuracy": ...}), lists of those, and training
-results.json files; see docs/analysis.md."""
+sweep reads result files (or folders of them, two levels deep): robustness.json of 'spikeguard
+evaluate', of training (eval.attacks) and of the ablation, and the demo's results.json, in the
+result schema of docs/evaluation.md or the earlier layout of spikeguard 0.1.0. Its table shows
+each row's sample count; results of different provenance (command, sample count, passes, seed,
+weights) get rows of their own unless --merge, which says what it merged.
+
+Each analysis writes into a new folder runs/analysis/<UTC time>-<what>/ unless --out DIR is
+given; a result already in DIR is never replaced without --overwrite."""
 
 
 def _eps(text: str) -> float:
@@ -91,10 +96,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--n", type=nonneg_int, default=None,
                    help="test images to use, 0 = all (defaults: membrane/flip/gradients 0 up to 1000, "
                         "landscape 256, jacobian 128)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto)")
+    g.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto, cpu, cuda, cuda:1 ... (default auto); an unavailable device is a one-line error")
     g.add_argument("--seed", type=int, default=0, help="seed for subsets, noise draws, random directions (default 0)")
     o = p.add_argument_group("output")
-    o.add_argument("--out", "-o", default="runs/analysis", metavar="DIR", help="output folder (default runs/analysis)")
+    o.add_argument("--out", "-o", default=None, metavar="DIR",
+                   help="output folder (default: a new folder runs/analysis/<UTC time>-<what>)")
+    o.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     o.add_argument("--format", default="png", help="figure formats: png plus any of svg,pdf (default png)")
     o.add_argument("--title", default="", help="figure title prefix")
     o.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -137,6 +145,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--lambda-eps", type=_eps, default=None, help="budget of the lambda_max panel (default ~8/255)")
     sw.add_argument("--reference", default=None, metavar="MODEL",
                     help="model name the table's deltas are taken against (default: no deltas)")
+    sw.add_argument("--merge", action="store_true",
+                    help="put results of different provenance for one model into one row (the table then lists "
+                         "what each merged row combines)")
     p.set_defaults(func=run)
 
 
@@ -154,10 +165,7 @@ def load_models(specs: list[str], device: str = "cpu") -> tuple[dict, list]:
     """``[NAME=]PATH`` specs -> ``({name: model}, [Run])`` via ``spikeguard.checkpoint.load_run``."""
     from ..errors import ConfigError
 
-    try:
-        from ..checkpoint import load_run
-    except ImportError:
-        raise ConfigError("loading checkpoints needs spikeguard.checkpoint, which this installation lacks") from None
+    from ..checkpoint import load_run
     models, runs = {}, []
     for spec in specs:
         name, path = None, spec
@@ -189,21 +197,21 @@ def _load_data(args: argparse.Namespace, runs: list):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..analysis import commands as C
     from ..analysis.plotting import parse_formats
     from ..errors import ConfigError
     from ..utils import resolve_device
 
     formats = parse_formats(args.format)
-    out = Path(args.out)
     t0 = time.perf_counter()
+    todo = ["membrane", "gradients", "landscape", "flip", "jacobian"] if args.what == "all" else [args.what]
     if args.what == "sweep":
         if not args.files:
-            raise ConfigError("analyze sweep needs evaluation JSON files (or folders) as arguments")
-        res = C.run_sweep(args.files, out, attack=args.sweep_attack, lambda_eps=args.lambda_eps, formats=formats,
-                          title=args.title, reference=args.reference)
+            raise ConfigError("analyze sweep needs result files (or folders) as arguments")
+        with _output(args, todo) as out:
+            res = C.run_sweep(args.files, out, attack=args.sweep_attack, lambda_eps=args.lambda_eps, formats=formats,
+                              title=args.title, reference=args.reference, merge=args.merge)
+            _add_provenance(out / "sweep.json", res, args, [], None)
         _report(res, t0)
         return 0
     if args.files:
@@ -212,6 +220,46 @@ def run(args: argparse.Namespace) -> int:
     models, runs = load_models(args.checkpoint, str(device)) if args.checkpoint else ({}, [])
     if not models and args.what != "flip":
         raise ConfigError(f"analyze {args.what} needs at least one checkpoint: -k RUN_FOLDER")
+    with _output(args, todo) as out:
+        _analyses(args, todo, models, runs, out, device, formats, t0)
+    return 0
+
+
+@contextlib.contextmanager
+def _output(args: argparse.Namespace, todo: list[str]):
+    """The output folder: ``--out`` (refusing to replace a result there unless ``--overwrite``) or a new
+    ``runs/analysis/<UTC time>-<what>``; removed again if the analysis fails before writing anything."""
+    from ..io import ensure_dir, new_dir, refuse_overwrite, removed_on_failure, stamp
+
+    if args.out:
+        created = not Path(args.out).exists()
+        refuse_overwrite(args.out, [f"{w}.json" for w in todo], args.overwrite)
+        out = ensure_dir(args.out)
+    else:
+        out, created = new_dir(Path("runs") / "analysis", f"{stamp()}-{args.what}"), True
+    with removed_on_failure(out, created=created):
+        yield out
+
+
+def _add_provenance(path: Path, res: dict, args: argparse.Namespace, runs: list, ds) -> None:
+    """Rewrite an analysis' JSON with its provenance (checkpoints and their weight hashes, command,
+    sample count, seed, versions, date)."""
+    from ..evaluation.results import checkpoint_id, command_line, now_utc, software
+    from ..io import atomic_write_json
+
+    res["provenance"] = {
+        "command": command_line(args.argv), "checkpoints": {str(r.path): checkpoint_id(r.path) for r in runs},
+        "inputs": [str(f) for f in args.files], "dataset": getattr(ds, "name", None),
+        "n_samples": res.get("num_samples", args.n), "seed": args.seed, "software": software(), "date": now_utc()}
+    atomic_write_json(path, res)
+
+
+def _analyses(args: argparse.Namespace, todo: list[str], models: dict, runs: list, out: Path, device, formats,
+              t0: float) -> None:
+    import torch
+
+    from ..analysis import commands as C
+
     ds = _load_data(args, runs) if models else None
     cfg = runs[0].config if runs else None
     delta = args.delta if args.delta is not None else (cfg.tgo.delta if cfg is not None else 0.5)
@@ -221,7 +269,6 @@ def run(args: argparse.Namespace) -> int:
     def n_or(default: int) -> int:
         return default if args.n is None else args.n
 
-    todo = ["membrane", "gradients", "landscape", "flip", "jacobian"] if args.what == "all" else [args.what]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         for what in todo:
@@ -245,8 +292,8 @@ def run(args: argparse.Namespace) -> int:
                 res = C.run_jacobian(models, ds, out, n=n_or(128), iters=args.iters, method=args.method,
                                      projections=args.projections, attack=args.attack, eps=args.eps, device=device,
                                      **common)
+            _add_provenance(out / f"{what}.json", res, args, runs, ds)
             _report(res, t0)
-    return 0
 
 
 def _report(res: dict, t0: float) -> None:
@@ -280,6 +327,8 @@ def _report(res: dict, t0: float) -> None:
             print(f"{m}: " + ", ".join(f"{p['eps_label']}: {100 * p['accuracy']:.1f}%" for p in pts))
         print()
         print(res["table"])
+        for m, groups in res.get("merged", {}).items():
+            print(f"row {m!r} merges results of different provenance: " + "; ".join(groups))
     for f in res.get("files", []):
         print(f"  wrote {f}")
     print(f"  ({time.perf_counter() - t0:.0f} s)")

@@ -19,10 +19,17 @@ checks (each PASS or WARN with its numbers; SKIP where it does not apply):
   zero_grad  share of samples whose input gradient is exactly zero (CE and margin loss)
   budget     ||x_adv - x||_inf <= eps + 1e-6 and x_adv in [0, 1] for every attack run
 
-example:
+A comparison beyond --tolerance whose two 95% intervals overlap is within noise: it passes,
+saying so, instead of being called gradient masking. The audit's PGD runs step 2.5 * eps /
+steps, so they reach the boundary of the eps-ball at every budget.
+
+examples:
   spikeguard audit --checkpoint runs/demo/tgo --n-samples 200
-Writes OUT/audit.json (atomically) and prints the verdicts; exit status 0 (1 with --strict
-when a check warns)."""
+  spikeguard audit --model-file my_snn.py:build --weights my_snn.safetensors --data cifar10
+Writes audit.json (atomically, with its provenance) into a new folder
+RUN/evaluation/<UTC time>-audit-eps<k>/ (or --out DIR; an existing audit.json there is never
+replaced without --overwrite) and prints the verdicts; exit status 0 (1 with --strict when a
+check warns)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--steps", type=int, default=10, help="PGD steps of the audit's runs (default 10)")
-    p.add_argument("--alpha", type=float, default=0.01, help="PGD step size at --eps (default 0.01)")
+    p.add_argument("--alpha", default="eps", metavar="STEP",
+                   help="PGD step size of the audit's runs at --eps: 'eps' (2.5 * eps / steps, default: enough to "
+                        "reach the boundary), 'paper' (0.01) or a number")
     p.add_argument("--tolerance", type=float, default=1.0, help="allowed difference in accuracy points (default 1)")
     p.add_argument("--chance-margin", type=float, default=0.05,
                    help="accuracy at 64/255 may exceed 1/num_classes by this much (default 0.05)")
@@ -46,10 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..attacks import EPS_RULE, parse_alpha
     from ..errors import SpikeguardError
     from ..evaluation import audit_robustness
-    from ..io import atomic_write_json
-    from .evaluate import load_target, out_dir, parse_eps_arg
+    from ..evaluation.results import command_line, provenance, write_audit
+    from ..io import removed_on_failure
+    from .evaluate import load_target, parse_eps_arg, result_dir
 
     eps = parse_eps_arg(args.eps)
     if args.steps < 1 or args.square_queries < 1 or args.tolerance < 0 or args.chance_margin < 0 \
@@ -57,15 +68,21 @@ def run(args: argparse.Namespace) -> int:
         raise SpikeguardError("need --steps >= 1, --square-queries >= 1, --tolerance >= 0, --chance-margin >= 0 "
                               "and --zero-grad-limit in [0, 1]")
     rn, model, x, y, info, device = load_target(args)
-    out = out_dir(args, rn)
-    print(f"auditing {rn.path} on {info['name']}/{info['split']} ({len(y)} images)", file=sys.stderr)
-    audit = audit_robustness(model, x, y, eps=eps, eot=args.eot, passes=args.passes, steps=args.steps,
-                             alpha=args.alpha, tolerance=args.tolerance, chance_margin=args.chance_margin,
-                             zero_grad_limit=args.zero_grad_limit, square_queries=args.square_queries,
-                             batch_size=args.batch_size, seed=args.seed, device=device,
-                             progress=not args.no_progress)
-    print(audit.format())
-    path = out / "audit.json"
-    atomic_write_json(path, {"checkpoint": str(rn.path), "data": info, "command": "audit", "audit": audit.to_dict()})
+    out, created = result_dir(args, rn, "audit", eps, "audit.json")
+    with removed_on_failure(out, created=created):
+        print(f"auditing {rn.path} on {info['name']}/{info['split']} ({len(y)} images); output folder {out}",
+              file=sys.stderr)
+        audit = audit_robustness(model, x, y, eps=eps, eot=args.eot, passes=args.passes, steps=args.steps,
+                                 alpha=parse_alpha(args.alpha, EPS_RULE), randomness=args.randomness,
+                                 tolerance=args.tolerance, chance_margin=args.chance_margin,
+                                 zero_grad_limit=args.zero_grad_limit, square_queries=args.square_queries,
+                                 batch_size=args.batch_size, seed=args.seed, device=device,
+                                 progress=not args.no_progress)
+        print(audit.format())
+        prov = provenance(command=command_line(args.argv), checkpoint=getattr(rn, "weights", None) or rn.path,
+                          attacks=[], eps=eps, n_samples=len(y),
+                          seed=args.seed, passes=args.passes, eot=args.eot, data=info, steps=args.steps)
+        path = write_audit(out / "audit.json", audit, prov, checkpoint=str(rn.path), model_file=args.model_file,
+                           weights=args.weights, data=info, command="audit")
     print(f"\nwrote {path}")
     return 1 if args.strict and audit.warnings else 0

@@ -8,9 +8,8 @@ import sys
 
 from ..errors import SpikeguardError
 
-# Sub-command modules, each with ``add_parser(subparsers)``; a module that is not
-# installed (e.g. a feature still in development) is skipped.
-COMMANDS = ("demo", "train", "evaluate", "audit", "analyze", "report", "ablation")
+# Sub-command modules, each with ``add_parser(subparsers)``.
+COMMANDS = ("demo", "train", "evaluate", "audit", "analyze", "report", "ablation", "study", "calibrate", "list")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spikeguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__package__}.{name}":
-                continue
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(f"{__package__}.{name}").add_parser(sub)
     return parser
 
 
@@ -45,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SpikeguardError as e:
-        print(f"spikeguard {args.command}: error: {e}", file=sys.stderr)
+        from ..signals import Interrupted
+
+        # a stop on request (Ctrl-C, SIGTERM) that saved its state is not an error
+        kind = "interrupted" if isinstance(e, Interrupted) else "error"
+        print(f"spikeguard {args.command}: {kind}: {e}", file=sys.stderr)
         return int(getattr(e, "exit_code", 2))  # e.g. 143 after a checkpoint on SIGTERM
     except KeyboardInterrupt:
         print(f"spikeguard {args.command}: interrupted", file=sys.stderr)

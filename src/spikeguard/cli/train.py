@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 EPILOG = """\
 examples:
@@ -42,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar and per-epoch lines")
+    from .evaluate import add_device_arg
+
+    add_device_arg(p, default=None)
     add_run_args(p)
     p.set_defaults(func=run)
 
@@ -80,33 +85,68 @@ def run(args: argparse.Namespace) -> int:
     from ..config import config_to_toml, load_config
     from ..errors import ConfigError
     from ..experiment import run_experiment
+    from ..io import removed_on_failure
     from ..logging import NORMAL, QUIET, RunLogger, verbosity_from_args
+    from ..utils import resolve_device
 
     if not args.out and not args.print_config:
         raise ConfigError("--out DIR is required (the run folder to create or resume)")
     verbosity = verbosity_from_args(args)
 
     cfg = None
-    if args.config is not None or args.overrides or not args.resume:
-        cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + ([f'device="{args.device}"'] if args.device else [])
+    if args.config is not None or overrides or not args.resume:
+        cfg = load_config(args.config, overrides)
     if args.print_config:
         print(config_to_toml(cfg) if cfg is not None else "(resuming: the run's saved config is used)", end="")
         return 0
     if args.distributed and distributed.env_world() is None:
         return distributed.launch_local(args.distributed, child_argv(args))
+    resolve_device(_device_setting(cfg, args))  # a one-line error before any folder is made
+    if args.resume and ctx_is_main():
+        print(_resume_note(args.out), file=sys.stderr)
     ctx = distributed.init_from_env(_device_setting(cfg, args))
+    created = not Path(args.out).exists()
     try:
         log_every = args.log_every if args.log_every is not None else (10 if verbosity > NORMAL else 50)
         logger = RunLogger(args.out, verbosity=verbosity if not args.no_progress else min(verbosity, QUIET),
                            log_every=log_every, tensorboard=args.tensorboard, enabled=ctx.is_main)
         logger.debug(f"spikeguard train: rank {ctx.rank}/{ctx.world_size} ({ctx.backend or 'single process'})")
-        res = run_experiment(cfg, args.out, resume=args.resume, progress=verbosity >= NORMAL and not args.no_progress,
-                             logger=logger)
+        # a run that fails before its first checkpoint leaves no folder behind
+        with removed_on_failure(args.out, keep=lambda p: (p / "model.safetensors").exists(),
+                                created=created and ctx.is_main):
+            res = run_experiment(cfg, args.out, resume=args.resume,
+                                 progress=verbosity >= NORMAL and not args.no_progress, logger=logger)
     finally:
         distributed.shutdown()
     if args.no_progress and verbosity >= NORMAL and ctx.is_main:
         print(f"clean test accuracy {res['test_accuracy']:.4f} ({res['test_samples']} images); run in {args.out}")
     return 0
+
+
+def ctx_is_main() -> bool:
+    from .. import distributed
+
+    world = distributed.env_world()
+    return world is None or world[0] == 0
+
+
+def _resume_note(out: str) -> str:
+    """``resuming RUN from epoch E, batch B (checkpoint of DATE)``, or why there is nothing to resume."""
+    import datetime as dt
+
+    from ..checkpoint import MODEL_FILE, load_training_state
+
+    p = Path(out)
+    if not (p / MODEL_FILE).exists():
+        return f"resuming {out}: no checkpoint there yet"
+    try:
+        st = load_training_state(p) or {}
+    except Exception:  # the run itself reports a broken state as a one-line error
+        return f"resuming {out}"
+    when = dt.datetime.fromtimestamp((p / MODEL_FILE).stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    batch = f", batch {st['batch']}" if st.get("batch") else ""
+    return f"resuming {out} after epoch {st.get('epoch', '?')}{batch} (checkpoint of {when})"
 
 
 def _device_setting(cfg, args: argparse.Namespace) -> str:

@@ -52,6 +52,12 @@ class ImageDataset:
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
+    def to(self, device: torch.device | str) -> "ImageDataset":
+        """The same split with images and labels on ``device`` (GPU-resident data: CIFAR-10's
+        uint8 training set is 150 MB; batches are then gathered and augmented there)."""
+        return ImageDataset(self.images.to(device), self.labels.to(device), self.classes, self.mean, self.std,
+                            self.name)
+
     def float_images(self, index: Tensor | slice | None = None) -> Tensor:
         """Images (optionally a selection) as float32 in [0, 1]."""
         x = self.images if index is None else self.images[index]

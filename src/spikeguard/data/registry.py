@@ -5,7 +5,15 @@ Sources, detected from ``root``:
 * the python-pickle release: ``ROOT/cifar-10-batches-py`` / ``ROOT/cifar-100-python`` (or
   ``root`` pointing at that folder itself), md5-verified against the official checksums;
 * an image-folder tree: ``ROOT/{train,test}/<class>/*.jpg|png`` (e.g. the shared
-  ``cifar10-jpg``), or ``ROOT/<name>/{train,test}/...``.
+  ``cifar10-jpg``), or ``ROOT/<name>/{train,test}/...``;
+* two parquet files in the Hugging Face ``datasets`` layout, ``ROOT/{train,test}.parquet``
+  (e.g. the shared ``cifar10-parquet``), or ``ROOT/<name>-parquet/...`` (needs pyarrow). The
+  names ``cifar10-parquet``, ``cifar100-parquet`` and ``cifar100-coarse-parquet`` ask for
+  this source first.
+
+Facts about a known dataset that do not need its files (classes, image shape, mean/std, label
+names) are a :class:`DatasetInfo` in this registry (:func:`dataset_info`), so a model can be
+built for ``cifar100`` without loading it.
 
 Decoded splits are cached as uint8 arrays (``.npz``, written atomically) in ``cache_dir``
 (default ``$SPIKEGUARD_CACHE`` or ``~/.cache/spikeguard``), keyed by a fingerprint of the
@@ -18,6 +26,7 @@ import hashlib
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +35,79 @@ import torch
 from ..errors import DataError, SpikeguardError
 from .base import ImageDataset
 from .cifar import (
-    CIFAR10_DIR, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_DIR, CIFAR100_MEAN, CIFAR100_STD, pickle_files,
-    read_cifar_pickle,
+    CIFAR10_CLASSES, CIFAR10_DIR, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_DIR,
+    CIFAR100_MEAN, CIFAR100_STD, pickle_files, read_cifar_pickle,
 )
+from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD
 from .folder import decode_images, fingerprint_files, folder_classes, is_image_folder, list_images
+from .parquet import is_parquet_root, parquet_fingerprint, read_parquet_split
 
 from .event_sets import EVENT_DATASETS
 
 DATASETS = ("digits", "cifar10", "cifar100", "cifar100-coarse", "folder") + EVENT_DATASETS
 _ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "cifar100-fine": "cifar100",
             "cifar-100-coarse": "cifar100-coarse", "imagefolder": "folder", "image-folder": "folder",
+            # the parquet copies (data/parquet.py): same data set, parquet source preferred
+            "cifar10-parquet": "cifar10", "cifar100-parquet": "cifar100",
+            "cifar100-coarse-parquet": "cifar100-coarse",
             "cifar10dvs": "cifar10-dvs", "dvs-cifar10": "cifar10-dvs", "n-mnist": "nmnist",
             "dvs128-gesture": "dvs-gesture", "dvsgesture": "dvs-gesture", "synthetic_dvs": "synthetic-dvs"}
 _CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a dataset without reading it.
+
+    Attributes:
+        name: registry name.
+        classes: label names, index = label.
+        image_shape: ``(C, H, W)`` of one image.
+        mean, std: per-channel normalisation (pixel scale [0, 1]) the model applies.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def model_kw(self) -> dict:
+        """The architecture arguments a model built for this data takes (``create_model(**kw)``)."""
+        c, h, _ = self.image_shape
+        return dict(in_channels=c, image_size=h, mean=[float(v) for v in self.mean], std=[float(v) for v in self.std])
+
+
+_INFO: dict[str, DatasetInfo] = {}
+
+
+def register_dataset_info(info: DatasetInfo) -> DatasetInfo:
+    """Record ``info`` under ``info.name`` (the loader of that name must exist in :func:`load_dataset`)."""
+    _INFO[info.name] = info
+    return info
+
+
+for _info in (
+    DatasetInfo("digits", tuple(DIGITS_CLASSES), (1, 8, 8), DIGITS_MEAN, DIGITS_STD),
+    DatasetInfo("cifar10", tuple(CIFAR10_CLASSES), (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD),
+    DatasetInfo("cifar100", CIFAR100_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD),
+    DatasetInfo("cifar100-coarse", CIFAR100_COARSE_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD),
+):
+    register_dataset_info(_info)
+
+
+def dataset_info(name: str) -> DatasetInfo | None:
+    """The :class:`DatasetInfo` of ``name`` (aliases accepted), or None for a dataset whose facts
+    come from its files (``folder``).
+
+    Raises:
+        DataError: unknown dataset name.
+    """
+    return _INFO.get(_normalise_name(name))
 
 
 def list_datasets() -> list[str]:
@@ -70,10 +139,20 @@ def _normalise_name(name: str) -> str:
     return key
 
 
-def _find_source(name: str, root: Path) -> tuple[str, Path] | None:
-    """``("pickle", folder)`` or ``("folder", folder)`` for ``name`` under ``root``, or None."""
+def _find_parquet(name: str, root: Path) -> tuple[str, Path] | None:
+    base = "cifar10" if name == "cifar10" else "cifar100"
+    for cand in (root, root / f"{base}-parquet", root / name):
+        if cand.is_dir() and is_parquet_root(cand):
+            return "parquet", cand
+    return None
+
+
+def _find_source(name: str, root: Path, prefer_parquet: bool = False) -> tuple[str, Path] | None:
+    """``("pickle" | "folder" | "parquet", folder)`` for ``name`` under ``root``, or None."""
     base = "cifar10" if name == "cifar10" else "cifar100"
     pdir = CIFAR10_DIR if base == "cifar10" else CIFAR100_DIR
+    if prefer_parquet and (hit := _find_parquet(name, root)) is not None:
+        return hit
     if name != "folder":
         meta = pickle_files(root, base)["meta"]
         for cand in (root, root / pdir):
@@ -82,7 +161,13 @@ def _find_source(name: str, root: Path) -> tuple[str, Path] | None:
     for cand in (root, root / name, root / base, root / f"{base}-jpg"):
         if cand.is_dir() and is_image_folder(cand):
             return "folder", cand
-    return None
+    return _find_parquet(name, root)
+
+
+def _has_column(src: Path, column: str) -> bool:
+    from .parquet import _pyarrow
+
+    return column in _pyarrow().read_schema(src / "train.parquet").names
 
 
 def _missing(name: str, roots: list[Path]) -> DataError:
@@ -132,7 +217,10 @@ def _load_arrays(name: str, split: str, kind: str, src: Path, cache_dir: Path | 
     label = "coarse" if name == "cifar100-coarse" else "fine"
     base = "cifar10" if name == "cifar10" else "cifar100"
     files: list = []
-    if kind == "pickle":
+    if kind == "parquet":
+        classes = []
+        fp = [parquet_fingerprint(src / f"{split}.parquet")]
+    elif kind == "pickle":
         table = pickle_files(src, base)
         fp = []
         for fname in [*table[split], table["meta"]]:
@@ -153,6 +241,9 @@ def _load_arrays(name: str, split: str, kind: str, src: Path, cache_dir: Path | 
         return hit
     if kind == "pickle":
         x, y, classes = read_cifar_pickle(src, base, split, label=label, verify=verify)
+    elif kind == "parquet":
+        column = f"{label}_label" if name.startswith("cifar100") else "label"
+        x, y, classes = read_parquet_split(src / f"{split}.parquet", label_column=column, progress=progress)
     else:
         x, y = decode_images(files, progress=progress)
     if cache_file is not None:
@@ -190,6 +281,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
             corrupt or undecodable files (naming the file).
     """
     key = _normalise_name(name)
+    prefer_parquet = str(name).strip().lower().endswith("-parquet")
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     if subset < 0:
@@ -215,13 +307,14 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     roots = [Path(root).expanduser()] if root not in (None, "") else default_data_roots()
     found = None
     for r in roots:
-        if r.is_dir() and (found := _find_source(key, r)) is not None:
+        if r.is_dir() and (found := _find_source(key, r, prefer_parquet)) is not None:
             break
     if found is None:
         raise _missing(key, roots)
     kind, src = found
-    if kind == "folder" and key == "cifar100-coarse":
-        raise DataError(f"{src} is an image folder with one label set; cifar100-coarse needs the python release "
+    if kind in ("folder", "parquet") and key == "cifar100-coarse" and not (
+            kind == "parquet" and _has_column(src, "coarse_label")):
+        raise DataError(f"{src} has one label set; cifar100-coarse needs the python release or parquet files with coarse_label "
                         f"({CIFAR100_DIR})")
     if cache_dir == "":
         cdir = None
@@ -230,13 +323,11 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         cdir = cdir / "datasets"
     x, y, classes = _load_arrays(key, split, kind, src, cdir, verify, progress)
 
-    expected = {"cifar10": 10, "cifar100": 100, "cifar100-coarse": 20}.get(key)
-    if expected is not None and len(classes) != expected:
-        raise DataError(f"{src} has {len(classes)} classes but {key} has {expected}")
-    if key == "cifar10":
-        mean, std = CIFAR10_MEAN, CIFAR10_STD
-    elif key.startswith("cifar100"):
-        mean, std = CIFAR100_MEAN, CIFAR100_STD
+    info = _INFO.get(key)
+    if info is not None and len(classes) != info.num_classes:
+        raise DataError(f"{src} has {len(classes)} classes but {key} has {info.num_classes}")
+    if info is not None:
+        mean, std = info.mean, info.std
     else:  # a custom folder: statistics of the split itself
         xf = torch.from_numpy(x).float().div_(255.0)
         mean = tuple(float(v) for v in xf.mean((0, 2, 3)))

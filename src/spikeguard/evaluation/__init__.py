@@ -7,7 +7,7 @@
 """
 
 from .audit import AuditReport, Check, audit_robustness
-from .basic import adversarial_examples, correct_over_passes, near_threshold_of, predict
+from .basic import adversarial_examples, clean_accuracy, correct_over_passes, near_threshold_of, predict
 from .engine import (
     AttackResult,
     RobustnessReport,
@@ -20,7 +20,7 @@ from .events import EventCurve, RoundingCheck, event_attack_curve, rounding_chec
 from .stats import mean_ci95, wilson_ci95
 
 __all__ = [
-    "predict", "correct_over_passes", "adversarial_examples", "near_threshold_of",
+    "predict", "correct_over_passes", "clean_accuracy", "adversarial_examples", "near_threshold_of",
     "evaluate_robustness", "evaluate_config_attacks", "RobustnessReport", "AttackResult", "correct_per_pass", "summarize",
     "audit_robustness", "AuditReport", "Check", "mean_ci95", "wilson_ci95",
     "event_attack_curve", "rounding_check", "EventCurve", "RoundingCheck",

@@ -17,30 +17,35 @@ zero_grad     share of samples whose input gradient is exactly zero (CE and marg
 budget        ||x_adv - x||_inf <= eps + 1e-6 and x_adv in [0, 1] for every attack
 ============  ===================================================================
 
-Comparisons use a tolerance in accuracy points (default 1, as in the issue); on small
-samples or few passes, differences of that size can be noise: the numbers include the
-95% intervals so the reader can tell.
+Comparisons use a tolerance in accuracy points (default 1, as in the issue), and the
+verdict follows from the 95% intervals: a difference beyond the tolerance whose intervals
+overlap is within noise and is reported as PASS with that said, not called gradient
+masking. Each check is one ``check_*(results, settings) -> Check`` function in
+:data:`CHECKS`; the audit runs its attacks once and hands every check the same results.
+
+The audit's own PGD runs take step ``2.5 * eps / steps`` (``alpha="eps"``), so at every
+budget, the sweep's included, ``steps * alpha`` reaches past the boundary of the eps-ball;
+a report's PGD pair is reused for the steps check only where its step size reaches too.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..attacks import APGD, FGSM, PGD, Attack, NoiseFreeTransfer, Square, margin_loss
+from ..attacks import APGD, EPS_RULE, FGSM, PGD, Attack, NoiseFreeTransfer, Square, margin_loss, step_size
+from ..attacks.registry import describe_step_size
 from ..errors import SpikeguardError
 from ..neurons import is_stochastic
+from ..randomness import Randomness, detect_randomness
 from ..utils import eps_label
-from .engine import RobustnessReport, evaluate_robustness, summarize
+from .engine import AttackResult, RobustnessReport, evaluate_robustness, summarize
 
 DEFAULT_SWEEP: tuple[float, ...] = tuple(k / 255 for k in (1, 2, 4, 8, 16, 32, 64))
 PASS, WARN, SKIP = "PASS", "WARN", "SKIP"
-_ITERATIVE = re.compile(r"^(pgd\d+(-r\d+)?|apgd-(ce|dlr)\d*|mtpgd\d*|sg-ensemble|sg-adaptive)$")
-_PLAIN_PGD = re.compile(r"^pgd(\d+)$")
 
 
 @dataclass
@@ -96,8 +101,52 @@ class AuditReport:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class AuditSettings:
+    """What every check is judged against: the thresholds, and which runs play which role.
+
+    Attributes:
+        eps: the budget the robust accuracy is claimed at.
+        steps: PGD steps of the audit's own runs.
+        tolerance: allowed difference, in accuracy points.
+        chance_margin: accuracy at the largest sweep budget may exceed chance by this much.
+        zero_grad_limit: largest acceptable share of samples with an all-zero input gradient.
+        num_classes: classes of the model (chance is ``1 / num_classes``).
+        sweep: the sweep's budgets and ``sweep_names`` the runs that measured them.
+        pair: the ``(PGD-k, PGD-2k)`` runs of the steps check.
+        eot_pair: the ``(EoT 1, EoT k)`` runs of the EoT check (None: deterministic model).
+        eot_check: EoT samples of that check.
+        zero_grad: measured shares of all-zero input gradients ``(CE, margin)`` and the EoT used.
+    """
+
+    eps: float
+    steps: int
+    tolerance: float
+    chance_margin: float
+    zero_grad_limit: float
+    num_classes: int
+    sweep: tuple[float, ...]
+    sweep_names: tuple[str, ...]
+    pair: tuple[str, str]
+    eot_pair: tuple[str, str] | None
+    eot_check: int
+    zero_grad: tuple[float, float, int]
+
+    @property
+    def tol(self) -> float:
+        return self.tolerance / 100.0
+
+
+Results = dict[str, AttackResult]
+
+
 def _pts(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def _ci(r: AttackResult) -> list | None:
+    s = summarize(r.robust)
+    return s["ci95"] or s["ci95_samples"]
 
 
 def _overlap(a: list | None, b: list | None) -> bool:
@@ -105,17 +154,175 @@ def _overlap(a: list | None, b: list | None) -> bool:
     return bool(a and b and a[0] <= b[1] and b[0] <= a[1])
 
 
-def _noise_note(a: list | None, b: list | None) -> str:
-    return (" The two 95% intervals overlap, so this may be noise: rerun with more --passes / --n-samples."
-            if _overlap(a, b) else "")
+def _at_eps(results: Results, eps: float) -> Results:
+    return {n: r for n, r in results.items() if abs(r.eps - eps) < 1e-12}
+
+
+def verdict(key: str, title: str, ok: bool, numbers: dict, passed: str, warned: str,
+            intervals: tuple[list | None, list | None] | None = None) -> Check:
+    """The one PASS/WARN rule: PASS if ``ok``; else WARN, unless the two 95% ``intervals`` of
+    the compared accuracies overlap: then the difference is within noise, and the check
+    passes saying so (a difference within noise is not evidence of gradient masking)."""
+    if ok:
+        return Check(key, title, PASS, numbers, passed)
+    if intervals is not None and _overlap(*intervals):
+        a, b = intervals
+        numbers = numbers | {"within_noise": True}
+        return Check(key, title, PASS, numbers,
+                     f"within noise: {warned.split('. ')[0]}, but the 95% intervals overlap "
+                     f"([{_pts(a[0])}, {_pts(a[1])}] and [{_pts(b[0])}, {_pts(b[1])}]), so this is not evidence of "
+                     "gradient masking; rerun with more --passes / --n-samples to resolve it.")
+    return Check(key, title, WARN, numbers, warned)
+
+
+def check_eps_sweep(results: Results, st: AuditSettings) -> Check:
+    """PGD accuracy falls monotonically with eps and reaches chance at the largest budget."""
+    accs = [results[n].accuracy for n in st.sweep_names]
+    chance = 1.0 / max(st.num_classes, 1)
+    rises = [(eps_label(st.sweep[i]), eps_label(st.sweep[i + 1]), accs[i + 1] - accs[i])
+             for i in range(len(accs) - 1) if accs[i + 1] - accs[i] > st.tol]
+    top_ok = accs[-1] <= chance + st.chance_margin
+    nums = {"eps": [eps_label(e) for e in st.sweep], "accuracy": accs, "chance": chance,
+            "limit_at_max_eps": chance + st.chance_margin, "rises": rises,
+            "attack": f"PGD-{st.steps}, alpha=2.5*eps/{st.steps}", "reach_over_eps": 2.5}
+    sweep_txt = ", ".join(f"{eps_label(e)}: {_pts(a)}" for e, a in zip(st.sweep, accs))
+    why = []
+    if rises:
+        why.append("accuracy rises with eps (" + "; ".join(f"{a}->{b}: +{100 * d:.1f} pts" for a, b, d in rises) + ")")
+    if not top_ok:
+        why.append(f"{_pts(accs[-1])} > {_pts(chance + st.chance_margin)} at {eps_label(st.sweep[-1])}")
+    return verdict("eps_sweep", "accuracy falls with eps and reaches chance", not why, nums,
+                   f"PGD-{st.steps} accuracy {sweep_txt}; monotone within {st.tolerance:g} points and "
+                   f"{_pts(accs[-1])} <= {_pts(chance + st.chance_margin)} at {eps_label(st.sweep[-1])}.",
+                   f"PGD-{st.steps} accuracy {sweep_txt}: " + " and ".join(why) + ". Suggests gradient "
+                   "masking/obfuscation (a budget that can erase the image must defeat the model); check the "
+                   "black-box and transfer numbers.")
+
+
+def check_iterative(results: Results, st: AuditSettings) -> Check:
+    """Every iterative white-box attack at eps is at least as strong as the best single-step one."""
+    at = _at_eps(results, st.eps)
+    singles = {n: r.accuracy for n, r in at.items() if r.family in ("fgsm", "rfgsm")}
+    best_single = min(singles.values())
+    iters = {n: r.accuracy for n, r in at.items() if r.iterative and r.threat == "white-box"}
+    weaker = {n: a for n, a in iters.items() if a > best_single + st.tol}
+    nums = {"single_step": singles, "iterative": iters, "weaker_than_single_step": weaker}
+    best_txt = (f" (strongest: {min(iters, key=iters.get)} {_pts(min(iters.values()))})" if iters else "")
+    worst = max(weaker, key=weaker.get) if weaker else None
+    return verdict("iterative", "iterative attacks beat single-step ones", not weaker, nums,
+                   f"all {len(iters)} iterative attacks <= best single-step {_pts(best_single)} + "
+                   f"{st.tolerance:g} pts{best_txt}.",
+                   "weaker than the best single-step attack (" + _pts(best_single) + "): " +
+                   ", ".join(f"{n} {_pts(a)}" for n, a in weaker.items()) + ". Suggests a masked or noisy loss "
+                   "surface that a single large step jumps over, or a step size too small for the budget.",
+                   (_ci(at[min(singles, key=singles.get)]), _ci(at[worst])) if worst else None)
+
+
+def check_steps(results: Results, st: AuditSettings) -> Check:
+    """Doubling PGD's steps changes robust accuracy by less than the tolerance."""
+    r1, r2 = results[st.pair[0]], results[st.pair[1]]
+    a1, a2 = r1.accuracy, r2.accuracy
+    d = a2 - a1
+    nums = {st.pair[0]: a1, st.pair[1]: a2, "difference_points": 100 * d,
+            "ci95": {st.pair[0]: _ci(r1), st.pair[1]: _ci(r2)}}
+    why = ("more steps still lower the accuracy: the attack has not converged; report more steps, restarts or "
+           "APGD" if d < 0 else
+           "more steps raised the accuracy: the numbers are dominated by randomness (the model's noise or the "
+           "random start); use more passes/samples, EoT, or restarts")
+    return verdict("steps", "doubling the steps changes little", abs(d) < st.tol, nums,
+                   f"{st.pair[0]} {_pts(a1)} vs {st.pair[1]} {_pts(a2)}: {100 * d:+.2f} pts (< {st.tolerance:g}).",
+                   f"{st.pair[0]} {_pts(a1)} vs {st.pair[1]} {_pts(a2)}: {100 * d:+.2f} pts. Suggests {why}.",
+                   (_ci(r1), _ci(r2)))
+
+
+def check_eot(results: Results, st: AuditSettings) -> Check:
+    """On a stochastic model, PGD with EoT is at least as strong as without."""
+    title = "EoT at least as strong as no EoT"
+    if st.eot_pair is None:
+        return Check("eot", title, SKIP, {}, "the model is deterministic (no randomness found): EoT does not apply.")
+    r0, rk = results[st.eot_pair[0]], results[st.eot_pair[1]]
+    a0, ak = r0.accuracy, rk.accuracy
+    nums = {st.eot_pair[0]: a0, st.eot_pair[1]: ak, "difference_points": 100 * (ak - a0),
+            "ci95": {st.eot_pair[0]: _ci(r0), st.eot_pair[1]: _ci(rk)}}
+    return verdict("eot", title, ak <= a0 + st.tol, nums,
+                   f"PGD-{st.steps} with EoT {st.eot_check}: {_pts(ak)} vs without: {_pts(a0)}.",
+                   f"PGD-{st.steps} with EoT {st.eot_check}: {_pts(ak)} > without: {_pts(a0)}. Suggests too few "
+                   "EoT samples or steps for the noise level (averaging over too few passes shrinks the step "
+                   "direction's signal), or noise-driven gradient masking.", (_ci(r0), _ci(rk)))
+
+
+def check_apgd(results: Results, st: AuditSettings) -> Check:
+    """APGD is at least as strong as PGD (the paper's reviewers' masking flag)."""
+    at = _at_eps(results, st.eps)
+    apgds = {n: r.accuracy for n, r in at.items() if r.family == "apgd"}
+    pgds = {n: r.accuracy for n, r in at.items() if r.family == "pgd" and r.threat == "white-box"}
+    best_apgd, best_pgd = min(apgds, key=apgds.get), min(pgds, key=pgds.get)
+    return verdict("apgd", "APGD at least as strong as PGD", apgds[best_apgd] <= pgds[best_pgd] + st.tol,
+                   {"apgd": apgds, "pgd": pgds},
+                   f"best APGD {_pts(apgds[best_apgd])} vs best PGD {_pts(pgds[best_pgd])}.",
+                   f"best APGD {_pts(apgds[best_apgd])} > best PGD {_pts(pgds[best_pgd])}. APGD's step-size control "
+                   "relies on the loss going up; on a noisy or flat surrogate loss it stalls. The reviewers of the "
+                   "paper read this as a sign of masked gradients.", (_ci(at[best_apgd]), _ci(at[best_pgd])))
+
+
+def check_black_box(results: Results, st: AuditSettings) -> Check:
+    """No black-box or transfer attack beats the best white-box attack."""
+    at = _at_eps(results, st.eps)
+    wb = {n: r.accuracy for n, r in at.items() if r.threat == "white-box"}
+    bb = {n: r.accuracy for n, r in at.items() if r.threat in ("black-box", "transfer")}
+    best_wb = min(wb, key=wb.get)
+    stronger = {n: a for n, a in bb.items() if a < wb[best_wb] - st.tol}
+    nums = {"white_box_best": wb[best_wb], "white_box_best_attack": best_wb, "black_box_transfer": bb,
+            "stronger_than_white_box": stronger}
+    best_bb = min(stronger, key=stronger.get) if stronger else None
+    return verdict("black_box", "black-box/transfer not stronger than white-box", not stronger, nums,
+                   f"best white-box {_pts(wb[best_wb])} ({best_wb}); " + ", ".join(f"{n} {_pts(a)}" for n, a in bb.items())
+                   + ".",
+                   ", ".join(f"{n} {_pts(a)}" for n, a in stronger.items()) + f" beat the best white-box attack "
+                   f"({_pts(wb[best_wb])}). The white-box gradients are uninformative: gradient masking. Trust the "
+                   "worst case, not the white-box numbers.",
+                   (_ci(at[best_wb]), _ci(at[best_bb])) if best_bb else None)
+
+
+def check_zero_grad(results: Results, st: AuditSettings) -> Check:
+    """Few samples have an all-zero input gradient (CE and margin loss)."""
+    z_ce, z_margin, eot = st.zero_grad
+    nums = {"share_ce": z_ce, "share_margin": z_margin, "limit": st.zero_grad_limit, "eot": eot}
+    hint = ("the margin loss's gradient vanishes too: the surrogate gradients are zero (no neuron within the "
+            "surrogate's support), or the model blocks its gradient (rounding, stop-gradient), which no gradient "
+            "attack can get past; use square/transfer or sg-ensemble/sg-adaptive" if z_margin > st.zero_grad_limit
+            else "only the CE gradient vanishes (the softmax saturates in float32): use margin/DLR losses "
+            "(apgd-dlr, mtpgd)")
+    return verdict("zero_grad", "few samples with an all-zero input gradient", max(z_ce, z_margin) <= st.zero_grad_limit,
+                   nums, f"all-zero input gradient: {_pts(z_ce)} (CE), {_pts(z_margin)} (margin loss).",
+                   f"all-zero input gradient: {_pts(z_ce)} (CE), {_pts(z_margin)} (margin loss), limit "
+                   f"{_pts(st.zero_grad_limit)}. Their robustness is unverified: {hint}.")
+
+
+def check_budget(results: Results, st: AuditSettings) -> Check:
+    """Every attack run stays within ``||x_adv - x||_inf <= eps + 1e-6`` and [0, 1]."""
+    bad = {n: {"max_linf": r.max_linf, "eps": r.eps, "x_min": r.x_min, "x_max": r.x_max}
+           for n, r in results.items() if not r.within_budget}
+    nums = {"attacks_checked": sorted(results), "violations": bad,
+            "max_linf_over_eps": max(r.max_linf - r.eps for r in results.values())}
+    return verdict("budget", "||delta||_inf <= eps and x_adv in [0, 1]", not bad, nums,
+                   f"all {len(results)} attack runs stay within eps + 1e-6 and [0, 1].",
+                   "out of the threat model: " + ", ".join(bad) + ". Their numbers are invalid: a bug in the attack "
+                   "or inputs outside [0, 1].")
+
+
+#: The audit's checks, in report order; each maps ``(results, settings)`` to a :class:`Check`.
+CHECKS: tuple[Callable[[Results, AuditSettings], Check], ...] = (
+    check_eps_sweep, check_iterative, check_steps, check_eot, check_apgd, check_black_box, check_zero_grad,
+    check_budget)
 
 
 def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float = 8 / 255, eot: int = 8,
                      passes: int = 4, report: RobustnessReport | None = None, steps: int = 10,
-                     alpha: float = 0.01, sweep: Sequence[float] = DEFAULT_SWEEP, tolerance: float = 1.0,
+                     alpha: float | str = EPS_RULE, sweep: Sequence[float] = DEFAULT_SWEEP, tolerance: float = 1.0,
                      chance_margin: float = 0.05, zero_grad_limit: float = 0.01, square_queries: int = 500,
                      batch_size: int = 128, seed: int = 0, device: torch.device | str | None = None,
-                     progress: bool = False) -> AuditReport:
+                     progress: bool = False, randomness: str | Randomness = "auto") -> AuditReport:
     """Run the sanity checks on ``model`` and ``(images, labels)``.
 
     Args:
@@ -124,12 +331,16 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
         report: an :func:`evaluate_robustness` report on the same samples; its attacks are
             reused (FGSM, PGD-k/2k, APGD, black-box, transfer) and its budgets checked.
         steps: PGD steps of the audit's own runs (and of the sweep).
-        alpha: PGD step size at ``eps``; the sweep uses ``2.5 * eps_i / steps``.
+        alpha: PGD step size of the audit's own runs at ``eps``: ``"eps"`` (default,
+            ``2.5 * eps / steps`` for each run's step count) or a number; the sweep always
+            uses ``2.5 * eps_i / steps``.
         sweep: budgets of the eps sweep (the last one is judged against chance).
         tolerance: allowed difference in accuracy points for the comparisons.
         chance_margin: accuracy at the largest sweep eps must be <= 1/K + this.
         zero_grad_limit: largest acceptable share of samples with a zero input gradient.
         square_queries: queries of the audit's own Square run (if the report has no black-box attack).
+        randomness: ``auto`` (detect), ``deterministic`` or ``stochastic``, or a found
+            :class:`~spikeguard.randomness.Randomness`.
     """
     import time
 
@@ -138,11 +349,17 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
         raise SpikeguardError("the audit needs steps >= 1 and a non-empty eps sweep")
     if report is not None and report.n != len(labels):
         raise SpikeguardError(f"the report covers {report.n} samples but {len(labels)} were given")
-    stochastic = is_stochastic(model)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if not isinstance(randomness, Randomness):
+        randomness = detect_randomness(model, images[:8].to(device), mode=randomness, seed=seed)
+    stochastic = randomness.stochastic
     eot_used = eot if stochastic else 1
     eot_check = eot if eot > 1 else 8
-    tol = tolerance / 100.0
     have = dict(report.results) if report is not None else {}
+
+    def pgd(e: float, k: int, **kw) -> PGD:
+        return PGD(model, e, alpha=step_size(alpha, e, k), steps=k, **({"eot": eot_used} | kw))
 
     # -- the audit's own runs: one engine call, so they share the clean pass and the noise -------
     runs: list[tuple[str, Attack]] = []
@@ -151,194 +368,58 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
     for e in sweep:
         name = f"pgd{steps}@{eps_label(e)}"
         sweep_names.append(name)
-        runs.append((name, PGD(model, e, alpha=max(2.5 * e / steps, 1e-6) if e > 0 else 0.0, steps=steps,
-                               eot=eot_used)))
-    if "fgsm" not in have:
+        runs.append((name, PGD(model, e, alpha=step_size(EPS_RULE, e, steps), steps=steps, eot=eot_used)))
+    if not any(r.family in ("fgsm", "rfgsm") and abs(r.eps - eps) < 1e-12 for r in have.values()):
         runs.append(("fgsm", FGSM(model, eps, eot=eot_used)))
-    pair = _pgd_pair(have)
+    pair = _pgd_pair(have, eps)
     if pair is None:
-        k = steps
-        pair = (f"pgd{k}", f"pgd{2 * k}")
-        runs += [(pair[0], PGD(model, eps, alpha=alpha, steps=k, eot=eot_used)),
-                 (pair[1], PGD(model, eps, alpha=alpha, steps=2 * k, eot=eot_used))]
+        pair = (f"pgd{steps}", f"pgd{2 * steps}")
+        runs += [(pair[0], pgd(eps, steps)), (pair[1], pgd(eps, 2 * steps))]
     eot_pair = None
     if stochastic:
         eot_pair = (f"pgd{steps}-eot1", f"pgd{steps}-eot{eot_check}")
-        runs += [(eot_pair[0], PGD(model, eps, alpha=alpha, steps=steps, eot=1)),
-                 (eot_pair[1], PGD(model, eps, alpha=alpha, steps=steps, eot=eot_check))]
-    if not any(n.startswith("apgd") for n in have):
+        runs += [(eot_pair[0], pgd(eps, steps, eot=1)), (eot_pair[1], pgd(eps, steps, eot=eot_check))]
+    if not any(r.family == "apgd" for r in have.values()):
         runs.append((f"apgd-ce{2 * steps}", APGD(model, eps, steps=2 * steps, eot=eot_used)))
     if not any(r.threat in ("black-box", "transfer") for r in have.values()):
         runs.append((f"square{square_queries}", Square(model, eps, queries=square_queries, eot=eot_used)))
-        if stochastic:
-            runs.append(("noise-free", NoiseFreeTransfer(model, eps, alpha=alpha, steps=2 * steps)))
+        if stochastic and is_stochastic(model):  # Noisy-LIF noise: its noise-free twin is a transfer source
+            runs.append(("noise-free", NoiseFreeTransfer(model, eps, alpha=step_size(alpha, eps, 2 * steps),
+                                                         steps=2 * steps)))
     own = evaluate_robustness(model, images, labels, runs, eps=eps, eot=eot_used, passes=passes,
-                              batch_size=batch_size, seed=seed + 1, device=device, progress=progress)
-    allres = {**own.results, **have}  # the report's runs win (the user's settings)
-
-    def acc(name: str) -> float:
-        return allres[name].accuracy
-
-    def ci(name: str) -> list | None:
-        s = summarize(allres[name].robust)
-        return s["ci95"] or s["ci95_samples"]
-
-    checks: list[Check] = []
-
-    # 1. eps sweep --------------------------------------------------------------------------------
-    accs = [acc(n) for n in sweep_names]
-    num_classes = own.num_classes or 1
-    chance = 1.0 / num_classes
-    rises = [(eps_label(sweep[i]), eps_label(sweep[i + 1]), accs[i + 1] - accs[i])
-             for i in range(len(accs) - 1) if accs[i + 1] - accs[i] > tol]
-    top_ok = accs[-1] <= chance + chance_margin
-    nums = {"eps": [eps_label(e) for e in sweep], "accuracy": accs, "chance": chance,
-            "limit_at_max_eps": chance + chance_margin, "rises": rises, "attack": f"PGD-{steps}, alpha=2.5*eps/{steps}"}
-    sweep_txt = ", ".join(f"{eps_label(e)}: {_pts(a)}" for e, a in zip(sweep, accs))
-    if not rises and top_ok:
-        checks.append(Check("eps_sweep", "accuracy falls with eps and reaches chance", PASS, nums,
-                            f"PGD-{steps} accuracy {sweep_txt}; monotone within {tolerance:g} points and "
-                            f"{_pts(accs[-1])} <= {_pts(chance + chance_margin)} at {eps_label(sweep[-1])}."))
-    else:
-        why = []
-        if rises:
-            why.append("accuracy rises with eps (" + "; ".join(f"{a}->{b}: +{100 * d:.1f} pts" for a, b, d in rises) + ")")
-        if not top_ok:
-            why.append(f"{_pts(accs[-1])} > {_pts(chance + chance_margin)} at {eps_label(sweep[-1])}")
-        checks.append(Check("eps_sweep", "accuracy falls with eps and reaches chance", WARN, nums,
-                            f"PGD-{steps} accuracy {sweep_txt}: " + " and ".join(why) + ". Suggests gradient "
-                            "masking/obfuscation (a budget that can erase the image must defeat the model) or too "
-                            "few steps; check the black-box and transfer numbers."))
-
-    # 2. iterative >= single-step ----------------------------------------------------------------------
-    singles = {n: acc(n) for n in ("fgsm", "rfgsm") if n in allres}
-    best_single = min(singles.values())
-    iters = {n: acc(n) for n, r in allres.items() if _ITERATIVE.match(n) and abs(r.eps - eps) < 1e-12
-             and r.threat == "white-box"}
-    weaker = {n: a for n, a in iters.items() if a > best_single + tol}
-    nums = {"single_step": singles, "iterative": iters, "weaker_than_single_step": weaker}
-    if not weaker:
-        checks.append(Check("iterative", "iterative attacks beat single-step ones", PASS, nums,
-                            f"all {len(iters)} iterative attacks <= best single-step {_pts(best_single)} + {tolerance:g} pts "
-                            f"(strongest: {min(iters, key=iters.get)} {_pts(min(iters.values()))})."))
-    else:
-        checks.append(Check("iterative", "iterative attacks beat single-step ones", WARN, nums,
-                            "weaker than the best single-step attack (" + _pts(best_single) + "): " +
-                            ", ".join(f"{n} {_pts(a)}" for n, a in weaker.items()) + ". Suggests a masked or "
-                            "noisy loss surface that a single large step jumps over, or a step size too small."
-                            + (_noise_note(ci(min(singles, key=singles.get)), ci(max(weaker, key=weaker.get))))))
-
-    # 3. doubling the steps -----------------------------------------------------------------------------
-    a1, a2 = acc(pair[0]), acc(pair[1])
-    d = a2 - a1
-    nums = {pair[0]: a1, pair[1]: a2, "difference_points": 100 * d, "ci95": {pair[0]: ci(pair[0]), pair[1]: ci(pair[1])}}
-    if abs(d) < tol:
-        checks.append(Check("steps", "doubling the steps changes little", PASS, nums,
-                            f"{pair[0]} {_pts(a1)} vs {pair[1]} {_pts(a2)}: {100 * d:+.2f} pts (< {tolerance:g})."))
-    else:
-        why = ("more steps still lower the accuracy: the attack has not converged; report more steps, "
-               "restarts or APGD" if d < 0 else
-               "more steps raised the accuracy: the numbers are dominated by randomness (the model's noise or "
-               "the random start); use more passes/samples, EoT, or restarts")
-        checks.append(Check("steps", "doubling the steps changes little", WARN, nums,
-                            f"{pair[0]} {_pts(a1)} vs {pair[1]} {_pts(a2)}: {100 * d:+.2f} pts. Suggests {why}."
-                            + _noise_note(ci(pair[0]), ci(pair[1]))))
-
-    # 4. EoT ---------------------------------------------------------------------------------------------
-    if eot_pair is None:
-        checks.append(Check("eot", "EoT at least as strong as no EoT", SKIP, {},
-                            "the model is deterministic: EoT does not apply."))
-    else:
-        a0, ak = acc(eot_pair[0]), acc(eot_pair[1])
-        nums = {eot_pair[0]: a0, eot_pair[1]: ak, "difference_points": 100 * (ak - a0),
-                "ci95": {eot_pair[0]: ci(eot_pair[0]), eot_pair[1]: ci(eot_pair[1])}}
-        if ak <= a0 + tol:
-            checks.append(Check("eot", "EoT at least as strong as no EoT", PASS, nums,
-                                f"PGD-{steps} with EoT {eot_check}: {_pts(ak)} vs without: {_pts(a0)}."))
-        else:
-            checks.append(Check("eot", "EoT at least as strong as no EoT", WARN, nums,
-                                f"PGD-{steps} with EoT {eot_check}: {_pts(ak)} > without: {_pts(a0)}. Suggests too "
-                                "few EoT samples or steps for the noise level (averaging over too few passes "
-                                "shrinks the step direction's signal), or noise-driven gradient masking."
-                                + _noise_note(ci(eot_pair[0]), ci(eot_pair[1]))))
-
-    # 5. APGD >= PGD ---------------------------------------------------------------------------------------
-    apgds = {n: acc(n) for n, r in allres.items() if n.startswith("apgd") and abs(r.eps - eps) < 1e-12}
-    pgds = {n: acc(n) for n, r in allres.items() if _PLAIN_PGD.match(n) and abs(r.eps - eps) < 1e-12}
-    best_apgd, best_pgd = min(apgds.values()), min(pgds.values())
-    nums = {"apgd": apgds, "pgd": pgds}
-    if best_apgd <= best_pgd + tol:
-        checks.append(Check("apgd", "APGD at least as strong as PGD", PASS, nums,
-                            f"best APGD {_pts(best_apgd)} vs best PGD {_pts(best_pgd)}."))
-    else:
-        checks.append(Check("apgd", "APGD at least as strong as PGD", WARN, nums,
-                            f"best APGD {_pts(best_apgd)} > best PGD {_pts(best_pgd)}. APGD's step-size control "
-                            "relies on the loss going up; on a noisy or flat surrogate loss it stalls. The "
-                            "reviewers of the paper read this as a sign of masked gradients."
-                            + _noise_note(ci(min(apgds, key=apgds.get)), ci(min(pgds, key=pgds.get)))))
-
-    # 6. black-box / transfer not stronger than white-box ---------------------------------------------------
-    wb = {n: acc(n) for n, r in allres.items() if r.threat == "white-box" and abs(r.eps - eps) < 1e-12}
-    bb = {n: acc(n) for n, r in allres.items() if r.threat in ("black-box", "transfer") and abs(r.eps - eps) < 1e-12}
-    best_wb = min(wb.values())
-    stronger = {n: a for n, a in bb.items() if a < best_wb - tol}
-    nums = {"white_box_best": best_wb, "white_box_best_attack": min(wb, key=wb.get), "black_box_transfer": bb,
-            "stronger_than_white_box": stronger}
-    if not stronger:
-        checks.append(Check("black_box", "black-box/transfer not stronger than white-box", PASS, nums,
-                            f"best white-box {_pts(best_wb)} ({min(wb, key=wb.get)}); " +
-                            ", ".join(f"{n} {_pts(a)}" for n, a in bb.items()) + "."))
-    else:
-        checks.append(Check("black_box", "black-box/transfer not stronger than white-box", WARN, nums,
-                            ", ".join(f"{n} {_pts(a)}" for n, a in stronger.items()) +
-                            f" beat the best white-box attack ({_pts(best_wb)}). The white-box gradients are "
-                            "uninformative: gradient masking. Trust the worst case, not the white-box numbers."
-                            + _noise_note(ci(min(wb, key=wb.get)), ci(min(stronger, key=stronger.get)))))
-
-    # 7. zero input gradients -----------------------------------------------------------------------------------
+                              batch_size=batch_size, seed=seed + 1, device=device,
+                              progress="audit" if progress else False,
+                              randomness=randomness)
+    results = {**own.results, **have}  # the report's runs win (the user's settings)
     z_ce, z_margin = zero_gradient_share(model, images, labels, eot=eot_used, batch_size=batch_size, device=device)
-    nums = {"share_ce": z_ce, "share_margin": z_margin, "limit": zero_grad_limit, "eot": eot_used}
-    if max(z_ce, z_margin) <= zero_grad_limit:
-        checks.append(Check("zero_grad", "few samples with an all-zero input gradient", PASS, nums,
-                            f"all-zero input gradient: {_pts(z_ce)} (CE), {_pts(z_margin)} (margin loss)."))
-    else:
-        hint = ("the margin loss's gradient vanishes too: the surrogate gradients are zero (no neuron within "
-                "the surrogate's support), which no gradient attack can get past; use square/transfer or "
-                "sg-ensemble/sg-adaptive" if z_margin > zero_grad_limit else
-                "only the CE gradient vanishes (the softmax saturates in float32): use margin/DLR losses "
-                "(apgd-dlr, mtpgd)")
-        checks.append(Check("zero_grad", "few samples with an all-zero input gradient", WARN, nums,
-                            f"all-zero input gradient: {_pts(z_ce)} (CE), {_pts(z_margin)} (margin loss), "
-                            f"limit {_pts(zero_grad_limit)}. Their robustness is unverified: {hint}."))
-
-    # 8. budget and range ---------------------------------------------------------------------------------------
-    bad = {n: {"max_linf": r.max_linf, "eps": r.eps, "x_min": r.x_min, "x_max": r.x_max}
-           for n, r in allres.items() if not r.within_budget}
-    nums = {"attacks_checked": sorted(allres), "violations": bad,
-            "max_linf_over_eps": max(r.max_linf - r.eps for r in allres.values())}
-    if not bad:
-        checks.append(Check("budget", "||delta||_inf <= eps and x_adv in [0, 1]", PASS, nums,
-                            f"all {len(allres)} attack runs stay within eps + 1e-6 and [0, 1]."))
-    else:
-        checks.append(Check("budget", "||delta||_inf <= eps and x_adv in [0, 1]", WARN, nums,
-                            "out of the threat model: " + ", ".join(bad) + ". Their numbers are invalid: a bug in "
-                            "the attack or inputs outside [0, 1]."))
-
+    st = AuditSettings(eps=eps, steps=steps, tolerance=tolerance, chance_margin=chance_margin,
+                       zero_grad_limit=zero_grad_limit, num_classes=own.num_classes or 1, sweep=tuple(sweep),
+                       sweep_names=tuple(sweep_names), pair=pair, eot_pair=eot_pair, eot_check=eot_check,
+                       zero_grad=(z_ce, z_margin, eot_used))
+    checks = [check(results, st) for check in CHECKS]
     settings = {"eps": eps, "eps_label": eps_label(eps), "eot": eot_used, "eot_check": eot_check if stochastic else None,
-                "passes": own.passes, "steps": steps, "alpha": alpha, "sweep": [eps_label(e) for e in sweep],
-                "tolerance_points": tolerance, "chance_margin": chance_margin, "zero_grad_limit": zero_grad_limit,
-                "n_samples": len(labels), "stochastic": stochastic, "used_report": report is not None, "seed": seed}
+                "passes": own.passes, "steps": steps, "alpha": alpha, "step_size": describe_step_size(alpha),
+                "sweep": [eps_label(e) for e in sweep], "tolerance_points": tolerance, "chance_margin": chance_margin,
+                "zero_grad_limit": zero_grad_limit, "n_samples": len(labels), "stochastic": stochastic,
+                "randomness": randomness.to_dict(), "used_report": report is not None, "seed": seed}
     return AuditReport(checks=checks, settings=settings, runs=own, seconds=time.perf_counter() - t0)
 
 
-def _pgd_pair(results: dict) -> tuple[str, str] | None:
-    """The largest ``(pgdK, pgd2K)`` pair among plain-PGD runs at the same budget."""
-    ks = {int(m.group(1)): n for n, r in results.items() if (m := _PLAIN_PGD.match(n))}
-    pairs = [(k, 2 * k) for k in ks if 2 * k in ks and abs(results[ks[k]].eps - results[ks[2 * k]].eps) < 1e-12]
+def _pgd_pair(results: Results, eps: float) -> tuple[str, str] | None:
+    """The largest ``(PGD-k, PGD-2k)`` pair of single-run white-box PGD runs at ``eps`` whose step
+    size reaches the boundary (``steps * alpha >= eps``); None if there is none."""
+    ks: dict[int, str] = {}
+    for n, r in _at_eps(results, eps).items():
+        cfg = r.settings
+        if r.family != "pgd" or r.threat != "white-box" or cfg.get("restarts", 1) != 1 or "steps" not in cfg:
+            continue
+        if cfg["steps"] * cfg.get("alpha", 0.0) >= eps * (1 - 1e-9):
+            ks[int(cfg["steps"])] = n
+    pairs = [k for k in ks if 2 * k in ks]
     if not pairs:
         return None
-    k, k2 = max(pairs)
-    return ks[k], ks[k2]
+    k = max(pairs)
+    return ks[k], ks[2 * k]
 
 
 def zero_gradient_share(model: nn.Module, images: Tensor, labels: Tensor, eot: int = 1, batch_size: int = 128,

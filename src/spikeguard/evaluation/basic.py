@@ -31,6 +31,14 @@ def correct_over_passes(model: nn.Module, images: Tensor, labels: Tensor, passes
     return hits / passes
 
 
+def clean_accuracy(model: nn.Module, images: Tensor, labels: Tensor, passes: int = 1, batch_size: int = 256) -> float:
+    """Clean accuracy, the mean of :func:`correct_over_passes` (stochastic models: over ``passes``
+    forward passes, each drawing fresh noise from the global RNG). The one clean-accuracy function
+    of the training loop, the demo and the ablation; :func:`~spikeguard.evaluation.evaluate_robustness`
+    reports its own per-pass clean flags (same definition, noise under common random numbers)."""
+    return float(correct_over_passes(model, images, labels, passes, batch_size).mean())
+
+
 def adversarial_examples(attack: Callable[[Tensor, Tensor], Tensor], images: Tensor, labels: Tensor,
                          batch_size: int = 256, progress: Callable[[int], None] | None = None) -> Tensor:
     """Run ``attack`` over ``images`` in batches."""
@@ -57,4 +65,4 @@ def near_threshold_of(model: nn.Module, ds: ImageDataset, delta: float = 0.5, v_
     return near / total if total else float("nan")
 
 
-__all__ = ["predict", "correct_over_passes", "adversarial_examples", "near_threshold_of", "near_threshold_share"]
+__all__ = ["predict", "correct_over_passes", "clean_accuracy", "adversarial_examples", "near_threshold_of", "near_threshold_share"]

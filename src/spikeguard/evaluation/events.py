@@ -67,7 +67,7 @@ def event_attack_curve(model: nn.Module, images: Tensor, labels: Tensor, ks: Seq
     runs = [ks[-1]] if single_run else ks
     fooled_at: dict[int, tuple[Tensor, Tensor]] = {}
     for k in runs:
-        atk = build_attack(f"{attack}{k}", model, **attack_kw)
+        atk = build_attack(attack, model, **(attack_kw | {"k": k}))  # k = 0 is a valid budget here
         fooled, l0 = [], []
         for i in range(0, len(ys), batch_size):
             adv = atk(xs[i:i + batch_size], ys[i:i + batch_size])

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SpikeguardError
+from ..randomness import Randomness, detect_randomness
 from .engine import AttackLike, AttackResult, RobustnessReport, evaluate_robustness
 
 JOURNAL_FORMAT = 1
@@ -57,9 +58,10 @@ def _encode_batch(bi: int, rep: RobustnessReport) -> dict:
         "clean": _bits(rep.clean), "skipped": rep.skipped,
         "attacks": {k: {"robust": _bits(r.robust), "eps": r.eps, "threat": r.threat, "description": r.description,
                         "seconds": r.seconds, "max_linf": r.max_linf, "x_min": r.x_min, "x_max": r.x_max,
-                        "n_attacked": r.n_attacked} for k, r in rep.results.items()},
+                        "n_attacked": r.n_attacked, "iterative": r.iterative, "family": r.family,
+                        "settings": r.settings} for k, r in rep.results.items()},
         "meta": {"eps": rep.eps, "eot": rep.eot, "passes": rep.passes, "stochastic": rep.stochastic,
-                 "seed": rep.seed},
+                 "seed": rep.seed, "randomness": rep.randomness, "step_size": rep.step_size},
     }
 
 
@@ -87,7 +89,8 @@ def _merge(records: list[dict], labels: Tensor, seconds: float) -> RobustnessRep
     report = RobustnessReport(eps=float(meta["eps"]), eot=int(meta["eot"]), passes=int(meta["passes"]),
                               stochastic=bool(meta["stochastic"]), num_classes=int(first["num_classes"]),
                               seed=int(meta["seed"]), clean=torch.cat([_unbits(r["clean"]) for r in records], 1),
-                              skipped=dict(first.get("skipped") or {}), labels=labels.detach().cpu())
+                              skipped=dict(first.get("skipped") or {}), labels=labels.detach().cpu(),
+                              randomness=dict(meta.get("randomness") or {}), step_size=dict(meta.get("step_size") or {}))
     for name, a0 in first["attacks"].items():
         parts = [r["attacks"][name] for r in records]
         hit = [p for p in parts if p["n_attacked"]]  # batches where nothing was attacked carry no range
@@ -95,7 +98,8 @@ def _merge(records: list[dict], labels: Tensor, seconds: float) -> RobustnessRep
             name=name, robust=torch.cat([_unbits(p["robust"]) for p in parts], 1), eps=float(a0["eps"]),
             threat=a0["threat"], description=a0["description"], seconds=sum(p["seconds"] for p in parts),
             max_linf=max((p["max_linf"] for p in hit), default=0.0), x_min=min((p["x_min"] for p in hit), default=0.0),
-            x_max=max((p["x_max"] for p in hit), default=1.0), n_attacked=sum(p["n_attacked"] for p in parts))
+            x_max=max((p["x_max"] for p in hit), default=1.0), n_attacked=sum(p["n_attacked"] for p in parts),
+            iterative=bool(a0.get("iterative", False)), family=a0.get("family"), settings=dict(a0.get("settings") or {}))
     report.seconds = seconds
     return report
 
@@ -128,6 +132,11 @@ def evaluate_sharded(model: nn.Module, images: Tensor, labels: Tensor, attacks: 
         bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
         raise SpikeguardError(f"{bad} of {n} images contain NaN or Inf; attacks need finite pixels in [0, 1]")
     n_batches = math.ceil(n / batch_size)
+    if not isinstance(kw.get("randomness"), Randomness):
+        # found once on the first images, so every batch and every rank treats the model alike
+        device = kw.get("device") or next((p.device for p in model.parameters()), torch.device("cpu"))
+        kw["randomness"] = detect_randomness(model, images[:8].to(device), mode=kw.get("randomness") or "auto",
+                                             seed=int(kw.get("seed", 0)))
     done = read_journal(journal) if journal is not None else {}
     done = {b: r for b, r in done.items() if 0 <= b < n_batches and r.get("n") == min(batch_size, n - b * batch_size)}
     todo = [b for b in range(n_batches) if b % ctx.world_size == ctx.rank and b not in done]
@@ -140,23 +149,21 @@ def evaluate_sharded(model: nn.Module, images: Tensor, labels: Tensor, attacks: 
     from ..logging import append_jsonl
 
     mine: dict[int, dict] = {}
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
+    from .progress import EvalProgress
 
-        bar = tqdm(total=len(todo), desc=f"evaluate (rank {ctx.rank})" if ctx.is_distributed else "evaluate",
-                   unit="batch", leave=False)
-    for b in todo:
+    # one bar over this rank's samples, moving after every attack of every batch
+    bar = EvalProgress(sum(min(n, (b + 1) * batch_size) - b * batch_size for b in todo),
+                       f"evaluate (rank {ctx.rank})" if ctx.is_distributed else "evaluate", enabled=bool(progress and todo))
+    for i, b in enumerate(todo):
         s, e = b * batch_size, min(n, (b + 1) * batch_size)
-        rep = evaluate_robustness(model, images[s:e], labels[s:e], attacks, batch_size=batch_size, first_batch=b, **kw)
+        bar.batch(i, len(todo))
+        rep = evaluate_robustness(model, images[s:e], labels[s:e], attacks, batch_size=batch_size, first_batch=b,
+                                  progress=bar, **kw)
         rec = _encode_batch(b, rep)
         if path is not None:
             append_jsonl(path, rec)
         mine[b] = rec
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    bar.close()
     # each rank contributes its own batches, computed now or found in its journal (a journal
     # need not be on a shared file system)
     own = {b: r for b, r in done.items() if b % ctx.world_size == ctx.rank}

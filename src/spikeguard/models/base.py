@@ -38,7 +38,7 @@ class NeuronFactory:
     """Builds the activation of every spiking layer from one description.
 
     Args:
-        kind: ``lif``, ``noisy_lif`` or ``relu`` (ANN twin).
+        kind: a registered neuron kind (``lif``, ``noisy_lif``, ``relu`` (ANN twin), ...).
         **kw: neuron arguments (decay, v_threshold, surrogate, width, sigma, noisy_grad, ...).
     """
 

@@ -1,4 +1,9 @@
-"""Model registry: ``create_model("small_conv", num_classes=10, T=4, neuron="noisy_lif")``."""
+"""Model registry: ``create_model("small_conv", num_classes=10, T=4, neuron="noisy_lif")``.
+
+A model registers itself where it is defined, timm-style, with ``@register_model("name")`` on
+its class or builder function ``fn(num_classes, T, neuron: NeuronFactory, **kw)``; the
+package imports its modules (:mod:`spikeguard.models`), so nothing else needs editing.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_builder(name: str) -> Callable[..., SpikingModel]:
+    """The class or function registered as ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
 def create_model(name: str, num_classes: int = 10, T: int = 4, neuron: str = "lif",
                  neuron_kw: dict | None = None, **kw) -> SpikingModel:
     """Build a registered network.
@@ -36,19 +48,18 @@ def create_model(name: str, num_classes: int = 10, T: int = 4, neuron: str = "li
         name: registered model name (see :func:`list_models`).
         num_classes: output classes.
         T: time steps; forced to 1 when ``neuron == "relu"`` (the ANN twin).
-        neuron: ``lif``, ``noisy_lif`` or ``relu``.
+        neuron: a registered neuron kind (``lif``, ``noisy_lif``, ``relu``, ...).
         neuron_kw: neuron arguments (decay, v_threshold, surrogate, width, sigma, ...).
         **kw: architecture arguments (in_channels, image_size, mean, std, ...); ``frames=T``
             (and ``frame_norm``) make the model take frame sequences of event data
             (:meth:`SpikingModel.use_frame_input`).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    builder = model_builder(name)
     frames, frame_norm = int(kw.pop("frames", 0) or 0), str(kw.pop("frame_norm", "") or "")
     factory = NeuronFactory(neuron, **(neuron_kw or {}))
     if neuron == "relu":
         T = 1
-    model = _REGISTRY[name](num_classes=num_classes, T=T, neuron=factory, **kw)
+    model = builder(num_classes=num_classes, T=T, neuron=factory, **kw)
     # baseline neurons (DLIF, StoG) size their parameters on the first forward: do it now, so the
     # model can be counted, optimised and loaded like any other
     from ..neurons.baselines import materialize_for
@@ -62,20 +73,3 @@ def create_model(name: str, num_classes: int = 10, T: int = 4, neuron: str = "li
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def _register_builtin() -> None:
-    from .small import SmallConvSNN, SpikingMLP
-
-    register_model("small_conv")(lambda **kw: SmallConvSNN(**kw))
-    register_model("mlp")(lambda **kw: SpikingMLP(**kw))
-
-    from .vgg import vgg11, vgg_small
-    from .wrn import wrn16_4
-
-    register_model("vgg11")(vgg11)
-    register_model("vgg_small")(vgg_small)
-    register_model("wrn16_4")(wrn16_4)
-
-
-_register_builtin()

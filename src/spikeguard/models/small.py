@@ -7,8 +7,10 @@ from typing import Sequence
 from torch import nn
 
 from .base import MultiStep, NeuronFactory, SpikingModel, conv_bn
+from .registry import register_model
 
 
+@register_model("small_conv")
 class SmallConvSNN(SpikingModel):
     """Three conv layers (BatchNorm + spiking neuron), two 2x2 average pools, one linear readout.
 
@@ -34,6 +36,7 @@ class SmallConvSNN(SpikingModel):
         )
 
 
+@register_model("mlp")
 class SpikingMLP(SpikingModel):
     """Fully connected SNN: Linear + BatchNorm1d + neuron per hidden layer, linear readout."""
 

@@ -27,6 +27,7 @@ from typing import Sequence, Union
 from torch import nn
 
 from .base import MultiStep, NeuronFactory, SpikingModel, conv_bn
+from .registry import register_model
 
 Item = Union[int, str]
 
@@ -133,11 +134,13 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+@register_model("vgg11")
 def vgg11(**kw) -> SpikingVGG:
     """VGG-11 (layout ``cifar``, linear classifier unless overridden)."""
     return SpikingVGG(**kw)
 
 
+@register_model("vgg_small")
 def vgg_small(**kw) -> SpikingVGG:
     """VGG-11 layout at a quarter of the width (16..128 channels): for CPU runs."""
     kw.setdefault("width", 0.25)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import MultiStep, NeuronFactory, SpikingModel
+from .registry import register_model
 from .vgg import _init_weights
 
 
@@ -109,6 +110,7 @@ class SpikingWideResNet(SpikingModel):
         _init_weights(self)
 
 
+@register_model("wrn16_4")
 def wrn16_4(**kw) -> SpikingWideResNet:
     """WRN-16-4 (depth 16, widen 4)."""
     kw.setdefault("depth", 16)

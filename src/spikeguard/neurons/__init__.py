@@ -1,6 +1,12 @@
-"""Spiking neurons: multi-step LIF / Noisy-LIF, surrogate gradients, potential recording."""
+"""Spiking neurons: multi-step LIF / Noisy-LIF, surrogate gradients, potential recording.
 
+Neurons register themselves with :func:`register_neuron` where they are defined
+(:mod:`.lif`, :mod:`.baselines`); :func:`make_neuron` builds any registered kind by name.
+"""
+
+from .registry import list_neurons, make_neuron, neuron_aliases, neuron_class, register_neuron
 from .lif import LIF, MultiStepReLU, NoisyLIF
+from .baselines import DLIF, StoGLIF  # registers dlif, stog_lif
 from .recording import (
     PotentialRecorder,
     is_stochastic,
@@ -13,34 +19,12 @@ from .recording import (
 )
 from .surrogate import SURROGATES, Surrogate, spike
 
-NEURONS = ("lif", "noisy_lif", "relu", "dlif", "stog_lif")
-
-
-def _baseline_neurons() -> dict:
-    from .baselines import DLIF, StoGLIF
-
-    return {"dlif": DLIF, "stog_lif": StoGLIF, "stog": StoGLIF}
-
-
-_BASELINE_NEURONS = _baseline_neurons()
-
-
-def make_neuron(kind: str, **kw) -> "LIF | MultiStepReLU":
-    """Build a neuron by name: ``lif``, ``noisy_lif``, ``relu`` (the ANN twin's activation), or the
-    baselines ``dlif`` / ``stog_lif`` (see :mod:`spikeguard.neurons.baselines`)."""
-    if kind == "lif":
-        return LIF(**kw)
-    if kind in ("noisy_lif", "nlif", "noisy"):
-        return NoisyLIF(**kw)
-    if kind == "relu":
-        return MultiStepReLU()
-    if kind in _BASELINE_NEURONS:  # published baselines (neurons/baselines.py)
-        return _BASELINE_NEURONS[kind](**kw)
-    raise ValueError(f"unknown neuron {kind!r}; choose one of {', '.join(NEURONS)}")
-
+# the built-in kinds (the registry, :func:`list_neurons`, also holds any registered later)
+NEURONS = tuple(list_neurons())
 
 __all__ = [
-    "LIF", "NoisyLIF", "MultiStepReLU", "Surrogate", "SURROGATES", "spike", "make_neuron", "NEURONS",
+    "LIF", "NoisyLIF", "MultiStepReLU", "DLIF", "StoGLIF", "Surrogate", "SURROGATES", "spike", "make_neuron",
+    "register_neuron", "list_neurons", "neuron_class", "neuron_aliases", "NEURONS",
     "PotentialRecorder", "record_potentials", "spiking_neurons", "noisy_neurons", "is_stochastic",
     "noise_enabled", "noise_seed", "use_surrogate",
 ]

@@ -1,7 +1,8 @@
 """Neurons of published baseline defences: DLIF (Ding et al., 2024a) and StoG (Ding et al., 2024b).
 
-Both are thin subclasses of the core neurons, so potential recording, ``noise_enabled``,
-``noise_seed`` and ``is_stochastic`` keep working on them.
+Both are thin subclasses of :class:`~spikeguard.neurons.LIF`, registered as ``dlif`` and
+``stog_lif``, so potential recording, ``noise_enabled``, ``noise_seed`` and ``is_stochastic``
+keep working on them.
 
 * :class:`DLIF` ("Robust Stable Spiking Neural Networks", ICML 2024, reference code
   ``DingJianhao/stable-snn``): an LIF neuron whose input current is scaled by a learnable gain
@@ -34,7 +35,8 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
-from .lif import LIF, NoisyLIF
+from .lif import LIF, gaussian_noise, set_noise
+from .registry import register_neuron
 from .surrogate import Surrogate
 
 # Guards ``1 / (p (1 - p))`` in the relaxed-Bernoulli derivative (the reference uses the
@@ -42,6 +44,7 @@ from .surrogate import Surrogate
 _GATE_EPS = 1e-3
 
 
+@register_neuron("dlif")
 class DLIF(LazyModuleMixin, LIF):
     """LIF with a learnable input gain per time step (the DLIF neuron of RSSNN).
 
@@ -100,28 +103,33 @@ class _StochasticGate(torch.autograd.Function):
         return grad_spikes, grad_keep, None, None
 
 
-class StoGLIF(LazyModuleMixin, NoisyLIF):
+@register_neuron("stog_lif", "stog")
+class StoGLIF(LazyModuleMixin, LIF):
     """LIF followed by a stochastic gate on its output spikes (StoG).
 
     Args:
         p_min: lower clamp of the keep probability (reference: 0.1).
         temperature: Concrete-relaxation temperature for the gradient (reference: 0.5).
-        gate: whether the gate samples (the ``noise`` switch of :class:`NoisyLIF`; when off the
-            output is the expectation ``S * p``).
-        sigma: optional Gaussian membrane noise on top (0 = plain StoG).
+        gate: whether the gate samples (its :attr:`noise` switch, which ``noise_enabled`` flips;
+            when off the output is the expectation ``S * p``).
+        sigma: optional Gaussian membrane noise on top (0 = plain StoG), sampled while the gate is on.
+        noisy_grad: backward through that membrane noise, as in :class:`~spikeguard.neurons.NoisyLIF`.
+        generator: optional ``torch.Generator`` for the gate and the noise (see ``noise_seed``).
         **kw: the :class:`LIF` arguments.
     """
 
     cls_to_become = None
+    has_noise = True
 
     def __init__(self, p_min: float = 0.1, temperature: float = 0.5, gate: bool = True,
-                 sigma: float = 0.0, **kw) -> None:
+                 sigma: float = 0.0, noisy_grad: str = "surrogate", generator: torch.Generator | None = None,
+                 **kw) -> None:
         if not 0.0 <= p_min <= 1.0:
             raise ValueError(f"p_min must be in [0, 1], got {p_min}")
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        kw.pop("noise", None)
-        super().__init__(sigma=sigma, noise=gate, **kw)
+        super().__init__(**kw)
+        set_noise(self, sigma, gate, noisy_grad, generator)
         self.p_min = float(p_min)
         self.temperature = float(temperature)
         self.keep = UninitializedParameter()
@@ -136,6 +144,7 @@ class StoGLIF(LazyModuleMixin, NoisyLIF):
 
     @property
     def stochastic(self) -> bool:
+        """True while the gate samples."""
         return bool(self.noise)
 
     def keep_probability(self) -> Tensor:
@@ -145,12 +154,12 @@ class StoGLIF(LazyModuleMixin, NoisyLIF):
     def sample_noise(self, x: Tensor) -> Tensor | None:
         if not self.noise or self.sigma <= 0:
             return None
-        return super().sample_noise(x)
+        return gaussian_noise(x, self.sigma, self.generator)
 
     def grad_surrogate(self) -> tuple[Surrogate, bool]:
-        if self.sigma <= 0:
-            return self.surrogate, True
-        return super().grad_surrogate()
+        if self.noisy_grad == "expected" and self.noise and self.sigma > 0:
+            return Surrogate("gaussian", self.sigma), False
+        return self.surrogate, True
 
     def forward(self, x: Tensor) -> Tensor:
         spikes = super().forward(x)
@@ -164,7 +173,8 @@ class StoGLIF(LazyModuleMixin, NoisyLIF):
         return _StochasticGate.apply(spikes, keep, u, self.temperature)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", p_min={self.p_min}, temperature={self.temperature}"
+        return (super().extra_repr() + f", sigma={self.sigma:.4g}, noise={self.noise}, noisy_grad={self.noisy_grad}"
+                f", p_min={self.p_min}, temperature={self.temperature}")
 
 
 def stog_neurons(model: nn.Module) -> list[StoGLIF]:

@@ -20,11 +20,13 @@ Two interchangeable implementations (``backend``) compute the same numbers:
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from .fused import lif_scan
+from .fused import lif_scan, philox_noise_for
+from .registry import register_neuron
 from .surrogate import Surrogate, spike
 
 NOISY_GRADS = ("surrogate", "expected")
@@ -46,6 +48,7 @@ def get_default_backend() -> str:
     return _default_backend
 
 
+@register_neuron("lif")
 class LIF(nn.Module):
     """Multi-step leaky integrate-and-fire neuron with hard reset.
 
@@ -59,6 +62,12 @@ class LIF(nn.Module):
         backend: ``"fused"`` (one autograd node for all steps), ``"loop"`` (reference) or
             ``None``: the module default (:func:`set_default_backend`, initially ``"fused"``).
     """
+
+    #: :class:`~spikeguard.config.NeuronConfig` fields this neuron takes (``NeuronConfig.neuron_kw``)
+    config_fields: ClassVar[tuple[str, ...]] = ("decay", "v_threshold", "surrogate", "width", "detach_reset")
+    #: True for neurons with a ``noise`` switch and a ``generator`` attribute: what
+    #: :func:`~spikeguard.neurons.noise_enabled` and :func:`~spikeguard.neurons.noise_seed` act on
+    has_noise: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -84,10 +93,20 @@ class LIF(nn.Module):
         # Active recorders; set only inside a `record_potentials` context.
         self._recorders: tuple = ()
 
+    @property
+    def stochastic(self) -> bool:
+        """True when a forward pass draws random numbers (a plain LIF never does)."""
+        return False
+
     # Hooks for subclasses ---------------------------------------------------------------
     def sample_noise(self, x: Tensor) -> Tensor | None:
         """Membrane noise for all time steps at once (``None``: deterministic neuron)."""
         return None
+
+    def fused_noise(self, x: Tensor):
+        """The noise for the fused scan: :meth:`sample_noise`, or a description of noise the
+        kernel draws itself (Noisy-LIF on the Triton kernel)."""
+        return self.sample_noise(x)
 
     def grad_surrogate(self) -> tuple[Surrogate, bool]:
         """The surrogate used in backward and whether it is evaluated at the noisy potential."""
@@ -97,14 +116,15 @@ class LIF(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects input [T, B, ...], got shape {tuple(x.shape)}")
-        noise = self.sample_noise(x)
         surrogate, at_noisy = self.grad_surrogate()
         if (getattr(self, "backend", None) or _default_backend) == "fused":
+            noise = self.fused_noise(x)
             spikes, u_all = lif_scan(x, noise, self.decay, self.v_threshold, surrogate, at_noisy,
                                      self.detach_reset, need_potentials=bool(self._recorders))
             for rec in self._recorders:
                 rec.add(self, u_all)
             return spikes
+        noise = self.sample_noise(x)
         keep = bool(self._recorders)
         v = torch.zeros_like(x[0])
         spikes, potentials = [], []
@@ -129,6 +149,24 @@ class LIF(nn.Module):
         )
 
 
+def set_noise(neuron: nn.Module, sigma: float, noise: bool, noisy_grad: str,
+              generator: torch.Generator | None) -> None:
+    """Validate and set a noisy neuron's ``sigma``, ``noise`` switch, ``noisy_grad`` and ``generator``."""
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+    if noisy_grad not in NOISY_GRADS:
+        raise ValueError(f"noisy_grad must be one of {NOISY_GRADS}, got {noisy_grad!r}")
+    neuron.sigma, neuron.noise, neuron.noisy_grad, neuron.generator = float(sigma), bool(noise), noisy_grad, generator
+
+
+def gaussian_noise(x: Tensor, sigma: float, generator: torch.Generator | None) -> Tensor:
+    """``N(0, sigma^2)`` noise shaped like ``x`` (drawn from ``generator`` when given)."""
+    if generator is not None and generator.device != x.device:
+        raise RuntimeError(f"noise generator is on {generator.device} but input is on {x.device}")
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * sigma
+
+
+@register_neuron("noisy_lif", "nlif", "noisy")
 class NoisyLIF(LIF):
     """LIF with Gaussian membrane noise: ``S[t] = H(U[t] + eta[t] - V_th)``, eta ~ N(0, sigma^2).
 
@@ -146,6 +184,9 @@ class NoisyLIF(LIF):
         **kw: the :class:`LIF` arguments.
     """
 
+    config_fields = LIF.config_fields + ("sigma", "noisy_grad")
+    has_noise = True
+
     def __init__(
         self,
         sigma: float = math.sqrt(0.4),
@@ -155,14 +196,7 @@ class NoisyLIF(LIF):
         **kw,
     ) -> None:
         super().__init__(**kw)
-        if not (sigma >= 0 and math.isfinite(sigma)):
-            raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
-        if noisy_grad not in NOISY_GRADS:
-            raise ValueError(f"noisy_grad must be one of {NOISY_GRADS}, got {noisy_grad!r}")
-        self.sigma = float(sigma)
-        self.noise = bool(noise)
-        self.noisy_grad = noisy_grad
-        self.generator = generator
+        set_noise(self, sigma, noise, noisy_grad, generator)
 
     @property
     def stochastic(self) -> bool:
@@ -172,10 +206,20 @@ class NoisyLIF(LIF):
     def sample_noise(self, x: Tensor) -> Tensor | None:
         if not self.stochastic:
             return None
-        gen = self.generator
-        if gen is not None and gen.device != x.device:
-            raise RuntimeError(f"NoisyLIF generator is on {gen.device} but input is on {x.device}")
-        return torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * self.sigma
+        return gaussian_noise(x, self.sigma, self.generator)
+
+    def fused_noise(self, x: Tensor):
+        # Gaussian noise drawn inside the Triton kernel (Philox seed from this neuron's
+        # generator), regenerated in its backward instead of stored; other kernels, and
+        # subclasses with their own noise, get the sampled tensor.
+        if self.stochastic and type(self).sample_noise is NoisyLIF.sample_noise:
+            gen = self.generator
+            if gen is not None and gen.device != x.device:
+                raise RuntimeError(f"NoisyLIF generator is on {gen.device} but input is on {x.device}")
+            spec = philox_noise_for(x, self.sigma, gen)
+            if spec is not None:
+                return spec
+        return self.sample_noise(x)
 
     def grad_surrogate(self) -> tuple[Surrogate, bool]:
         if self.noisy_grad == "expected" and self.stochastic:
@@ -186,8 +230,17 @@ class NoisyLIF(LIF):
         return super().extra_repr() + f", sigma={self.sigma:.4g}, noise={self.noise}, noisy_grad={self.noisy_grad}"
 
 
+@register_neuron("relu")
 class MultiStepReLU(nn.Module):
-    """ReLU on ``[T, B, ...]``: the activation of a network's ANN twin (``neuron="relu"``)."""
+    """ReLU on ``[T, B, ...]``: the activation of a network's ANN twin (``neuron="relu"``).
+
+    Takes (and ignores) any neuron arguments, so a model's ``neuron_kw`` builds its ANN twin too.
+    """
+
+    config_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **_neuron_kw) -> None:
+        super().__init__()
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(x)

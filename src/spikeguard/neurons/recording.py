@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .lif import LIF, NoisyLIF
+from .lif import LIF
 from .surrogate import Surrogate
 
 
@@ -21,13 +21,14 @@ def spiking_neurons(model: nn.Module) -> list[tuple[str, LIF]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LIF)]
 
 
-def noisy_neurons(model: nn.Module) -> list[NoisyLIF]:
-    return [m for _, m in spiking_neurons(model) if isinstance(m, NoisyLIF)]
+def noisy_neurons(model: nn.Module) -> list[LIF]:
+    """The spiking neurons with a ``noise`` switch (``has_noise``), whether it is on or off."""
+    return [m for _, m in spiking_neurons(model) if m.has_noise]
 
 
 def is_stochastic(model: nn.Module) -> bool:
-    """True if a forward pass of ``model`` samples Noisy-LIF noise."""
-    return any(m.stochastic for m in noisy_neurons(model))
+    """True if a forward pass of ``model`` draws random numbers (some neuron is ``stochastic``)."""
+    return any(m.stochastic for _, m in spiking_neurons(model))
 
 
 class PotentialRecorder:
@@ -70,19 +71,26 @@ def record_potentials(model: nn.Module, detach: bool = False, keep: bool = True,
                       on_record: Callable[[str, Tensor], None] | None = None) -> Iterator[PotentialRecorder]:
     """Record the pre-spike potentials of every spiking layer of ``model`` inside the block.
 
+    SpikingJelly and snnTorch neurons are recorded too (see :mod:`spikeguard.adapters`),
+    one ``[1, B, ...]`` tensor per call, as those libraries step one time step per call.
+
     Example::
 
         with record_potentials(model) as rec:
             logits = model(x)
         loss = ce(logits, y) + tgo(rec.potentials, epoch)
     """
+    from ..adapters import foreign_recording  # SpikingJelly / snnTorch neurons, if the model has any
+
     rec = PotentialRecorder(detach=detach, keep=keep, on_record=on_record)
     neurons = spiking_neurons(model)
     rec._names = {id(m): name for name, m in neurons}
     for _, m in neurons:
         m._recorders = m._recorders + (rec,)
     try:
-        yield rec
+        with foreign_recording(model, rec.add) as foreign:
+            rec._names.update({id(n.module): n.name for n in foreign})
+            yield rec
     finally:
         for _, m in neurons:
             m._recorders = tuple(r for r in m._recorders if r is not rec)

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .constraint import DEFAULT_DELTA, membrane_constraint
+from .constraint import DEFAULT_DELTA, Normalisation, membrane_constraint
 from .schedules import LambdaSchedule
 
 
@@ -18,24 +18,27 @@ class ThresholdGuard:
         delta: margin around the threshold.
         v_threshold: firing threshold of the guarded neurons.
         schedule: the dynamic lambda (default: linear ramp 0 -> 0.4 over ``ramp_epochs``).
+        norm: how ``L_mc`` is reduced over layers and neurons, which hinge and which potential
+            (default: the paper's formula; see :mod:`spikeguard.tgo.constraint`).
 
     After each call, :attr:`last_constraint` and :attr:`last_lambda` hold the values used
     (for logging); :meth:`step` feeds dual ascent.
     """
 
     def __init__(self, delta: float = DEFAULT_DELTA, v_threshold: float = 1.0,
-                 schedule: LambdaSchedule | None = None) -> None:
+                 schedule: LambdaSchedule | None = None, norm: Normalisation | None = None) -> None:
         if delta <= 0:
             raise ValueError(f"delta must be > 0, got {delta}")
         self.delta = float(delta)
         self.v_threshold = float(v_threshold)
         self.schedule = schedule or LambdaSchedule()
+        self.norm = norm or Normalisation()
         self.last_constraint = 0.0
         self.last_lambda = 0.0
 
     def constraint(self, potentials: Sequence[Tensor]) -> Tensor:
         """``L_mc`` without the weight."""
-        return membrane_constraint(potentials, self.v_threshold, self.delta)
+        return membrane_constraint(potentials, self.v_threshold, self.delta, self.norm)
 
     def __call__(self, potentials: Sequence[Tensor], epoch: float) -> Tensor:
         lam = self.schedule(epoch)

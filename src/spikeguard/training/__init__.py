@@ -1,6 +1,9 @@
 """Training: strategies (a batch -> a loss) and the loop that adds TGO."""
 
-from .strategies import BPTT, TET, StepOutput, Strategy, create_strategy, list_strategies, register_strategy, tet_loss
+from .strategies import (
+    BPTT, TET, StepOutput, Strategy, create_strategy, list_strategies, register_strategy, strategy_class, tet_loss,
+)
+from .state import TrainState
 from .trainer import EpochStats, Trainer, make_sgd
 from .adversarial import AdversarialTraining, RegularizedAdversarialTraining, crafting_mode  # registers at, rat
 from .baselines import SparsityRegularization, SparsityRegularizedAT, StochasticGating  # registers sr, sr_at, stog
@@ -10,7 +13,7 @@ AT, RAT, SR, StoG = AdversarialTraining, RegularizedAdversarialTraining, Sparsit
 
 __all__ = [
     "Strategy", "StepOutput", "BPTT", "TET", "tet_loss", "create_strategy", "list_strategies",
-    "register_strategy", "Trainer", "EpochStats", "make_sgd",
+    "register_strategy", "strategy_class", "Trainer", "TrainState", "EpochStats", "make_sgd",
     "AdversarialTraining", "RegularizedAdversarialTraining", "crafting_mode",
     "SparsityRegularization", "SparsityRegularizedAT", "StochasticGating", "AT", "RAT", "SR", "StoG",
 ]

@@ -77,14 +77,20 @@ def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
 
 
 def list_strategies() -> list[str]:
+    """Names accepted by :func:`create_strategy`."""
     return sorted(_STRATEGIES)
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered as ``name``."""
+    if name not in _STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(list_strategies())}")
+    return _STRATEGIES[name]
 
 
 def create_strategy(name: str, **kw) -> Strategy:
     """Build a registered strategy by name with keyword arguments."""
-    if name not in _STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(list_strategies())}")
-    return _STRATEGIES[name](**kw)
+    return strategy_class(name)(**kw)
 
 
 @register_strategy("bptt")

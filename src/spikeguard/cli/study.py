@@ -1,0 +1,58 @@
+"""``spikeguard study``: train a list of runs, evaluate each under named protocols, one comparison."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+examples:
+  spikeguard study configs/studies/cpu-digits-smoke.toml --out runs/cpu-digits-smoke      # seconds to minutes
+  spikeguard study configs/studies/cpu-cifar10-full.toml --out /work/studies/cpu-cifar10-full
+  spikeguard study configs/studies/cifar10-wrn16-table1-gpu-short.toml --out runs/gpu-short --budget 9m \\
+      --set data.root=shared_copy/cifar10-parquet --device cuda
+
+Stages (each printed as it starts): plan (with --budget: one probe epoch per run, then the epoch
+count that fits), lambda_max calibration (runs with calibrate = true), training (finished runs
+reused, interrupted ones resumed), evaluation (near-threshold share, BN-rescaled control, each
+protocol's attack groups through the evaluation engine; finished groups reused), tables, figures
+and the HTML report. Protocols: 'paper' (the paper's attacks at step 0.01, Noisy-LIF attacked and
+judged on single noisy passes, APGD/MTPGD with EoT) and 'strong' (EoT, several passes, adaptive
+and black-box attacks, surrogate-width ensemble, per-sample worst case, audit); see
+spikeguard/protocols.py and docs/study.md.
+
+Writes OUT/study.md (Table 1 layout: rows = models, columns = attacks tagged (P) paper / (S) strong,
+plus normalisation, lambda_max, gradient ratio, near-threshold share and the BN control per row),
+OUT/study.json, OUT/figures/*.png, OUT/report.html and one folder per run under OUT/runs/."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study", help="train several runs, evaluate each under the paper's and a strong protocol, one comparison table",
+        description="Run a study file: train its runs (presets plus overrides), evaluate each under named "
+                    "evaluation protocols, and write one comparison in the paper's Table 1 layout with the "
+                    "near-threshold share, the BN-rescaled control, figures and an HTML report.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", metavar="STUDY_TOML", help="study file (e.g. configs/studies/cpu-digits-smoke.toml)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR",
+                   help="study folder; rerunning with the same folder reuses finished work and resumes the rest")
+    p.add_argument("--budget", metavar="TIME", default=None,
+                   help="wall-clock budget (9m, 1h30m, 540s): the epoch count of every run is chosen from a "
+                        "measured probe epoch so that the study fits, and printed")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied to every run, e.g. --set data.root=/data (repeatable)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: each run's config)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars (stage lines are still printed)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..study import load_study, run_study
+
+    overrides = list(args.overrides) + ([f'device="{args.device}"'] if args.device else [])
+    spec = load_study(args.study, overrides)
+    run_study(spec, args.out, budget=args.budget, progress=not args.no_progress,
+              log=lambda s: print(s, file=sys.stderr, flush=True), report=not args.no_report)
+    return 0

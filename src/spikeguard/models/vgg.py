@@ -84,7 +84,8 @@ class SpikingVGG(SpikingModel):
             hidden = 4096 if name == "snn_rat" else 512
         n_pool = sum(1 for it in items if it == "A")
         if image_size < 2 ** n_pool:
-            raise ValueError(f"image_size {image_size} is smaller than 2^{n_pool} (the layout's pools)")
+            raise ValueError(f"image_size {image_size} is smaller than 2^{n_pool} = {2 ** n_pool}, the layout's pools "
+                             f"(a size not divisible by {2 ** n_pool} is floored by them, e.g. 48 -> 1)")
         final = image_size
         for _ in range(n_pool):  # 2x2 average pools floor odd sizes (48 px: 24, 12, 6, 3, 1)
             final //= 2

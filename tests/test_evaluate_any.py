@@ -387,3 +387,10 @@ def test_foreign_potentials_are_recorded(make):
         pass
     model(x)
     assert rec.potentials == []
+
+
+def test_name_numbers_are_checked_by_the_attack():
+    mu, _, _ = _data(n=3)
+    for bad in ("pgd0", "pgd10-r0", "square0", "mtpgd0", "apgd-ce0"):
+        with pytest.raises(SpikeguardError, match=">= 1"):
+            build_attack(bad, Centroid(mu))

@@ -2,9 +2,10 @@
 
 ``@register_attack("pgd", pattern=r"pgd(?P<steps>\\d+)?(?:-r(?P<restarts>\\d+))?")`` on a class
 makes ``pgd``, ``pgd20`` and ``pgd50-r3`` buildable by :func:`build_attack`; the pattern's
-named groups become constructor arguments (digits become integers >= 1). The class's
-attributes say how the rest of the library treats it (see :class:`~spikeguard.attacks.base.Attack`):
-``family`` (its column in the paper-style table), ``iterative`` (the audit compares
+named groups become constructor arguments (digits become integers; the constructor checks
+their range). The class's attributes say how the rest of the library treats it (see
+:class:`~spikeguard.attacks.base.Attack`): ``family`` (its column in the paper-style
+table), ``iterative`` (the audit compares
 iterative attacks with single-step ones), ``threat`` and ``requires`` (what it needs from
 the model; the evaluation skips it with a reason where that is missing). Adding an attack
 is one class in one file.
@@ -85,9 +86,7 @@ class AttackSpec:
             if value is None:
                 continue
             if value.isdigit():
-                if int(value) < 1:
-                    raise SpikeguardError(f"{self.name} {key} must be >= 1, got {value}")
-                args[key] = int(value)
+                args[key] = int(value)  # its range is the constructor's to check (an event budget may be 0)
             else:
                 args[key] = value
         return args

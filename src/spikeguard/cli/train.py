@@ -117,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
                                 created=created and ctx.is_main):
             res = run_experiment(cfg, args.out, resume=args.resume,
                                  progress=verbosity >= NORMAL and not args.no_progress, logger=logger)
+        # every rank is done before any leaves the group: a rank tearing its process group
+        # down while a peer still finishes (rank 0 writes the results) can abort the peer
+        ctx.barrier()
     finally:
         distributed.shutdown()
     if args.no_progress and verbosity >= NORMAL and ctx.is_main:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from spikeguard.evaluation import audit_robustness, evaluate_robustness
-from spikeguard.evaluation.audit import zero_gradient_share
+from spikeguard.evaluation.audit import AuditSettings, check_surrogate, surrogate_sweep, zero_gradient_share
+from spikeguard.evaluation.engine import AttackResult
 
 from planted import Centroid, Rounded, StopGrad, centroid_data
 
@@ -27,7 +28,7 @@ def test_audit_passes_a_plain_linear_classifier():
     audit = audit_robustness(model, x, y, **FAST)
     statuses = {c.key: c.status for c in audit.checks}
     assert statuses == {"eps_sweep": "PASS", "iterative": "PASS", "steps": "PASS", "eot": "SKIP", "apgd": "PASS",
-                        "black_box": "PASS", "zero_grad": "PASS", "budget": "PASS"}, audit.format()
+                        "black_box": "PASS", "zero_grad": "PASS", "surrogate": "SKIP", "budget": "PASS"}, audit.format()
     assert audit.verdict == "PASS"
     sweep = audit.check("eps_sweep").numbers["accuracy"]
     assert sweep[0] > 0.9 and sweep[-1] <= 1 / 3 + 0.05
@@ -85,7 +86,7 @@ def test_cli_audit(tmp_path, capsys):
     (path,) = (tmp_path / "run" / "evaluation").glob("*-audit-eps8/audit.json")
     doc = json.loads(path.read_text())
     assert doc["audit"]["verdict"] in ("PASS", "WARN")
-    assert len(doc["audit"]["checks"]) == 8
+    assert len(doc["audit"]["checks"]) == 9  # the eight plus the surrogate-width check
     assert "robustness audit" in capsys.readouterr().out
     assert main(["audit", "--checkpoint", str(tmp_path / "run"), "--steps", "0"]) == 2
 
@@ -96,3 +97,92 @@ def test_audit_flags_a_step_size_too_small_for_the_budget():
     audit = audit_robustness(Centroid(mu), x, y, **(FAST | {"alpha": 0.01}))
     assert audit.check("iterative").status == "WARN"
     assert "step size too small" in audit.check("iterative").message
+
+
+class TinySNN(torch.nn.Module):
+    """Linear -> spikeguard LIF (T=4, triangle surrogate) -> rate -> linear, on the centroid data."""
+
+    def __init__(self, d=16, h=32, k=3, T=4):
+        super().__init__()
+        from spikeguard.neurons import LIF
+
+        self.T, self.fc1, self.lif, self.fc2 = T, torch.nn.Linear(d, h), LIF(), torch.nn.Linear(h, k)
+
+    def forward(self, x):
+        z = self.fc1(x.flatten(1)).unsqueeze(0).expand(self.T, -1, -1)
+        return self.fc2(self.lif(z).mean(0))
+
+
+def _trained_snn(x, y):
+    torch.manual_seed(0)
+    model = TinySNN()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def test_surrogate_check_runs_pgd_per_width_on_a_spiking_model():
+    mu, x, y = _data()
+    model = _trained_snn(x, y)
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).float().mean() > 0.95
+    eps = 48 / 255
+    audit = audit_robustness(model, x, y, eps=eps, steps=5, square_queries=50, passes=1, eot=1,
+                             sweep=(8 / 255, 64 / 255))
+    assert surrogate_sweep(model) == [("triangle", w) for w in (0.25, 0.5, 1.0, 2.0)]  # the strong suite's widths
+    widths = ["triangle:0.25", "triangle:0.5", "triangle:1", "triangle:2"]
+    assert audit.settings["surrogate_widths"] == widths
+    check = audit.check("surrogate")
+    assert list(check.numbers["accuracy"]) == widths and all(w in check.message for w in widths)
+    # measured: the narrowest attack surrogate leaves ~19% robust where the others reach 0%
+    assert check.status == "WARN", check.message
+    assert check.numbers["weakest"] == "triangle:0.25" and check.numbers["spread_points"] > 10
+    assert "sg-ensemble" in check.message
+    runs = audit.runs.results
+    assert runs["pgd5-sg-triangle1"].settings["steps"] == 5
+    assert abs(runs["pgd5-sg-triangle1"].settings["alpha"] - 2.5 * eps / 5) < 1e-9  # the eps-following step
+    assert "pgd5-sg-triangle0.25" in audit.check("budget").numbers["attacks_checked"]
+    assert "pgd5-sg-triangle0.25" not in audit.check("iterative").numbers["iterative"]
+
+
+def test_surrogate_check_is_skipped_for_a_plain_module():
+    mu, x, y = _data(n=30)
+    audit = audit_robustness(Centroid(mu), x, y, **FAST)
+    check = audit.check("surrogate")
+    assert check.status == "SKIP"
+    assert "spiking neurons" in check.message and "plain nn.Module" in check.message
+    assert audit.settings["surrogate_widths"] == []
+
+
+def _settings(**kw):
+    base = dict(eps=8 / 255, steps=10, tolerance=1.0, chance_margin=0.05, zero_grad_limit=0.01, num_classes=10,
+                sweep=(8 / 255,), sweep_names=("pgd10@8",), pair=("pgd10", "pgd20"), eot_pair=None, eot_check=8,
+                zero_grad=(0.0, 0.0, 1))
+    return AuditSettings(**(base | kw))
+
+
+def _result(correct: int, n: int = 200) -> AttackResult:
+    robust = torch.zeros(1, n, dtype=torch.bool)
+    robust[0, :correct] = True
+    return AttackResult(name="x", robust=robust, eps=8 / 255, threat="white-box", description="pgd",
+                        max_linf=8 / 255, iterative=True, family="pgd")
+
+
+@pytest.mark.parametrize("accs, status", [((20, 69, 25), "WARN"),   # 10% vs 34.5% of 200: far beyond noise
+                                          ((40, 44, 42), "PASS")])  # 20% vs 22%: beyond 1 pt, within noise
+def test_check_surrogate_warns_only_beyond_noise(accs, status):
+    widths = [("triangle", 1.0), ("triangle", 0.25), ("triangle", 4.0)]
+    names = [f"sg{i}" for i in range(3)]
+    results = {n: _result(c) for n, c in zip(names, accs)}
+    check = check_surrogate(results, _settings(surrogate_runs=tuple(zip(widths, names))))
+    assert check.status == status, check.message
+    assert check.numbers["strongest"] == "triangle:1" and check.numbers["weakest"] == "triangle:0.25"
+    if status == "WARN":
+        assert "triangle:0.25 34.5%" in check.message and "triangle:1 10.0%" in check.message
+        assert "sg-ensemble" in check.message
+        assert abs(check.numbers["spread_points"] - 24.5) < 1e-4
+    else:
+        assert check.numbers.get("within_noise") is True and "within noise" in check.message

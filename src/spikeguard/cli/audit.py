@@ -17,6 +17,9 @@ checks (each PASS or WARN with its numbers; SKIP where it does not apply):
   apgd       APGD at least as strong as PGD
   black_box  Square / transfer attacks not stronger than the best white-box attack
   zero_grad  share of samples whose input gradient is exactly zero (CE and margin loss)
+  surrogate  PGD per attack surrogate width (the strong suite's sg-ensemble widths, model's
+             own family) differs by <= --tolerance points or within noise; SKIP without
+             swappable spiking neurons. A WARN: trust the per-sample worst over widths
   budget     ||x_adv - x||_inf <= eps + 1e-6 and x_adv in [0, 1] for every attack run
 
 A comparison beyond --tolerance whose two 95% intervals overlap is within noise: it passes,
@@ -37,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "audit", help="sanity checks for gradient masking on a trained run (PASS/WARN per check)",
         description="Run the sanity checks of a trustworthy robustness evaluation on a trained run: eps sweep, "
                     "iterative vs single-step, doubling steps, EoT vs no EoT, APGD vs PGD, black-box/transfer vs "
-                    "white-box, zero input gradients, budget and range. Each WARN says what it suggests.",
+                    "white-box, zero input gradients, attack surrogate width, budget and range. Each WARN says what it suggests.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--steps", type=int, default=10, help="PGD steps of the audit's runs (default 10)")

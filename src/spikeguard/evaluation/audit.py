@@ -14,6 +14,8 @@ eot           PGD with EoT is at least as strong as without (stochastic models)
 apgd          APGD is at least as strong as PGD (reviewers' masking flag)
 black_box     no black-box / transfer attack beats the best white-box attack
 zero_grad     share of samples whose input gradient is exactly zero (CE and margin loss)
+surrogate     PGD's accuracy does not depend on the attack's surrogate width beyond noise
+              (SNNs with swappable surrogate neurons; SKIP otherwise)
 budget        ||x_adv - x||_inf <= eps + 1e-6 and x_adv in [0, 1] for every attack
 ============  ===================================================================
 
@@ -37,7 +39,9 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import APGD, EPS_RULE, FGSM, PGD, Attack, NoiseFreeTransfer, Square, margin_loss, step_size
+from ..attacks.adaptive import SurrogateEnsemble
 from ..attacks.registry import describe_step_size
+from ..attacks.requirements import model_traits, unmet
 from ..errors import SpikeguardError
 from ..neurons import is_stochastic
 from ..randomness import Randomness, detect_randomness
@@ -117,6 +121,8 @@ class AuditSettings:
         eot_pair: the ``(EoT 1, EoT k)`` runs of the EoT check (None: deterministic model).
         eot_check: EoT samples of that check.
         zero_grad: measured shares of all-zero input gradients ``(CE, margin)`` and the EoT used.
+        surrogate_runs: ``(surrogate name, width) -> run name`` of the surrogate check's PGD runs
+            (empty: the model has no swappable surrogate neurons; ``surrogate_skip`` says why).
     """
 
     eps: float
@@ -131,6 +137,8 @@ class AuditSettings:
     eot_pair: tuple[str, str] | None
     eot_check: int
     zero_grad: tuple[float, float, int]
+    surrogate_runs: tuple[tuple[tuple[str, float], str], ...] = ()
+    surrogate_skip: str = ""
 
     @property
     def tol(self) -> float:
@@ -204,7 +212,8 @@ def check_iterative(results: Results, st: AuditSettings) -> Check:
     at = _at_eps(results, st.eps)
     singles = {n: r.accuracy for n, r in at.items() if r.family in ("fgsm", "rfgsm")}
     best_single = min(singles.values())
-    iters = {n: r.accuracy for n, r in at.items() if r.iterative and r.threat == "white-box"}
+    swept = {n for _, n in st.surrogate_runs}  # deliberately mismatched surrogates: check_surrogate's job
+    iters = {n: r.accuracy for n, r in at.items() if r.iterative and r.threat == "white-box" and n not in swept}
     weaker = {n: a for n, a in iters.items() if a > best_single + st.tol}
     nums = {"single_step": singles, "iterative": iters, "weaker_than_single_step": weaker}
     best_txt = (f" (strongest: {min(iters, key=iters.get)} {_pts(min(iters.values()))})" if iters else "")
@@ -311,10 +320,53 @@ def check_budget(results: Results, st: AuditSettings) -> Check:
                    "or inputs outside [0, 1].")
 
 
+def check_surrogate(results: Results, st: AuditSettings) -> Check:
+    """PGD's robust accuracy does not depend on the attack's surrogate width by more than its noise.
+
+    The forward pass is the same at every width (spikes are Heaviside); only the gradient
+    estimate changes, so a spread between widths is a property of the attack, not of the
+    model: the per-sample worst over widths (``sg-ensemble``) is the number to trust.
+    """
+    title = "robust accuracy independent of the attack's surrogate width"
+    if not st.surrogate_runs:
+        return Check("surrogate", title, SKIP, {}, st.surrogate_skip or "no surrogate-width runs.")
+    runs = {f"{sg}:{w:g}": results[n] for (sg, w), n in st.surrogate_runs}
+    accs = {k: r.accuracy for k, r in runs.items()}
+    best, worst = min(accs, key=accs.get), max(accs, key=accs.get)  # best for the attacker: lowest accuracy
+    spread = accs[worst] - accs[best]
+    nums = {"accuracy": accs, "ci95": {k: _ci(r) for k, r in runs.items()}, "spread_points": 100 * spread,
+            "strongest": best, "weakest": worst, "attack": f"PGD-{st.steps}",
+            "alpha": next(iter(runs.values())).settings.get("alpha")}
+    txt = ", ".join(f"{k} {_pts(a)}" for k, a in accs.items())
+    return verdict("surrogate", title, spread <= st.tol, nums,
+                   f"PGD-{st.steps} at {eps_label(st.eps)} per attack surrogate: {txt}; spread "
+                   f"{100 * spread:.1f} pts (<= {st.tolerance:g}).",
+                   f"PGD-{st.steps} at {eps_label(st.eps)} per attack surrogate: {txt}; the spread {worst} "
+                   f"{_pts(accs[worst])} vs {best} {_pts(accs[best])} is {100 * spread:.1f} pts. The attack's "
+                   "surrogate is a masking knob: a robust accuracy measured with one surrogate is not an upper "
+                   "bound. Trust the per-sample worst over widths (the strong suite's sg-ensemble).",
+                   (_ci(runs[best]), _ci(runs[worst])))
+
+
+def surrogate_sweep(model: nn.Module) -> list[tuple[str, float]]:
+    """The ``(surrogate, width)`` members of the surrogate check: the widths the strong suite's
+    ``sg-ensemble`` sweeps (:data:`spikeguard.protocols.WIDTH_SWEEP`) for the model's own
+    surrogate family (the triangle's widths for a family the sweep does not list)."""
+    from ..adapters import base_surrogate, foreign_neurons
+    from ..neurons import spiking_neurons
+    from ..protocols import WIDTH_SWEEP
+
+    own = spiking_neurons(model)
+    foreign = foreign_neurons(model)
+    family = own[0][1].surrogate.name if own else base_surrogate(foreign[0].module).name
+    widths = [w for n, w in WIDTH_SWEEP if n == family] or [w for n, w in WIDTH_SWEEP if n == "triangle"]
+    return [(family, w) for w in widths]
+
+
 #: The audit's checks, in report order; each maps ``(results, settings)`` to a :class:`Check`.
 CHECKS: tuple[Callable[[Results, AuditSettings], Check], ...] = (
     check_eps_sweep, check_iterative, check_steps, check_eot, check_apgd, check_black_box, check_zero_grad,
-    check_budget)
+    check_surrogate, check_budget)
 
 
 def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float = 8 / 255, eot: int = 8,
@@ -341,6 +393,10 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
         square_queries: queries of the audit's own Square run (if the report has no black-box attack).
         randomness: ``auto`` (detect), ``deterministic`` or ``stochastic``, or a found
             :class:`~spikeguard.randomness.Randomness`.
+
+    A model with swappable surrogate neurons also gets one PGD run per attack surrogate of
+    :func:`surrogate_sweep` at ``eps`` (same steps and step size as the audit's PGD), for the
+    ``surrogate`` check.
     """
     import time
 
@@ -386,6 +442,15 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
         if stochastic and is_stochastic(model):  # Noisy-LIF noise: its noise-free twin is a transfer source
             runs.append(("noise-free", NoiseFreeTransfer(model, eps, alpha=step_size(alpha, eps, 2 * steps),
                                                          steps=2 * steps)))
+    # the surrogate check: PGD once per attack surrogate width (a one-member sg-ensemble each)
+    sg_skip = unmet(SurrogateEnsemble, model_traits(model, stochastic))
+    sg_runs: list[tuple[tuple[str, float], str]] = []
+    if not sg_skip:
+        for sg, w in surrogate_sweep(model):
+            name = f"pgd{steps}-sg-{sg}{w:g}"
+            sg_runs.append(((sg, w), name))
+            runs.append((name, SurrogateEnsemble(model, eps, alpha=step_size(alpha, eps, steps), steps=steps,
+                                                 members=[(sg, w)], eot=eot_used)))
     own = evaluate_robustness(model, images, labels, runs, eps=eps, eot=eot_used, passes=passes,
                               batch_size=batch_size, seed=seed + 1, device=device,
                               progress="audit" if progress else False,
@@ -395,13 +460,16 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
     st = AuditSettings(eps=eps, steps=steps, tolerance=tolerance, chance_margin=chance_margin,
                        zero_grad_limit=zero_grad_limit, num_classes=own.num_classes or 1, sweep=tuple(sweep),
                        sweep_names=tuple(sweep_names), pair=pair, eot_pair=eot_pair, eot_check=eot_check,
-                       zero_grad=(z_ce, z_margin, eot_used))
+                       zero_grad=(z_ce, z_margin, eot_used), surrogate_runs=tuple(sg_runs),
+                       surrogate_skip=("the surrogate-width sweep " + "; ".join(sg_skip) +
+                                       " (a plain nn.Module's gradient has no surrogate to vary)") if sg_skip else "")
     checks = [check(results, st) for check in CHECKS]
     settings = {"eps": eps, "eps_label": eps_label(eps), "eot": eot_used, "eot_check": eot_check if stochastic else None,
                 "passes": own.passes, "steps": steps, "alpha": alpha, "step_size": describe_step_size(alpha),
                 "sweep": [eps_label(e) for e in sweep], "tolerance_points": tolerance, "chance_margin": chance_margin,
                 "zero_grad_limit": zero_grad_limit, "n_samples": len(labels), "stochastic": stochastic,
-                "randomness": randomness.to_dict(), "used_report": report is not None, "seed": seed}
+                "randomness": randomness.to_dict(), "used_report": report is not None, "seed": seed,
+                "surrogate_widths": [f"{sg}:{w:g}" for (sg, w), _ in sg_runs]}
     return AuditReport(checks=checks, settings=settings, runs=own, seconds=time.perf_counter() - t0)
 
 

@@ -65,8 +65,17 @@ class FixedNoiseModel(nn.Module):
         self.seed = int(seed)
 
     def forward(self, x: Tensor) -> Tensor:
-        with noise_seed(self.model, self.seed), seeded_rng(self.seed, x.device):
+        with fixed_randomness(self.model, self.seed, x.device):
             return self.model(x)
+
+
+@contextlib.contextmanager
+def fixed_randomness(model: nn.Module, seed: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """Inside the block, ``model``'s randomness is the sample drawn from ``seed``: the Noisy-LIF
+    generators and the global generators are seeded (the global ones restored on exit), so
+    entering it twice with the same seed and batch shape reproduces the same draw."""
+    with noise_seed(model, seed), seeded_rng(seed, device):
+        yield
 
 
 @contextlib.contextmanager

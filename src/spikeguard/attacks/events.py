@@ -13,7 +13,10 @@ back to exactly the attacked frames.
   gain, the top ones are applied and kept only if the margin actually rises (greedy
   verification: a rejected step is retried with fewer flips); the number of flips per step
   grows with the flips already made (so small budgets get single-flip precision); a sample
-  stops as soon as it is misclassified.
+  stops as soon as it is misclassified. On a stochastic model (``eot > 1``, or Noisy-LIF
+  noise) the verification compares expected margins with common random numbers: the current
+  point and the proposal are both evaluated, as EoT means, under the same freshly seeded noise
+  draw, so a step is kept when it raises the expected margin, not when its draw was lucky.
 * :class:`RandomFlip` (``random-flipK``): ``k`` random flips, best of ``trials`` draws; the
   baseline an informed attack must beat.
 * :class:`EventSTE` (``event-steK``): targeted, in the spirit of the sparse event attacks the
@@ -30,6 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SpikeguardError
+from ..neurons import is_stochastic
+from .adaptive import fixed_randomness
 from .base import Attack, margin_loss
 from .registry import register_attack
 
@@ -116,6 +121,9 @@ class EventFlip(EventAttack):
         banned = torch.zeros_like(changed)
         n_used = torch.zeros(b, dtype=torch.long, device=dev)
         rate = torch.full((b,), self.growth, device=dev)
+        # stochastic model: verify with common random numbers (see the module docstring); a
+        # deterministic model keeps the cheaper, bit-identical comparison with the stored margin
+        crn = self.eot > 1 or is_stochastic(self.model)
         grad, margin, _ = self.loss_grad(self.norm.encode(cur), labels, margin_loss)
         active = (margin <= 0) & (self.k > 0)
         for _ in range(self.max_steps):
@@ -136,14 +144,22 @@ class EventFlip(EventAttack):
             has = sel.any(1)  # no flip the gradient says would help: the sample is done
             mask = torch.zeros_like(gain, dtype=torch.bool).scatter_(1, idx, sel).view_as(lv)
             proposal = lv + mask.long() * torch.where(go_up, 1, -1)
-            g_new, m_new, _ = self.loss_grad(self.norm.encode(proposal), labels[a], margin_loss)
-            accept = has & (m_new > margin[a])
+            if crn:
+                seed = int(torch.randint(0, 2**62, (1,)).item())
+                with fixed_randomness(self.model, seed, dev):
+                    m_old = self.mean_margin(self.norm.encode(lv), labels[a])
+                with fixed_randomness(self.model, seed, dev):
+                    g_new, m_new, _ = self.loss_grad(self.norm.encode(proposal), labels[a], margin_loss)
+            else:
+                g_new, m_new, _ = self.loss_grad(self.norm.encode(proposal), labels[a], margin_loss)
+                m_old = margin[a]
+            accept = has & (m_new > m_old)
             acc4 = accept.view(-1, *[1] * (lv.dim() - 1))
             cur[a] = torch.where(acc4, proposal, lv)
             changed[a] |= mask & acc4
             n_used[a] += torch.where(accept, sel.sum(1), 0)
             grad[a] = torch.where(acc4, g_new, g)
-            margin[a] = torch.where(accept, m_new, margin[a])
+            margin[a] = torch.where(accept, m_new, m_old)
             # a rejected step is retried with half the flips; a rejected single flip is banned
             reject = has & ~accept
             single = reject & (sel.sum(1) == 1)
@@ -154,6 +170,18 @@ class EventFlip(EventAttack):
         self.last_l0 = n_used.cpu()
         self.last_fooled = (margin > 0).cpu()
         return self.norm.encode(cur)
+
+    @torch.no_grad()
+    def mean_margin(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Margin loss averaged over the ``eot`` passes, ``[B]``: the loss :meth:`loss_grad`
+        returns, from forward passes that draw their noise in the same order (same batch
+        shape, same loop), so both see the same sample under one seed."""
+        k, b = self.eot, x.shape[0]
+        if k == 1 or self.eot_batched:
+            xs = x if k == 1 else x.expand(k, *x.shape).reshape(k * b, *x.shape[1:])
+            ys = labels if k == 1 else labels.repeat(k)
+            return margin_loss(self.model(xs), ys).view(k, b).mean(0)
+        return sum(margin_loss(self.model(x), labels) for _ in range(k)) / k
 
 
 @register_attack("random-flip", pattern=r"random-flip(?P<k>\d+)?", defaults={"k": 50}, example="random-flipK")

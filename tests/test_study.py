@@ -127,6 +127,24 @@ def test_study_end_to_end_and_reuse(tmp_path):
     assert json.loads((tmp_path / "study.json").read_text())["rows"][0]["run"] == "vanilla"
     assert any("stage 5/5" in s for s in lines)
 
+    # --tables-only: the same comparison from the folder alone; unfinished work is listed, not filled in
+    from spikeguard.study import summarize_study
+
+    same = summarize_study(_small_spec(), tmp_path, report=False, log=lambda s: None)
+    assert same["complete"] and same["pending"] == [] and same["rows"] == json.loads(json.dumps(doc["rows"]))
+    assert same["rows"][1]["lambda_max"] == 0.4
+    strong = tmp_path / "runs" / "tgo" / "eval-strong" / "strong.json"
+    kept = strong.read_bytes()
+    strong.unlink()
+    part = summarize_study(_small_spec(), tmp_path, report=False, log=lambda s: None)
+    assert not part["complete"] and part["pending"] == ["tgo: strong/strong"]
+    assert "worst case (S)" not in part["rows"][1]["accuracy"] and "worst case (S)" in part["rows"][0]["accuracy"]
+    assert "**Not finished**" in (tmp_path / "study.md").read_text() and "tgo: strong/strong" in \
+        (tmp_path / "study.md").read_text()
+    strong.write_bytes(kept)
+    with pytest.raises(ConfigError, match="does not exist"):
+        summarize_study(_small_spec(), tmp_path / "nowhere", report=False)
+
     # finished runs and evaluations are reused; an interrupted one (no results.json) is resumed
     (tmp_path / "runs" / "tgo" / "results.json").unlink()
     lines.clear()

@@ -314,7 +314,7 @@ def _run_group(model, x, y, group, protocol: Protocol, ev: dict, run_dir: Path, 
                               alpha=group.alpha, batch_size=int(ev["batch_size"]), seed=int(ev["seed"]), source=source,
                               attack_kw=settings["attack_kw"], device=device, journal=journal, progress=progress)
     prov = provenance(command=command, checkpoint=run_dir, report=report, data=data_info,
-                      study_protocol=protocol.name, study_group=group.name)
+                      study_protocol=protocol.name, study_group=group.name, device=_device_text(device))
     doc = robustness_document(report, prov, model=f"{run_dir.name} [{protocol.name}]", per_sample=True,
                               protocol=protocol.name, group=group.name, note=group.note, settings=settings,
                               source=source_name or None)
@@ -691,30 +691,122 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
 
     # 5. tables, figures, report
     log(f"[study] stage 5/{n_stages}: tables, figures and report")
-    rows, columns = build_rows(spec, out)
     meta = {"eps": float(ev["eps"]), "eps_label": eps_label(float(ev["eps"])), "n_samples": n_eval.get("study"),
-            "n_per_protocol": {t: n for t, n in n_eval.items() if t != "study"}, "date": _dt.date.today().isoformat(), "version": __version__,
-            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device is not None and
-                                      device.type == "cuda" else f", torch {torch.__version__}")}
+            "n_per_protocol": {t: n for t, n in n_eval.items() if t != "study"}, "date": _dt.date.today().isoformat(),
+            "version": __version__,
+            "device": _device_text(device)}
+    return write_comparison(spec, out, meta, plan=plan, calibration=calibration, report=report, log=log, t0=t0)
+
+
+def _device_text(device) -> str:
+    """``cuda:0 (NVIDIA H200), torch 2.11`` / ``cpu, torch 2.13.0``: where a number was measured."""
+    import torch
+
+    name = f" ({torch.cuda.get_device_name(device)})" if device is not None and torch.device(device).type == "cuda" \
+        else ""
+    return f"{device}{name}, torch {torch.__version__}"
+
+
+def pending_work(spec: StudySpec, out: Path) -> list[str]:
+    """What the study folder does not hold yet: runs not trained, shares and groups not evaluated."""
+    from .experiment import RESULTS_FILE
+
+    missing = []
+    for r in spec.runs:
+        d = out / "runs" / r.name
+        if not (d / RESULTS_FILE).is_file():
+            missing.append(f"{r.name}: training")
+            continue
+        if not (d / "eval-share.json").is_file():
+            missing.append(f"{r.name}: share and BN control")
+        missing += [f"{r.name}: {p.name}/{g.name}" for p in spec.protocols for g in p.groups
+                    if not (d / f"eval-{p.name}" / f"{g.name}.json").is_file()]
+    return missing
+
+
+def write_comparison(spec: StudySpec, out: Path, meta: dict, *, plan: dict | None = None,
+                     calibration: dict | None = None, report: bool = True, log: Log = print,
+                     t0: float | None = None) -> dict:
+    """Stage 5: ``study.md``, ``study.json``, the figures and the HTML report from the run folders.
+
+    Unfinished work (:func:`pending_work`) is listed in both files as "not finished", never
+    filled in, so a table written from an interrupted study says what it lacks.
+    """
+    t0 = time.perf_counter() if t0 is None else t0
+    pending = pending_work(spec, out)
+    rows, columns = build_rows(spec, out)
     md = format_markdown(spec, rows, columns, meta)
+    if pending:
+        md += ("\n**Not finished** when this was written (the table shows what had finished; rerun the study "
+               "with the same `--out` to complete it): " + "; ".join(pending) + ".\n")
     doc = {"study": spec.name, "description": spec.description, "file": str(spec.path), "meta": meta,
            "protocols": [asdict(p) for p in spec.protocols], "columns": columns, "rows": rows,
            "plan": plan, "calibration": calibration and {k: calibration[k] for k in
                                                          ("lambda_max", "reached", "target_reduction", "trials")},
-           "seconds": time.perf_counter() - t0}
+           "complete": not pending, "pending": pending, "seconds": time.perf_counter() - t0}
     atomic_write_json(out / STUDY_JSON, doc)
     atomic_write_text(out / STUDY_MD, md)
     figs = plot_study(rows, columns, spec, out)
     if report:
         from .analysis.report import build_report
 
-        build_report([out / "figures"] + [out / "runs" / r.name for r in spec.runs], out / "report.html",
-                     title=f"spikeguard study {spec.name}", preface=study_html(spec, rows, columns))
+        build_report([out / "figures"] + [d for d in (out / "runs" / r.name for r in spec.runs) if d.is_dir()],
+                     out / "report.html", title=f"spikeguard study {spec.name}",
+                     preface=study_html(spec, rows, columns))
     log(md)
     log(f"[study] wrote {out / STUDY_MD}, {out / STUDY_JSON}, {len(figs)} figures"
-        + (f", {out / 'report.html'}" if report else "") + f" in {time.perf_counter() - t0:.0f} s")
+        + (f", {out / 'report.html'}" if report else "") + f" in {time.perf_counter() - t0:.0f} s"
+        + (f"; {len(pending)} item(s) not finished" if pending else ""))
     return doc
 
 
-__all__ = ["RunSpec", "StudySpec", "load_study", "run_study", "plan_epochs", "parse_duration", "build_rows",
-           "format_markdown", "plot_study"]
+def summarize_study(spec: StudySpec, out_dir: str | Path, report: bool = True, log: Log = print) -> dict:
+    """Stage 5 alone (``spikeguard study --tables-only``): the comparison from what the folder holds.
+
+    Nothing is trained or attacked; the plan's epochs and the calibrated lambda_max are read back
+    from ``plan.json`` and ``calibration/calibration.json``, the image counts and the device from
+    the finished evaluations. Used on an interrupted study (a GPU window that ran out, a CPU
+    session that ended) and while a study is still running in another process.
+    """
+    import datetime as _dt
+
+    from . import __version__
+    from .utils import eps_label
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise ConfigError(f"study folder {out} does not exist")
+    plan_path, cal_path = out / PLAN_JSON, out / "calibration" / "calibration.json"
+    plan = json.loads(plan_path.read_text(encoding="utf-8")) if plan_path.is_file() else None
+    calibration = json.loads(cal_path.read_text(encoding="utf-8")) if cal_path.is_file() else None
+    for r in spec.runs:
+        if plan:
+            r.config.optim.epochs = int(plan["epochs"])
+        if calibration and r.calibrate:
+            r.config.tgo.lambda_max = float(calibration["lambda_max"])
+    n_eval: dict[str, int] = {}
+    device, date = None, None
+    for r in spec.runs:
+        d = out / "runs" / r.name
+        if (d / "eval-share.json").is_file():
+            n_eval.setdefault("study", int(json.loads((d / "eval-share.json").read_text())["key"]["n"]))
+        for p in spec.protocols:
+            for g in p.groups:
+                f = d / f"eval-{p.name}" / f"{g.name}.json"
+                if f.is_file():
+                    g_doc = json.loads(f.read_text(encoding="utf-8"))
+                    n_eval.setdefault(p.tag, int(g_doc["settings"]["n"]))
+                    prov = g_doc.get("provenance", {})
+                    date = date or (prov.get("date") or "")[:10] or None
+                    device = device or prov.get("device")
+    ev = spec.evaluation
+    meta = {"eps": float(ev["eps"]), "eps_label": eps_label(float(ev["eps"])), "n_samples": n_eval.get("study"),
+            "n_per_protocol": {t: n for t, n in n_eval.items() if t != "study"},
+            "date": date or _dt.date.today().isoformat(), "version": __version__,
+            "device": f"{device or 'device not recorded'}; tables written with --tables-only"}
+    log(f"[study {spec.name}] tables only, from {out}")
+    return write_comparison(spec, out, meta, plan=plan, calibration=calibration, report=report, log=log)
+
+
+__all__ = ["RunSpec", "StudySpec", "load_study", "run_study", "summarize_study", "write_comparison", "pending_work",
+           "plan_epochs", "parse_duration", "build_rows", "format_markdown", "plot_study"]

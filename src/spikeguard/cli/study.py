@@ -41,6 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to every run, e.g. --set data.root=/data (repeatable)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: each run's config)")
+    p.add_argument("--tables-only", action="store_true",
+                   help="train and attack nothing: write study.md/json, figures and the report from what OUT "
+                        "holds now (an interrupted study, or one still running elsewhere); unfinished work is "
+                        "listed as not finished")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (stage lines are still printed)")
     p.set_defaults(func=run)
@@ -49,10 +53,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..study import load_study, run_study
+    from ..errors import ConfigError
+    from ..study import load_study, run_study, summarize_study
 
     overrides = list(args.overrides) + ([f'device="{args.device}"'] if args.device else [])
     spec = load_study(args.study, overrides)
-    run_study(spec, args.out, budget=args.budget, progress=not args.no_progress,
-              log=lambda s: print(s, file=sys.stderr, flush=True), report=not args.no_report)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if args.tables_only:
+        if args.budget is not None:
+            raise ConfigError("--tables-only trains nothing: drop --budget")
+        summarize_study(spec, args.out, report=not args.no_report, log=log)
+        return 0
+    run_study(spec, args.out, budget=args.budget, progress=not args.no_progress, log=log,
+              report=not args.no_report)
     return 0

@@ -107,18 +107,20 @@ def _measure(cfg: ExperimentConfig, run_dir: Path, s: CalibrationSettings, progr
     from .checkpoint import load_run
     from .data import load_dataset
     from .experiment import LOG_FILE, RESULTS_FILE, run_experiment
+    from .utils import resolve_device
 
     if not (run_dir / RESULTS_FILE).is_file():
         resume = (run_dir / "config.json").is_file()
         run_experiment(None if resume else cfg, run_dir, resume=resume, progress=progress)
     res = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-    run = load_run(run_dir)
+    dev = resolve_device(cfg.device)  # measure where the trial trained (load_run alone loads to CPU)
+    run = load_run(run_dir, device=dev)
     d = cfg.data
     ds = load_dataset(d.name, "test", root=d.root or None, cache_dir=d.cache_dir or None, subset=s.share_samples,
                       seed=0, verify=d.verify_md5)
     with torch.no_grad():
-        hist = potential_histogram(run.model.eval(), ds, v_threshold=cfg.neuron.v_threshold, delta=cfg.tgo.delta,
-                                   seed=0)
+        hist = potential_histogram(run.model.to(dev).eval(), ds, v_threshold=cfg.neuron.v_threshold,
+                                   delta=cfg.tgo.delta, device=dev, seed=0)
     ratio = None
     log = run_dir / LOG_FILE
     if log.is_file():

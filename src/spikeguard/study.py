@@ -593,7 +593,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
     from .calibration import calibrate_lambda, settings_from_dict
     from .checkpoint import load_run, read_run_config
     from .experiment import RESULTS_FILE, _config_diff, run_experiment
-    from .utils import eps_label
+    from .utils import eps_label, resolve_device
 
     out = ensure_dir(out_dir)
     t0 = time.perf_counter()
@@ -658,8 +658,10 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
     n_eval: dict[str, int] = {}
     for i, r in enumerate(spec.runs):
         d = out / "runs" / r.name
-        run = load_run(d)
-        model = run.model.eval()
+        # evaluate where the run was trained (a GPU study attacks on the GPU; load_run alone loads to CPU)
+        run_device = resolve_device(r.config.device)
+        run = load_run(d, device=run_device)
+        model = run.model.to(run_device).eval()
         device = next(model.parameters()).device
         models[r.name] = model
 
@@ -676,7 +678,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
         _share_and_control(model, ds, x, y, r.config, spec, d, log)
         source = None
         if r.source:
-            source = models.get(r.source) or load_run(out / "runs" / r.source).model.eval()
+            source = models.get(r.source) or load_run(out / "runs" / r.source, device=device).model.to(device).eval()
         for prot in spec.protocols:
             _, xp, yp = images(prot.n_samples) if prot.n_samples else (ds, x, y)
             n_eval[prot.tag] = len(yp)

@@ -525,8 +525,8 @@ def format_markdown(spec: StudySpec, rows: list[dict], columns: list[str], meta:
     if skipped:
         lines += ["", "Skipped (the engine's reasons): " + "; ".join(f"{k}: {why}" for k, why in sorted(skipped)) + "."]
     lines += ["", "Normalisation = layers/neurons/hinge/potential (see `spikeguard.tgo.constraint`); grad ratio = "
-              "||lambda grad L_mc|| / ||grad L_task|| on one training batch after the last epoch. Noisy models: the "
-              "strong protocol's accuracies are means over its judging passes.",
+              "||lambda grad L_mc|| / ||grad L_task|| on one training batch after the last epoch. Noisy models: where a "
+              "group has several judging passes (the strong protocol), accuracies are means over them.",
               "", f"Made by `{spec.command_text()}` ({meta['date']}, spikeguard {meta['version']}, "
               f"{meta['device']}); every number above is read from the run folders under `runs/`."]
     return "\n".join(lines) + "\n"

@@ -272,3 +272,14 @@ def test_attacks_override_replaces_a_groups_attack_list():
         get_protocol("paper", {"attacks": ["fgsm"]})  # two groups: say which one
     with pytest.raises(ConfigError, match="non-empty list"):
         get_protocol("paper", {"single-pass": {"attacks": "fgsm"}})
+
+
+def test_study_file_attacks_override(tmp_path):
+    text = SMOKE.read_text().replace('preset = "', f'preset = "{SMOKE.parent}/')
+    f = tmp_path / "s.toml"
+    f.write_text(text + '\n[protocols.paper.single-pass]\nattacks = ["fgsm", "pgd40"]\n')
+    paper = next(p for p in load_study(f).protocols if p.name == "paper")
+    assert paper.groups[0].attacks == ("fgsm", "pgd40")
+    f.write_text(text + '\n[protocols.paper.single-pass]\nattacks = ["fgsm", "pgd4o"]\n')
+    with pytest.raises(ConfigError, match="unknown attack 'pgd4o'"):
+        load_study(f)

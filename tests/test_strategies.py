@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -254,10 +255,22 @@ def test_ablation_quick_mode_on_digits(tmp_path):
     assert [r["stochastic"] for r in res["rows"]] == [False, False, True, True]
     for r in res["rows"]:
         assert all(0.0 <= r[k] <= 1.0 for k in ("clean", "fgsm", "pgd3"))
-    cfgs = [json.loads((tmp_path / f"mc{int(mc)}-nlif{int(nl)}" / "config.json").read_text()) for mc, nl in
+    assert [(r["eot"], r["passes"]) for r in res["rows"]][2:] == [(2, 2), (2, 2)]
+    cfgs = [json.loads((tmp_path / "runs" / f"mc{int(mc)}-nlif{int(nl)}" / "config.json").read_text()) for mc, nl in
             ((0, 0), (1, 1))]
     text = json.dumps(cfgs)
     assert '"noisy_lif"' in text and (tmp_path / "ablation.json").is_file()
+    # the ablation is a study: its rows, its result files (one schema), its tables
+    study = json.loads((tmp_path / "study.json").read_text())
+    assert [r["run"] for r in study["rows"]] == ["mc0-nlif0", "mc1-nlif0", "mc0-nlif1", "mc1-nlif1"]
+    assert [r["model"] for r in study["rows"]] == ["- / -", "MC / -", "- / NLIF", "MC / NLIF"]
+    assert study["columns"] == ["clean (A)", "FGSM (A)", "PGD3 (A)", "worst case (A)"]
+    for r, row in zip(res["rows"], study["rows"]):
+        assert r["fgsm"] == row["accuracy"]["FGSM (A)"] and 0.0 < r["near_threshold"] < 1.0
+        assert r["worst_case"] <= min(r["fgsm"], r["pgd3"])
+        doc = json.loads(Path(r["result"]).read_text())
+        assert doc["schema"] == "spikeguard.robustness" and Path(r["result"]).parent.name == "eval-ablation"
+    assert res["test_samples"] == 30 and (tmp_path / "study.md").is_file()
     table = format_table(res).splitlines()
     assert table[1].split()[:4] == ["MC", "NLIF", "Clean", "FGSM"] and "(" in table[3] and "(" not in table[2]
 

@@ -255,3 +255,31 @@ def test_group_overrides_leave_the_paper_single_pass_group_without_eot():
     assert paper.groups[0].eot == 1 and paper.groups[1].eot == 2
     with pytest.raises(ConfigError, match="table of group settings"):
         get_protocol("paper", {"single-pass": 3})
+
+
+def test_attacks_override_replaces_a_groups_attack_list():
+    p = get_protocol("paper", {"groups": ["single-pass"],
+                               "single-pass": {"attacks": ["FGSM", "rfgsm", "pgd40", "fgsm"], "eot": 4, "passes": 4}})
+    (g,) = p.groups
+    assert g.attacks == ("fgsm", "rfgsm", "pgd40") and (g.eot, g.passes, g.alpha) == (4, 4, 0.01)
+    assert get_protocol("strong", {"attacks": ["pgd10", "square"], "drop": ["square"]}).groups[0].attacks == ("pgd10",)
+    single, eot = get_protocol("paper", {"single-pass": {"attacks": ["pgd7"]}}).groups
+    assert single.attacks == ("pgd7",) and eot.attacks == PAPER.groups[1].attacks
+    with pytest.raises(ConfigError, match="unknown attack 'pgd-nope'") as e:
+        get_protocol("paper", {"single-pass": {"attacks": ["fgsm", "pgd-nope"]}})
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="one group"):
+        get_protocol("paper", {"attacks": ["fgsm"]})  # two groups: say which one
+    with pytest.raises(ConfigError, match="non-empty list"):
+        get_protocol("paper", {"single-pass": {"attacks": "fgsm"}})
+
+
+def test_study_file_attacks_override(tmp_path):
+    text = SMOKE.read_text().replace('preset = "', f'preset = "{SMOKE.parent}/')
+    f = tmp_path / "s.toml"
+    f.write_text(text + '\n[protocols.paper.single-pass]\nattacks = ["fgsm", "pgd40"]\n')
+    paper = next(p for p in load_study(f).protocols if p.name == "paper")
+    assert paper.groups[0].attacks == ("fgsm", "pgd40")
+    f.write_text(text + '\n[protocols.paper.single-pass]\nattacks = ["fgsm", "pgd4o"]\n')
+    with pytest.raises(ConfigError, match="unknown attack 'pgd4o'"):
+        load_study(f)

@@ -107,10 +107,15 @@ class Protocol:
 
         Keys: ``eot``, ``passes``, ``audit``, ``audit_steps``, ``alpha`` (number, or ``"eps"`` for
         eps-following), ``attack_kw`` (merged per attack), ``drop`` (attack names to leave out,
-        e.g. to fit a CPU budget), ``groups`` (group names to keep) and ``n_samples`` (this
-        protocol's own number of test images, a class-balanced draw with the study's seed). A key
-        that names a group holds overrides for that group only (``[protocols.paper.table3-eot]``
-        ``eot = 2`` leaves the single-pass group without EoT).
+        e.g. to fit a CPU budget), ``groups`` (group names to keep), ``n_samples`` (this
+        protocol's own number of test images, a class-balanced draw with the study's seed) and
+        ``attacks`` (a list of registry names that replaces a group's attack list; checked
+        against the attack registry, canonical spellings kept, suite names such as ``paper``
+        expanded; ``drop`` still applies). A key that names a group holds overrides for that
+        group only (``[protocols.paper.table3-eot]`` ``eot = 2`` leaves the single-pass group
+        without EoT; ``[protocols.paper.single-pass]`` ``attacks = ["fgsm", "pgd40"]`` changes
+        that group's attacks). ``attacks`` given for the whole protocol needs exactly one group
+        (after ``groups``).
         """
         if not overrides:
             return self
@@ -121,16 +126,23 @@ class Protocol:
             if not isinstance(v, Mapping) or set(v) & {"n_samples", "groups"}:
                 raise ConfigError(f"protocol {self.name}: [{k}] must be a table of group settings")
         unknown = set(ov) - {"eot", "passes", "audit", "audit_steps", "alpha", "attack_kw", "drop", "groups",
-                             "n_samples"}
+                             "n_samples", "attacks"}
         if unknown:
             raise ConfigError(f"protocol {self.name}: unknown override(s) {', '.join(sorted(unknown))} (known: eot, "
-                              "passes, audit, audit_steps, alpha, attack_kw, drop, groups, n_samples)")
+                              "passes, audit, audit_steps, alpha, attack_kw, drop, groups, n_samples, attacks, "
+                              f"or a group name: {', '.join(sorted(names))})")
         n_samples = ov.pop("n_samples", self.n_samples)
         if not isinstance(n_samples, int) or n_samples < 0:
             raise ConfigError(f"protocol {self.name}: n_samples must be an integer >= 0, got {n_samples!r}")
         drop = set(ov.pop("drop", ()))
         keep = ov.pop("groups", None)
         kw_extra = ov.pop("attack_kw", {}) or {}
+        new_attacks = self._attack_list(ov.pop("attacks")) if "attacks" in ov else None
+        if new_attacks is not None:
+            kept = [g.name for g in self.groups if keep is None or g.name in keep]
+            if len(kept) != 1:
+                raise ConfigError(f"protocol {self.name}: attacks replaces one group's attack list; give it in a "
+                                  f"group's table ([protocols.{self.name}.GROUP], groups: {', '.join(kept)})")
         if "alpha" in ov and ov["alpha"] != EPS_RULE and not isinstance(ov["alpha"], (int, float)):
             raise ConfigError(f"protocol {self.name}: alpha must be a number or \"eps\", got {ov['alpha']!r}")
         for key in ("eot", "passes", "audit_steps"):
@@ -143,16 +155,38 @@ class Protocol:
             kw = {k: dict(v) for k, v in g.attack_kw.items()}
             for k, v in kw_extra.items():
                 kw[k] = {**kw.get(k, {}), **dict(v)}
-            attacks = tuple(a for a in g.attacks if a not in drop)
+            g = dataclasses.replace(g, attacks=new_attacks or g.attacks, attack_kw=kw, **ov)
+            if g.name in per_group:  # the group's own settings win over the protocol-wide ones
+                own = {k: v for k, v in per_group[g.name].items() if k != "drop"}
+                drop_g = drop | set(per_group[g.name].get("drop", ()))
+                g = Protocol(self.name, self.tag, "", (g,)).with_overrides(own).groups[0] if own else g
+            else:
+                drop_g = drop
+            attacks = tuple(a for a in g.attacks if a not in drop_g)
             if not attacks:
                 continue
-            g = dataclasses.replace(g, attacks=attacks, attack_kw=kw, **ov)
-            if g.name in per_group:  # the group's own settings win over the protocol-wide ones
-                g = Protocol(self.name, self.tag, "", (g,)).with_overrides(per_group[g.name]).groups[0]
-            groups.append(g)
+            groups.append(dataclasses.replace(g, attacks=attacks))
         if not groups:
             raise ConfigError(f"protocol {self.name}: the overrides leave no attack to run")
         return dataclasses.replace(self, groups=tuple(groups), n_samples=n_samples)
+
+    def _attack_list(self, value: Any) -> tuple[str, ...]:
+        """An ``attacks`` override as canonical registry names (one-line :class:`ConfigError` otherwise)."""
+        from .attacks.registry import parse_attacks
+        from .errors import SpikeguardError
+
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value \
+                or not all(isinstance(a, str) for a in value):
+            raise ConfigError(f"protocol {self.name}: attacks must be a non-empty list of attack names, got {value!r}")
+        out: list[str] = []
+        for a in value:
+            try:
+                names = parse_attacks(a)
+            except SpikeguardError:
+                raise ConfigError(f"protocol {self.name}: unknown attack {a!r} in attacks (see `spikeguard list "
+                                  "attacks`; e.g. fgsm, rfgsm, pgd40, apgd-ce, square)") from None
+            out += [n for n in names if n not in out]
+        return tuple(out)
 
 
 PAPER = Protocol(

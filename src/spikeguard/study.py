@@ -86,10 +86,15 @@ class RunSpec:
 
 @dataclass
 class StudySpec:
-    """A parsed study file."""
+    """A parsed study file, or a study built in memory (``spikeguard ablation``: ``path`` None).
+
+    ``evaluation``, ``control`` and ``budget`` hold every key of the study file's tables (the
+    defaults filled in); ``command`` is the command line recorded in the results and under the
+    table (default ``spikeguard study PATH``).
+    """
 
     name: str
-    path: Path
+    path: Path | None
     description: str
     runs: list[RunSpec]
     protocols: list[Protocol]
@@ -97,6 +102,11 @@ class StudySpec:
     control: dict
     calibration: dict
     budget: dict
+    command: str = ""
+
+    def command_text(self) -> str:
+        """The command that ran this study, as recorded in provenance and ``study.md``."""
+        return self.command or f"spikeguard study {self.path}"
 
 
 _TOP = {"name", "description", "defaults", "evaluation", "protocols", "control", "calibration", "budget", "runs"}
@@ -274,7 +284,7 @@ def _eval_images(cfg: ExperimentConfig, ev: dict, n_samples: int | None = None):
     d = cfg.data
     n = int(ev["n_samples"]) if not n_samples else int(n_samples)
     return load_dataset(d.name, ev["split"], root=d.root or None, cache_dir=d.cache_dir or None, subset=n,
-                        seed=int(ev["seed"]), verify=d.verify_md5)
+                        seed=int(ev["seed"]), verify=d.verify_md5, **d.options)
 
 
 def _weights_id(run_dir: Path) -> list:
@@ -515,9 +525,9 @@ def format_markdown(spec: StudySpec, rows: list[dict], columns: list[str], meta:
     if skipped:
         lines += ["", "Skipped (the engine's reasons): " + "; ".join(f"{k}: {why}" for k, why in sorted(skipped)) + "."]
     lines += ["", "Normalisation = layers/neurons/hinge/potential (see `spikeguard.tgo.constraint`); grad ratio = "
-              "||lambda grad L_mc|| / ||grad L_task|| on one training batch after the last epoch. Noisy models: the "
-              "strong protocol's accuracies are means over its judging passes.",
-              "", f"Made by `spikeguard study {spec.path}` ({meta['date']}, spikeguard {meta['version']}, "
+              "||lambda grad L_mc|| / ||grad L_task|| on one training batch after the last epoch. Noisy models: where a "
+              "group has several judging passes (the strong protocol), accuracies are means over them.",
+              "", f"Made by `{spec.command_text()}` ({meta['date']}, spikeguard {meta['version']}, "
               f"{meta['device']}); every number above is read from the run folders under `runs/`."]
     return "\n".join(lines) + "\n"
 
@@ -687,7 +697,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
                     f"{len(yp)} images)")
                 _run_group(model, xp, yp, g, prot, ev, d, source if "transfer" in g.attacks else None,
                            r.source if "transfer" in g.attacks else "", device, log, progress,
-                           command=f"spikeguard study {spec.path}",
+                           command=spec.command_text(),
                            data_info={"name": r.config.data.name, "split": ev["split"], "n_samples": len(yp),
                                       "seed": int(ev["seed"])})
 
@@ -741,7 +751,8 @@ def write_comparison(spec: StudySpec, out: Path, meta: dict, *, plan: dict | Non
     if pending:
         md += ("\n**Not finished** when this was written (the table shows what had finished; rerun the study "
                "with the same `--out` to complete it): " + "; ".join(pending) + ".\n")
-    doc = {"study": spec.name, "description": spec.description, "file": str(spec.path), "meta": meta,
+    doc = {"study": spec.name, "description": spec.description, "file": str(spec.path) if spec.path else None,
+           "command": spec.command_text(), "meta": meta,
            "protocols": [asdict(p) for p in spec.protocols], "columns": columns, "rows": rows,
            "plan": plan, "calibration": calibration and {k: calibration[k] for k in
                                                          ("lambda_max", "reached", "target_reduction", "trials")},

@@ -1,4 +1,5 @@
-"""``spikeguard ablation``: the MC x NLIF ablation of Table 4 for one training strategy."""
+"""``spikeguard ablation``: the MC x NLIF ablation of Table 4 for one training strategy, run as a study
+(:func:`spikeguard.ablation.run_ablation`; the in-memory version of ``configs/studies/cifar100-vgg11-table4.toml``)."""
 
 from __future__ import annotations
 
@@ -16,25 +17,35 @@ examples:
       --set data.root=/data --out runs/abl-bptt
 
 The four cells are the base config with (tgo.enabled, neuron.kind) = (false, lif), (true, lif),
-(false, noisy_lif), (true, noisy_lif); each is trained into OUT/mc<0|1>-nlif<0|1>/ (a finished
-cell is reused, an interrupted one resumed), attacked with FGSM, RFGSM and PGD-40 (eps 8/255,
-step 0.01; EoT gradients and several passes for the Noisy-LIF cells), and the table is printed in
-the paper's layout with deltas to the first row. OUT/ablation.json holds every number."""
+(false, noisy_lif), (true, noisy_lif). They run as a study (spikeguard study's machinery, built
+in memory; the in-memory, one-strategy version of configs/studies/cifar100-vgg11-table4.toml):
+each cell is trained into OUT/runs/mc<0|1>-nlif<0|1>/ (a finished cell is reused, an
+interrupted one resumed), its near-threshold share measured (with the BN-rescaled control's
+share and clean accuracy), and it is attacked through the evaluation engine with FGSM, RFGSM
+and PGD-40 (eps 8/255, step 0.01; EoT gradients and several judging passes for the Noisy-LIF
+cells) on data.test_subset test images (0 = all), results in
+OUT/runs/CELL/eval-ablation/table4.json. The table is printed in the paper's layout with deltas
+to the first row; OUT/ablation.json holds every number, OUT/study.md, OUT/study.json,
+OUT/figures/ and OUT/report.html the study's comparison."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ablation", help="train + attack the four MC/NLIF cells of the TGO ablation (Table 4) for one strategy",
         description="Derive the four cells of the paper's ablation (membrane constraint on/off x Noisy-LIF on/off) "
-                    "from one base config, train each with the experiment runner, evaluate clean, FGSM, RFGSM and "
-                    "PGD-40 accuracy, and print the table in the paper's layout with deltas to the first row.",
+                    "from one base config and run them as a study (spikeguard study, built in memory): train each, "
+                    "measure the near-threshold share, evaluate clean, FGSM, RFGSM and PGD-40 accuracy through the "
+                    "evaluation engine, write the study's tables, figures and report, and print the table in the "
+                    "paper's layout with deltas to the first row.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", metavar="TOML", help="base experiment config (optional with --quick)")
     p.add_argument("--strategy", "-s", metavar="NAME",
                    help="training strategy of every cell, e.g. bptt or rat (default: the config's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one base-config value, e.g. --set optim.epochs=50 (repeatable)")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="folder for the four runs and ablation.json")
+    p.add_argument("--out", "-o", required=True, metavar="DIR",
+                   help="study folder: runs/ (the four cells), ablation.json, study.md, study.json, figures/, "
+                        "report.html")
     p.add_argument("--attacks", default=None, metavar="LIST",
                    help="comma-separated attacks (default fgsm,rfgsm,pgd40; any spikeguard attack name)")
     p.add_argument("--eps", type=eps_list, default=None, metavar="EPS",
@@ -47,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="tiny run: digits, small conv SNN, T=2, 3 epochs, 120 test images (overrides the config)")
     p.add_argument("--json", metavar="FILE", help="also write the result JSON here")
     add_device_arg(p, default=None)
-    p.add_argument("--no-progress", action="store_true", help="hide training progress")
+    p.add_argument("--no-progress", action="store_true", help="hide training and evaluation progress")
     p.set_defaults(func=run)
 
 
@@ -83,5 +94,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     if args.json:
         atomic_write_json(args.json, result)
-    print(f"\nwrote {args.out}/ablation.json")
+    print(f"\nwrote {args.out}/ablation.json (the study: {args.out}/study.md, {args.out}/report.html)")
     return 0

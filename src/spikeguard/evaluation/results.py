@@ -1,9 +1,9 @@
 """The one result schema of a robustness evaluation, its provenance, its writer and its reader.
 
 Every robust-accuracy result spikeguard writes (``spikeguard evaluate``, the training-time
-evaluation of ``eval.attacks``, the ablation, the demo) carries a **provenance** record and is
-written by :func:`write_robustness` (the demo and the ablation embed the same documents in
-their summaries). Readers (``analyze sweep``, ``report``) go through :func:`read_results`,
+evaluation of ``eval.attacks``, studies and the ablation, the demo) carries a **provenance** record
+and is written by :func:`write_robustness` or built by :func:`robustness_document` (studies and
+the ablation: one per run and protocol group; the demo embeds the same documents in its summary). Readers (``analyze sweep``, ``report``) go through :func:`read_results`,
 which understands this version and the earlier, provenance-less layout (version 1) that
 spikeguard 0.1.0 wrote before, so older result files keep loading. See docs/evaluation.md.
 

@@ -78,6 +78,9 @@ class Trial:
     reduction: float | None = None
     grad_ratio: float | None = None
     runs: list[str] = field(default_factory=list)
+    seed_shares: list[float] = field(default_factory=list)
+    """The share of each seed's run (in ``runs`` order): the spread the mean hides."""
+    seed_cleans: list[float] = field(default_factory=list)
 
 
 def _fmt_lam(lam: float) -> str:
@@ -156,7 +159,7 @@ def calibrate_lambda(base: ExperimentConfig, out_dir: str | Path, settings: Cali
             if gr is not None:
                 ratios.append(gr)
         t = Trial(lam=float(lam), share=sum(shares) / len(shares), clean=sum(cleans) / len(cleans), runs=runs,
-                  grad_ratio=sum(ratios) / len(ratios) if ratios else None)
+                  grad_ratio=sum(ratios) / len(ratios) if ratios else None, seed_shares=shares, seed_cleans=cleans)
         cache[key] = t
         return t
 
@@ -204,6 +207,11 @@ def calibrate_lambda(base: ExperimentConfig, out_dir: str | Path, settings: Cali
     return result
 
 
+def _seeds(t: dict) -> str:
+    """``21.9 / 22.4 / 23.0`` (the per-seed shares, %), ``-`` for results written before they were kept."""
+    return " / ".join(f"{100 * v:.1f}" for v in t.get("seed_shares") or []) or "-"
+
+
 def format_calibration(result: dict) -> str:
     """Markdown table of a calibration: lambda, share, reduction, clean, gradient ratio."""
     b = result["baseline"]
@@ -211,13 +219,14 @@ def format_calibration(result: dict) -> str:
              "potentials)", "",
              f"Chosen: `tgo.lambda_max = {_fmt_lam(result['lambda_max'])}` "
              f"({'target reached' if result['reached'] else 'target NOT reached: largest lambda tried'}).", "",
-             "| lambda_max | near-threshold share | reduction | clean | grad ratio (last epoch) | runs |",
-             "|---|---|---|---|---|---|",
-             f"| 0 (no constraint) | {100 * b['share']:.2f}% | - | {100 * b['clean']:.2f}% | - | {', '.join(b['runs'])} |"]
+             "| lambda_max | near-threshold share | per seed | reduction | clean | grad ratio (last epoch) | runs |",
+             "|---|---|---|---|---|---|---|",
+             f"| 0 (no constraint) | {100 * b['share']:.2f}% | {_seeds(b)} | - | {100 * b['clean']:.2f}% | - | "
+             f"{', '.join(b['runs'])} |"]
     for t in result["trials"]:
         gr = f"{t['grad_ratio']:.3g}" if t.get("grad_ratio") is not None else "-"
         red = f"{100 * t['reduction']:.1f}%" if t.get("reduction") is not None else "-"
-        lines.append(f"| {_fmt_lam(t['lam'])} | {100 * t['share']:.2f}% | {red} | {100 * t['clean']:.2f}% | {gr} | "
+        lines.append(f"| {_fmt_lam(t['lam'])} | {100 * t['share']:.2f}% | {_seeds(t)} | {red} | {100 * t['clean']:.2f}% | {gr} | "
                      f"{', '.join(t['runs'])} |")
     s = result["settings"]
     lines += ["", f"Short runs: {', '.join(s['short']) or 'as configured'}; seeds {s['seeds']}; lambda schedule "

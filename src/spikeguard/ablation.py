@@ -44,7 +44,7 @@ from .config import ExperimentConfig, config_to_dict
 from .errors import ConfigError, SpikeguardError
 from .io import atomic_write_json, ensure_dir
 from .protocols import Protocol, get_protocol
-from .study import STUDY_JSON, RunSpec, StudySpec, run_study
+from .study import STUDY_JSON, RunSpec, StudySpec, group_result_path, run_study
 
 CELLS: tuple[tuple[bool, bool], ...] = ((False, False), (True, False), (False, True), (True, True))
 """(MC, NLIF) of the four rows, in the paper's order."""
@@ -182,7 +182,7 @@ def ablation_result(spec: StudySpec, doc: dict, out_dir: str | Path, base: Exper
     rows, n = [], None
     for (mc, nlif), run in zip(CELLS, spec.runs):
         row = by_run[run.name]
-        path = out / "runs" / run.name / f"eval-{prot.name}" / f"{group.name}.json"
+        path = group_result_path(out / "runs" / run.name, prot, group)
         if not path.is_file():
             raise SpikeguardError(f"ablation cell {run.name}: no evaluation in {path} (rerun with the same --out)")
         rep = json.loads(path.read_text(encoding="utf-8"))["report"]

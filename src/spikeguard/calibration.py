@@ -122,7 +122,7 @@ def _measure(cfg: ExperimentConfig, run_dir: Path, s: CalibrationSettings, progr
     ds = load_dataset(d.name, "test", root=d.root or None, cache_dir=d.cache_dir or None, subset=s.share_samples,
                       seed=0, verify=d.verify_md5)
     with torch.no_grad():
-        hist = potential_histogram(run.model.to(dev).eval(), ds, v_threshold=cfg.neuron.v_threshold,
+        hist = potential_histogram(run.model.eval(), ds, v_threshold=cfg.neuron.v_threshold,
                                    delta=cfg.tgo.delta, device=dev, seed=0)
     ratio = None
     log = run_dir / LOG_FILE

@@ -287,6 +287,32 @@ def _eval_images(cfg: ExperimentConfig, ev: dict, n_samples: int | None = None):
                         seed=int(ev["seed"]), verify=d.verify_md5, **d.options)
 
 
+def _share_path(run_dir: Path) -> Path:
+    """Where a run's near-threshold share and BN control are cached."""
+    return run_dir / "eval-share.json"
+
+
+def group_result_path(run_dir: Path, protocol: Protocol, group) -> Path:
+    """Where one protocol group's result of a run is written."""
+    return run_dir / f"eval-{protocol.name}" / f"{group.name}.json"
+
+
+def _calibration_path(out: Path) -> Path:
+    from .calibration import RESULT_FILE
+
+    return out / "calibration" / RESULT_FILE
+
+
+def _apply_plan_and_calibration(spec: StudySpec, plan: dict | None, calibration: dict | None) -> None:
+    """Set the planned epochs on every run and the calibrated lambda_max on the runs that asked for it."""
+    for r in spec.runs:
+        if plan:
+            r.config.optim.epochs = int(plan["epochs"])
+        if calibration and r.calibrate:
+            r.config.tgo.lambda_max = float(calibration["lambda_max"])
+            r.config.validate()
+
+
 def _weights_id(run_dir: Path) -> list:
     from .checkpoint import MODEL_FILE
 
@@ -311,8 +337,8 @@ def _run_group(model, x, y, group, protocol: Protocol, ev: dict, run_dir: Path, 
                 "n": int(len(y)), "batch_size": int(ev["batch_size"]), "seed": int(ev["seed"]), "source": source_name,
                 "audit": group.audit, "audit_steps": group.audit_steps}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
-    folder = ensure_dir(run_dir / f"eval-{protocol.name}")
-    path = folder / f"{group.name}.json"
+    path = group_result_path(run_dir, protocol, group)
+    folder = ensure_dir(path.parent)
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
         if old.get("settings") == settings:
@@ -349,7 +375,7 @@ def _share_and_control(model, ds, x, y, cfg: ExperimentConfig, spec: StudySpec, 
     from .analysis.bn_control import bn_rescale_control
     from .analysis.membrane import potential_histogram
 
-    path = run_dir / "eval-share.json"
+    path = _share_path(run_dir)
     key = {"weights": _weights_id(run_dir), "n": int(len(y)), "seed": int(spec.evaluation["seed"]),
            "control": dict(spec.control), "delta": cfg.tgo.delta, "eps": float(spec.evaluation["eps"])}
     if path.is_file():
@@ -405,7 +431,7 @@ def build_rows(spec: StudySpec, out: Path) -> tuple[list[dict], list[str]]:
         res_path = run_dir / RESULTS_FILE
         train = json.loads(res_path.read_text(encoding="utf-8")) if res_path.is_file() else {}
         last = _last_log(run_dir)
-        share = json.loads((run_dir / "eval-share.json").read_text()) if (run_dir / "eval-share.json").is_file() else {}
+        share = json.loads(_share_path(run_dir).read_text()) if _share_path(run_dir).is_file() else {}
         row: dict[str, Any] = {
             "run": r.name, "training": r.training, "model": r.label, "strategy": cfg.strategy,
             "neuron": _neuron_text(cfg), "tgo": cfg.tgo.enabled,
@@ -418,7 +444,7 @@ def build_rows(spec: StudySpec, out: Path) -> tuple[list[dict], list[str]]:
         }
         for prot in spec.protocols:
             for gi, g in enumerate(prot.groups):
-                p = run_dir / f"eval-{prot.name}" / f"{g.name}.json"
+                p = group_result_path(run_dir, prot, g)
                 if not p.is_file():
                     continue
                 doc = json.loads(p.read_text(encoding="utf-8"))
@@ -595,15 +621,10 @@ def plot_study(rows: list[dict], columns: list[str], spec: StudySpec, out: Path)
 def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None = None, progress: bool = True,
               log: Log = print, report: bool = True) -> dict:
     """Run every stage of ``spec`` in ``out_dir`` (see the module docstring); returns ``study.json``'s content."""
-    import datetime as _dt
-
-    import torch
-
-    from . import __version__
     from .calibration import calibrate_lambda, settings_from_dict
     from .checkpoint import load_run, read_run_config
     from .experiment import RESULTS_FILE, _config_diff, run_experiment
-    from .utils import eps_label, resolve_device
+    from .utils import resolve_device
 
     out = ensure_dir(out_dir)
     t0 = time.perf_counter()
@@ -616,8 +637,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
     if budget is not None:
         budget_s = parse_duration(budget) if isinstance(budget, str) else float(budget)
         plan = plan_epochs(spec, out, budget_s, log, progress)
-        for r in spec.runs:
-            r.config.optim.epochs = int(plan["epochs"])
+        _apply_plan_and_calibration(spec, plan, None)
 
     # 2. calibration
     cal_runs = [r for r in spec.runs if r.calibrate]
@@ -625,16 +645,14 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
     if cal_runs:
         log(f"[study] stage 2/{n_stages}: calibration of lambda_max for {', '.join(r.name for r in cal_runs)}")
         settings = settings_from_dict(spec.calibration)
-        cal_path = out / "calibration" / "calibration.json"
+        cal_path = _calibration_path(out)
         if cal_path.is_file():
             calibration = json.loads(cal_path.read_text(encoding="utf-8"))
             log(f"[calibrate] reusing {cal_path}: lambda_max {calibration['lambda_max']:.4g}")
         else:
             calibration = calibrate_lambda(cal_runs[0].config, out / "calibration", settings, progress=progress,
                                            log=log)
-        for r in cal_runs:
-            r.config.tgo.lambda_max = float(calibration["lambda_max"])
-            r.config.validate()
+        _apply_plan_and_calibration(spec, None, calibration)
     else:
         log(f"[study] stage 2/{n_stages}: calibration: none asked for")
 
@@ -670,8 +688,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
         d = out / "runs" / r.name
         # evaluate where the run was trained (a GPU study attacks on the GPU; load_run alone loads to CPU)
         run_device = resolve_device(r.config.device)
-        run = load_run(d, device=run_device)
-        model = run.model.to(run_device).eval()
+        model = load_run(d, device=run_device).model.eval()
         device = next(model.parameters()).device
         models[r.name] = model
 
@@ -688,7 +705,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
         _share_and_control(model, ds, x, y, r.config, spec, d, log)
         source = None
         if r.source:
-            source = models.get(r.source) or load_run(out / "runs" / r.source, device=device).model.to(device).eval()
+            source = models.get(r.source) or load_run(out / "runs" / r.source, device=device).model.eval()
         for prot in spec.protocols:
             _, xp, yp = images(prot.n_samples) if prot.n_samples else (ds, x, y)
             n_eval[prot.tag] = len(yp)
@@ -703,11 +720,21 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
 
     # 5. tables, figures, report
     log(f"[study] stage 5/{n_stages}: tables, figures and report")
-    meta = {"eps": float(ev["eps"]), "eps_label": eps_label(float(ev["eps"])), "n_samples": n_eval.get("study"),
-            "n_per_protocol": {t: n for t, n in n_eval.items() if t != "study"}, "date": _dt.date.today().isoformat(),
-            "version": __version__,
-            "device": _device_text(device)}
+    meta = _meta(spec, n_eval, _device_text(device))
     return write_comparison(spec, out, meta, plan=plan, calibration=calibration, report=report, log=log, t0=t0)
+
+
+def _meta(spec: StudySpec, n_eval: dict[str, int], device: str, date: str | None = None) -> dict:
+    """The tables' header facts: eps, image counts (``study`` = share/control, else per protocol tag), date, device."""
+    import datetime as _dt
+
+    from . import __version__
+    from .utils import eps_label
+
+    eps = float(spec.evaluation["eps"])
+    return {"eps": eps, "eps_label": eps_label(eps), "n_samples": n_eval.get("study"),
+            "n_per_protocol": {t: n for t, n in n_eval.items() if t != "study"},
+            "date": date or _dt.date.today().isoformat(), "version": __version__, "device": device}
 
 
 def _device_text(device) -> str:
@@ -729,10 +756,10 @@ def pending_work(spec: StudySpec, out: Path) -> list[str]:
         if not (d / RESULTS_FILE).is_file():
             missing.append(f"{r.name}: training")
             continue
-        if not (d / "eval-share.json").is_file():
+        if not _share_path(d).is_file():
             missing.append(f"{r.name}: share and BN control")
         missing += [f"{r.name}: {p.name}/{g.name}" for p in spec.protocols for g in p.groups
-                    if not (d / f"eval-{p.name}" / f"{g.name}.json").is_file()]
+                    if not group_result_path(d, p, g).is_file()]
     return missing
 
 
@@ -781,45 +808,33 @@ def summarize_study(spec: StudySpec, out_dir: str | Path, report: bool = True, l
     the finished evaluations. Used on an interrupted study (a GPU window that ran out, a CPU
     session that ended) and while a study is still running in another process.
     """
-    import datetime as _dt
-
-    from . import __version__
-    from .utils import eps_label
-
     out = Path(out_dir)
     if not out.is_dir():
         raise ConfigError(f"study folder {out} does not exist")
-    plan_path, cal_path = out / PLAN_JSON, out / "calibration" / "calibration.json"
+    plan_path, cal_path = out / PLAN_JSON, _calibration_path(out)
     plan = json.loads(plan_path.read_text(encoding="utf-8")) if plan_path.is_file() else None
     calibration = json.loads(cal_path.read_text(encoding="utf-8")) if cal_path.is_file() else None
-    for r in spec.runs:
-        if plan:
-            r.config.optim.epochs = int(plan["epochs"])
-        if calibration and r.calibrate:
-            r.config.tgo.lambda_max = float(calibration["lambda_max"])
+    _apply_plan_and_calibration(spec, plan, calibration)
     n_eval: dict[str, int] = {}
     device, date = None, None
     for r in spec.runs:
         d = out / "runs" / r.name
-        if (d / "eval-share.json").is_file():
-            n_eval.setdefault("study", int(json.loads((d / "eval-share.json").read_text())["key"]["n"]))
+        if _share_path(d).is_file():
+            n_eval.setdefault("study", int(json.loads(_share_path(d).read_text())["key"]["n"]))
         for p in spec.protocols:
             for g in p.groups:
-                f = d / f"eval-{p.name}" / f"{g.name}.json"
+                f = group_result_path(d, p, g)
                 if f.is_file():
                     g_doc = json.loads(f.read_text(encoding="utf-8"))
                     n_eval.setdefault(p.tag, int(g_doc["settings"]["n"]))
                     prov = g_doc.get("provenance", {})
                     date = date or (prov.get("date") or "")[:10] or None
                     device = device or prov.get("device")
-    ev = spec.evaluation
-    meta = {"eps": float(ev["eps"]), "eps_label": eps_label(float(ev["eps"])), "n_samples": n_eval.get("study"),
-            "n_per_protocol": {t: n for t, n in n_eval.items() if t != "study"},
-            "date": date or _dt.date.today().isoformat(), "version": __version__,
-            "device": f"{device or 'device not recorded'}; tables written with --tables-only"}
+    meta = _meta(spec, n_eval, f"{device or 'device not recorded'}; tables written with --tables-only", date)
     log(f"[study {spec.name}] tables only, from {out}")
     return write_comparison(spec, out, meta, plan=plan, calibration=calibration, report=report, log=log)
 
 
 __all__ = ["RunSpec", "StudySpec", "load_study", "run_study", "summarize_study", "write_comparison", "pending_work",
+           "group_result_path",
            "plan_epochs", "parse_duration", "build_rows", "format_markdown", "plot_study"]

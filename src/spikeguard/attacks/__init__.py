@@ -17,9 +17,11 @@ from .adaptive import (
     attack_surrogate,
 )
 from .apgd import APGD, apgd_checkpoints
+from .assg import ASSG
 from .base import Attack, ce_loss, check_batch, check_eps, dlr_loss, get_loss, margin_loss, targeted_margin_loss
 from .events import EventAttack, EventFlip, EventSTE, RandomFlip
 from .gradient import FGSM, MTPGD, PGD, RFGSM
+from .pdsg import PDSG
 from .registry import (
     EPS_RULE,
     PAPER_ALPHA,
@@ -38,10 +40,11 @@ from .registry import (
     step_size,
 )
 from .requirements import REQUIREMENTS, ModelTraits, model_traits, unmet
+from .sapgd import SAPGD
 from .square import Square
 
 __all__ = [
-    "Attack", "EventAttack", "EventFlip", "RandomFlip", "EventSTE", "FGSM", "RFGSM", "PGD", "MTPGD", "APGD", "Square", "Transfer", "NoiseFreeTransfer", "FixedNoise",
+    "Attack", "EventAttack", "EventFlip", "RandomFlip", "EventSTE", "FGSM", "RFGSM", "PGD", "MTPGD", "APGD", "ASSG", "SAPGD", "PDSG", "Square", "Transfer", "NoiseFreeTransfer", "FixedNoise",
     "SurrogateEnsemble", "AdaptiveSurrogate", "NoiseFreeTwin", "FixedNoiseModel", "attack_surrogate",
     "ce_loss", "dlr_loss", "margin_loss", "targeted_margin_loss", "get_loss", "check_batch", "check_eps",
     "apgd_checkpoints", "build_attack", "list_attacks", "normalize_name", "parse_attacks",

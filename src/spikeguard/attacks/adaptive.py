@@ -10,9 +10,9 @@ it. These attacks remove those two excuses:
   evaluation forward use the same one (a stronger threat model than fresh noise);
 * :class:`SurrogateEnsemble`: PGD once per surrogate gradient (triangle, sigmoid, atan,
   rectangle, straight-through at several widths), per sample the strongest result;
-* :class:`AdaptiveSurrogate`: a simple, clearly-named stand-in for ASSG (Wang et al.,
-  "Towards reliable evaluation of adversarial robustness for SNNs"): at every PGD step
-  and for every sample, the surrogate width whose step raises the loss most is taken.
+* :class:`AdaptiveSurrogate`: a greedy search over surrogate widths: at every PGD step and
+  for every sample, the width whose step raises the loss most is taken (ASSG itself, whose
+  sharpness follows the potentials' statistics, is :mod:`spikeguard.attacks.assg`).
 
 EoT over stochastic passes is the base class's ``eot`` argument.
 """
@@ -281,16 +281,16 @@ class SurrogateEnsemble(Attack):
                 "restarts": self.pgd.restarts, "loss": self.pgd.loss, "eot": self.eot}
 
 
-@register_attack("sg-adaptive", aliases=("assg",))
+@register_attack("sg-adaptive")
 class AdaptiveSurrogate(Attack):
-    """Greedy per-sample surrogate sharpness ("sg-adaptive"): a simpler variant of ASSG.
+    """Greedy per-sample surrogate width ("sg-adaptive"): a loss-driven search over widths.
 
-    ASSG (Wang et al., 2025) evolves each neuron's surrogate shape from the distribution
-    of its inputs during the attack; its exact update rule is not reproduced here. This
-    attack keeps the idea that the best sharpness depends on the sample and on the
-    iterate: at every PGD step it computes one gradient per candidate width, takes the
-    signed step for each, and keeps per sample the candidate with the highest loss (a
-    misclassifying one first). The best iterate over all steps is returned.
+    Unlike ASSG (:class:`~spikeguard.attacks.assg.ASSG`), which sets one sharpness per
+    neuron and time step from running statistics of the membrane potentials, this attack
+    uses one width for the whole model per sample and step, chosen by the loss: at every
+    PGD step it computes one gradient per candidate width, takes the signed step for each,
+    and keeps per sample the candidate with the highest loss (a misclassifying one first).
+    The best iterate over all steps is returned.
 
     Args:
         surrogate: surrogate family (default: the model's own, from its first neuron).

@@ -209,7 +209,8 @@ STRONG = Protocol(
                 "over every attack, and the gradient-masking audit; PGD steps follow eps",
     groups=(
         EvalGroup("strong", ("fgsm", "rfgsm", "pgd10", "pgd40", "pgd50-r3", "apgd-ce", "apgd-dlr", "mtpgd", "square",
-                             "transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive"),
+                             "transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive", "assg", "sa-pgd",
+                             "pdsg"),
                   eot=8, passes=8, alpha=EPS_RULE, attack_kw={"sg-ensemble": {"members": WIDTH_SWEEP}}, audit=True,
                   note="Per-sample worst case over every attack; sg-ensemble sweeps surrogate widths 0.25-2"),
     ))

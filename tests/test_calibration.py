@@ -29,7 +29,7 @@ def _fake(calls):
         calls.append((run_dir.name, lam, cfg.seed, cfg.tgo.schedule, cfg.neuron.kind))
         share = 0.3 * (0.8 if cfg.neuron.kind == "noisy_lif" else 1.0) / (1.0 + scale * lam / 5.0)
         return {"share": share, "clean": 0.9 - 0.01 * lam, "grad_ratio": 0.01 * lam if lam else None,
-                "train_share": share, "lams": [lam], "steps_per_epoch": 10}
+                "train_share": share, "lams": [lam]}
     return measure
 
 
@@ -185,3 +185,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys, args, words):
     lines = [x for x in err.splitlines() if x.strip()]
     assert rc == 2 and len(lines) == 1 and words in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_share_schedule_needs_a_share_target():
+    with pytest.raises(ConfigError, match="tgo.dual_target"):
+        load_config(None, ["tgo.enabled=true", "tgo.schedule=share", "tgo.dual_target=0"])
+    cfg = load_config(None, ["tgo.enabled=true", "tgo.schedule=share", "tgo.dual_target=0.15"])
+    assert cfg.tgo.schedule == "share"

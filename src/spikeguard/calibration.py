@@ -237,8 +237,7 @@ def _measure(cfg: ExperimentConfig, run_dir: Path, s: CalibrationSettings, progr
     rows = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()] if log.is_file() else []
     last = rows[-1] if rows else {}
     return {"share": hist.near_threshold, "clean": float(res["test_accuracy"]), "grad_ratio": last.get("grad_ratio"),
-            "train_share": last.get("near_threshold"), "lams": [float(r.get("lam", 0.0)) for r in rows],
-            "steps_per_epoch": (last["step"] / last["epoch"]) if last.get("epoch") else None}
+            "train_share": last.get("near_threshold"), "lams": [float(r.get("lam", 0.0)) for r in rows]}
 
 
 def _mean(xs: Sequence[float]) -> float | None:
@@ -386,7 +385,7 @@ def control_lambda(base: ExperimentConfig, out_dir: str | Path, settings: Calibr
     if not ref.train_share:
         raise ConfigError("calibration controller: the reference run logged no near-threshold share")
     target = (1.0 - s.target_reduction) * ref.train_share
-    steps = _run_steps(base, Path(out) / ref.runs[0], s)
+    steps = _run_steps(Path(out) / ref.runs[0])
     lr = s.controller_lr or controller_lr(s.controller_cap, target, steps)
     log(f"[calibrate] reference ({reference_info(base, s)['neuron']}, no constraint): training share "
         f"{100 * ref.train_share:.2f}%, test share {100 * ref.share:.2f}%; controller target {100 * target:.2f}% "
@@ -411,7 +410,7 @@ def control_lambda(base: ExperimentConfig, out_dir: str | Path, settings: Calibr
     return result
 
 
-def _run_steps(base: ExperimentConfig, ref_dir: Path, s: CalibrationSettings) -> int:
+def _run_steps(ref_dir: Path) -> int:
     """Training batches of one run (epochs x batches per epoch, read from the reference's log)."""
     from .experiment import LOG_FILE
 

@@ -127,7 +127,7 @@ def test_share_controller_settles_on_a_synthetic_plant():
     """Closed loop on a plant whose share follows lambda with a lag: the share ends at the target."""
     target, share_at = 0.18, (lambda lam: 0.3 / (1.0 + lam / 2.0))  # lambda* = 2 * (0.3 / 0.18 - 1) = 4/3
     steps, cap = 2000, 10.0
-    sch = LambdaSchedule(kind="share", lambda_max=cap, dual_lr=cal.controller_lr(cap, target, steps) * 5,
+    sch = LambdaSchedule(kind="share", lambda_max=cap, dual_lr=cal.controller_lr(cap, target, steps) * 20,
                          dual_target=target)
     share = share_at(0.0)
     for _ in range(steps):
@@ -144,7 +144,7 @@ def test_controller_run_steers_lambda_and_logs_it(tmp_path):
                                                              share_samples=40), log=lambda m: None)
     c, t, ref = res["controller"], res["chosen"], res["baseline"]
     assert c["target_share"] == pytest.approx(0.6 * ref["train_share"]) and c["steps"] == 12
-    assert c["lr"] == pytest.approx(30.0 / (c["target_share"] * 12))
+    assert c["lr"] == pytest.approx(0.25 * 30.0 / (c["target_share"] * 12))
     rows = [json.loads(x) for x in (tmp_path / "controller-s0" / "log.jsonl").read_text().splitlines()]
     assert [r["lam"] for r in rows] == t["lam_trajectory"][0] and len(rows) == 3
     assert t["lam_trajectory"][0][-1] > 0 and res["lambda_max"] == t["lam_trajectory"][0][-1]

@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="steer lambda during one run per seed (the share schedule) instead of searching a grid")
     p.add_argument("--cap", type=float, default=100.0, help="controller: largest lambda (default 100)")
     p.add_argument("--controller-lr", type=float, default=0.0,
-                   help="controller: lambda step per unit of share error per batch (default 0: from the cap)")
+                   help="controller: lambda step per unit of share error per batch (default 0: 0.25 x cap / (target share x batches))")
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="points of cut that count as on target / closest (default 0.05)")
     p.add_argument("--normalisations", action="store_true",

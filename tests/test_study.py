@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from spikeguard.analysis.bn_control import bn_rescale_control, bn_rescaled
-from spikeguard.calibration import CalibrationSettings, calibrate_lambda
 from spikeguard.config import load_config
 from spikeguard.errors import ConfigError
 from spikeguard.models import create_model
@@ -174,48 +173,6 @@ def test_budget_chooses_epochs_from_a_probe_and_keeps_its_choice(tmp_path):
     lines.clear()
     assert plan_epochs(spec, tmp_path, 10.0, lines.append)["epochs"] == plan["epochs"]  # reused
     assert "reusing" in lines[0]
-
-
-# ------------------------------------------------------------------ calibration
-def test_calibration_search_logic(tmp_path, monkeypatch):
-    """Grid then log-bisection; the smallest lambda measured to reach the target is chosen."""
-    import spikeguard.calibration as cal
-
-    calls = []
-
-    def fake_measure(cfg, run_dir, s, progress):
-        lam = cfg.tgo.lambda_max if cfg.tgo.enabled else 0.0
-        calls.append((lam, cfg.seed, cfg.tgo.schedule))
-        return 0.3 / (1.0 + lam / 5.0), 0.9 - 0.01 * lam, 0.01 * lam  # share falls with lambda
-
-    monkeypatch.setattr(cal, "_measure", fake_measure)
-    base = load_config(None, ["tgo.enabled=true"])
-    s = CalibrationSettings(target_reduction=0.5, lambdas=(1.0, 10.0), bisect=3, seeds=(0, 1))
-    res = calibrate_lambda(base, tmp_path, s, log=lambda m: None)
-    # reduction = 1 - 1 / (1 + lam / 5) >= 0.5  <=>  lam >= 5
-    assert res["reached"] and 5.0 <= res["lambda_max"] < 10.0
-    lams = [t["lam"] for t in res["trials"]]
-    assert lams == sorted(lams) and len(lams) == 2 + 3
-    assert all(sched == "constant" for lam, _, sched in calls if lam > 0)
-    assert {seed for _, seed, _ in calls} == {0, 1}
-    assert "Chosen" in (tmp_path / "calibration.md").read_text()
-    res2 = calibrate_lambda(base, tmp_path / "b", CalibrationSettings(target_reduction=0.99, lambdas=(1.0, 2.0),
-                                                                      bisect=1), log=lambda m: None)
-    assert not res2["reached"] and res2["lambda_max"] == 2.0
-
-
-def test_calibration_on_a_tiny_run(tmp_path):
-    torch.set_num_threads(1)
-    base = load_config(None, ["data.name=digits", "model.name=small_conv", "model.T=2",
-                              "model.kw={channels = [4, 8, 8]}", "optim.batch_size=64", "data.subset=128",
-                              "checkpoint_every=0", "data.augment=false", "tgo.enabled=true"])
-    s = CalibrationSettings(target_reduction=0.01, lambdas=(50.0,), bisect=0, share_samples=40)
-    res = calibrate_lambda(base, tmp_path, s, log=lambda m: None)
-    assert (tmp_path / "baseline-s0" / "results.json").is_file() and (tmp_path / "lam50-s0" / "results.json").is_file()
-    t = res["trials"][0]
-    assert 0 < res["baseline"]["share"] < 1 and t["grad_ratio"] > 0
-    assert t["reduction"] == pytest.approx(1 - t["share"] / res["baseline"]["share"])
-    assert res["lambda_max"] == 50.0
 
 
 # ------------------------------------------------------------------ BN-rescaled control

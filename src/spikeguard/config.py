@@ -132,13 +132,15 @@ class TGOConfig:
         enabled: add ``lambda * L_mc`` to the loss.
         delta: margin around V_th (also the margin of the logged near-threshold share).
         lambda_max: final weight (paper sweep: 0.2, 0.3, 0.4, 0.6).
-        schedule: ``linear``, ``cosine``, ``exp``, ``constant`` or ``dual``.
+        schedule: ``linear``, ``cosine``, ``exp``, ``constant``, ``dual`` or ``share`` (lambda steered
+            toward a near-threshold share of the training batches, ``dual_target``).
         ramp_epochs: epochs of the ramp (0 = all training epochs).
         ramp_fraction: a short ramp given as a share of training (0.1 = lambda_max is reached after
             10% of the epochs); 0 = use ``ramp_epochs``. Follows the epoch count when a study's
             ``--budget`` chooses it.
         lambda_start: weight at the start (-1 = the schedule's default).
-        dual_lr, dual_target: dual ascent step and constraint target.
+        dual_lr, dual_target: step and target of the feedback schedules (``dual``: a constraint
+            value; ``share``: a near-threshold share in (0, 1)).
         layer_reduce: ``mean`` (default) or ``sum`` of the layer penalties.
         neuron_reduce: ``mean`` (default) over time steps, neurons and samples, or ``sum`` over
             time steps and neurons (mean over the batch).
@@ -478,6 +480,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(t.lambda_start == -1.0 or 0 <= t.lambda_start <= t.lambda_max, "tgo.lambda_start",
            f"must be -1 (default) or in [0, tgo.lambda_max], got {t.lambda_start}")
     _check(t.dual_lr >= 0, "tgo.dual_lr", f"must be >= 0, got {t.dual_lr}")
+    _check(t.schedule != "share" or 0 < t.dual_target < 1, "tgo.dual_target",
+           f"must be a share in (0, 1) with tgo.schedule = 'share', got {t.dual_target}")
     _check(0 <= t.ramp_fraction <= 1, "tgo.ramp_fraction", f"must be in [0, 1] (0 = use ramp_epochs), got {t.ramp_fraction}")
     from .tgo import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, POTENTIALS
 

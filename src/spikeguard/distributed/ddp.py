@@ -67,7 +67,7 @@ class DistributedModel(nn.Module):
 
 
 class _SyncedSchedule:
-    """A lambda schedule whose dual-ascent update sees the constraint of the global batch."""
+    """A lambda schedule whose feedback update sees the global batch's signal (constraint or share)."""
 
     def __init__(self, inner: Any, ctx: DistContext, shard: ShardWeight) -> None:
         self._inner, self._ctx, self._shard = inner, ctx, shard
@@ -107,7 +107,7 @@ def prepare_model(model: nn.Module, schedule: Any = None, sync_bn: bool = False,
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ddp = DDP(_Steps(model), device_ids=[dev.index] if dev.type == "cuda" else None)
     ddp.register_comm_hook(shard, _weighted_sum_hook)
-    if schedule is not None and getattr(schedule, "kind", "") == "dual":
+    if schedule is not None and getattr(schedule, "kind", "") in ("dual", "share"):
         schedule = _SyncedSchedule(schedule, ctx, shard)
     return DistributedModel(model, ddp, shard), schedule
 

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .constraint import DEFAULT_DELTA, Normalisation, membrane_constraint
+from .constraint import DEFAULT_DELTA, Normalisation, membrane_constraint, near_threshold_share
 from .schedules import LambdaSchedule
 
 
@@ -22,7 +22,9 @@ class ThresholdGuard:
             (default: the paper's formula; see :mod:`spikeguard.tgo.constraint`).
 
     After each call, :attr:`last_constraint` and :attr:`last_lambda` hold the values used
-    (for logging); :meth:`step` feeds dual ascent.
+    (for logging). A feedback schedule (``dual``, ``share``) is updated after every call with the
+    signal it asks for (:attr:`LambdaSchedule.signal`): ``L_mc`` or the batch's near-threshold
+    share at ``delta``.
     """
 
     def __init__(self, delta: float = DEFAULT_DELTA, v_threshold: float = 1.0,
@@ -45,7 +47,11 @@ class ThresholdGuard:
         l_mc = self.constraint(potentials)
         self.last_constraint = float(l_mc.detach())
         self.last_lambda = lam
-        self.schedule.update(self.last_constraint)
+        signal = getattr(self.schedule, "signal", "constraint")
+        if signal == "share":
+            self.schedule.update(near_threshold_share(potentials, self.v_threshold, self.delta))
+        elif signal:
+            self.schedule.update(self.last_constraint)
         if lam == 0.0:
             return l_mc * 0.0  # keeps the graph uniform; costs nothing measurable
         return lam * l_mc

@@ -2,7 +2,10 @@
 
 The paper says lambda starts small so the network can explore and grows during training
 to ``lambda_max``, without giving the curve. spikeguard offers linear, cosine and
-exponential ramps over training progress, a constant, and dual ascent.
+exponential ramps over training progress, a constant, and two feedback controllers: dual
+ascent on the constraint's value (``dual``) and on the near-threshold share of the training
+batches (``share``: lambda is steered so the share settles at a target, e.g. 60% of a vanilla
+model's share, the paper's observed 40% cut, whatever ``L_mc``'s normalisation).
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-SCHEDULES = ("linear", "cosine", "exp", "constant", "dual")
+SCHEDULES = ("linear", "cosine", "exp", "constant", "dual", "share")
+FEEDBACK = ("dual", "share")
+"""The schedules whose lambda follows a measured signal (:meth:`LambdaSchedule.update`)."""
 
 
 @dataclass
@@ -19,12 +24,15 @@ class LambdaSchedule:
 
     Args:
         kind: ``linear``, ``cosine`` (half-cosine ease-in), ``exp`` (geometric from
-            ``lambda_start`` to ``lambda_max``), ``constant`` or ``dual`` (dual ascent:
-            ``lambda += lr * (L_mc - target)``, clipped to ``[0, lambda_max]``).
+            ``lambda_start`` to ``lambda_max``), ``constant``, ``dual`` (dual ascent:
+            ``lambda += lr * (L_mc - target)``, clipped to ``[0, lambda_max]``) or ``share``
+            (the same step on the batch's near-threshold share: ``lambda += lr * (share -
+            target)``, so ``target`` is a share in (0, 1) and ``lambda_max`` only a cap).
         lambda_max: final (and maximal) weight.
         lambda_start: weight at the start (``exp`` needs it > 0; default 1% of lambda_max).
         ramp_epochs: epochs over which the ramp reaches ``lambda_max``; then it stays there.
-        dual_lr, dual_target: dual-ascent step size and constraint target.
+        dual_lr, dual_target: step size and target of the feedback schedules (``dual``: a
+            constraint value; ``share``: a near-threshold share).
     """
 
     kind: str = "linear"
@@ -42,7 +50,7 @@ class LambdaSchedule:
         if self.ramp_epochs <= 0:
             raise ValueError(f"ramp_epochs must be > 0, got {self.ramp_epochs}")
         if self.lambda_start is None:
-            self.lambda_start = 0.0 if self.kind in ("linear", "cosine", "dual") else 0.01 * self.lambda_max
+            self.lambda_start = 0.0 if self.kind in ("linear", "cosine") + FEEDBACK else 0.01 * self.lambda_max
         if not 0 <= self.lambda_start <= self.lambda_max:
             raise ValueError(f"lambda_start must be in [0, lambda_max], got {self.lambda_start}")
         self._dual_value = float(self.lambda_start)
@@ -63,10 +71,20 @@ class LambdaSchedule:
             return lo * (hi / lo) ** p
         return self._dual_value
 
-    def update(self, constraint_value: float) -> None:
-        """Dual-ascent step after a batch (no-op for the ramps)."""
-        if self.kind == "dual":
-            v = self._dual_value + self.dual_lr * (float(constraint_value) - self.dual_target)
+    @property
+    def signal(self) -> str:
+        """What :meth:`update` expects after each batch: ``"constraint"`` (``L_mc``), ``"share"``
+        (the near-threshold share of the batch's potentials) or ``""`` (nothing: a ramp)."""
+        return {"dual": "constraint", "share": "share"}.get(self.kind, "")
+
+    def update(self, value: float) -> None:
+        """Feedback step after a batch on the measured :attr:`signal` (no-op for the ramps).
+
+        ``lambda <- clip(lambda + dual_lr * (value - dual_target), 0, lambda_max)``: lambda grows
+        while the signal is above its target and shrinks (to 0 at least) while it is below.
+        """
+        if self.kind in FEEDBACK:
+            v = self._dual_value + self.dual_lr * (float(value) - self.dual_target)
             self._dual_value = min(max(v, 0.0), float(self.lambda_max))
 
     def state_dict(self) -> dict:

@@ -132,10 +132,16 @@ def parse_eps_arg(text: str) -> float:
     from ..errors import SpikeguardError
     from ..utils import parse_eps
 
+    from .common import EPS_RANGE
+
     try:
-        return check_eps(parse_eps(text), "--eps")
-    except ValueError:
+        value = parse_eps(text)
+    except (ValueError, ZeroDivisionError):
         raise SpikeguardError(f"cannot parse --eps {text!r} (use {EPS_HELP})") from None
+    try:
+        return check_eps(value, "--eps")
+    except SpikeguardError:  # name what was typed, not -1/255 = -0.00392157
+        raise SpikeguardError(f"--eps {text} is outside [0, 1] on the pixel scale ({EPS_RANGE})") from None
 
 
 def load_target(args: argparse.Namespace):

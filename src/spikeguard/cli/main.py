@@ -7,13 +7,14 @@ import importlib
 import sys
 
 from ..errors import SpikeguardError
+from .common import OneLineParser
 
 # Sub-command modules, each with ``add_parser(subparsers)``.
 COMMANDS = ("demo", "train", "evaluate", "audit", "analyze", "report", "ablation", "study", "calibrate", "list")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="spikeguard",
         description="Adversarially robust spiking neural networks: train SNNs with Threshold Guarding "
                     "Optimization (TGO) and Noisy-LIF neurons, attack them, and analyse why they hold up.",

@@ -103,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if args.distributed and distributed.env_world() is None:
         return distributed.launch_local(args.distributed, child_argv(args))
     resolve_device(_device_setting(cfg, args))  # a one-line error before any folder is made
-    if args.resume and ctx_is_main():
-        print(_resume_note(args.out), file=sys.stderr)
+    note = _resume_note(args.out) if args.resume and ctx_is_main() else None
+    if note:
+        print(note, file=sys.stderr)
     ctx = distributed.init_from_env(_device_setting(cfg, args))
     created = not Path(args.out).exists()
     try:
@@ -134,13 +135,16 @@ def ctx_is_main() -> bool:
     return world is None or world[0] == 0
 
 
-def _resume_note(out: str) -> str:
-    """``resuming RUN from epoch E, batch B (checkpoint of DATE)``, or why there is nothing to resume."""
+def _resume_note(out: str) -> str | None:
+    """``resuming RUN from epoch E, batch B (checkpoint of DATE)``; None where there is no run to
+    resume (the run's own one-line error says so, and a note before it would only contradict it)."""
     import datetime as dt
 
-    from ..checkpoint import MODEL_FILE, load_training_state
+    from ..checkpoint import CONFIG_FILE, MODEL_FILE, load_training_state
 
     p = Path(out)
+    if not (p / CONFIG_FILE).is_file():
+        return None
     if not (p / MODEL_FILE).exists():
         return f"resuming {out}: no checkpoint there yet"
     try:

@@ -322,3 +322,107 @@ def test_tests_do_not_write_into_the_users_cache():
     from spikeguard.data.registry import default_cache_dir
 
     assert not str(default_cache_dir()).startswith(str(Path.home() / ".cache"))
+
+
+# ------------------------------------------------- a new user's second pass: every command
+def _worst(folder):
+    return json.loads((folder / "robustness.json").read_text())["report"]["worst_case"]["accuracy"]
+
+
+def _md_rows(path):
+    lines = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in path.read_text().splitlines()
+             if ln.startswith("|") and not ln.startswith("|---")]
+    return lines[0], lines[1:]
+
+
+def test_evaluations_with_different_attacks_are_separate_rows(run, tmp_path, capsys):
+    """Two evaluations of one checkpoint (different attacks) never share a row; each worst case is its own."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli_main(_eval(run, "--attacks", "fgsm,rfgsm", "--out", str(a))) == 0
+    assert cli_main(_eval(run, "--out", str(b))) == 0
+    wa, wb = _worst(a), _worst(b)
+    sw = tmp_path / "sweep"
+    assert cli_main(["analyze", "sweep", str(a), str(b), "--out", str(sw), "--no-progress"]) == 0
+    head, rows = _md_rows(sw / "sweep_table.md")
+    assert len(rows) == 2, rows
+    col = next(i for i, h in enumerate(head) if h.startswith("worst case"))
+    cells = {r[0]: r[col] for r in rows}
+    assert f"{100 * wa:.1f}" in [v for k, v in cells.items() if "rfgsm" in k]
+    assert f"{100 * wb:.1f}" in [v for k, v in cells.items() if "rfgsm" not in k]
+    # --merge: one row, one worst-case column per evaluation, never one number for both
+    sm = tmp_path / "merged"
+    assert cli_main(["analyze", "sweep", str(a), str(b), "--out", str(sm), "--merge", "--no-progress"]) == 0
+    head, rows = _md_rows(sm / "sweep_table.md")
+    assert len(rows) == 1 and sum(h.startswith("worst case [") for h in head) == 2, head
+    assert "merges results" in (sm / "sweep_table.md").read_text()
+
+
+def test_report_lists_every_evaluation_of_a_run(run, tmp_path, capsys):
+    from spikeguard.analysis.report import build_report
+
+    assert cli_main(_eval(run, "--attacks", "fgsm,rfgsm")) == 0
+    assert cli_main(_eval(run)) == 0
+    n_eval = len([f for f in (run / "evaluation").glob("*/robustness.json")])
+    html = build_report([run], tmp_path / "r.html").read_text()
+    assert f"Evaluations ({n_eval})" in html
+    assert html.count("spikeguard evaluate --checkpoint") >= n_eval
+    assert str(run.resolve()) not in html or str(run) == str(run.resolve())
+
+
+def test_report_refuses_to_overwrite(run, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    out.write_text("mine")
+    _one_error(capsys, cli_main(["report", str(run), "--out", str(out)]), "already exists", "--overwrite")
+    assert out.read_text() == "mine"
+    assert cli_main(["report", str(run), "--out", str(out), "--overwrite"]) == 0 and out.read_text() != "mine"
+
+
+def test_demo_refuses_an_existing_demo_folder(tmp_path, capsys):
+    demo = tmp_path / "demo"
+    (demo / "tgo" / "evaluation" / "x").mkdir(parents=True)
+    (demo / "results.json").write_text("{}")
+    _one_error(capsys, cli_main(["demo", "--out", str(demo), "--epochs", "1", "--no-progress"]),
+               "already holds a demo", "--overwrite")
+    assert (demo / "results.json").read_text() == "{}" and (demo / "tgo" / "evaluation" / "x").is_dir()
+
+
+def test_study_says_what_it_rewrites_and_refuses_another_studys_tables(tmp_path, capsys):
+    from spikeguard.cli.study import rewrite_notes
+
+    out = tmp_path / "s"
+    (out / "figures").mkdir(parents=True)
+    for n in ("study.md", "report.html", "figures/accuracy.png"):
+        (out / n).write_text("x")
+    (out / "study.json").write_text(json.dumps({"study": "other", "file": "configs/studies/other.toml"}))
+    notes = rewrite_notes(out)
+    assert len(notes) == 4 and all(ln.startswith(f"rewriting {out}") for ln in notes)
+    spec = ROOT / "configs" / "studies" / "cpu-digits-smoke.toml"
+    _one_error(capsys, cli_main(["study", str(spec), "--out", str(out), "--tables-only"]),
+               "holds the tables of study 'other'", "--overwrite")
+    assert (out / "study.md").read_text() == "x"
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--checkpoint", "x", "--n-samples", "-5"], ["evaluate", "--checkpoint", "x", "--eot", "0"],
+    ["demo", "--passes", "0"], ["audit", "--checkpoint", "x", "--batch-size", "0"], ["list", "nonsense"],
+    ["train", "--bogus"], ["analyze", "membrane", "--n", "x"]])
+def test_argparse_errors_are_one_line_with_a_help_hint(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage:" not in err, err
+    assert err.count("\n") == 1 and err.startswith(f"spikeguard {argv[0]}: error: "), err
+    assert f"see 'spikeguard {argv[0]} --help'" in err
+
+
+def test_eps_error_quotes_what_was_typed(run, capsys):
+    _one_error(capsys, cli_main(_eval(run, "--eps", "-1")), "--eps -1 is outside [0, 1]")
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--eps", "8,-1"])
+    assert "eps -1 is outside" in capsys.readouterr().err
+
+
+def test_resume_of_nothing_prints_only_the_error(tmp_path, capsys):
+    rc = cli_main(["train", "--out", str(tmp_path / "nonexist"), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "nothing to resume" in err and "resuming" not in err, err

@@ -426,3 +426,18 @@ def test_resume_of_nothing_prints_only_the_error(tmp_path, capsys):
     rc = cli_main(["train", "--out", str(tmp_path / "nonexist"), "--resume"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "nothing to resume" in err and "resuming" not in err, err
+
+
+def test_evaluate_table_rows_line_up(tmp_path, capsys):
+    from spikeguard.checkpoint import save_checkpoint
+    from spikeguard.config import load_config
+    from spikeguard.experiment import build_model
+
+    cfg = load_config(None, TINY_RUN + ["neuron.kind=noisy_lif"])
+    path = tmp_path / "noisy"
+    save_checkpoint(path, build_model(cfg).eval(), cfg)
+    assert cli_main(["evaluate", "--checkpoint", str(path), "--attacks", "fgsm,fixed-noise", "--n-samples", "6",
+                     "--eot", "1", "--passes", "2", "--batch-size", "6", "--no-progress"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if "%  [" in ln]
+    assert any(ln.startswith("worst, fresh") for ln in rows), rows
+    assert len({ln.index("%") for ln in rows}) == 1, "\n".join(rows)

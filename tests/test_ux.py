@@ -441,3 +441,26 @@ def test_evaluate_table_rows_line_up(tmp_path, capsys):
     rows = [ln for ln in capsys.readouterr().out.splitlines() if "%  [" in ln]
     assert any(ln.startswith("worst, fresh") for ln in rows), rows
     assert len({ln.index("%") for ln in rows}) == 1, "\n".join(rows)
+
+
+def test_background_evaluate_stops_on_sigint_and_says_how_to_resume(run, tmp_path, capsys, monkeypatch):
+    """A background job inherits SIGINT ignored; evaluate installs its own handler, as train does."""
+    import signal
+    import time
+
+    import spikeguard.evaluation.sharded as sharded
+
+    def interrupted(*_a, **_k):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(2)
+        raise AssertionError("SIGINT was ignored")
+
+    monkeypatch.setattr(sharded, "evaluate_sharded", interrupted)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job started by 'cmd &' from a script
+    try:
+        rc = cli_main(_eval(run, "--out", str(tmp_path / "e"), "--restart"))
+    finally:
+        signal.signal(signal.SIGINT, old)
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert rc == 130 and err.startswith("spikeguard evaluate: interrupted: stopped by SIGINT"), err
+    assert f"resume with: spikeguard evaluate --checkpoint {run} --attacks fgsm" in err and "--restart" not in err

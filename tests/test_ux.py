@@ -464,3 +464,22 @@ def test_background_evaluate_stops_on_sigint_and_says_how_to_resume(run, tmp_pat
     err = capsys.readouterr().err.splitlines()[-1]
     assert rc == 130 and err.startswith("spikeguard evaluate: interrupted: stopped by SIGINT"), err
     assert f"resume with: spikeguard evaluate --checkpoint {run} --attacks fgsm" in err and "--restart" not in err
+
+
+@pytest.mark.parametrize("kind,names", [("datasets", ["digits", "cifar10", "synthetic-dvs"]),
+                                        ("surrogates", ["triangle", "atan"]), ("schedules", ["linear", "dual"]),
+                                        ("analyses", ["membrane", "sweep"])])
+def test_list_new_kinds(kind, names, capsys):
+    assert cli_main(["list", kind]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert {ln.split()[0] for ln in lines} >= set(names) and all(len(ln.split()) > 1 for ln in lines), lines
+
+
+def test_list_presets_full_sentences_and_no_work_notes(capsys):
+    assert cli_main(["list", "presets"]) == 0
+    for ln in capsys.readouterr().out.splitlines():
+        desc = ln.split(None, 1)[1] if len(ln.split(None, 1)) > 1 else ""
+        assert desc.endswith((".", ")")) or not desc, ln
+        assert not re.search(r"\bissue \d|\bitem \d|\bsession\b|\bhelper\b", desc), ln
+    for f in (ROOT / "configs").rglob("*.toml"):
+        assert not re.search(r"\bissue \d+|\bhelper\b|\bcompute lock\b", f.read_text()), f

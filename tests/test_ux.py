@@ -483,3 +483,78 @@ def test_list_presets_full_sentences_and_no_work_notes(capsys):
         assert not re.search(r"\bissue \d|\bitem \d|\bsession\b|\bhelper\b", desc), ln
     for f in (ROOT / "configs").rglob("*.toml"):
         assert not re.search(r"\bissue \d+|\bhelper\b|\bcompute lock\b", f.read_text()), f
+
+
+def _example(monkeypatch, argv):
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["examples/spikingjelly_digits.py", *argv])
+    return runpy.run_path(str(ROOT / "examples" / "spikingjelly_digits.py"), run_name="__main__")
+
+
+def test_spikingjelly_example_names_a_missing_package(monkeypatch, tmp_path):
+    import sys
+
+    for m in ("spikingjelly", "spikingjelly.activation_based", "loguru"):
+        monkeypatch.setitem(sys.modules, m, None)
+    with pytest.raises(SystemExit) as e:
+        _example(monkeypatch, ["--out", str(tmp_path / "sj"), "--epochs", "1"])
+    msg = str(e.value.code)
+    assert msg.startswith("spikingjelly_digits.py: error: the package 'spikingjelly' is missing")
+    assert "pip install --no-deps spikingjelly==2.0.0 loguru" in msg and not (tmp_path / "sj").exists()
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install spikingjelly" not in readme and "pip install --no-deps spikingjelly==2.0.0 loguru" in readme
+
+
+def test_spikingjelly_example_writes_weights_with_the_umask(monkeypatch, tmp_path, capsys):
+    import runpy
+
+    pytest.importorskip("spikingjelly.activation_based")
+    ex = runpy.run_path(str(ROOT / "examples" / "spikingjelly_digits.py"))
+    old = os.umask(0o022)
+    try:
+        path = ex["save_weights"](ex["build"](), tmp_path / "sj")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+_TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".sh", ".json", ".html", ".log", ".cfg", ".yaml", ".yml", ".csv", ""}
+
+
+def _tracked_text_files():
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    for rel in out.splitlines():
+        p = ROOT / rel
+        if rel.startswith("tests/") or p.suffix not in _TEXT_SUFFIXES or not p.is_file():
+            continue
+        try:
+            yield rel, p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+
+
+def test_no_machine_paths_and_no_missing_paper_brief():
+    """README, docs, configs, sources, examples and help texts name no machine's absolute paths
+    (use ../shared/data/... or DATA_ROOT) and cite the paper, not a brief that is not shipped.
+    The GPU benchmark scripts keep /tmp as their scratch folder on the device machine."""
+    bad = []
+    for rel, text in _tracked_text_files():
+        pattern = r"/work/|/home/|/root/" if rel.startswith("benchmarks/gpu/") else r"/work/|/home/|/root/|/tmp/"
+        bad += [f"{rel}:{i}: {ln.strip()[:80]}" for i, ln in enumerate(text.splitlines(), 1) if re.search(pattern, ln)]
+        bad += [f"{rel}:{i}: cites PAPER.md" for i, ln in enumerate(text.splitlines(), 1) if "PAPER.md" in ln]
+    assert not bad, "\n".join(bad[:20])
+
+
+def test_help_texts_name_no_machine_paths(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert not re.search(r"/work/|/home/|/root/|/tmp/|=/data\b", text), name

@@ -8,7 +8,7 @@ EPILOG = """\
 examples:
   spikeguard calibrate --config configs/cpu/digits-small_conv-tgo.toml --out runs/cal-digits \\
       --short optim.epochs=2 --target 0.4
-  spikeguard calibrate --config configs/cpu/cifar10-vgg_small-tgo.toml --out /work/studies/cal-c10 \\
+  spikeguard calibrate --config configs/cpu/cifar10-vgg_small-tgo.toml --out ../studies/cal-c10 \\
       --short optim.epochs=2 --short data.subset=10000 --seeds 0,1,2
 
 The config's constraint is switched off for the baseline and on for each trial (lambda constant

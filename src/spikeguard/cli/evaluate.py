@@ -15,7 +15,7 @@ examples:
   spikeguard evaluate --checkpoint runs/demo/tgo --suite paper
   spikeguard evaluate --checkpoint runs/demo/tgo --suite strong --audit --source runs/demo/vanilla
   spikeguard evaluate --checkpoint runs/c100-wrn --attacks fgsm,pgd10,apgd-ce100,square5000 \\
-      --eps 8/255 --eot 16 --passes 10 --n-samples 1000 --data-root /data
+      --eps 8/255 --eot 16 --passes 10 --n-samples 1000 --data-root DATA_ROOT
   spikeguard evaluate --model-file my_snn.py:build --weights my_snn.safetensors --data cifar10 \\
       --suite strong --audit            # any classifier: SpikingJelly, snnTorch, plain PyTorch
 

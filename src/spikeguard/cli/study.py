@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="wall-clock budget (9m, 1h30m, 540s): the epoch count of every run is chosen from a "
                         "measured probe epoch so that the study fits, and printed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override applied to every run, e.g. --set data.root=/data (repeatable)")
+                   help="config override applied to every run, e.g. --set data.root=DATA_ROOT (repeatable)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: each run's config)")
     p.add_argument("--tables-only", action="store_true",
                    help="train and attack nothing: write study.md/json, figures and the report from what OUT "

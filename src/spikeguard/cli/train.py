@@ -10,7 +10,7 @@ EPILOG = """\
 examples:
   spikeguard train --config configs/cpu/cifar10-vgg_small-bptt.toml --out runs/cpu-vgg
   spikeguard train --config configs/paper/cifar100-vgg11-bptt-tgo.toml --set tgo.lambda_max=0.3 \\
-      --set data.root=/data --out runs/c100-vgg11-tgo-0.3
+      --set data.root=DATA_ROOT --out runs/c100-vgg11-tgo-0.3
   spikeguard train --out runs/c100-vgg11-tgo-0.3 --resume      # continue an interrupted run
   spikeguard train --set data.name=digits --set model.name=small_conv --set model.T=4 \\
       --set optim.epochs=5 --out runs/digits                    # no config file: defaults + overrides

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from ..utils import EPS_HELP
 from .common import nonneg_int, positive_int
@@ -286,7 +287,7 @@ def resume_command(argv: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def stop_on_signals(args: argparse.Namespace):
+def stop_on_signals(args: argparse.Namespace) -> Iterator[None]:
     """Turn SIGINT/SIGTERM into a one-line ``interrupted`` that says how to resume (exit 130/143).
 
     The handlers are installed explicitly: a process started in the background by a

@@ -42,4 +42,4 @@ spikeguard analyze sweep "$OUT"/at/eval-{2,4,8} "$OUT"/at-tgo/eval-{2,4,8} --ref
 # the paper's analyses of the BPTT/TGO pair (about 15 min on 2 cores) and one HTML page with everything
 [[ -f "$OUT/analysis/membrane.json" ]] || spikeguard analyze all -k vanilla="$OUT/bptt" -k tgo="$OUT/tgo" \
   --out "$OUT/analysis" --steps 13 --format png,svg
-spikeguard report "$OUT"/{bptt,tgo,at,at-tgo} "$OUT/analysis" --out "$OUT/report.html"
+spikeguard report "$OUT"/{bptt,tgo,at,at-tgo} "$OUT/analysis" --out "$OUT/report.html" --overwrite

@@ -6,21 +6,39 @@ images in [0, 1] and resets its neurons at the start of every forward (so its ou
 depends only on its input). Running the file trains it with SpikingJelly's own surrogate
 gradients (Adam, BPTT) and writes ``OUT/model.safetensors``:
 
-    pip install spikingjelly==2.0.0           # a test/benchmark extra, not a spikeguard dependency
+    pip install --no-deps spikingjelly==2.0.0 loguru   # not a spikeguard dependency (see below)
     python examples/spikingjelly_digits.py --out runs/sj-digits
     spikeguard evaluate --model-file examples/spikingjelly_digits.py:build \\
         --weights runs/sj-digits/model.safetensors --data digits --suite strong --n-samples 200
+
+``--no-deps``: SpikingJelly 2.0.0 declares torchvision, torchaudio, scipy, h5py, tensorboard and more,
+and pip would replace a CPU torch with a CUDA build to satisfy them. The modules used here
+(``spikingjelly.activation_based``: layer, neuron, functional, surrogate) import only torch,
+numpy (both already installed with spikeguard) and loguru.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
 T = 4
+INSTALL = "pip install --no-deps spikingjelly==2.0.0 loguru"
+
+
+def missing_package() -> str | None:
+    """A one-line message naming the package this example cannot import, with the install command
+    (None when SpikingJelly and what it imports are there)."""
+    try:
+        from spikingjelly.activation_based import functional, layer, neuron  # noqa: F401
+    except ImportError as e:  # ModuleNotFoundError names the package: spikingjelly itself, or loguru
+        package = (getattr(e, "name", None) or str(e)).split(".")[0]
+        return f"the package {package!r} is missing; install with: {INSTALL}"
+    return None
 
 
 class SJDigits(nn.Module):
@@ -46,12 +64,13 @@ class SJDigits(nn.Module):
 
 def build() -> nn.Module:
     """The factory ``spikeguard evaluate --model-file examples/spikingjelly_digits.py:build`` calls."""
+    problem = missing_package()
+    if problem:  # spikeguard turns this into its one-line error
+        raise ImportError(problem)
     return SJDigits()
 
 
 def main() -> None:
-    from safetensors.torch import save_file
-
     from spikeguard.data import load_dataset
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,6 +78,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    problem = missing_package()
+    if problem:
+        sys.exit(f"spikingjelly_digits.py: error: {problem}")
     torch.manual_seed(args.seed)
     train, test = load_dataset("digits", "train", cache_dir=""), load_dataset("digits", "test", cache_dir="")
     x, y = train.float_images(), train.labels
@@ -76,10 +98,20 @@ def main() -> None:
         with torch.no_grad():
             acc = (model(test.float_images()).argmax(1) == test.labels).float().mean().item()
         print(f"epoch {epoch + 1}: test accuracy {100 * acc:.1f}%")
-    out = Path(args.out)
+    print(f"wrote {save_weights(model, Path(args.out))}")
+
+
+def save_weights(model: nn.Module, out: Path) -> Path:
+    """``out/model.safetensors``, written atomically with the mode a plain ``open()`` gives (0666
+    minus the umask) as spikeguard's own checkpoints are, not the 0600 of a temporary file."""
+    from safetensors.torch import save
+
+    from spikeguard.io import atomic_write_bytes
+
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    print(f"wrote {out / 'model.safetensors'}")
+    path = out / "model.safetensors"
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    return path
 
 
 if __name__ == "__main__":

@@ -322,3 +322,241 @@ def test_tests_do_not_write_into_the_users_cache():
     from spikeguard.data.registry import default_cache_dir
 
     assert not str(default_cache_dir()).startswith(str(Path.home() / ".cache"))
+
+
+# ------------------------------------------------- a new user's second pass: every command
+def _worst(folder):
+    return json.loads((folder / "robustness.json").read_text())["report"]["worst_case"]["accuracy"]
+
+
+def _md_rows(path):
+    lines = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in path.read_text().splitlines()
+             if ln.startswith("|") and not ln.startswith("|---")]
+    return lines[0], lines[1:]
+
+
+def test_evaluations_with_different_attacks_are_separate_rows(run, tmp_path, capsys):
+    """Two evaluations of one checkpoint (different attacks) never share a row; each worst case is its own."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli_main(_eval(run, "--attacks", "fgsm,rfgsm", "--out", str(a))) == 0
+    assert cli_main(_eval(run, "--out", str(b))) == 0
+    wa, wb = _worst(a), _worst(b)
+    sw = tmp_path / "sweep"
+    assert cli_main(["analyze", "sweep", str(a), str(b), "--out", str(sw), "--no-progress"]) == 0
+    head, rows = _md_rows(sw / "sweep_table.md")
+    assert len(rows) == 2, rows
+    col = next(i for i, h in enumerate(head) if h.startswith("worst case"))
+    cells = {r[0]: r[col] for r in rows}
+    assert f"{100 * wa:.1f}" in [v for k, v in cells.items() if "rfgsm" in k]
+    assert f"{100 * wb:.1f}" in [v for k, v in cells.items() if "rfgsm" not in k]
+    # --merge: one row, one worst-case column per evaluation, never one number for both
+    sm = tmp_path / "merged"
+    assert cli_main(["analyze", "sweep", str(a), str(b), "--out", str(sm), "--merge", "--no-progress"]) == 0
+    head, rows = _md_rows(sm / "sweep_table.md")
+    assert len(rows) == 1 and sum(h.startswith("worst case [") for h in head) == 2, head
+    assert "merges results" in (sm / "sweep_table.md").read_text()
+
+
+def test_report_lists_every_evaluation_of_a_run(run, tmp_path, capsys, monkeypatch):
+    from spikeguard.analysis.report import build_report
+
+    assert cli_main(_eval(run, "--attacks", "fgsm,rfgsm")) == 0
+    assert cli_main(_eval(run)) == 0
+    n_eval = len([f for f in (run / "evaluation").glob("*/robustness.json")])
+    assert n_eval >= 2
+    monkeypatch.chdir(run.parent)
+    html = build_report([run.name], tmp_path / "r.html").read_text()
+    assert f"Evaluations ({n_eval})" in html
+    assert html.count("<td class=l>evaluation/") == n_eval  # one row per evaluation, not only the latest
+    assert f'<p class="meta">{run.name}</p>' in html  # the folder as given, not resolved to this machine's path
+
+
+def test_report_refuses_to_overwrite(run, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    out.write_text("mine")
+    _one_error(capsys, cli_main(["report", str(run), "--out", str(out)]), "already exists", "--overwrite")
+    assert out.read_text() == "mine"
+    assert cli_main(["report", str(run), "--out", str(out), "--overwrite"]) == 0 and out.read_text() != "mine"
+
+
+def test_demo_refuses_an_existing_demo_folder(tmp_path, capsys):
+    demo = tmp_path / "demo"
+    (demo / "tgo" / "evaluation" / "x").mkdir(parents=True)
+    (demo / "results.json").write_text("{}")
+    _one_error(capsys, cli_main(["demo", "--out", str(demo), "--epochs", "1", "--no-progress"]),
+               "already holds a demo", "--overwrite")
+    assert (demo / "results.json").read_text() == "{}" and (demo / "tgo" / "evaluation" / "x").is_dir()
+
+
+def test_study_says_what_it_rewrites_and_refuses_another_studys_tables(tmp_path, capsys):
+    from spikeguard.cli.study import rewrite_notes
+
+    out = tmp_path / "s"
+    (out / "figures").mkdir(parents=True)
+    for n in ("study.md", "report.html", "figures/accuracy.png"):
+        (out / n).write_text("x")
+    (out / "study.json").write_text(json.dumps({"study": "other", "file": "configs/studies/other.toml"}))
+    notes = rewrite_notes(out)
+    assert len(notes) == 4 and all(ln.startswith(f"rewriting {out}") for ln in notes)
+    spec = ROOT / "configs" / "studies" / "cpu-digits-smoke.toml"
+    _one_error(capsys, cli_main(["study", str(spec), "--out", str(out), "--tables-only"]),
+               "holds the tables of study 'other'", "--overwrite")
+    assert (out / "study.md").read_text() == "x"
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--checkpoint", "x", "--n-samples", "-5"], ["evaluate", "--checkpoint", "x", "--eot", "0"],
+    ["demo", "--passes", "0"], ["audit", "--checkpoint", "x", "--batch-size", "0"], ["list", "nonsense"],
+    ["train", "--bogus"], ["analyze", "membrane", "--n", "x"]])
+def test_argparse_errors_are_one_line_with_a_help_hint(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage:" not in err, err
+    assert err.count("\n") == 1 and err.startswith(f"spikeguard {argv[0]}: error: "), err
+    assert f"see 'spikeguard {argv[0]} --help'" in err
+
+
+def test_eps_error_quotes_what_was_typed(run, capsys):
+    _one_error(capsys, cli_main(_eval(run, "--eps", "-1")), "--eps -1 is outside [0, 1]")
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--eps", "8,-1"])
+    assert "eps -1 is outside" in capsys.readouterr().err
+
+
+def test_resume_of_nothing_prints_only_the_error(tmp_path, capsys):
+    rc = cli_main(["train", "--out", str(tmp_path / "nonexist"), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "nothing to resume" in err and "resuming" not in err, err
+
+
+def test_evaluate_table_rows_line_up(tmp_path, capsys):
+    from spikeguard.checkpoint import save_checkpoint
+    from spikeguard.config import load_config
+    from spikeguard.experiment import build_model
+
+    cfg = load_config(None, TINY_RUN + ["neuron.kind=noisy_lif"])
+    path = tmp_path / "noisy"
+    save_checkpoint(path, build_model(cfg).eval(), cfg)
+    assert cli_main(["evaluate", "--checkpoint", str(path), "--attacks", "fgsm,fixed-noise", "--n-samples", "6",
+                     "--eot", "1", "--passes", "2", "--batch-size", "6", "--no-progress"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if "%  [" in ln]
+    assert any(ln.startswith("worst, fresh") for ln in rows), rows
+    assert len({ln.index("%") for ln in rows}) == 1, "\n".join(rows)
+
+
+def test_background_evaluate_stops_on_sigint_and_says_how_to_resume(run, tmp_path, capsys, monkeypatch):
+    """A background job inherits SIGINT ignored; evaluate installs its own handler, as train does."""
+    import signal
+    import time
+
+    import spikeguard.evaluation.sharded as sharded
+
+    def interrupted(*_a, **_k):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(2)
+        raise AssertionError("SIGINT was ignored")
+
+    monkeypatch.setattr(sharded, "evaluate_sharded", interrupted)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job started by 'cmd &' from a script
+    try:
+        rc = cli_main(_eval(run, "--out", str(tmp_path / "e"), "--restart"))
+    finally:
+        signal.signal(signal.SIGINT, old)
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert rc == 130 and err.startswith("spikeguard evaluate: interrupted: stopped by SIGINT"), err
+    assert f"resume with: spikeguard evaluate --checkpoint {run} --attacks fgsm" in err and "--restart" not in err
+
+
+@pytest.mark.parametrize("kind,names", [("datasets", ["digits", "cifar10", "synthetic-dvs"]),
+                                        ("surrogates", ["triangle", "atan"]), ("schedules", ["linear", "dual"]),
+                                        ("analyses", ["membrane", "sweep"])])
+def test_list_new_kinds(kind, names, capsys):
+    assert cli_main(["list", kind]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert {ln.split()[0] for ln in lines} >= set(names) and all(len(ln.split()) > 1 for ln in lines), lines
+
+
+def test_list_presets_full_sentences_and_no_work_notes(capsys):
+    assert cli_main(["list", "presets"]) == 0
+    for ln in capsys.readouterr().out.splitlines():
+        desc = ln.split(None, 1)[1] if len(ln.split(None, 1)) > 1 else ""
+        assert desc.endswith((".", ")")) or not desc, ln
+        assert not re.search(r"\bissue \d|\bitem \d|\bsession\b|\bhelper\b", desc), ln
+    for f in (ROOT / "configs").rglob("*.toml"):
+        assert not re.search(r"\bissue \d+|\bhelper\b|\bcompute lock\b", f.read_text()), f
+
+
+def _example(monkeypatch, argv):
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["examples/spikingjelly_digits.py", *argv])
+    return runpy.run_path(str(ROOT / "examples" / "spikingjelly_digits.py"), run_name="__main__")
+
+
+def test_spikingjelly_example_names_a_missing_package(monkeypatch, tmp_path):
+    import sys
+
+    for m in ("spikingjelly", "spikingjelly.activation_based", "loguru"):
+        monkeypatch.setitem(sys.modules, m, None)
+    with pytest.raises(SystemExit) as e:
+        _example(monkeypatch, ["--out", str(tmp_path / "sj"), "--epochs", "1"])
+    msg = str(e.value.code)
+    assert msg.startswith("spikingjelly_digits.py: error: the package 'spikingjelly' is missing")
+    assert "pip install --no-deps spikingjelly==2.0.0 loguru" in msg and not (tmp_path / "sj").exists()
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install spikingjelly" not in readme and "pip install --no-deps spikingjelly==2.0.0 loguru" in readme
+
+
+def test_spikingjelly_example_writes_weights_with_the_umask(monkeypatch, tmp_path, capsys):
+    import runpy
+
+    pytest.importorskip("spikingjelly.activation_based")
+    ex = runpy.run_path(str(ROOT / "examples" / "spikingjelly_digits.py"))
+    old = os.umask(0o022)
+    try:
+        path = ex["save_weights"](ex["build"](), tmp_path / "sj")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+_TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".sh", ".json", ".html", ".log", ".cfg", ".yaml", ".yml", ".csv", ""}
+
+
+def _tracked_text_files():
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    for rel in out.splitlines():
+        p = ROOT / rel
+        if rel.startswith("tests/") or p.suffix not in _TEXT_SUFFIXES or not p.is_file():
+            continue
+        try:
+            yield rel, p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+
+
+def test_no_machine_paths_and_no_missing_paper_brief():
+    """README, docs, configs, sources, examples and help texts name no machine's absolute paths
+    (use ../shared/data/... or DATA_ROOT) and cite the paper, not a brief that is not shipped.
+    The GPU benchmark scripts keep /tmp as their scratch folder on the device machine."""
+    bad = []
+    for rel, text in _tracked_text_files():
+        pattern = r"/work/|/home/|/root/" if rel.startswith("benchmarks/gpu/") else r"/work/|/home/|/root/|/tmp/"
+        bad += [f"{rel}:{i}: {ln.strip()[:80]}" for i, ln in enumerate(text.splitlines(), 1) if re.search(pattern, ln)]
+        bad += [f"{rel}:{i}: cites PAPER.md" for i, ln in enumerate(text.splitlines(), 1) if "PAPER.md" in ln]
+    assert not bad, "\n".join(bad[:20])
+
+
+def test_help_texts_name_no_machine_paths(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert not re.search(r"/work/|/home/|/root/|/tmp/|=/data\b", text), name

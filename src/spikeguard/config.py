@@ -89,7 +89,7 @@ class ModelConfig:
 
 @dataclass
 class NeuronConfig:
-    """Spiking neuron of every layer (PAPER.md section 1).
+    """Spiking neuron of every layer (arXiv 2602.20548, sections 3.1 and 4.2.2).
 
     Attributes:
         kind: a registered neuron (``spikeguard list neurons``): ``lif``, ``noisy_lif``, ``relu`` (ANN
@@ -126,7 +126,7 @@ class NeuronConfig:
 
 @dataclass
 class TGOConfig:
-    """Threshold Guarding Optimization (PAPER.md section 2).
+    """Threshold Guarding Optimization (arXiv 2602.20548, section 4.2.1).
 
     Attributes:
         enabled: add ``lambda * L_mc`` to the loss.
@@ -168,7 +168,7 @@ class TGOConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD and its schedule (PAPER.md section 4).
+    """SGD and its schedule (arXiv 2602.20548, section 5.1).
 
     Attributes:
         lr, momentum, weight_decay: SGD settings (paper: 0.1; 0.9 and 5e-4 assumed).

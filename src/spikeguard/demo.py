@@ -152,11 +152,23 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# What a demo folder holds; any of them there means an earlier demo (with its evaluations) lives there.
+DEMO_OUTPUTS = ("results.json", "potentials.png", "vanilla", "tgo")
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True, log: Callable[[str], None] = print,
-             argv: list[str] | None = None) -> dict:
+             argv: list[str] | None = None, overwrite: bool = False) -> dict:
     """Train, attack and compare the two models; write ``results.json`` (schema ``spikeguard.demo``,
-    one provenance record per model) and the histogram PNG. ``argv``: the command line to record."""
+    one provenance record per model) and the histogram PNG. ``argv``: the command line to record.
+
+    A folder that already holds a demo's output is refused unless ``overwrite`` (replacing it also
+    replaces both run folders and every evaluation written into them).
+    """
     cfg.validate()
+    taken = [n for n in DEMO_OUTPUTS if (Path(cfg.out) / n).exists()]
+    if taken and not overwrite:
+        raise ConfigError(f"{cfg.out} already holds a demo ({', '.join(taken)}); choose another --out, or pass "
+                          "--overwrite to replace it (its models, results and their evaluations)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = ensure_dir(cfg.out)
@@ -180,7 +192,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log: Callable[[str], None] 
     for n, h in hists.items():
         results["models"][n]["near_threshold"] = h.near_threshold
         results["models"][n]["layer_near_threshold"] = h.layer_near_threshold()
-    # Put the fields the issue names first, per model.
+    # The fields a reader looks for first (clean, near-threshold share, attacks) lead each model's entry.
     for n in results["models"]:
         r = results["models"][n]
         results["models"][n] = {k: r[k] for k in ("clean", "near_threshold", "attacks")} | r

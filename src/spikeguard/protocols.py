@@ -6,7 +6,7 @@ evaluate`` uses), so its attacks share the clean pass, the evaluation noise and 
 worst case. Nothing here attacks anything: :mod:`spikeguard.study` hands these definitions to
 the engine, which decides (per model) what applies and skips the rest with a reason.
 
-``paper`` (PAPER.md sections 4-5):
+``paper`` (arXiv 2602.20548, sections 5.1-5.2):
 
 * ``single-pass``: FGSM, RFGSM, PGD-7/10/20/40 at eps 8/255, step 0.01. A Noisy-LIF model is
   attacked with one noisy pass per gradient (no EoT) and judged on one fresh noisy pass, as the
@@ -33,7 +33,7 @@ from typing import Any, Mapping
 from .errors import ConfigError
 
 PAPER_ALPHA = 0.01
-"""The paper's PGD step (PAPER.md section 4)."""
+"""The paper's PGD step (arXiv 2602.20548, section 5.1)."""
 
 EPS_RULE = "eps"
 """The engine's eps-following step (``spikeguard.attacks.EPS_RULE``): ``2.5 eps / steps`` per attack."""

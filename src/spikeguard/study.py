@@ -516,7 +516,8 @@ def format_markdown(spec: StudySpec, rows: list[dict], columns: list[str], meta:
     paper_rows = [r for r in rows if r["paper"]]
     if paper_rows:
         pcols = list(dict.fromkeys(k for r in paper_rows for k in r["paper"]))
-        lines += ["", "The paper's numbers for the same rows (%, PAPER.md section 5; its protocol as far as the text "
+        lines += ["", "The paper's numbers for the same rows (%, arXiv 2602.20548, Tables 1 and 3-4; its protocol "
+                  "as far as the text "
                   "says: no EoT in Table 1):", "", "| training | model | " + " | ".join(pcols) + " |",
                   "|" + "---|" * (len(pcols) + 2)]
         for r in paper_rows:

@@ -1,4 +1,4 @@
-"""Analyses behind the paper's figures (PAPER.md sections 3 and 6).
+"""Analyses behind the paper's figures (arXiv 2602.20548, section 4.1, section 5.3 and Figs. 3-5).
 
 * :mod:`.membrane`: pre-spike potential histograms, near-threshold shares and reductions;
 * :mod:`.gradients`: input-gradient heatmaps and sparsity metrics;

@@ -1,4 +1,4 @@
-"""Spike-state flips: the theory (PAPER.md Thm. 1) and what trained models actually do.
+"""Spike-state flips: the theory (arXiv 2602.20548, Theorem 1) and what trained models actually do.
 
 Theory. With Gaussian membrane noise ``eta ~ N(0, sigma^2)``, a neuron whose pre-spike
 potential is ``U`` emits ``H(U + eta - V_th)`` instead of its deterministic state

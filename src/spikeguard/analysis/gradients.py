@@ -1,4 +1,4 @@
-"""Input-gradient heatmaps and sparsity (PAPER.md Fig. 5).
+"""Input-gradient heatmaps and sparsity (arXiv 2602.20548, Fig. 5 and Appendix F).
 
 The paper argues that TGO makes the gradient of the true-class logit with respect to the
 input sparser: fewer threshold-neighbouring neurons means fewer paths through which the

@@ -1,4 +1,4 @@
-"""Input-Jacobian norms and the first-order bound (PAPER.md section 3, Eq. 7-11).
+"""Input-Jacobian norms and the first-order bound (arXiv 2602.20548, section 4.1, Eq. 7-11).
 
 For logits ``f(x)`` (``K`` classes, averaged over time) and ``d = x_adv - x``::
 

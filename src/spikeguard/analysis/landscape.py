@@ -1,4 +1,4 @@
-"""Loss landscapes (PAPER.md Fig. 4, right): in parameter space and along the attack direction.
+"""Loss landscapes (arXiv 2602.20548, Fig. 4, right): in parameter space and along the attack direction.
 
 Parameter space (Li et al., 2018, "Visualizing the Loss Landscape of Neural Nets")::
 

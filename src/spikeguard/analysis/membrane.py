@@ -1,4 +1,4 @@
-"""Distribution of pre-spike membrane potentials (PAPER.md Fig. 4, left).
+"""Distribution of pre-spike membrane potentials (arXiv 2602.20548, Fig. 4, left).
 
 TGO pushes pre-spike potentials ``U`` away from the threshold; these functions histogram
 ``U`` per spiking layer and overall, count the share within ``delta`` of ``V_th``

@@ -169,7 +169,7 @@ CLEAN_NOTE = ("Clean accuracy can differ between rows of the same weights becaus
               "its own way: the demo (protocol demo-stream) averages 8 passes with fresh noise over its 360 "
               "images; training's results.json (test_accuracy) uses eval.passes passes over the whole test "
               "split; an evaluation judges each of its n samples per pass under common random numbers. Rows of "
-              "different provenance (command, n, passes, seed, weights) are therefore never merged.")
+              "different provenance (command, attacks, n, passes, seed, weights) are therefore never merged.")
 
 
 def _eval_section(records: list[_sweep.SweepRecord], title: str) -> str:
@@ -189,6 +189,41 @@ def _eval_section(records: list[_sweep.SweepRecord], title: str) -> str:
             _sweep.plot_sweep(records, p, dpi=110)
             html_ += _img_tag(p.read_bytes(), "robust accuracy vs eps (worst case over the attacks shown)")
     return html_
+
+
+def evaluation_rows(doc: Any, path: Path, run: Path) -> list[list[Any]]:
+    """One row per evaluation in result file ``path``: file, date, model, command, n, eps, attacks, clean, worst case."""
+    from ..evaluation.results import read_results
+
+    try:
+        docs = read_results(doc) or []
+    except DataError:
+        return []
+    rows = []
+    for d in docs:
+        prov, rep = d.get("provenance") or {}, d.get("report") or {}
+        eps = _sweep._eps(rep.get("eps"))
+        attacks = rep.get("attacks") if isinstance(rep.get("attacks"), dict) else {}
+        try:
+            where = str(path.relative_to(run))
+        except ValueError:
+            where = str(path)
+        rows.append([where, str(prov.get("date") or "")[:16].replace("T", " "), d.get("label") or d.get("model"),
+                     prov.get("command"), rep.get("n_samples", prov.get("n_samples")),
+                     eps_label(eps) if eps is not None else None, len(attacks), _sweep._acc(rep.get("clean")),
+                     _sweep._acc(rep.get("worst_case"))])
+    return rows
+
+
+def _evaluations_section(rows: list[list[Any]]) -> str:
+    """Every evaluation found for a run, oldest first, each with its own per-sample worst case."""
+    if not rows:
+        return ""
+    rows = sorted(rows, key=lambda r: (r[1] or "", r[0]))
+    return (f"<h3>Evaluations ({len(rows)})</h3><div class=tw>"
+            + table(["file", "date (UTC)", "model", "command", "n", "eps", "attacks", "clean", "worst case"], rows,
+                    pct_cols=(7, 8))
+            + '</div><p class="meta">worst case: per sample over the attacks of that evaluation only.</p>')
 
 
 def _analysis_section(kind: str, doc: dict) -> str:
@@ -248,13 +283,15 @@ def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str,
         rp = p.resolve()
         return not any(o in rp.parents for o in others)
 
-    parts = [f'<h2 id="run{idx}">{_e(run.name or str(run))}</h2><p class="meta">{_e(run.resolve())}</p>']
+    # the folder as given, never resolved: a report is shared, and a machine's absolute paths mean nothing elsewhere
+    parts = [f'<h2 id="run{idx}">{_e(run.name or str(run))}</h2><p class="meta">{_e(run)}</p>']
     cfg = _read_json(run / "config.json") if (run / "config.json").is_file() else None
     if isinstance(cfg, dict):
         parts.append(_config_section(cfg))
     if (run / "log.jsonl").is_file():
         parts.append(_log_section(run / "log.jsonl"))
     records: list[_sweep.SweepRecord] = []
+    evaluations: list[list[Any]] = []
     for f in sorted(run.glob("*.json")):
         if f.name == "config.json" or f.name.startswith("state"):
             continue
@@ -276,6 +313,7 @@ def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str,
         recs = _sweep.parse_evaluation(doc, f)
         if recs:
             records += recs
+            evaluations += evaluation_rows(doc, f, run)
             parts.append(_eval_section(recs, f"Accuracy ({f.name})"))
             if isinstance(doc, dict) and isinstance(doc.get("models"), dict):
                 nt = [[n, m.get("near_threshold")] for n, m in doc["models"].items() if isinstance(m, dict)
@@ -290,11 +328,14 @@ def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str,
             continue
         doc = _read_json(f)
         if isinstance(doc, dict) and doc.get("analysis") not in _ANALYSES:
-            sub_records += _sweep.parse_evaluation(doc, f)
+            recs = _sweep.parse_evaluation(doc, f)
+            sub_records += recs
+            evaluations += evaluation_rows(doc, f, run) if recs else []
     if sub_records:
         records += sub_records
         folders = sorted({Path(r.source).parent.name for r in sub_records})
         parts.append(_eval_section(sub_records, f"Accuracy ({', '.join(x + '/' for x in folders)})"))
+    parts.append(_evaluations_section(evaluations))
     pngs = sorted(p for p in run.rglob("*.png") if len(p.relative_to(run).parts) <= 3 and own(p))
     if pngs:
         parts.append("<h3>Figures</h3>")

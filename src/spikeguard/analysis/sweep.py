@@ -1,4 +1,4 @@
-"""Robust accuracy vs eps and vs lambda_max from result files (PAPER.md Fig. 3).
+"""Robust accuracy vs eps and vs lambda_max from result files (arXiv 2602.20548, Fig. 3).
 
 Files are read with :func:`spikeguard.evaluation.results.read_results`: the result schema
 (``spikeguard.robustness`` version 2, with provenance) and the earlier layouts spikeguard wrote
@@ -91,15 +91,39 @@ def _lambda_of_run(run: Path | None) -> float | None:
     return None
 
 
-def provenance_group(prov: Mapping, model: str) -> str:
-    """A short label of what may share a table row: command, sample count, passes, EoT, seed, weights.
+def attacks_label(prov: Mapping) -> str:
+    """What was run, for a group label: ``suite strong``, ``attacks fgsm,pgd10``, ``12 attacks #3f2a1c``,
+    or a study's ``paper/white-box`` (protocol and group); empty when the record names nothing."""
+    import hashlib
 
-    Results that differ only in eps or in the attacks run share a group (one evaluation per
-    budget fills one row); anything else that changes a number starts a new group.
+    if prov.get("study_group"):
+        return f"{prov.get('study_protocol') or '?'}/{prov['study_group']}"
+    cmd = str(prov.get("command") or "").split()
+    suite = next((cmd[i + 1] for i, t in enumerate(cmd[:-1]) if t == "--suite"), None) or next(
+        (t.split("=", 1)[1] for t in cmd if t.startswith("--suite=")), None)
+    if suite and not any(t == "--attacks" or t.startswith("--attacks=") for t in cmd):
+        return f"suite {suite}"
+    attacks = [str(a) for a in prov.get("attacks") or []]
+    if not attacks:
+        return ""
+    if len(attacks) <= 3:
+        return "attacks " + ",".join(attacks)
+    # a long list: its size and a digest, so that two different lists never share a label
+    return f"{len(attacks)} attacks #{hashlib.sha1(','.join(attacks).encode()).hexdigest()[:6]}"
+
+
+def provenance_group(prov: Mapping, model: str) -> str:
+    """A short label of what may share a table row: command, sample count, attacks, passes, EoT, seed, weights.
+
+    Results that differ only in eps share a group (one evaluation per budget fills one row);
+    anything else, including the attacks run (each evaluation's worst case covers its own
+    attacks only), starts a new group.
     """
     cmd = str(prov.get("command") or "?").split()
     kind = cmd[1] if len(cmd) > 1 and cmd[0] == "spikeguard" else cmd[0]
     parts = [kind, f"n={prov.get('n_samples') if prov.get('n_samples') is not None else '?'}"]
+    if attacks_label(prov):
+        parts.append(attacks_label(prov))
     if (prov.get("passes") or 1) > 1:
         parts.append(f"{prov['passes']} passes")
     if (prov.get("eot") or 1) > 1:
@@ -208,24 +232,45 @@ def select_curve(records: Sequence[SweepRecord], attack: str | None = None) -> d
     """
     models = list(dict.fromkeys(r.model for r in records))
     out: dict[str, list[tuple[float, float]]] = {}
-    use_worst = attack is None and all(any(r.model == m and r.attack == WORST for r in records) for m in models)
     for m in models:
         pts: dict[float, float] = {}
-        for r in records:
-            if r.model != m:
-                continue
-            key = round(r.eps, 9)
+        mine = [r for r in records if r.model == m]
+        for key in dict.fromkeys(round(r.eps, 9) for r in mine):
+            at = [r for r in mine if round(r.eps, 9) == key]
             if attack is not None:
-                if r.attack.lower() == attack.lower():
-                    pts[key] = r.accuracy
-            elif use_worst:
-                if r.attack == WORST:
-                    pts[key] = r.accuracy
-            elif r.attack != WORST:
-                pts[key] = min(pts.get(key, math.inf), r.accuracy)
+                hit = [r.accuracy for r in at if r.attack.lower() == attack.lower()]
+                if hit:
+                    pts[key] = hit[-1]
+                continue
+            v = _worst_of_one_evaluation(at)
+            if v is not None:
+                pts[key] = v
         if pts:
             out[m] = sorted(pts.items())
     return out
+
+
+def is_worst(attack: str) -> bool:
+    """``worst case``, or a merged row's ``worst case [what was run]``."""
+    return attack == WORST or attack.startswith(WORST + " [")
+
+
+def _worst_of_one_evaluation(records: Sequence[SweepRecord]) -> float | None:
+    """One model's worst case at one eps, taken from a single evaluation (result file).
+
+    A per-sample worst case over attacks of two evaluations cannot be formed from their
+    accuracies (different samples fail different attacks), so nothing here combines files:
+    the evaluation that ran the most attacks gives its per-sample worst case, or, when no
+    file has one, the lowest of its own per-attack accuracies.
+    """
+    by_src: dict[str, list[SweepRecord]] = {}
+    for r in records:
+        by_src.setdefault(r.source, []).append(r)
+    best = max(by_src.values(), key=lambda rs: (any(is_worst(r.attack) for r in rs), len(rs)), default=None)
+    if not best:
+        return None
+    worst = [r.accuracy for r in best if is_worst(r.attack)]
+    return worst[-1] if worst else min(r.accuracy for r in best)
 
 
 _LAMBDA_TOKEN = re.compile(r"[_\-\s]*(lambda|lam|lmax)[_=\-]?[0-9.]+", re.IGNORECASE)
@@ -330,7 +375,12 @@ def split_rows(records: Sequence[SweepRecord], merge: bool = False
         if r.group not in g:
             g.append(r.group)
     if merge:
-        return list(records), {m: g for m, g in groups.items() if len(g) > 1}
+        merged = {m: g for m, g in groups.items() if len(g) > 1}
+        # a merged row keeps one worst-case column per evaluation: a worst case is per-sample over
+        # one evaluation's attacks, and one group's number must not stand for another's
+        out = [SweepRecord(**{**asdict(r), "attack": f"{WORST} [{_short(r.group)}]"})
+               if r.attack == WORST and r.model in merged else r for r in records]
+        return out, merged
     label: dict[tuple[str, str], str] = {}
     for m, gs in groups.items():
         shorts = [_short(g) for g in gs]

@@ -50,7 +50,7 @@ PAPER_ALPHA = 0.01
 EPS_RULE = "eps"
 EPS_RULE_FACTOR = 2.5
 
-#: The paper's table (PAPER.md section 4): clean, FGSM, RFGSM, PGD7..40, APGD, MTPGD.
+#: The paper's table (arXiv 2602.20548, section 5.1): clean, FGSM, RFGSM, PGD7..40, APGD, MTPGD.
 PAPER_SUITE: tuple[str, ...] = ("fgsm", "rfgsm", "pgd7", "pgd10", "pgd20", "pgd40", "apgd-ce", "mtpgd")
 
 #: Everything: the paper's attacks, longer/restarted PGD, APGD-DLR, black-box, transfer and

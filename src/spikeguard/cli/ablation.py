@@ -14,7 +14,7 @@ examples:
   spikeguard ablation --quick --out runs/ablation-quick              # digits, about 5 min on 2 cores
   spikeguard ablation --strategy rat --config configs/paper/cifar100-vgg11-rat.toml --out runs/abl-rat
   spikeguard ablation --strategy bptt --config configs/paper/cifar100-vgg11-bptt.toml \\
-      --set data.root=/data --out runs/abl-bptt
+      --set data.root=DATA_ROOT --out runs/abl-bptt
 
 The four cells are the base config with (tgo.enabled, neuron.kind) = (false, lif), (true, lif),
 (false, noisy_lif), (true, noisy_lif). They run as a study (spikeguard study's machinery, built

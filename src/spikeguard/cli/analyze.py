@@ -35,8 +35,9 @@ reductions and ratios are computed against. The dataset is the first run's (over
 sweep reads result files (or folders of them, two levels deep): robustness.json of 'spikeguard
 evaluate', of training (eval.attacks) and of the ablation, and the demo's results.json, in the
 result schema of docs/evaluation.md or the earlier layout of spikeguard 0.1.0. Its table shows
-each row's sample count; results of different provenance (command, sample count, passes, seed,
-weights) get rows of their own unless --merge, which says what it merged.
+each row's sample count; results of different provenance (command, attacks run, sample count,
+passes, seed, weights) get rows of their own unless --merge, which says what it merged and keeps
+one worst-case column per evaluation (a worst case always comes from one evaluation's samples).
 
 Each analysis writes into a new folder runs/analysis/<UTC time>-<what>/ unless --out DIR is
 given; a result already in DIR is never replaced without --overwrite."""
@@ -141,7 +142,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ja.add_argument("--attack", choices=("fgsm", "pgd"), default="fgsm", help="attack for the bound check (default fgsm)")
     sw = p.add_argument_group("sweep")
     sw.add_argument("--sweep-attack", default=None, metavar="NAME",
-                    help="attack to plot (default: 'worst case' if present, else the worst over attacks)")
+                    help="attack to plot (default: each evaluation's per-sample worst case where it has one, else the "
+                         "lowest per-attack accuracy of one evaluation)")
     sw.add_argument("--lambda-eps", type=_eps, default=None, help="budget of the lambda_max panel (default ~8/255)")
     sw.add_argument("--reference", default=None, metavar="MODEL",
                     help="model name the table's deltas are taken against (default: no deltas)")

@@ -4,22 +4,39 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import NoReturn
 
 from ..utils import parse_eps
 
 
 def eps_list(text: str) -> list[float]:
     """``8,16,32`` (units of 1/255), ``8/255,0.05`` -> floats in [0, 1]."""
+    tokens = [t.strip() for t in text.split(",") if t.strip()]
     try:
-        vals = [parse_eps(t) for t in text.split(",") if t.strip()]
-    except ValueError:
+        vals = [parse_eps(t) for t in tokens]
+    except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"cannot parse eps list {text!r} (use e.g. 8,16,32 or 8/255)") from None
     if not vals:
         raise argparse.ArgumentTypeError("eps list is empty")
-    for v in vals:
+    for t, v in zip(tokens, vals):
         if not math.isfinite(v) or v < 0 or v > 1:
-            raise argparse.ArgumentTypeError(f"eps {v:.4g} is outside [0, 1] on the pixel scale (i.e. 0..255 /255)")
+            # quote what was typed: "-1" is -1/255 inside, and that number would only confuse
+            raise argparse.ArgumentTypeError(f"eps {t} is outside [0, 1] on the pixel scale ({EPS_RANGE})")
     return vals
+
+
+EPS_RANGE = "whole numbers count pixel levels 0..255, decimals and ratios are fractions: 8 = 8/255 = 0.0314"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line naming the command and its ``--help``.
+
+    argparse's default prints the whole usage block (a dozen lines for ``evaluate``) before the
+    error, which buries the one line that matters. Sub-parsers inherit the class.
+    """
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def positive_int(text: str) -> int:

@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--passes", type=positive_int, default=8, help="stochastic passes to judge the noisy model (default 8)")
     p.add_argument("--n-test", type=nonneg_int, default=0, help="test images to use, 0 = all 360 (default 0)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the demo already in --out: both models, results.json and the evaluations "
+                        "written into its run folders (default: refuse)")
     p.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="cpu, cuda, cuda:1 ... (default cpu, where the README's numbers were measured); an "
                         "unavailable device is a one-line error")
@@ -40,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
                      passes=args.passes, n_test=args.n_test, out=args.out, device=args.device)
     if args.eps is not None:
         cfg.eps = args.eps
-    run_demo(cfg, progress=not args.no_progress, argv=args.argv)
+    run_demo(cfg, progress=not args.no_progress, argv=args.argv, overwrite=args.overwrite)
     return 0

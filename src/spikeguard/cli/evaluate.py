@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from ..utils import EPS_HELP
 from .common import nonneg_int, positive_int
@@ -14,7 +16,7 @@ examples:
   spikeguard evaluate --checkpoint runs/demo/tgo --suite paper
   spikeguard evaluate --checkpoint runs/demo/tgo --suite strong --audit --source runs/demo/vanilla
   spikeguard evaluate --checkpoint runs/c100-wrn --attacks fgsm,pgd10,apgd-ce100,square5000 \\
-      --eps 8/255 --eot 16 --passes 10 --n-samples 1000 --data-root /data
+      --eps 8/255 --eot 16 --passes 10 --n-samples 1000 --data-root DATA_ROOT
   spikeguard evaluate --model-file my_snn.py:build --weights my_snn.safetensors --data cifar10 \\
       --suite strong --audit            # any classifier: SpikingJelly, snnTorch, plain PyTorch
 
@@ -132,10 +134,16 @@ def parse_eps_arg(text: str) -> float:
     from ..errors import SpikeguardError
     from ..utils import parse_eps
 
+    from .common import EPS_RANGE
+
     try:
-        return check_eps(parse_eps(text), "--eps")
-    except ValueError:
+        value = parse_eps(text)
+    except (ValueError, ZeroDivisionError):
         raise SpikeguardError(f"cannot parse --eps {text!r} (use {EPS_HELP})") from None
+    try:
+        return check_eps(value, "--eps")
+    except SpikeguardError:  # name what was typed, not -1/255 = -0.00392157
+        raise SpikeguardError(f"--eps {text} is outside [0, 1] on the pixel scale ({EPS_RANGE})") from None
 
 
 def load_target(args: argparse.Namespace):
@@ -255,9 +263,62 @@ def run(args: argparse.Namespace) -> int:
         return distributed.launch_local(args.distributed, child_argv(args))
     ctx = distributed.init_from_env(args.device)
     try:
-        return _evaluate(args, eps, names, ctx, verbosity >= NORMAL and ctx.is_main, verbosity >= VERBOSE)
+        with stop_on_signals(args):
+            return _evaluate(args, eps, names, ctx, verbosity >= NORMAL and ctx.is_main, verbosity >= VERBOSE)
     finally:
         distributed.shutdown()
+
+
+class _Stopped(BaseException):
+    """Raised by the SIGINT/SIGTERM handler of :func:`stop_on_signals` (a BaseException, so that no
+    ``except Exception`` on the way up mistakes it for a failure of the evaluation)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that resumes an interrupted evaluation: the same one, without ``--restart``
+    (which would throw the finished batches away)."""
+    from ..evaluation.results import command_line
+
+    return command_line([a for a in argv if a != "--restart"])
+
+
+@contextlib.contextmanager
+def stop_on_signals(args: argparse.Namespace) -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into a one-line ``interrupted`` that says how to resume (exit 130/143).
+
+    The handlers are installed explicitly: a process started in the background by a
+    non-interactive shell inherits SIGINT ignored, and ``kill -INT`` would not stop it.
+    """
+    import signal
+    import threading
+
+    from ..signals import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+
+    def handler(signum: int, _frame) -> None:
+        for s_, h in old.items():  # a second signal gets the previous behaviour
+            signal.signal(s_, h)
+        raise _Stopped(signum)
+
+    for s_ in (signal.SIGINT, signal.SIGTERM):
+        old[s_] = signal.signal(s_, handler)
+    try:
+        yield
+    except _Stopped as e:
+        name = signal.Signals(e.signum).name
+        raise Interrupted(f"stopped by {name}; the finished batches are kept, resume with: "
+                          f"{resume_command(args.argv)}", e.signum) from None
+    finally:
+        for s_, h in old.items():
+            signal.signal(s_, h)
 
 
 def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk: bool, verbose: bool) -> int:

@@ -7,13 +7,14 @@ import importlib
 import sys
 
 from ..errors import SpikeguardError
+from .common import OneLineParser
 
 # Sub-command modules, each with ``add_parser(subparsers)``.
 COMMANDS = ("demo", "train", "evaluate", "audit", "analyze", "report", "ablation", "study", "calibrate", "list")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="spikeguard",
         description="Adversarially robust spiking neural networks: train SNNs with Threshold Guarding "
                     "Optimization (TGO) and Noisy-LIF neurons, attack them, and analyse why they hold up.",
@@ -30,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the sub-command (and its --help) rather than the top-level parser
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        target = sub.choices.get(getattr(args, "command", None) or "", parser)
+        target.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # --distributed N re-runs it in N workers
     if not getattr(args, "func", None):
         parser.print_help()

@@ -24,12 +24,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run / evaluation / analysis folders")
     p.add_argument("--out", "-o", default="report.html", metavar="HTML", help="output file (default report.html)")
     p.add_argument("--title", default="spikeguard report", help="page title")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (default: refuse)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.report import build_report
+    from pathlib import Path
 
+    from ..analysis.report import build_report
+    from ..errors import SpikeguardError
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SpikeguardError(f"{out} already exists; choose another --out, or pass --overwrite to replace it")
     path = build_report(args.runs, args.out, args.title)
     size = path.stat().st_size
     print(f"wrote {path} ({size / 1024:.0f} KiB); open it in a browser (no server needed)")

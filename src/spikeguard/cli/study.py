@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EPILOG = """\
 examples:
   spikeguard study configs/studies/cpu-digits-smoke.toml --out runs/cpu-digits-smoke      # seconds to minutes
-  spikeguard study configs/studies/cpu-cifar10-full.toml --out /work/studies/cpu-cifar10-full
+  spikeguard study configs/studies/cpu-cifar10-full.toml --out runs/cpu-cifar10-full \\
+      --set data.root=../shared/data/cifar10-jpg
   spikeguard study configs/studies/cifar10-wrn16-table1-gpu-short.toml --out runs/gpu-short --budget 9m \\
       --set data.root=shared_copy/cifar10-parquet --device cuda
 
@@ -39,12 +41,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="wall-clock budget (9m, 1h30m, 540s): the epoch count of every run is chosen from a "
                         "measured probe epoch so that the study fits, and printed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override applied to every run, e.g. --set data.root=/data (repeatable)")
+                   help="config override applied to every run, e.g. --set data.root=DATA_ROOT (repeatable)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: each run's config)")
     p.add_argument("--tables-only", action="store_true",
                    help="train and attack nothing: write study.md/json, figures and the report from what OUT "
                         "holds now (an interrupted study, or one still running elsewhere); unfinished work is "
                         "listed as not finished")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --tables-only: replace tables that another study file wrote into OUT (default: refuse)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (stage lines are still printed)")
     p.set_defaults(func=run)
@@ -62,11 +66,64 @@ def run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    if args.tables_only and args.budget is not None:
+        raise ConfigError("--tables-only trains nothing: drop --budget")
+    if args.tables_only and not args.overwrite:
+        _refuse_other_study(spec, Path(args.out))
+    for line in rewrite_notes(Path(args.out), report=not args.no_report):
+        log(line)
     if args.tables_only:
-        if args.budget is not None:
-            raise ConfigError("--tables-only trains nothing: drop --budget")
         summarize_study(spec, args.out, report=not args.no_report, log=log)
         return 0
     run_study(spec, args.out, budget=args.budget, progress=not args.no_progress, log=log,
               report=not args.no_report)
     return 0
+
+
+def _written_by(out: Path) -> tuple[str | None, str | None]:
+    """``(study name, study file)`` recorded in ``OUT/study.json`` (Nones when there is none)."""
+    import json
+
+    from ..study import STUDY_JSON
+
+    try:
+        doc = json.loads((out / STUDY_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    return doc.get("study"), doc.get("file")
+
+
+def _refuse_other_study(spec, out: Path) -> None:
+    """A one-line error if OUT's tables were written from another study (name or file)."""
+    from ..errors import ConfigError
+
+    name, file = _written_by(out)
+    if name is None and file is None:
+        return
+    mine = Path(spec.path) if spec.path else None
+    # the file is recorded as typed (relative to where the study ran): compare by name, and the
+    # resolved path only when both resolve to existing files
+    same_file = file is None or mine is None or Path(file).name == mine.name or (
+        Path(file).is_file() and Path(file).resolve() == mine.resolve())
+    if name == spec.name and same_file:
+        return
+    raise ConfigError(f"{out} holds the tables of study {name!r} ({file or 'file not recorded'}), not of "
+                      f"{spec.name!r} ({spec.path}); choose another --out, or pass --overwrite to replace them")
+
+
+def rewrite_notes(out: Path, report: bool = True) -> list[str]:
+    """One ``rewriting FILE (written DATE)`` line per table, figure or report already in OUT."""
+    import datetime as dt
+
+    from ..study import STUDY_JSON, STUDY_MD
+
+    names = [STUDY_MD, STUDY_JSON] + (["report.html"] if report else [])
+    files = [out / n for n in names] + sorted((out / "figures").glob("*.png"))
+    lines = []
+    for f in files:
+        if f.is_file():
+            when = dt.datetime.fromtimestamp(f.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            lines.append(f"rewriting {f} (written {when})")
+    return lines

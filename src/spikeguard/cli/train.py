@@ -10,7 +10,7 @@ EPILOG = """\
 examples:
   spikeguard train --config configs/cpu/cifar10-vgg_small-bptt.toml --out runs/cpu-vgg
   spikeguard train --config configs/paper/cifar100-vgg11-bptt-tgo.toml --set tgo.lambda_max=0.3 \\
-      --set data.root=/data --out runs/c100-vgg11-tgo-0.3
+      --set data.root=DATA_ROOT --out runs/c100-vgg11-tgo-0.3
   spikeguard train --out runs/c100-vgg11-tgo-0.3 --resume      # continue an interrupted run
   spikeguard train --set data.name=digits --set model.name=small_conv --set model.T=4 \\
       --set optim.epochs=5 --out runs/digits                    # no config file: defaults + overrides
@@ -103,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if args.distributed and distributed.env_world() is None:
         return distributed.launch_local(args.distributed, child_argv(args))
     resolve_device(_device_setting(cfg, args))  # a one-line error before any folder is made
-    if args.resume and ctx_is_main():
-        print(_resume_note(args.out), file=sys.stderr)
+    note = _resume_note(args.out) if args.resume and ctx_is_main() else None
+    if note:
+        print(note, file=sys.stderr)
     ctx = distributed.init_from_env(_device_setting(cfg, args))
     created = not Path(args.out).exists()
     try:
@@ -134,13 +135,16 @@ def ctx_is_main() -> bool:
     return world is None or world[0] == 0
 
 
-def _resume_note(out: str) -> str:
-    """``resuming RUN from epoch E, batch B (checkpoint of DATE)``, or why there is nothing to resume."""
+def _resume_note(out: str) -> str | None:
+    """``resuming RUN from epoch E, batch B (checkpoint of DATE)``; None where there is no run to
+    resume (the run's own one-line error says so, and a note before it would only contradict it)."""
     import datetime as dt
 
-    from ..checkpoint import MODEL_FILE, load_training_state
+    from ..checkpoint import CONFIG_FILE, MODEL_FILE, load_training_state
 
     p = Path(out)
+    if not (p / CONFIG_FILE).is_file():
+        return None
     if not (p / MODEL_FILE).exists():
         return f"resuming {out}: no checkpoint there yet"
     try:

@@ -1,4 +1,5 @@
-"""The robustness audit: sanity checks that expose gradient masking (PAPER.md section 7).
+"""The robustness audit: sanity checks that expose gradient masking (after Athalye et al. 2018
+and Carlini et al. 2019).
 
 A stochastic, surrogate-gradient SNN can look robust because its gradients are noisy or
 flat rather than because it is robust. Each check below is reported as PASS or WARN

@@ -232,7 +232,12 @@ class RobustnessReport:
         elif self.stochastic and self.randomness.get("sources"):
             judged += f" (randomness: {', '.join(self.randomness['sources'])})"
         lines.append(f"eps = {eps_label(self.eps)}, n = {self.n}, {judged}")
-        head = f"{'attack':<16} {'threat':<12} {'accuracy':>9}  {'95% interval':<17} {'time':>7}"
+        fresh = self.fresh_noise_names()
+        extra = ["no known-noise"] if len(fresh) < len(self.results) else []
+        # columns as wide as their longest entry, so that every row lines up
+        aw = max([16, len("WORST CASE")] + [len(display_name(n)) for n in self.results])
+        tw = max([12] + [len(r.threat) for r in self.results.values()] + [len(t) for t in extra])
+        head = f"{'attack':<{aw}} {'threat':<{tw}} {'accuracy':>9}  {'95% interval':<17} {'time':>7}"
         lines += [head, "-" * len(head)]
 
         def row(label: str, threat: str, robust: Tensor, seconds: float | None) -> str:
@@ -241,7 +246,7 @@ class RobustnessReport:
             kind = "" if s["ci95"] else "*"
             ci_txt = f"[{100 * ci[0]:5.1f}, {100 * ci[1]:5.1f}]{kind}" if ci else ""
             t = f"{seconds:6.1f}s" if seconds is not None else ""
-            return f"{label:<16} {threat:<12} {100 * s['accuracy']:8.2f}%  {ci_txt:<17} {t:>7}"
+            return f"{label:<{aw}} {threat:<{tw}} {100 * s['accuracy']:8.2f}%  {ci_txt:<17} {t:>7}"
 
         lines.append(row("clean", "", self.clean, None))
         for n in self.ordered_names():
@@ -249,9 +254,8 @@ class RobustnessReport:
             lines.append(row(display_name(n), r.threat, self.robust(n), r.seconds))
         lines.append("-" * len(head))
         lines.append(row("WORST CASE", "all", self.worst_case(), None))
-        fresh = self.fresh_noise_names()
-        if len(fresh) < len(self.results):
-            lines.append(row("worst, fresh", "no known-noise", self.worst_case(fresh), None))
+        if extra:
+            lines.append(row("worst, fresh", extra[0], self.worst_case(fresh), None))
         for k, why in self.skipped.items():
             lines.append(f"(skipped {k}: {why})")
         if not self.stochastic:

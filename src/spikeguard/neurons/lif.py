@@ -1,6 +1,6 @@
 """Multi-step LIF and Noisy-LIF neurons (input and output ``[T, B, ...]``).
 
-Dynamics (PAPER.md section 1), per time step ``t``::
+Dynamics (arXiv 2602.20548, sections 3.1 and 4.2.2), per time step ``t``::
 
     U[t] = decay * V[t-1] + I[t]        # pre-spike potential: what TGO and the analyses use
     S[t] = H(U[t] + eta[t] - V_th)      # eta = 0 for LIF, N(0, sigma^2) for Noisy-LIF

@@ -1,4 +1,4 @@
-"""The membrane-potential constraint of TGO (PAPER.md section 2, Eq. 12-13).
+"""The membrane-potential constraint of TGO (arXiv 2602.20548, section 4.2.1, Eq. 12-13).
 
     L_mc = 1/(T*L) * sum_l sum_t mean_i [ relu(delta - |U_i^l[t] - V_th|) ]^2
 

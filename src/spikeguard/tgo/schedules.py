@@ -1,4 +1,4 @@
-"""Dynamic weight lambda of the constraint (PAPER.md section 2, Eq. 14).
+"""Dynamic weight lambda of the constraint (arXiv 2602.20548, section 4.2.1, Eq. 14).
 
 The paper says lambda starts small so the network can explore and grows during training
 to ``lambda_max``, without giving the curve. spikeguard offers linear, cosine and

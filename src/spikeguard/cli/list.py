@@ -17,6 +17,7 @@ SCHEDULE_TEXT = {
     "exp": "geometric growth from lambda_start (> 0) to lambda_max",
     "constant": "lambda_max from the first step",
     "dual": "dual ascent: lambda follows the constraint's distance to tgo.dual_target (step tgo.dual_lr)",
+    "share": "controller: lambda steered so the training batches' near-threshold share settles at tgo.dual_target",
 }
 
 EPILOG = """\

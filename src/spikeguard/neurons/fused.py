@@ -159,10 +159,11 @@ _HALF = (torch.bfloat16, torch.float16)
 
 
 def set_kernel(kernel: str) -> str:
-    """Choose the fused scan's kernel: ``"triton"`` (GPU kernels; an error if Triton is
-    missing), ``"native"`` (compiled C on CPU; an error if it cannot be built), ``"torch"``
-    (tensor ops) or ``"auto"`` (triton on CUDA, native on CPU, else torch; the default, also
-    settable with ``SPIKEGUARD_LIF_KERNEL``). Returns the previous choice."""
+    """Choose the fused scan's kernel: ``"triton"`` (GPU kernels for CUDA tensors, any device in
+    Triton's interpreter; an error if Triton is missing; other tensors run the torch ops),
+    ``"native"`` (compiled C on CPU; an error if it cannot be built), ``"torch"`` (tensor ops) or
+    ``"auto"`` (triton on CUDA, native on CPU, else torch; the default, also settable with
+    ``SPIKEGUARD_LIF_KERNEL``). Returns the previous choice."""
     global _kernel_choice
     if kernel not in KERNELS:
         raise ValueError(f"unknown LIF kernel {kernel!r}; choose one of {', '.join(KERNELS)}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU benchmark (issue 15): training images/s and peak memory, attack throughput, paper-run time.
+"""GPU benchmark: training images/s and peak memory, attack throughput, paper-run time.
 
     python benchmarks/bench_gpu.py                 # on a GPU: the full set, under 5 minutes on an H200
     python benchmarks/bench_gpu.py --tiny          # on a CPU: the same code paths on tiny shapes (a test)
@@ -31,7 +31,8 @@ rows for them are skipped, with the reason, where they do not import. Optional s
 are skipped when less of ``--budget-s`` is left than they need (``NEED_S``), and say so.
 
 Outputs (atomic, rewritten after every training row and every section, so a command cut by its
-time limit keeps what finished; ``"complete": true`` once all ran): ``<out>/gpu_<tag>.json`` and
+time limit keeps what finished; ``"complete": true`` once it ended, sections left out listed under
+``"skipped"``): ``<out>/gpu_<tag>.json`` and
 ``gpu_<tag>.md`` (tag: ``h200``-style device name, or ``tiny``). ``SPIKEGUARD_DRY_RUN=1`` in the
 environment is ``--tiny``.
 """
@@ -165,19 +166,27 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def bench_training(args, device: torch.device, variants: list[str], skipped: dict,
-                   left=lambda: float("inf"), on_row=lambda rows: None) -> list[dict]:
-    """Training-step rows, most important first; rows not started once ``left()`` is under 10%
-    of the budget are listed in ``skipped``; ``on_row(rows)`` after each row (partial output)."""
-    rows = []
-    plan = [(m, T, args.precision, v) for m in args.models for T in args.T for v in variants]
-    if args.precision != "float32":  # the float32 pair, for scale
-        plan += [(m, args.T[0], "float32", v) for m in args.models for v in ("ann", "spikeguard")]
+def training_plan(args, variants: list[str]) -> tuple[list, list]:
+    """``(core, rest)`` training rows ``(model, T, precision, variant)``: the first T of every model
+    (what the targets are about), then the other T values and the float32 pair for scale."""
+    core = [(m, args.T[0], args.precision, v) for m in args.models for v in variants]
+    rest = [(m, T, args.precision, v) for T in args.T[1:] for m in args.models for v in variants]
+    if args.precision != "float32":
+        rest += [(m, args.T[0], "float32", v) for m in args.models for v in ("ann", "spikeguard")]
+    return core, rest
+
+
+def bench_training(args, device: torch.device, plan: list, skipped: dict, left=lambda: float("inf"),
+                   on_row=lambda rows: None, rows: list | None = None, reserve_s: float = 0.0) -> list[dict]:
+    """Run the training rows of ``plan`` (appended to ``rows``); a row is not started once less than
+    ``reserve_s`` (time kept for later sections) plus 5% of the budget is left, and the rows not run
+    are listed in ``skipped``; ``on_row(rows)`` after each row (partial output)."""
+    rows = [] if rows is None else rows
     for i, (name, T, prec, variant) in enumerate(plan):
-        if not args.tiny and left() < 0.1 * args.budget_s:
-            skipped["training rows"] = (f"time budget spent: {len(plan) - i} of {len(plan)} rows not run "
-                                        f"(from {name} T={T} {prec} {variant})")
-            log(skipped["training rows"])
+        if not args.tiny and left() < reserve_s + 0.05 * args.budget_s:
+            skipped[f"training rows T={T}"] = (f"time budget spent: {len(plan) - i} of {len(plan)} rows not run "
+                                               f"(from {name} T={T} {prec} {variant})")
+            log(skipped[f"training rows T={T}"])
             break
         try:
             r = Runner(name, variant, T, args.batch, device, prec, args.channels_last)
@@ -432,7 +441,7 @@ def markdown(res: dict) -> str:
                   f"{a['attack']} + EoT-{a['eot']} on Noisy-LIF WRN-16-4, T=4, {a['precision']}: {a['images']} images "
                   f"in {a['seconds']:.2f} s ({a['images_per_s']:.1f} images/s); projected 10,000 test images: "
                   f"**{a['projected_10k_s']:.1f} s**."]
-    lines += ["", "## Targets (issue 15)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for v in res["verdicts"]:
         met = "not measured" if v["met"] is None else ("yes" if v["met"] else "no")
         lines.append(f"| {v['target']} | {v['measured']} | {v['goal']} | {met} |")
@@ -510,7 +519,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 # Seconds a section needs at least on an H200 (measured sections plus slack): it is skipped, and
 # says so, when less of --budget-s is left, so the command ends inside its window.
-NEED_S = {"epoch": 60.0, "attack": 30.0, "compile": 90.0, "spikingjelly backends": 60.0}
+NEED_S = {"attack": 30.0, "epoch": 60.0, "training rows": 20.0, "compile": 90.0, "spikingjelly backends": 60.0}
 
 
 def write_partial(res: dict, args, t_start: float, skipped: dict, final: bool = False) -> None:
@@ -527,9 +536,15 @@ def write_partial(res: dict, args, t_start: float, skipped: dict, final: bool = 
     atomic_write_text(out / f"gpu_{res['tag']}.md", markdown(res))
 
 
-def _sections(args, device: torch.device, res: dict):
-    """``(name, function)`` of the sections after training, in order of importance."""
-    out = [("epoch", lambda: bench_epoch(args, device)), ("attack", lambda: bench_attack(args, device))]
+def _sections(args, device: torch.device, res: dict, rest: list, skipped: dict, left, on_row):
+    """``(name, function)`` of the sections after the core training rows, most important first:
+    the attack and epoch targets, the other training rows, compile, SpikingJelly's backends."""
+    def more_rows():
+        bench_training(args, device, rest, skipped, left, on_row, rows=res["training"])
+
+    out = [("attack", lambda: bench_attack(args, device)), ("epoch", lambda: bench_epoch(args, device))]
+    if rest:
+        out.append(("training rows", more_rows))
     if args.compile and device.type == "cuda":
         out.append(("compile", lambda: res["training"].append(bench_compile(args, device))))
     if has("spikingjelly") and args.sj_backends:
@@ -564,14 +579,19 @@ def main(argv=None) -> int:
                      environment=environment(device), precision=args.precision, channels_last=args.channels_last,
                      batch=args.batch, targets=TARGETS, training=[])
     log(f"device {res['environment']['device_name']}, LIF kernel {res['environment']['lif_kernel']}")
-    res["training"] = bench_training(args, device, variants, skipped, left,
-                                     lambda rows: write_partial(dict(res, training=rows), args, t_start, skipped))
+    core, rest = training_plan(args, variants)
+
+    def on_row(rows):
+        write_partial(dict(res, training=rows), args, t_start, skipped)
+
+    bench_training(args, device, core, skipped, left, on_row, rows=res["training"],
+                   reserve_s=NEED_S["attack"] + NEED_S["epoch"])
     write_partial(res, args, t_start, skipped)
     if not args.compile:
         skipped["compile"] = "--no-compile"
     elif device.type != "cuda":
         skipped["compile"] = "measured on CUDA only (compiling takes ~20 s per shape on a small CPU)"
-    for section, fn in _sections(args, device, res):
+    for section, fn in _sections(args, device, res, rest, skipped, left, on_row):
         need = 0.0 if args.tiny else NEED_S.get(section, 30.0)
         if left() < need:
             skipped[section] = f"time budget spent ({max(left(), 0):.0f} s of --budget-s left, needs ~{need:.0f} s)"

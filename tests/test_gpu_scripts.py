@@ -118,3 +118,32 @@ def test_dry_run_spec_is_tiny():
     assert all(p.n_samples <= study_phase.DRY_IMAGES for p in tiny.protocols)
     assert len(tiny.calibration["lambdas"]) == 2 and spec.evaluation["n_samples"] == 2000
     assert all(r.config.model.name == "small_conv" for r in tiny.runs)
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu_mod", ROOT / "benchmarks" / "bench_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_orders_rows_and_keeps_time_for_later_sections(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.delenv("SPIKEGUARD_DRY_RUN", raising=False)
+    bench = _bench()
+    args = bench.parse(["--device", "cpu", "--precision", "bf16", "--T", "4", "8", "--budget-s", "100",
+                        "--out", str(tmp_path)])
+    core, rest = bench.training_plan(args, ["ann", "spikeguard"])
+    assert core == [(m, 4, "bf16", v) for m in ("vgg11", "wrn16_4") for v in ("ann", "spikeguard")]
+    assert [r for r in rest if r[1] == 8] and ("vgg11", 4, "float32", "ann") in rest
+    skipped: dict = {}
+    rows = bench.bench_training(args, torch.device("cpu"), core, skipped, left=lambda: 50.0, reserve_s=60.0)
+    assert rows == [] and "4 of 4 rows not run" in skipped["training rows T=4"]
+    res = dict(tag="t", command="c", environment=bench.environment(torch.device("cpu")), precision="bf16",
+               channels_last=False, batch=2, targets=bench.TARGETS, training=[])
+    bench.write_partial(res, args, 0.0, skipped)
+    md = (tmp_path / "gpu_t.md").read_text()
+    assert "**Partial**" in md and "4 of 4 rows not run" in md
+    bench.write_partial(res, args, 0.0, skipped, final=True)
+    assert "**Partial**" not in (tmp_path / "gpu_t.md").read_text()

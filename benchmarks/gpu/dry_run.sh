@@ -7,6 +7,8 @@
 # 2. study_h200.sh with SPIKEGUARD_DRY_RUN=1: the real GPU study file, its three phases (paper pair,
 #    all protocols, tables) with tiny runs on random CIFAR-shaped parquet data, calibration included,
 #    weights packed; the limits checked;
+#    then again with a 125 s limit, so a phase is cut (or not started) and the tables phase writes from
+#    what is there;
 # 3. both GPU study files load and show bf16, GPU-resident data and the calibrated TGO row.
 # Exit status 0 only if every step passed. Each step's output is in a temporary folder (printed).
 set -uo pipefail
@@ -41,6 +43,14 @@ need "study: calibrated lambda used" grep -q "calibration of lambda_max for tgo"
 need "study: weights of both runs came back" test -f "$TMP/study/weights-vanilla.safetensors" -a -f "$TMP/study/weights-tgo.safetensors"
 need "study: bundle holds study.json and the runs" sh -c "tar -tzf '$TMP/study/bundle.tar.gz' | grep -q 'study/study.json' && tar -tzf '$TMP/study/bundle.tar.gz' | grep -q 'runs/tgo/results.json'"
 need "study: OUT within 8 files of <= 16 MiB" $PYTHON benchmarks/gpu/pack_out.py "$TMP/study" --check
+
+step "2b/3 study_h200.sh cut short (LIMIT 125 s): a phase is stopped or not started, the tables phase still writes -> $TMP/cut"
+OUT="$TMP/cut" STUDY_DIR="$TMP/cut-dir" LIMIT=125 bash benchmarks/gpu/study_h200.sh > "$TMP/cut.log" 2>&1
+grep "^phase" "$TMP/cut/study.log" | sed 's/^/    /'
+need "cut study: a phase was stopped by the clock" grep -Eq "phase (paper|all): (exit 124|not started)" "$TMP/cut/study.log"
+need "cut study: the tables phase wrote study.md, unfinished work listed" \
+    sh -c "grep -q 'phase tables: exit 0' '$TMP/cut/study.log' && grep -q 'Not finished' '$TMP/cut/study.md'"
+need "cut study: OUT within 8 files of <= 16 MiB" $PYTHON benchmarks/gpu/pack_out.py "$TMP/cut" --check
 
 step "3/3 the GPU study files"
 for s in cifar10-wrn16-table1-gpu-short cifar10-wrn16-table1-gpu-short-at; do

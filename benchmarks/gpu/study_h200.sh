@@ -56,9 +56,10 @@ phase() {  # phase NAME [study args...]: run one phase in the time left, minus w
     return $rc
 }
 
-phase paper --budget "$BUDGET" --device "$DEVICE" && phase all --budget "$BUDGET" --device "$DEVICE"
-LIMIT_TABLES=$(( $(left) - PACK_S ))
-if [ "$LIMIT_TABLES" -gt 10 ]; then
+if phase paper --budget "$BUDGET" --device "$DEVICE" && phase all --budget "$BUDGET" --device "$DEVICE"; then
+    echo "phase tables: not needed, phase all wrote the complete tables" >> "$LOG"
+elif [ $(( $(left) - PACK_S )) -gt 10 ]; then
+    LIMIT_TABLES=$(( $(left) - PACK_S ))
     timeout "$LIMIT_TABLES" $PY benchmarks/gpu/study_phase.py "configs/studies/$STUDY.toml" --out "$DIR" --phase tables \
         "${EXTRA[@]}" --device "$DEVICE" >> "$LOG" 2>&1
     echo "phase tables: exit $? at $(elapsed) s" >> "$LOG"

@@ -23,6 +23,7 @@ write_env() {
         nvidia-smi 2>&1 | head -20
         $PY -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')"
         $PY -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -1
+        $PY -c "import pyarrow, PIL; print('pyarrow', pyarrow.__version__, '(the parquet data needs it)')" 2>&1 | tail -1
         $PY -c "import spikingjelly, snntorch; print('spikingjelly and snntorch import')" 2>&1 | tail -1
     } > "$OUT/env.txt" 2>&1
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU benchmark (issue 15): training images/s and peak memory, attack throughput, paper-run time.
+"""GPU benchmark: training images/s and peak memory, attack throughput, paper-run time.
 
     python benchmarks/bench_gpu.py                 # on a GPU: the full set, under 5 minutes on an H200
     python benchmarks/bench_gpu.py --tiny          # on a CPU: the same code paths on tiny shapes (a test)
@@ -28,10 +28,13 @@ Sections (each figure measured in this process, on this device, in this run):
 
 SpikingJelly and snnTorch are benchmark-only packages (never imported by spikeguard);
 rows for them are skipped, with the reason, where they do not import. Optional sections
-are skipped once ``--budget-s`` seconds have passed, and say so.
+are skipped when less of ``--budget-s`` is left than they need (``NEED_S``), and say so.
 
-Outputs (atomic): ``<out>/gpu_<tag>.json`` and ``gpu_<tag>.md`` (tag: ``h200``-style device
-name, or ``tiny``).
+Outputs (atomic, rewritten after every training row and every section, so a command cut by its
+time limit keeps what finished; ``"complete": true`` once it ended, sections left out listed under
+``"skipped"``): ``<out>/gpu_<tag>.json`` and
+``gpu_<tag>.md`` (tag: ``h200``-style device name, or ``tiny``). ``SPIKEGUARD_DRY_RUN=1`` in the
+environment is ``--tiny``.
 """
 
 from __future__ import annotations
@@ -163,12 +166,28 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def bench_training(args, device: torch.device, variants: list[str], skipped: dict) -> list[dict]:
-    rows = []
-    plan = [(m, T, args.precision, v) for m in args.models for T in args.T for v in variants]
-    if args.precision != "float32":  # the float32 pair, for scale
-        plan += [(m, args.T[0], "float32", v) for m in args.models for v in ("ann", "spikeguard")]
-    for name, T, prec, variant in plan:
+def training_plan(args, variants: list[str]) -> tuple[list, list]:
+    """``(core, rest)`` training rows ``(model, T, precision, variant)``: the first T of every model
+    (what the targets are about), then the other T values and the float32 pair for scale."""
+    core = [(m, args.T[0], args.precision, v) for m in args.models for v in variants]
+    rest = [(m, T, args.precision, v) for T in args.T[1:] for m in args.models for v in variants]
+    if args.precision != "float32":
+        rest += [(m, args.T[0], "float32", v) for m in args.models for v in ("ann", "spikeguard")]
+    return core, rest
+
+
+def bench_training(args, device: torch.device, plan: list, skipped: dict, left=lambda: float("inf"),
+                   on_row=lambda rows: None, rows: list | None = None, reserve_s: float = 0.0) -> list[dict]:
+    """Run the training rows of ``plan`` (appended to ``rows``); a row is not started once less than
+    ``reserve_s`` (time kept for later sections) plus 5% of the budget is left, and the rows not run
+    are listed in ``skipped``; ``on_row(rows)`` after each row (partial output)."""
+    rows = [] if rows is None else rows
+    for i, (name, T, prec, variant) in enumerate(plan):
+        if not args.tiny and left() < reserve_s + 0.05 * args.budget_s:
+            skipped[f"training rows T={T}"] = (f"time budget spent: {len(plan) - i} of {len(plan)} rows not run "
+                                               f"(from {name} T={T} {prec} {variant})")
+            log(skipped[f"training rows T={T}"])
+            break
         try:
             r = Runner(name, variant, T, args.batch, device, prec, args.channels_last)
             res = measure(r, args.steps, args.warmup, args.batch)
@@ -180,6 +199,7 @@ def bench_training(args, device: torch.device, variants: list[str], skipped: dic
                                                         if "images_per_s" in res else res["error"]))
         r = None
         _free(device)
+        on_row(rows)
     return rows
 
 
@@ -391,8 +411,10 @@ def markdown(res: dict) -> str:
              f"Command: `{res['command']}`  ", f"Device: {env['device_name']}; torch {env['torch']}, "
              f"triton {env['triton']}, CUDA {env['cuda']}; {env['date']}; {res['seconds']:.0f} s in all.  ",
              f"Precision of the training rows: {res['precision']} unless a row says otherwise; TF32 allowed for float32; "
-             f"channels_last: {res['channels_last']}.", "",
-             "## Training step (forward + backward + SGD), batch "
+             f"channels_last: {res['channels_last']}.", ""]
+    if not res.get("complete"):
+        lines += ["**Partial**: written while the benchmark ran; sections below are those finished so far.", ""]
+    lines += ["## Training step (forward + backward + SGD), batch "
              f"{res['batch']}, images/s of the B input images", "",
              "| model | T | precision | variant | step ms | images/s | peak GiB |", "|---|---|---|---|---|---|---|"]
     for r in res["training"]:
@@ -419,7 +441,7 @@ def markdown(res: dict) -> str:
                   f"{a['attack']} + EoT-{a['eot']} on Noisy-LIF WRN-16-4, T=4, {a['precision']}: {a['images']} images "
                   f"in {a['seconds']:.2f} s ({a['images_per_s']:.1f} images/s); projected 10,000 test images: "
                   f"**{a['projected_10k_s']:.1f} s**."]
-    lines += ["", "## Targets (issue 15)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for v in res["verdicts"]:
         met = "not measured" if v["met"] is None else ("yes" if v["met"] else "no")
         lines.append(f"| {v['target']} | {v['measured']} | {v['goal']} | {met} |")
@@ -480,6 +502,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
+    if os.environ.get("SPIKEGUARD_DRY_RUN", "") not in ("", "0"):
+        args.tiny = True
     if args.tiny:
         args.device = args.device or "cpu"
         args.batch, args.steps, args.warmup, args.T = 2, 1, 1, [2]
@@ -491,6 +515,41 @@ def parse(argv=None) -> argparse.Namespace:
     args.precision = args.precision or ("bf16" if cuda else "float32")
     args.channels_last = cuda if args.channels_last is None else args.channels_last
     return args
+
+
+# Seconds a section needs at least on an H200 (measured sections plus slack): it is skipped, and
+# says so, when less of --budget-s is left, so the command ends inside its window.
+NEED_S = {"attack": 30.0, "epoch": 60.0, "training rows": 20.0, "compile": 90.0, "spikingjelly backends": 60.0}
+
+
+def write_partial(res: dict, args, t_start: float, skipped: dict, final: bool = False) -> None:
+    """Write ``gpu_<tag>.json`` and ``.md`` with what is measured so far (after every section), so
+    a command stopped by its time limit still returns every finished figure."""
+    res["skipped"] = dict(skipped)
+    # --tiny checks the code paths on shapes the targets are not about: nothing is judged
+    res["verdicts"] = [] if args.tiny else verdicts(res, args.precision)
+    res["seconds"] = time.perf_counter() - t_start
+    res["complete"] = final
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"gpu_{res['tag']}.json", res)
+    atomic_write_text(out / f"gpu_{res['tag']}.md", markdown(res))
+
+
+def _sections(args, device: torch.device, res: dict, rest: list, skipped: dict, left, on_row):
+    """``(name, function)`` of the sections after the core training rows, most important first:
+    the attack and epoch targets, the other training rows, compile, SpikingJelly's backends."""
+    def more_rows():
+        bench_training(args, device, rest, skipped, left, on_row, rows=res["training"])
+
+    out = [("attack", lambda: bench_attack(args, device)), ("epoch", lambda: bench_epoch(args, device))]
+    if rest:
+        out.append(("training rows", more_rows))
+    if args.compile and device.type == "cuda":
+        out.append(("compile", lambda: res["training"].append(bench_compile(args, device))))
+    if has("spikingjelly") and args.sj_backends:
+        out.append(("spikingjelly backends", lambda: res["training"].extend(bench_sj_backends(args, args.sj_backends))))
+    return out
 
 
 def main(argv=None) -> int:
@@ -505,6 +564,10 @@ def main(argv=None) -> int:
         print("SJ_ROWS " + json.dumps(rows), flush=True)
         return 0
     t_start = time.perf_counter()
+
+    def left() -> float:
+        return args.budget_s - (time.perf_counter() - t_start)
+
     skipped: dict[str, str] = {}
     variants = ["ann", "spikeguard", "spikeguard_torchops"]
     for v, mod in (("spikingjelly", "spikingjelly"), ("snntorch", "snntorch")):
@@ -514,44 +577,39 @@ def main(argv=None) -> int:
             skipped[v] = f"{mod} is not installed (benchmark-only; see benchmarks/gpu/run_h200.sh)"
     res: dict = dict(tag=args.tag or ("tiny" if args.tiny else _tag(device)), command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                      environment=environment(device), precision=args.precision, channels_last=args.channels_last,
-                     batch=args.batch, targets=TARGETS)
+                     batch=args.batch, targets=TARGETS, training=[])
     log(f"device {res['environment']['device_name']}, LIF kernel {res['environment']['lif_kernel']}")
-    res["training"] = bench_training(args, device, variants, skipped)
+    core, rest = training_plan(args, variants)
 
-    def left() -> float:
-        return args.budget_s - (time.perf_counter() - t_start)
+    def on_row(rows):
+        write_partial(dict(res, training=rows), args, t_start, skipped)
 
-    for section, fn in (("epoch", lambda: bench_epoch(args, device)), ("attack", lambda: bench_attack(args, device))):
+    bench_training(args, device, core, skipped, left, on_row, rows=res["training"],
+                   reserve_s=NEED_S["attack"] + NEED_S["epoch"])
+    write_partial(res, args, t_start, skipped)
+    if not args.compile:
+        skipped["compile"] = "--no-compile"
+    elif device.type != "cuda":
+        skipped["compile"] = "measured on CUDA only (compiling takes ~20 s per shape on a small CPU)"
+    for section, fn in _sections(args, device, res, rest, skipped, left, on_row):
+        need = 0.0 if args.tiny else NEED_S.get(section, 30.0)
+        if left() < need:
+            skipped[section] = f"time budget spent ({max(left(), 0):.0f} s of --budget-s left, needs ~{need:.0f} s)"
+            log(f"{section}: skipped, {skipped[section]}")
+            continue
         try:
-            res[section] = fn()
-            log(f"{section}: {res[section]}")
-        except Exception as e:  # noqa: BLE001
-            res[section] = None
+            val = fn()
+            if section in ("epoch", "attack"):
+                res[section] = val
+            log(f"{section}: done ({val if val is not None else 'rows added'})")
+        except Exception as e:  # noqa: BLE001 - a failed section is reported, the others still run
+            if section in ("epoch", "attack"):
+                res[section] = None
             skipped[section] = f"failed: {type(e).__name__}: {str(e)[:200]}"
         _free(device)
-    if args.compile and device.type == "cuda":
-        if left() > 90:
-            try:
-                res["training"].append(bench_compile(args, device))
-            except Exception as e:  # noqa: BLE001
-                skipped["compile"] = f"failed: {type(e).__name__}: {str(e)[:200]}"
-        else:
-            skipped["compile"] = "time budget spent"
-    elif args.compile:
-        skipped["compile"] = "measured on CUDA only (compiling takes ~20 s per shape on a small CPU)"
-    if has("spikingjelly") and args.sj_backends:
-        if left() > 60 or args.tiny:
-            res["training"] += bench_sj_backends(args, args.sj_backends)
-        else:
-            skipped["spikingjelly backends"] = "time budget spent"
-    res["skipped"] = skipped
-    # --tiny checks the code paths on shapes the targets are not about: nothing is judged
-    res["verdicts"] = [] if args.tiny else verdicts(res, args.precision)
-    res["seconds"] = time.perf_counter() - t_start
+        write_partial(res, args, t_start, skipped)
+    write_partial(res, args, t_start, skipped, final=True)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"gpu_{res['tag']}.json", res)
-    atomic_write_text(out / f"gpu_{res['tag']}.md", markdown(res))
     log(f"wrote {out / ('gpu_' + res['tag'] + '.json')} and .md in {res['seconds']:.0f} s")
     print(markdown(res))
     return 0

@@ -91,6 +91,8 @@ def test_new_surrogate_on_every_kernel(softsign, kernel):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 3, 40, generator=g) * 1.2 + 0.4
     w = torch.randn(5, 3, 40, generator=g)
+    if kernel == "triton" and torch.cuda.is_available():  # compiled Triton takes CUDA tensors only
+        x, w = x.cuda(), w.cuda()
     s_ref, u_ref, g_ref = _run("loop", x, w, softsign)
     old = fused.set_kernel(kernel)
     try:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare what the H200 run carries (run HERE, in the repo root of the checkout the device tool
-# sends, before the device `run`; see docs/performance.md, "GPU run"):
+# sends, before the device `run`; see docs/performance.md, "Before a device run"):
 #   shared_copy/cifar10-parquet/  the CIFAR-10 parquet pair (57 MB; ../shared does not travel)
 #   .whl/                         SpikingJelly 2.0.0, snnTorch 1.0.0 and loguru 0.7.3 (SpikingJelly
 #                                 needs it; the rest of their requirements are on the machine), as

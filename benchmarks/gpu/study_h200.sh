@@ -1,45 +1,82 @@
 #!/usr/bin/env bash
-# Issue 16's GPU run in one device command (Table 1 in one short window): run HERE first
-#   bash benchmarks/gpu/prepare_h200.sh          # shared_copy/cifar10-parquet (+ benchmark wheels)
-# then, with the device tool, from the repo root:
-#   run(command="bash benchmarks/gpu/study_h200.sh", carry=["shared_copy"], timeout_s=540)
-# For the AT pair in a second window: STUDY=cifar10-wrn16-table1-gpu-short-at bash benchmarks/gpu/study_h200.sh
+# The GPU study in one device command (the second window in docs/performance.md, "Before a device
+# run"). Prepare here first: bash benchmarks/gpu/prepare_h200.sh (shared_copy/cifar10-parquet), then
+#   run(command="bash benchmarks/gpu/study_h200.sh", carry=["shared_copy"], timeout_s=430)
+# AT pair in another window: STUDY=cifar10-wrn16-table1-gpu-short-at (CALIBRATION_FROM=<a
+# calibration.json> reuses a lambda_max instead of calibrating, if that window is short).
 #
-# It trains and evaluates configs/studies/$STUDY.toml with --budget (epochs chosen from a measured
-# probe epoch), stops the study at $LIMIT seconds whatever stage it is in, and writes the comparison
-# from what finished (`spikeguard study --tables-only`: unfinished work is listed, not filled in).
-# What comes back ($OUT, 8 files at most, 16 MiB each):
-#   env.txt  study.log  study.md  study.json  report.html  accuracy.png  near_threshold.png
-#   runs.tar.gz   every run's config.json, log.jsonl, results.json and evaluation JSON (no weights)
+# Phases in one folder (benchmarks/gpu/study_phase.py), each under the time left of LIMIT s:
+#   paper   calibration, training of every run, the paper protocol: a complete vanilla + TGO pair first
+#   all     the strong protocol added (everything finished above is reused)
+#   tables  --tables-only: the comparison from what finished (unfinished work listed, not filled in)
+# BUDGET is the study's --budget (training epochs from a measured probe epoch; the calibration, ~1 min
+# estimated, comes on top of it). What comes back ($OUT, packed by pack_out.py to <= 8 files):
+#   study.md  study.log  env.txt  weights-<run>.safetensors (the trained models, where they fit)
+#   bundle.tar.gz: study.json, report.html, figures, calibration.json/.md, every run's config.json,
+#                  log.jsonl, results.json and evaluation JSON
 # Record every number in docs/results/ with hardware, date, command and commit.
 set -uo pipefail
-OUT=${OUT:-/tmp/sg-out}
+source "$(dirname "$0")/common.sh"
 STUDY=${STUDY:-cifar10-wrn16-table1-gpu-short}
-BUDGET=${BUDGET:-7m}      # governs training (the study keeps [budget].eval_reserve of it for evaluation)
-LIMIT=${LIMIT:-450}       # hard stop of the study, seconds; leaves time for the tables and the copy
-DEVICE=${DEVICE:-cuda}     # DEVICE=cpu STUDY=cpu-digits-smoke LIMIT=20 tries the script on a CPU
-DIR=runs/$STUDY
-mkdir -p "$OUT" "$DIR"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-SG="python3 -m spikeguard"
-{
-    date -u; git rev-parse HEAD 2>/dev/null; nvidia-smi
-    python3 -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
-} > "$OUT/env.txt" 2>&1
-[ -f shared_copy/cifar10-parquet/train.parquet ] || echo "shared_copy/cifar10-parquet is missing: run benchmarks/gpu/prepare_h200.sh and carry shared_copy" | tee -a "$OUT/env.txt"
-echo "command: spikeguard study configs/studies/$STUDY.toml --out $DIR --budget $BUDGET --device $DEVICE (stopped at ${LIMIT} s)" > "$OUT/study.log"
-timeout --signal=TERM --kill-after=20 "$LIMIT" $SG study "configs/studies/$STUDY.toml" --out "$DIR" --budget "$BUDGET" \
-    --device "$DEVICE" --no-progress >> "$OUT/study.log" 2>&1
-rc=$?
-echo "study exit $rc" >> "$OUT/study.log"
-if [ "$rc" -ne 0 ]; then  # stopped or failed: the comparison from what finished
-    timeout 60 $SG study "configs/studies/$STUDY.toml" --out "$DIR" --tables-only >> "$OUT/study.log" 2>&1
-    echo "tables-only exit $?" >> "$OUT/study.log"
+LIMIT=${LIMIT:-400}
+BUDGET=${BUDGET:-3m}
+DEVICE=${DEVICE:-cuda}
+TABLES_S=45    # kept for the tables phase
+PACK_S=25      # kept for copying and packing
+EXTRA=()
+if [ -n "$DRY" ]; then
+    DEVICE=cpu BUDGET=${DRY_BUDGET:-15s}
+    DATA_TMP=$(mktemp -d /tmp/sg-dry-data.XXXX)
+    EXTRA=(--dry-run --make-data "$DATA_TMP/cifar10-parquet")
 fi
-for f in study.md study.json report.html figures/accuracy.png figures/near_threshold.png; do
-    [ -f "$DIR/$f" ] && cp "$DIR/$f" "$OUT/"
+DIR=${STUDY_DIR:-runs/$STUDY}
+LOG="$OUT/study.log"
+mkdir -p "$DIR"
+write_env
+[ -n "$DRY" ] || [ -f shared_copy/cifar10-parquet/train.parquet ] \
+    || echo "shared_copy/cifar10-parquet is missing: run benchmarks/gpu/prepare_h200.sh and carry shared_copy" | tee -a "$OUT/env.txt"
+if [ -n "${CALIBRATION_FROM:-}" ] && [ ! -f "$DIR/calibration/calibration.json" ]; then
+    mkdir -p "$DIR/calibration" && cp "$CALIBRATION_FROM" "$DIR/calibration/calibration.json" \
+        && echo "calibration: lambda_max taken from $CALIBRATION_FROM (not calibrated in this study)" >> "$LOG"
+fi
+
+phase() {  # phase NAME [study args...]: run one phase in the time left, minus what later steps need
+    local name=$1 t
+    shift
+    t=$(( $(left) - TABLES_S - PACK_S ))
+    if [ "$t" -lt 20 ]; then
+        echo "phase $name: not started, $(left) s left" >> "$LOG"
+        return 1
+    fi
+    echo "phase $name: $PY benchmarks/gpu/study_phase.py configs/studies/$STUDY.toml --out $DIR --phase $name $* (limit $t s)" >> "$LOG"
+    timeout --signal=TERM --kill-after=10 "$t" $PY benchmarks/gpu/study_phase.py "configs/studies/$STUDY.toml" \
+        --out "$DIR" --phase "$name" "${EXTRA[@]}" "$@" >> "$LOG" 2>&1
+    local rc=$?
+    echo "phase $name: exit $rc at $(elapsed) s" >> "$LOG"
+    return $rc
+}
+
+if phase paper --budget "$BUDGET" --device "$DEVICE" && phase all --budget "$BUDGET" --device "$DEVICE"; then
+    echo "phase tables: not needed, phase all wrote the complete tables" >> "$LOG"
+elif [ $(( $(left) - PACK_S )) -gt 10 ]; then
+    LIMIT_TABLES=$(( $(left) - PACK_S ))
+    timeout "$LIMIT_TABLES" $PY benchmarks/gpu/study_phase.py "configs/studies/$STUDY.toml" --out "$DIR" --phase tables \
+        "${EXTRA[@]}" --device "$DEVICE" >> "$LOG" 2>&1
+    echo "phase tables: exit $? at $(elapsed) s" >> "$LOG"
+fi
+
+# what comes back: the tables loose, the rest bundled, the final weights of each run where they fit
+cp "$DIR/study.md" "$OUT/" 2>/dev/null
+(cd "$DIR" && find . -path ./.probe -prune -o -path '*/epoch*' -prune -o -type f \
+    \( -name '*.json' -o -name 'log.jsonl' -o -name '*.md' -o -name '*.html' -o -name '*.png' \) -print \
+    | grep -v '^./calibration/.*-s[0-9]*/' | while read -r f; do mkdir -p "$OUT/study/$(dirname "$f")"; cp "$f" "$OUT/study/$f"; done)
+KEEP=(study.md study.log env.txt)
+for w in "$DIR"/runs/*/model.safetensors; do
+    [ -f "$w" ] || continue
+    run=$(basename "$(dirname "$w")")
+    cp "$w" "$OUT/weights-$run.safetensors" && KEEP+=("weights-$run.safetensors")
 done
-(cd "$DIR" && find . \( -name '*.json' -o -name 'log.jsonl' -o -name '*.md' \) -not -path './.probe/*' -print0 \
-    | tar --null -czf "$OUT/runs.tar.gz" --files-from=-)
-ls -la "$OUT"
-tail -40 "$OUT/study.log"
+$PY benchmarks/gpu/pack_out.py "$OUT" --keep "${KEEP[@]}" | tee -a "$LOG"
+[ -n "$DRY" ] && rm -rf "$DATA_TMP"
+echo "study_h200: done in $(elapsed) s"
+tail -25 "$LOG"

@@ -154,7 +154,7 @@ class StoGLIF(LazyModuleMixin, LIF):
     def sample_noise(self, x: Tensor) -> Tensor | None:
         if not self.noise or self.sigma <= 0:
             return None
-        return gaussian_noise(x, self.sigma, self.generator)
+        return gaussian_noise(x, self.sigma, self.noise_generator(x))
 
     def grad_surrogate(self) -> tuple[Surrogate, bool]:
         if self.noisy_grad == "expected" and self.noise and self.sigma > 0:
@@ -168,7 +168,7 @@ class StoGLIF(LazyModuleMixin, LIF):
         keep = self.keep_probability()
         if not self.noise:
             return spikes * keep
-        gen = self.generator
+        gen = self.noise_generator(spikes)
         u = torch.rand(spikes.shape, generator=gen, device=spikes.device, dtype=spikes.dtype)
         return _StochasticGate.apply(spikes, keep, u, self.temperature)
 

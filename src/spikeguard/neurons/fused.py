@@ -159,10 +159,11 @@ _HALF = (torch.bfloat16, torch.float16)
 
 
 def set_kernel(kernel: str) -> str:
-    """Choose the fused scan's kernel: ``"triton"`` (GPU kernels; an error if Triton is
-    missing), ``"native"`` (compiled C on CPU; an error if it cannot be built), ``"torch"``
-    (tensor ops) or ``"auto"`` (triton on CUDA, native on CPU, else torch; the default, also
-    settable with ``SPIKEGUARD_LIF_KERNEL``). Returns the previous choice."""
+    """Choose the fused scan's kernel: ``"triton"`` (GPU kernels for CUDA tensors, any device in
+    Triton's interpreter; an error if Triton is missing; other tensors run the torch ops),
+    ``"native"`` (compiled C on CPU; an error if it cannot be built), ``"torch"`` (tensor ops) or
+    ``"auto"`` (triton on CUDA, native on CPU, else torch; the default, also settable with
+    ``SPIKEGUARD_LIF_KERNEL``). Returns the previous choice."""
     global _kernel_choice
     if kernel not in KERNELS:
         raise ValueError(f"unknown LIF kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
@@ -216,6 +217,14 @@ def kernel_for(x: Tensor, surrogate: Surrogate | None = None) -> str:
     return "torch"
 
 
+# Under torch.compile the scan and its noise seed run eagerly (a graph break at each neuron
+# layer; what lies between neurons is still compiled): the seed is a host integer read from the
+# generator, which a traced graph would bake in as a constant (the same noise on every call),
+# and the scan is one fused kernel already.
+_eager = getattr(torch.compiler, "disable", lambda fn: fn)
+
+
+@_eager
 def philox_noise_for(x: Tensor, sigma: float, generator: torch.Generator | None):
     """In-kernel noise for the Triton scan, or ``None`` where another kernel runs ``x``.
 
@@ -257,6 +266,23 @@ def _materialise(noise, x: Tensor) -> Tensor | None:
     return torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * noise.sigma
 
 
+def _philox_tensor(mod, noise: NoiseArg, u_all: Tensor) -> Tensor | None:
+    """The forward's in-kernel noise as a tensor, for a backward that cannot run the Triton
+    kernel: only Triton's Philox reproduces it, so if that fails too the gradient cannot be
+    computed and this raises (rather than return a gradient for other noise)."""
+    if noise is None or isinstance(noise, Tensor):
+        return noise
+    try:
+        flat = mod.philox_noise(noise, (u_all.shape[0], u_all[0].numel()), u_all.device)
+    except Exception as e:  # noqa: BLE001
+        raise RuntimeError("the Triton LIF backward failed and the forward's noise cannot be regenerated "
+                           f"without it ({type(e).__name__}: {e}); rerun with set_kernel('torch')") from e
+    # the kernels count t * N + i over memory order (U's layout, e.g. channels_last steps)
+    out = torch.empty_like(u_all)
+    out.as_strided((out.numel(),), (1,)).copy_(flat.view(-1))
+    return out
+
+
 def _widen(x: Tensor) -> Tensor:
     # float32 state whatever the input dtype (bf16 autocast): the C/torch kernels widen here,
     # the Triton kernels on load.
@@ -280,8 +306,11 @@ def _run_forward(kernel: str, x: Tensor, decay: float, v_threshold: float, noise
                  keep_potentials: bool) -> tuple[Tensor, Tensor | None, str, NoiseArg]:
     """``(spikes, U, the kernel that ran, the noise it used)``."""
     if kernel == "triton":
+        mod = _triton_module()
         try:
-            return (*_triton.triton_forward(x, decay, v_threshold, noise, keep_potentials), kernel, noise)
+            if mod is None:  # failed since kernel_for chose it (another thread, or a recursion)
+                raise RuntimeError(f"the Triton LIF kernel is unavailable: {_triton_error}")
+            return (*mod.triton_forward(x, decay, v_threshold, noise, keep_potentials), kernel, noise)
         except Exception as e:  # noqa: BLE001 - fall back (same numbers) rather than stop a run
             _triton_failed(e)
             kernel = "torch"
@@ -316,6 +345,9 @@ class LIFScan(torch.autograd.Function):
         spikes, u_all, kernel, noise = _run_forward(kernel, x, decay, v_threshold, noise, True)
         ctx.set_materialize_grads(False)
         ctx.params = (kernel, decay, v_threshold, surrogate, at_noisy, detach_reset, x.dtype)
+        # the module whose kernel ran: a later Triton failure sets the global _triton to False,
+        # and this graph's backward must still regenerate the same Philox noise with it
+        ctx.triton = _triton if kernel == "triton" else None
         ctx.noise_spec = None if isinstance(noise, Tensor) else noise  # PhiloxNoise: nothing stored
         if isinstance(noise, Tensor):
             ctx.save_for_backward(u_all, noise)
@@ -333,9 +365,13 @@ class LIFScan(torch.autograd.Function):
         if not ctx.needs_input_grad[0] or (grad_s is None and grad_u is None):
             return (None,) * 7
         if kernel == "triton":
-            gx = _triton.triton_backward(grad_s, grad_u, u_all, noise, decay, v_threshold, surrogate, at_noisy,
-                                         detach_reset, out_dtype=dtype)
-            return (gx,) + (None,) * 6
+            try:
+                gx = ctx.triton.triton_backward(grad_s, grad_u, u_all, noise, decay, v_threshold, surrogate,
+                                                at_noisy, detach_reset, out_dtype=dtype)
+                return (gx,) + (None,) * 6
+            except Exception as e:  # noqa: BLE001 - same numbers from the torch ops (below)
+                _triton_failed(e)
+                noise = _philox_tensor(ctx.triton, noise, u_all)
         wide = u_all.dtype
         grad_s = None if grad_s is None else grad_s.to(wide)
         grad_u = None if grad_u is None else grad_u.to(wide)
@@ -345,6 +381,7 @@ class LIFScan(torch.autograd.Function):
         return (gx.to(dtype),) + (None,) * 6
 
 
+@_eager
 def lif_scan(x: Tensor, noise: NoiseArg, decay: float, v_threshold: float, surrogate: Surrogate,
              at_noisy: bool = True, detach_reset: bool = False,
              need_potentials: bool = True) -> tuple[Tensor, Tensor | None]:

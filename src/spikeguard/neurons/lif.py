@@ -68,6 +68,10 @@ class LIF(nn.Module):
     #: True for neurons with a ``noise`` switch and a ``generator`` attribute: what
     #: :func:`~spikeguard.neurons.noise_enabled` and :func:`~spikeguard.neurons.noise_seed` act on
     has_noise: ClassVar[bool] = False
+    #: the seed :func:`~spikeguard.neurons.noise_seed` gave :attr:`generator` (``None``: the
+    #: generator, if any, was set by hand); lets :meth:`noise_generator` re-create it on the
+    #: input's device
+    generator_seed: int | None = None
 
     def __init__(
         self,
@@ -111,6 +115,24 @@ class LIF(nn.Module):
     def grad_surrogate(self) -> tuple[Surrogate, bool]:
         """The surrogate used in backward and whether it is evaluated at the noisy potential."""
         return self.surrogate, True
+
+    def noise_generator(self, x: Tensor) -> torch.Generator | None:
+        """The generator to draw ``x``'s noise from: :attr:`generator` (``None``: torch's default).
+
+        A generator seeded by :func:`~spikeguard.neurons.noise_seed` on another device than
+        ``x`` (e.g. a parameterless model, whose device the seeding cannot see) is re-created on
+        ``x``'s device from the same seed, once; a generator set by hand on the wrong device is
+        an error, since its stream cannot be moved.
+        """
+        gen = getattr(self, "generator", None)
+        if gen is None or gen.device == x.device:
+            return gen
+        if self.generator_seed is None:
+            raise RuntimeError(f"{type(self).__name__} generator is on {gen.device} but input is on {x.device}")
+        gen = torch.Generator(device=x.device)
+        gen.manual_seed(int(self.generator_seed))
+        self.generator = gen
+        return gen
 
     # ------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -206,17 +228,14 @@ class NoisyLIF(LIF):
     def sample_noise(self, x: Tensor) -> Tensor | None:
         if not self.stochastic:
             return None
-        return gaussian_noise(x, self.sigma, self.generator)
+        return gaussian_noise(x, self.sigma, self.noise_generator(x))
 
     def fused_noise(self, x: Tensor):
         # Gaussian noise drawn inside the Triton kernel (Philox seed from this neuron's
         # generator), regenerated in its backward instead of stored; other kernels, and
         # subclasses with their own noise, get the sampled tensor.
         if self.stochastic and type(self).sample_noise is NoisyLIF.sample_noise:
-            gen = self.generator
-            if gen is not None and gen.device != x.device:
-                raise RuntimeError(f"NoisyLIF generator is on {gen.device} but input is on {x.device}")
-            spec = philox_noise_for(x, self.sigma, gen)
+            spec = philox_noise_for(x, self.sigma, self.noise_generator(x))
             if spec is not None:
                 return spec
         return self.sample_noise(x)

@@ -118,19 +118,26 @@ def noise_seed(model: nn.Module, seed: int) -> contextlib.AbstractContextManager
     """Make every Noisy-LIF draw reproducible inside the block.
 
     Each noisy layer gets its own generator seeded with ``seed + index``; entering the block
-    twice with the same seed reproduces the same noise samples (the fixed-noise attack).
+    twice with the same seed reproduces the same noise samples (the fixed-noise attack). The
+    generators are made on the model's parameter device; a model without parameters gets them
+    on the CPU, and each neuron re-creates its generator on its input's device (same seed) at
+    the first draw (:meth:`~spikeguard.neurons.LIF.noise_generator`).
     """
     mods = noisy_neurons(model)
-    gens = []
-    for i, m in enumerate(mods):
-        try:
-            device = next(p.device for p in model.parameters())
-        except StopIteration:
-            device = torch.device("cpu")
-        g = torch.Generator(device=device)
-        g.manual_seed(int(seed) + i)
-        gens.append(g)
-    return _setting(mods, "generator", gens)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    seeds = [int(seed) + i for i in range(len(mods))]
+    gens = [torch.Generator(device=device) for _ in mods]
+    for g, s in zip(gens, seeds):
+        g.manual_seed(s)
+    return _settings(mods, {"generator": gens, "generator_seed": seeds})
+
+
+@contextlib.contextmanager
+def _settings(modules: list[nn.Module], values: dict[str, list]) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for attr, vals in values.items():
+            stack.enter_context(_setting(modules, attr, vals))
+        yield
 
 
 def use_surrogate(model: nn.Module, surrogate: str | Surrogate, width: float = 1.0) -> contextlib.AbstractContextManager:

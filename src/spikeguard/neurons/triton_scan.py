@@ -40,7 +40,8 @@ from .surrogate import Surrogate, surrogate_kind
 
 _surrogate_module.tl = tl  # the built-in surrogates' Triton expressions read this name
 
-__all__ = ["PhiloxNoise", "triton_forward", "triton_backward", "philox_noise", "triton_supports", "BLOCK"]
+__all__ = ["PhiloxNoise", "triton_forward", "triton_backward", "philox_noise", "triton_supports", "BLOCK",
+           "INTERPRETED"]
 
 BLOCK = 1024
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -121,6 +122,10 @@ def _bwd_kernel(GS, GU, U, NOISE, GX, N, decay, vth, width, seed, sigma, T: tl.c
 
 _JIT: dict = {}
 
+#: True when the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` when this module
+#: was imported): they then take tensors on any device (the CPU tests); compiled, CUDA only.
+INTERPRETED = not isinstance(_fwd_kernel, triton.runtime.jit.JITFunction)
+
 
 def _surrogate_jit(surrogate: Surrogate):
     """The surrogate's Triton expression as a ``triton.jit`` function (compiled once per kind)."""
@@ -132,7 +137,10 @@ def _surrogate_jit(surrogate: Surrogate):
 
 
 def triton_supports(x: Tensor, surrogate: Surrogate | None = None) -> bool:
-    """True if the kernels handle this input (float dtype, int32-sized) and surrogate."""
+    """True if the kernels handle this input (a CUDA tensor, or any device in the interpreter;
+    float dtype; int32-sized) and surrogate."""
+    if x.device.type != "cuda" and not INTERPRETED:
+        return False  # a compiled kernel would read a host pointer as device memory
     if x.dtype not in _FLOATS or x.dim() < 1 or x.numel() > _LIMIT:
         return False
     return surrogate is None or surrogate_kind(surrogate.name).triton is not None

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SpikeguardError
-from .base import Attack, best_of_restarts, get_loss, keep_better, margin_loss
+from .base import Attack, best_of_restarts, get_loss, keep_better, margin_loss, targeted_margin_loss
 from .registry import register_attack
 
 
@@ -142,7 +142,8 @@ def dlr_targeted_loss(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor
 class APGDT(APGD):
     """Targeted APGD (AutoAttack's APGD-T): one APGD run with the targeted DLR loss per target
     class, the ``n_targets`` classes the clean input ranks highest after its label; per sample
-    the first misclassifying (else the highest-scoring) run is kept.
+    the first misclassifying (else the highest-scoring) run is kept. A model with fewer than 4
+    classes gets the targeted margin loss ``z_t - z_y`` (the DLR ratio needs 4).
 
     Args:
         steps: iterations per target and restart (AutoAttack: 100).
@@ -172,8 +173,10 @@ class APGDT(APGD):
             targets = ranked[:, j]
 
             def loss(z: Tensor, y: Tensor, t: Tensor = targets) -> Tensor:
-                # EoT batches repeat the labels; repeat the targets alike
-                return dlr_targeted_loss(z, y, t.repeat(len(y) // len(t)))
+                # EoT batches repeat the labels; repeat the targets alike. The DLR ratio needs 4
+                # classes; with fewer the targeted margin z_t - z_y is maximised instead
+                t = t.repeat(len(y) // len(t))
+                return dlr_targeted_loss(z, y, t) if z.shape[1] >= 4 else targeted_margin_loss(z, t, y)
 
             self.loss_fn = loss
             for _ in range(self.restarts):

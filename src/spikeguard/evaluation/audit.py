@@ -397,6 +397,66 @@ CHECKS: tuple[Callable[[Results, AuditSettings], Check], ...] = (
     check_surrogate, check_budget)
 
 
+@dataclass
+class AuditPlan:
+    """The audit's own attack runs and the role each plays (see :func:`audit_plan`)."""
+
+    runs: list[tuple[str, Attack]]
+    sweep: list[float]
+    sweep_names: list[str]
+    pair: tuple[str, str]
+    eot_pair: tuple[str, str] | None
+    surrogate_runs: list[tuple[tuple[str, float], str]]
+    surrogate_skip: list[str]
+
+
+def audit_plan(model: nn.Module, eps: float, *, stochastic: bool, eot: int, eot_check: int, steps: int,
+               alpha: float | str, sweep: Sequence[float], square_queries: int,
+               have: Results | None = None) -> AuditPlan:
+    """The attacks the audit runs itself (those ``have``, a report's results, do not cover):
+    the eps sweep, FGSM, the PGD-k/2k pair, the EoT pair, APGD, Square and the noise-free
+    transfer, and one PGD per attack surrogate width (``spikeguard audit`` prices them first)."""
+    have = have or {}
+
+    def pgd(e: float, k: int, **kw) -> PGD:
+        return PGD(model, e, alpha=step_size(alpha, e, k), steps=k, **({"eot": eot} | kw))
+
+    runs: list[tuple[str, Attack]] = []
+    sweep = sorted(float(e) for e in sweep)
+    sweep_names = []
+    for e in sweep:
+        name = f"pgd{steps}@{eps_label(e)}"
+        sweep_names.append(name)
+        runs.append((name, PGD(model, e, alpha=step_size(EPS_RULE, e, steps), steps=steps, eot=eot)))
+    if not any(r.family in ("fgsm", "rfgsm") and abs(r.eps - eps) < 1e-12 for r in have.values()):
+        runs.append(("fgsm", FGSM(model, eps, eot=eot)))
+    pair = _pgd_pair(have, eps)
+    if pair is None:
+        pair = (f"pgd{steps}", f"pgd{2 * steps}")
+        runs += [(pair[0], pgd(eps, steps)), (pair[1], pgd(eps, 2 * steps))]
+    eot_pair = None
+    if stochastic:
+        eot_pair = (f"pgd{steps}-eot1", f"pgd{steps}-eot{eot_check}")
+        runs += [(eot_pair[0], pgd(eps, steps, eot=1)), (eot_pair[1], pgd(eps, steps, eot=eot_check))]
+    if not any(r.family == "apgd" for r in have.values()):
+        runs.append((f"apgd-ce{2 * steps}", APGD(model, eps, steps=2 * steps, eot=eot)))
+    if not any(r.threat in ("black-box", "transfer") for r in have.values()):
+        runs.append((f"square{square_queries}", Square(model, eps, queries=square_queries, eot=eot)))
+        if stochastic and is_stochastic(model):  # Noisy-LIF noise: its noise-free twin is a transfer source
+            runs.append(("noise-free", NoiseFreeTransfer(model, eps, alpha=step_size(alpha, eps, 2 * steps),
+                                                         steps=2 * steps)))
+    # the surrogate check: PGD once per attack surrogate width (a one-member sg-ensemble each)
+    sg_skip = unmet(SurrogateEnsemble, model_traits(model, stochastic))
+    sg_runs: list[tuple[tuple[str, float], str]] = []
+    if not sg_skip:
+        for sg, w in surrogate_sweep(model):
+            name = f"pgd{steps}-sg-{sg}{w:g}"
+            sg_runs.append(((sg, w), name))
+            runs.append((name, SurrogateEnsemble(model, eps, alpha=step_size(alpha, eps, steps), steps=steps,
+                                                 members=[(sg, w)], eot=eot)))
+    return AuditPlan(runs, sweep, sweep_names, pair, eot_pair, sg_runs, list(sg_skip))
+
+
 def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float = 8 / 255, eot: int = 8,
                      passes: int = 4, report: RobustnessReport | None = None, steps: int = 10,
                      alpha: float | str = EPS_RULE, sweep: Sequence[float] = DEFAULT_SWEEP, tolerance: float = 1.0,
@@ -446,43 +506,10 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
     have = dict(report.results) if report is not None and not report.cascade else {}
     budget_only = dict(report.results) if report is not None and report.cascade else {}
 
-    def pgd(e: float, k: int, **kw) -> PGD:
-        return PGD(model, e, alpha=step_size(alpha, e, k), steps=k, **({"eot": eot_used} | kw))
-
-    # -- the audit's own runs: one engine call, so they share the clean pass and the noise -------
-    runs: list[tuple[str, Attack]] = []
-    sweep = sorted(float(e) for e in sweep)
-    sweep_names = []
-    for e in sweep:
-        name = f"pgd{steps}@{eps_label(e)}"
-        sweep_names.append(name)
-        runs.append((name, PGD(model, e, alpha=step_size(EPS_RULE, e, steps), steps=steps, eot=eot_used)))
-    if not any(r.family in ("fgsm", "rfgsm") and abs(r.eps - eps) < 1e-12 for r in have.values()):
-        runs.append(("fgsm", FGSM(model, eps, eot=eot_used)))
-    pair = _pgd_pair(have, eps)
-    if pair is None:
-        pair = (f"pgd{steps}", f"pgd{2 * steps}")
-        runs += [(pair[0], pgd(eps, steps)), (pair[1], pgd(eps, 2 * steps))]
-    eot_pair = None
-    if stochastic:
-        eot_pair = (f"pgd{steps}-eot1", f"pgd{steps}-eot{eot_check}")
-        runs += [(eot_pair[0], pgd(eps, steps, eot=1)), (eot_pair[1], pgd(eps, steps, eot=eot_check))]
-    if not any(r.family == "apgd" for r in have.values()):
-        runs.append((f"apgd-ce{2 * steps}", APGD(model, eps, steps=2 * steps, eot=eot_used)))
-    if not any(r.threat in ("black-box", "transfer") for r in have.values()):
-        runs.append((f"square{square_queries}", Square(model, eps, queries=square_queries, eot=eot_used)))
-        if stochastic and is_stochastic(model):  # Noisy-LIF noise: its noise-free twin is a transfer source
-            runs.append(("noise-free", NoiseFreeTransfer(model, eps, alpha=step_size(alpha, eps, 2 * steps),
-                                                         steps=2 * steps)))
-    # the surrogate check: PGD once per attack surrogate width (a one-member sg-ensemble each)
-    sg_skip = unmet(SurrogateEnsemble, model_traits(model, stochastic))
-    sg_runs: list[tuple[tuple[str, float], str]] = []
-    if not sg_skip:
-        for sg, w in surrogate_sweep(model):
-            name = f"pgd{steps}-sg-{sg}{w:g}"
-            sg_runs.append(((sg, w), name))
-            runs.append((name, SurrogateEnsemble(model, eps, alpha=step_size(alpha, eps, steps), steps=steps,
-                                                 members=[(sg, w)], eot=eot_used)))
+    plan = audit_plan(model, eps, stochastic=stochastic, eot=eot_used, eot_check=eot_check, steps=steps,
+                      alpha=alpha, sweep=sweep, square_queries=square_queries, have=have)
+    runs, sweep, sweep_names, pair, eot_pair = plan.runs, plan.sweep, plan.sweep_names, plan.pair, plan.eot_pair
+    sg_runs, sg_skip = plan.surrogate_runs, plan.surrogate_skip
     own = evaluate_robustness(model, images, labels, runs, eps=eps, eot=eot_used, passes=passes,
                               batch_size=batch_size, seed=seed + 1, device=device,
                               progress="audit" if progress else False,

@@ -169,8 +169,11 @@ def read_results(doc: Any) -> list[dict] | None:
         if doc.get("version") not in READABLE_VERSIONS:
             from ..errors import DataError
 
-            raise DataError(f"result schema version {doc.get('version')} is not one this spikeguard reads "
-                            f"({', '.join(map(str, READABLE_VERSIONS))}); upgrade spikeguard")
+            v = doc.get("version")
+            newer = isinstance(v, int) and v > VERSION
+            raise DataError(f"result schema version {v} is " + ("newer than" if newer else "not one")
+                            + f" this spikeguard reads ({', '.join(map(str, READABLE_VERSIONS))})"
+                            + ("; upgrade spikeguard" if newer else ""))
         out = dict(doc)
         if doc.get("version") == 2 and isinstance(doc.get("report"), Mapping):
             out["report"] = {"mode": "individual", **doc["report"]}  # version 2 ran every attack on every sample

@@ -19,7 +19,7 @@ examples:
       --suite strong --audit            # any classifier: SpikingJelly, snnTorch, plain PyTorch
 
 attacks (comma-separated; suites expand): fgsm, rfgsm, pgdK, pgdK-rR (R restarts), apgd-ce[K],
-apgd-dlr[K], mtpgd[K], square[Q], transfer (PGD-20 from --source, or from the target's noise-free
+apgd-dlr[K], apgd-t[K], mtpgd[K], square[Q], transfer (PGD-20 from --source, or from the target's noise-free
 twin), noise-free, fixed-noise (the attacker knows the evaluation's noise sample), sg-ensemble
 (PGD per surrogate gradient, per-sample worst), sg-adaptive (greedy per-sample surrogate width);
 on event data (models on frame sequences) also event-flipK, random-flipK, event-steK (K flipped
@@ -27,7 +27,7 @@ event cells; the output is a valid event stream) and --event-ks for success rate
   --suite paper : fgsm, rfgsm, pgd7, pgd10, pgd20, pgd40, apgd-ce, mtpgd
                   (the paper's protocol: step 0.01 whatever eps is)
   --suite strong: paper + pgd50-r3, apgd-dlr, square, transfer, noise-free, fixed-noise,
-                  sg-ensemble, sg-adaptive (step 2.5 * eps / steps per attack)
+                  sg-ensemble, sg-adaptive, apgd-t (step 2.5 * eps / steps per attack)
 Attacks whose needs the model does not meet (swappable surrogate gradients, noise to fix or
 switch off, a transfer source) are skipped and listed with the reason.
 

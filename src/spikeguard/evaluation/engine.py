@@ -385,6 +385,8 @@ class RobustnessReport:
         lines = [title] if title else []
         lines.append(f"eps = {eps_label(self.eps)}, n = {self.n}, {self._judged_text()}")
         head = f"{'attack':<16} {'threat':<12} {'accuracy':>9}  {'95% interval':<17} {'time':>7}"
+        if self.cascade:  # no per-attack accuracy: the cascade's counts share the column
+            head = f"{'attack':<16} {'threat':<12} {'accuracy / cascade':<28} {'time':>7}"
         lines += [head, "-" * len(head)]
 
         def row(label: str, threat: str, robust: Tensor, seconds: float | None) -> str:

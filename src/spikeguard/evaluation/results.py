@@ -38,6 +38,8 @@ from typing import Any, Mapping
 
 SCHEMA = "spikeguard.robustness"
 VERSION = 3
+#: the demo's ``results.json`` layout (unchanged by version 3 of the robustness schema)
+DEMO_VERSION = 2
 #: result versions :func:`read_results` understands
 READABLE_VERSIONS = (1, 2, 3)
 DEMO_SCHEMA = "spikeguard.demo"
@@ -225,5 +227,5 @@ def _demo_documents(doc: Mapping) -> list[dict]:
     return out
 
 
-__all__ = ["SCHEMA", "VERSION", "READABLE_VERSIONS", "DEMO_SCHEMA", "PROTOCOL_ENGINE", "PROTOCOL_DEMO", "checkpoint_id", "command_line",
+__all__ = ["SCHEMA", "VERSION", "READABLE_VERSIONS", "DEMO_SCHEMA", "DEMO_VERSION", "PROTOCOL_ENGINE", "PROTOCOL_DEMO", "checkpoint_id", "command_line",
            "provenance", "robustness_document", "write_robustness", "write_audit", "AUDIT_SCHEMA", "read_results", "software", "now_utc"]

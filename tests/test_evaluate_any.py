@@ -178,12 +178,12 @@ def test_audit_runs_its_eot_check_on_foreign_randomness():
 
 
 def test_a_difference_within_noise_is_not_called_masking():
-    from spikeguard.evaluation.audit import PASS, WARN, verdict
+    from spikeguard.evaluation.audit import PASS, WARN, Paired, verdict
 
-    c = verdict("k", "t", False, {}, "fine", "a beats b. masking.", ([0.40, 0.60], [0.55, 0.70]))
+    c = verdict("k", "t", False, {}, "fine", "a beats b. masking.", Paired("a", "b", 4, 1, 0.375))
     assert c.status == PASS and c.numbers["within_noise"] and "within noise" in c.message
-    assert verdict("k", "t", False, {}, "fine", "a beats b. masking.", ([0.1, 0.2], [0.5, 0.6])).status == WARN
-    assert verdict("k", "t", False, {}, "fine", "no interval").status == WARN
+    assert verdict("k", "t", False, {}, "fine", "a beats b. masking.", Paired("a", "b", 12, 0, 0.0005)).status == WARN
+    assert verdict("k", "t", False, {}, "fine", "no paired test").status == WARN
 
 
 # -- applicability -----------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class MLP(nn.Module):
 
 
 FAST_STRONG = {"pgd50-r3": {"steps": 3}, "apgd-ce": {"steps": 5}, "apgd-dlr": {"steps": 5}, "square": {"queries": 30},
-               "mtpgd": {"steps": 3}, "pgd40": {"steps": 4}}
+               "mtpgd": {"steps": 3}, "pgd40": {"steps": 4}, "apgd-t": {"steps": 5}}
 
 
 def test_strong_suite_on_a_plain_mlp_runs_and_lists_the_skipped():

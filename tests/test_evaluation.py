@@ -175,10 +175,10 @@ def test_cli_evaluate_on_a_saved_run(tmp_path, capsys):
     save_checkpoint(tmp_path / "run", model, cfg)
     out = tmp_path / "eval"
     rc = main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--attacks", "fgsm,pgd2,noise-free",
-               "--n-samples", "20", "--eot", "2", "--passes", "2", "--no-progress", "--out", str(out)])
+               "--n-samples", "20", "--eot", "2", "--passes", "2", "--no-progress", "--individual", "--out", str(out)])
     assert rc == 0
     doc = json.loads((out / "robustness.json").read_text())
-    assert doc["data"]["n_samples"] == 20 and doc["report"]["passes"] == 2
+    assert doc["data"]["n_samples"] == 20 and doc["report"]["passes"] == 2 and doc["report"]["mode"] == "individual"
     assert list(doc["table"])[:3] == ["clean", "FGSM", "PGD2"]
     assert "WORST CASE" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing")]) == 2

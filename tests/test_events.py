@@ -386,7 +386,7 @@ def test_cli_train_and_evaluate_event_data(tmp_path, capsys):
     assert main(["train", "-c", str(preset), "--out", str(run), "--no-progress", "-q", *sets]) == 0
     out = tmp_path / "eval"
     rc = main(["evaluate", "--checkpoint", str(run), "--attacks", "fgsm,event-flip5,random-flip5", "--event-ks",
-               "0,2,5", "--no-progress", "--out", str(out), "--audit", "--audit-steps", "2"])
+               "0,2,5", "--no-progress", "--out", str(out), "--audit", "--audit-steps", "2", "--individual"])
     assert rc == 0
     doc = json.loads((out / "robustness.json").read_text())
     assert {"EVENT-FLIP5", "RANDOM-FLIP5"} <= set(doc["table"])

@@ -25,7 +25,8 @@ from .config import ExperimentConfig
 from .data import load_digits_split
 from .errors import ConfigError
 from .evaluation import adversarial_examples, clean_accuracy
-from .evaluation.results import DEMO_SCHEMA, PROTOCOL_DEMO, VERSION, command_line, provenance
+from .evaluation.results import DEMO_SCHEMA, PROTOCOL_DEMO, command_line, provenance
+from .evaluation.results import DEMO_VERSION as VERSION
 from .experiment import run_experiment
 from .io import atomic_write_json, ensure_dir
 from .neurons import is_stochastic

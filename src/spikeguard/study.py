@@ -335,7 +335,7 @@ def _run_group(model, x, y, group, protocol: Protocol, ev: dict, run_dir: Path, 
     settings = {"weights": _weights_id(run_dir), "attacks": list(group.attacks), "eps": eps, "eot": group.eot,
                 "passes": group.passes, "alpha": group.alpha, "attack_kw": {k: dict(v) for k, v in group.attack_kw.items()},
                 "n": int(len(y)), "batch_size": int(ev["batch_size"]), "seed": int(ev["seed"]), "source": source_name,
-                "audit": group.audit, "audit_steps": group.audit_steps}
+                "audit": group.audit, "audit_steps": group.audit_steps, "individual": group.individual}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
     path = group_result_path(run_dir, protocol, group)
     folder = ensure_dir(path.parent)
@@ -348,7 +348,8 @@ def _run_group(model, x, y, group, protocol: Protocol, ev: dict, run_dir: Path, 
     t0 = time.perf_counter()
     report = evaluate_sharded(model, x, y, list(group.attacks), eps=eps, eot=group.eot, passes=group.passes,
                               alpha=group.alpha, batch_size=int(ev["batch_size"]), seed=int(ev["seed"]), source=source,
-                              attack_kw=settings["attack_kw"], device=device, journal=journal, progress=progress)
+                              attack_kw=settings["attack_kw"], device=device, journal=journal, progress=progress,
+                              individual=group.individual)
     prov = provenance(command=command, checkpoint=run_dir, report=report, data=data_info,
                       study_protocol=protocol.name, study_group=group.name, device=_device_text(device))
     doc = robustness_document(report, prov, model=f"{run_dir.name} [{protocol.name}]", per_sample=True,

@@ -16,7 +16,7 @@ from .adaptive import (
     Transfer,
     attack_surrogate,
 )
-from .apgd import APGD, apgd_checkpoints
+from .apgd import APGD, APGDT, apgd_checkpoints, dlr_targeted_loss
 from .assg import ASSG
 from .base import Attack, ce_loss, check_batch, check_eps, dlr_loss, get_loss, margin_loss, targeted_margin_loss
 from .events import EventAttack, EventFlip, EventSTE, RandomFlip
@@ -47,7 +47,7 @@ __all__ = [
     "Attack", "EventAttack", "EventFlip", "RandomFlip", "EventSTE", "FGSM", "RFGSM", "PGD", "MTPGD", "APGD", "ASSG", "SAPGD", "PDSG", "Square", "Transfer", "NoiseFreeTransfer", "FixedNoise",
     "SurrogateEnsemble", "AdaptiveSurrogate", "NoiseFreeTwin", "FixedNoiseModel", "attack_surrogate",
     "ce_loss", "dlr_loss", "margin_loss", "targeted_margin_loss", "get_loss", "check_batch", "check_eps",
-    "apgd_checkpoints", "build_attack", "list_attacks", "normalize_name", "parse_attacks",
+    "APGDT", "dlr_targeted_loss", "apgd_checkpoints", "build_attack", "list_attacks", "normalize_name", "parse_attacks",
     "SUITES", "PAPER_SUITE", "STRONG_SUITE", "SUITE_ALPHA", "PAPER_ALPHA", "EPS_RULE", "register_attack",
     "registered_attacks", "attack_class", "parse_alpha", "step_size", "REQUIREMENTS", "ModelTraits", "model_traits",
     "unmet",

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SpikeguardError
-from .base import Attack, best_of_restarts, get_loss, margin_loss
+from .base import Attack, best_of_restarts, get_loss, keep_better, margin_loss, targeted_margin_loss
 from .registry import register_attack
 
 
@@ -125,3 +125,61 @@ class APGD(Attack):
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         return best_of_restarts(self.run_once, images, labels, self.restarts)
+
+
+def dlr_targeted_loss(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    """Targeted DLR loss (Croce & Hein, 2020), per sample, to be maximised:
+    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``; needs >= 4 classes."""
+    if logits.shape[1] < 4:
+        raise SpikeguardError(f"the targeted DLR loss needs at least 4 classes, the model has {logits.shape[1]}")
+    top = logits.topk(4, dim=1).values
+    zy, zt = logits.gather(1, labels[:, None]).squeeze(1), logits.gather(1, targets[:, None]).squeeze(1)
+    return -(zy - zt) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+@register_attack("apgd-t", pattern=r"apgd-t(?P<steps>\d+)?", aliases={"apgdt": "apgd-t"}, defaults={"steps": 100},
+                 example="apgd-tK")
+class APGDT(APGD):
+    """Targeted APGD (AutoAttack's APGD-T): one APGD run with the targeted DLR loss per target
+    class, the ``n_targets`` classes the clean input ranks highest after its label; per sample
+    the first misclassifying (else the highest-scoring) run is kept. A model with fewer than 4
+    classes gets the targeted margin loss ``z_t - z_y`` (the DLR ratio needs 4).
+
+    Args:
+        steps: iterations per target and restart (AutoAttack: 100).
+        n_targets: target classes (AutoAttack: 9; at most classes - 1).
+        restarts: APGD restarts per target.
+    """
+
+    name = "apgd-t"
+
+    @classmethod
+    def table_key(cls, args: dict) -> tuple | None:
+        return 4.5, args.get("steps", 0)  # after APGD-CE/DLR, before MTPGD
+
+    def __init__(self, model: nn.Module, eps: float = 8 / 255, steps: int = 100, n_targets: int = 9,
+                 restarts: int = 1, **kw) -> None:
+        super().__init__(model, eps, steps=steps, loss="dlr", restarts=restarts, **kw)
+        if int(n_targets) < 1:
+            raise SpikeguardError(f"n_targets must be >= 1, got {n_targets}")
+        self.n_targets = int(n_targets)
+        self.name = "apgd-t"
+
+    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
+        with torch.no_grad():
+            ranked = self.logits(images).scatter(1, labels[:, None], float("-inf")).argsort(1, descending=True)
+        best, best_score = images.clone(), torch.full((images.shape[0],), float("-inf"), device=images.device)
+        for j in range(min(self.n_targets, ranked.shape[1] - 1)):
+            targets = ranked[:, j]
+
+            def loss(z: Tensor, y: Tensor, t: Tensor = targets) -> Tensor:
+                # EoT batches repeat the labels; repeat the targets alike. The DLR ratio needs 4
+                # classes; with fewer the targeted margin z_t - z_y is maximised instead
+                t = t.repeat(len(y) // len(t))
+                return dlr_targeted_loss(z, y, t) if z.shape[1] >= 4 else targeted_margin_loss(z, t, y)
+
+            self.loss_fn = loss
+            for _ in range(self.restarts):
+                adv, score = self.run_once(images, labels)
+                best, best_score = keep_better(best, best_score, adv, score)
+        return best

@@ -15,6 +15,7 @@ Names (case-insensitive; ``K``, ``R``, ``Q`` are integers)::
     fgsm, rfgsm                       single-step
     pgdK, pgdK-rR                     PGD, K steps (default 10), R restarts
     apgd-ce[K], apgd-dlr[K]           Auto-PGD with CE / DLR loss, K steps (default 50)
+    apgd-t[K]                         targeted APGD (DLR), 9 target classes, K steps (default 100)
     mtpgd[K]                          multi-targeted PGD, K steps per target (default 20)
     square[Q]                         Square attack, Q queries (default 1000)
     transfer                          PGD-20 on a source model (default: the noise-free twin)
@@ -56,7 +57,7 @@ PAPER_SUITE: tuple[str, ...] = ("fgsm", "rfgsm", "pgd7", "pgd10", "pgd20", "pgd4
 #: Everything: the paper's attacks, longer/restarted PGD, APGD-DLR, black-box, transfer and
 #: the SNN-adaptive attacks (those whose needs the model does not meet are skipped with a reason).
 STRONG_SUITE: tuple[str, ...] = PAPER_SUITE + (
-    "pgd50-r3", "apgd-dlr", "square", "transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive")
+    "pgd50-r3", "apgd-dlr", "square", "transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive", "apgd-t")
 
 SUITES: dict[str, tuple[str, ...]] = {"paper": PAPER_SUITE, "strong": STRONG_SUITE}
 

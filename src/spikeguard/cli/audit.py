@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import audit_robustness
     from ..evaluation.results import command_line, provenance, write_audit
     from ..io import removed_on_failure
+    from ..randomness import detect_randomness
     from .evaluate import load_target, parse_eps_arg, result_dir
 
     eps = parse_eps_arg(args.eps)
@@ -75,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
     with removed_on_failure(out, created=created):
         print(f"auditing {rn.path} on {info['name']}/{info['split']} ({len(y)} images); output folder {out}",
               file=sys.stderr)
+        rnd = detect_randomness(model, x[:8].to(device), mode=args.randomness, seed=args.seed)
+        _print_cost(model, x, y, eps, args, rnd, device)
         audit = audit_robustness(model, x, y, eps=eps, eot=args.eot, passes=args.passes, steps=args.steps,
-                                 alpha=parse_alpha(args.alpha, EPS_RULE), randomness=args.randomness,
+                                 alpha=parse_alpha(args.alpha, EPS_RULE), randomness=rnd,
                                  tolerance=args.tolerance, chance_margin=args.chance_margin,
                                  zero_grad_limit=args.zero_grad_limit, square_queries=args.square_queries,
                                  batch_size=args.batch_size, seed=args.seed, device=device,
@@ -89,3 +92,19 @@ def run(args: argparse.Namespace) -> int:
                            weights=args.weights, data=info, command="audit")
     print(f"\nwrote {path}")
     return 1 if args.strict and audit.warnings else 0
+
+
+def _print_cost(model, x, y, eps: float, args: argparse.Namespace, rnd, device) -> None:
+    """The audit's own runs priced like ``spikeguard evaluate``'s suite (before they start)."""
+    from ..attacks import EPS_RULE, parse_alpha
+    from ..evaluation.audit import DEFAULT_SWEEP, audit_plan
+    from ..evaluation.progress import estimate_cost
+
+    eot = args.eot if rnd.stochastic else 1
+    plan = audit_plan(model, eps, stochastic=rnd.stochastic, eot=eot, eot_check=args.eot if args.eot > 1 else 8,
+                      steps=args.steps, alpha=parse_alpha(args.alpha, EPS_RULE), sweep=DEFAULT_SWEEP,
+                      square_queries=args.square_queries)
+    b = args.batch_size
+    cost = estimate_cost(model, plan.runs, x[:b].to(device), y[:b].to(device), len(y), b,
+                         args.passes if rnd.stochastic else 1)
+    print(cost.format(), file=sys.stderr)

@@ -20,10 +20,12 @@ surrogate     PGD's accuracy does not depend on the attack's surrogate width bey
 budget        ||x_adv - x||_inf <= eps + 1e-6 and x_adv in [0, 1] for every attack
 ============  ===================================================================
 
-Comparisons use a tolerance in accuracy points (default 1, as in the issue), and the
-verdict follows from the 95% intervals: a difference beyond the tolerance whose intervals
-overlap is within noise and is reported as PASS with that said, not called gradient
-masking. Each check is one ``check_*(results, settings) -> Check`` function in
+Comparisons use a tolerance in accuracy points (default 1), and every comparison of two
+attacks on the same samples is decided by a paired test: exact McNemar on the per-sample
+outcomes (``b`` samples broken by A only, ``c`` by B only, two-sided binomial p; with several
+judging passes, "broken more often", the sign test over samples). A difference beyond the
+tolerance that the paired test does not confirm (p >= 0.05) is within noise and is reported as
+PASS with that said, not called gradient masking. Messages give both counts and p. Each check is one ``check_*(results, settings) -> Check`` function in
 :data:`CHECKS`; the audit runs its attacks once and hands every check the same results.
 
 The audit's own PGD runs take step ``2.5 * eps / steps`` (``alpha="eps"``), so at every
@@ -48,9 +50,12 @@ from ..neurons import is_stochastic
 from ..randomness import Randomness, detect_randomness
 from ..utils import eps_label
 from .engine import AttackResult, RobustnessReport, evaluate_robustness, summarize
+from .stats import mcnemar_exact, paired_counts
 
 DEFAULT_SWEEP: tuple[float, ...] = tuple(k / 255 for k in (1, 2, 4, 8, 16, 32, 64))
 PASS, WARN, SKIP = "PASS", "WARN", "SKIP"
+#: a difference counts as real when the paired test gives p below this
+ALPHA_TEST = 0.05
 
 
 @dataclass
@@ -158,29 +163,49 @@ def _ci(r: AttackResult) -> list | None:
     return s["ci95"] or s["ci95_samples"]
 
 
-def _overlap(a: list | None, b: list | None) -> bool:
-    """True if two 95% intervals overlap (a difference between them may be noise)."""
-    return bool(a and b and a[0] <= b[1] and b[0] <= a[1])
-
-
 def _at_eps(results: Results, eps: float) -> Results:
     return {n: r for n, r in results.items() if abs(r.eps - eps) < 1e-12}
 
 
+@dataclass(frozen=True)
+class Paired:
+    """A paired comparison of attacks ``a`` and ``b`` on the same samples (names in message order)."""
+
+    a: str
+    b: str
+    a_only: int  # samples A breaks (more often) and B does not
+    b_only: int
+    p: float
+
+    @classmethod
+    def of(cls, a: str, ra: AttackResult, b: str, rb: AttackResult) -> "Paired":
+        na, nb = paired_counts(ra.robust, rb.robust)
+        return cls(a, b, na, nb, mcnemar_exact(na, nb))
+
+    def text(self) -> str:
+        return (f"paired on the same samples: {self.a_only} broken by {self.a} only, {self.b_only} by {self.b} only, "
+                f"exact McNemar p = {self.p:.3g}")
+
+    def to_dict(self) -> dict:
+        return {"a": self.a, "b": self.b, "a_only": self.a_only, "b_only": self.b_only, "p": self.p,
+                "test": "exact McNemar (sign test over samples with several passes)"}
+
+
 def verdict(key: str, title: str, ok: bool, numbers: dict, passed: str, warned: str,
-            intervals: tuple[list | None, list | None] | None = None) -> Check:
-    """The one PASS/WARN rule: PASS if ``ok``; else WARN, unless the two 95% ``intervals`` of
-    the compared accuracies overlap: then the difference is within noise, and the check
-    passes saying so (a difference within noise is not evidence of gradient masking)."""
+            paired: Paired | None = None) -> Check:
+    """The one PASS/WARN rule: PASS if ``ok``; else WARN, unless the ``paired`` test of the two
+    compared attacks does not confirm the difference (p >= :data:`ALPHA_TEST`): then it is within
+    noise, and the check passes saying so (noise is not evidence of gradient masking)."""
+    if paired is not None:
+        numbers = numbers | {"paired_test": paired.to_dict()}
+        passed, warned = f"{passed} ({paired.text()})", f"{warned} ({paired.text()})"
     if ok:
         return Check(key, title, PASS, numbers, passed)
-    if intervals is not None and _overlap(*intervals):
-        a, b = intervals
-        numbers = numbers | {"within_noise": True}
-        return Check(key, title, PASS, numbers,
-                     f"within noise: {warned.split('. ')[0]}, but the 95% intervals overlap "
-                     f"([{_pts(a[0])}, {_pts(a[1])}] and [{_pts(b[0])}, {_pts(b[1])}]), so this is not evidence of "
-                     "gradient masking; rerun with more --passes / --n-samples to resolve it.")
+    if paired is not None and paired.p >= ALPHA_TEST:
+        return Check(key, title, PASS, numbers | {"within_noise": True},
+                     f"within noise: {warned.split('. ')[0]}, but the paired test does not separate them "
+                     f"({paired.text()} >= {ALPHA_TEST:g}), so this is not evidence of gradient masking; rerun with "
+                     "more --n-samples (or --passes) to resolve it.")
     return Check(key, title, WARN, numbers, warned)
 
 
@@ -219,13 +244,14 @@ def check_iterative(results: Results, st: AuditSettings) -> Check:
     nums = {"single_step": singles, "iterative": iters, "weaker_than_single_step": weaker}
     best_txt = (f" (strongest: {min(iters, key=iters.get)} {_pts(min(iters.values()))})" if iters else "")
     worst = max(weaker, key=weaker.get) if weaker else None
+    bs = min(singles, key=singles.get)
     return verdict("iterative", "iterative attacks beat single-step ones", not weaker, nums,
                    f"all {len(iters)} iterative attacks <= best single-step {_pts(best_single)} + "
                    f"{st.tolerance:g} pts{best_txt}.",
                    "weaker than the best single-step attack (" + _pts(best_single) + "): " +
                    ", ".join(f"{n} {_pts(a)}" for n, a in weaker.items()) + ". Suggests a masked or noisy loss "
                    "surface that a single large step jumps over, or a step size too small for the budget.",
-                   (_ci(at[min(singles, key=singles.get)]), _ci(at[worst])) if worst else None)
+                   Paired.of(bs, at[bs], worst, at[worst]) if worst else None)
 
 
 def check_steps(results: Results, st: AuditSettings) -> Check:
@@ -242,7 +268,7 @@ def check_steps(results: Results, st: AuditSettings) -> Check:
     return verdict("steps", "doubling the steps changes little", abs(d) < st.tol, nums,
                    f"{st.pair[0]} {_pts(a1)} vs {st.pair[1]} {_pts(a2)}: {100 * d:+.2f} pts (< {st.tolerance:g}).",
                    f"{st.pair[0]} {_pts(a1)} vs {st.pair[1]} {_pts(a2)}: {100 * d:+.2f} pts. Suggests {why}.",
-                   (_ci(r1), _ci(r2)))
+                   Paired.of(st.pair[0], r1, st.pair[1], r2))
 
 
 def check_eot(results: Results, st: AuditSettings) -> Check:
@@ -258,7 +284,8 @@ def check_eot(results: Results, st: AuditSettings) -> Check:
                    f"PGD-{st.steps} with EoT {st.eot_check}: {_pts(ak)} vs without: {_pts(a0)}.",
                    f"PGD-{st.steps} with EoT {st.eot_check}: {_pts(ak)} > without: {_pts(a0)}. Suggests too few "
                    "EoT samples or steps for the noise level (averaging over too few passes shrinks the step "
-                   "direction's signal), or noise-driven gradient masking.", (_ci(r0), _ci(rk)))
+                   "direction's signal), or noise-driven gradient masking.",
+                   Paired.of(st.eot_pair[1], rk, st.eot_pair[0], r0))
 
 
 def check_apgd(results: Results, st: AuditSettings) -> Check:
@@ -272,7 +299,8 @@ def check_apgd(results: Results, st: AuditSettings) -> Check:
                    f"best APGD {_pts(apgds[best_apgd])} vs best PGD {_pts(pgds[best_pgd])}.",
                    f"best APGD {_pts(apgds[best_apgd])} > best PGD {_pts(pgds[best_pgd])}. APGD's step-size control "
                    "relies on the loss going up; on a noisy or flat surrogate loss it stalls. The reviewers of the "
-                   "paper read this as a sign of masked gradients.", (_ci(at[best_apgd]), _ci(at[best_pgd])))
+                   "paper read this as a sign of masked gradients.",
+                   Paired.of(best_apgd, at[best_apgd], best_pgd, at[best_pgd]))
 
 
 def check_black_box(results: Results, st: AuditSettings) -> Check:
@@ -291,7 +319,7 @@ def check_black_box(results: Results, st: AuditSettings) -> Check:
                    ", ".join(f"{n} {_pts(a)}" for n, a in stronger.items()) + f" beat the best white-box attack "
                    f"({_pts(wb[best_wb])}). The white-box gradients are uninformative: gradient masking. Trust the "
                    "worst case, not the white-box numbers.",
-                   (_ci(at[best_wb]), _ci(at[best_bb])) if best_bb else None)
+                   Paired.of(best_bb, at[best_bb], best_wb, at[best_wb]) if best_bb else None)
 
 
 def check_zero_grad(results: Results, st: AuditSettings) -> Check:
@@ -346,7 +374,7 @@ def check_surrogate(results: Results, st: AuditSettings) -> Check:
                    f"{_pts(accs[worst])} vs {best} {_pts(accs[best])} is {100 * spread:.1f} pts. The attack's "
                    "surrogate is a masking knob: a robust accuracy measured with one surrogate is not an upper "
                    "bound. Trust the per-sample worst over widths (the strong suite's sg-ensemble).",
-                   (_ci(runs[best]), _ci(runs[worst])))
+                   Paired.of(worst, runs[worst], best, runs[best]))
 
 
 def surrogate_sweep(model: nn.Module) -> list[tuple[str, float]]:
@@ -370,6 +398,66 @@ CHECKS: tuple[Callable[[Results, AuditSettings], Check], ...] = (
     check_surrogate, check_budget)
 
 
+@dataclass
+class AuditPlan:
+    """The audit's own attack runs and the role each plays (see :func:`audit_plan`)."""
+
+    runs: list[tuple[str, Attack]]
+    sweep: list[float]
+    sweep_names: list[str]
+    pair: tuple[str, str]
+    eot_pair: tuple[str, str] | None
+    surrogate_runs: list[tuple[tuple[str, float], str]]
+    surrogate_skip: list[str]
+
+
+def audit_plan(model: nn.Module, eps: float, *, stochastic: bool, eot: int, eot_check: int, steps: int,
+               alpha: float | str, sweep: Sequence[float], square_queries: int,
+               have: Results | None = None) -> AuditPlan:
+    """The attacks the audit runs itself (those ``have``, a report's results, do not cover):
+    the eps sweep, FGSM, the PGD-k/2k pair, the EoT pair, APGD, Square and the noise-free
+    transfer, and one PGD per attack surrogate width (``spikeguard audit`` prices them first)."""
+    have = have or {}
+
+    def pgd(e: float, k: int, **kw) -> PGD:
+        return PGD(model, e, alpha=step_size(alpha, e, k), steps=k, **({"eot": eot} | kw))
+
+    runs: list[tuple[str, Attack]] = []
+    sweep = sorted(float(e) for e in sweep)
+    sweep_names = []
+    for e in sweep:
+        name = f"pgd{steps}@{eps_label(e)}"
+        sweep_names.append(name)
+        runs.append((name, PGD(model, e, alpha=step_size(EPS_RULE, e, steps), steps=steps, eot=eot)))
+    if not any(r.family in ("fgsm", "rfgsm") and abs(r.eps - eps) < 1e-12 for r in have.values()):
+        runs.append(("fgsm", FGSM(model, eps, eot=eot)))
+    pair = _pgd_pair(have, eps)
+    if pair is None:
+        pair = (f"pgd{steps}", f"pgd{2 * steps}")
+        runs += [(pair[0], pgd(eps, steps)), (pair[1], pgd(eps, 2 * steps))]
+    eot_pair = None
+    if stochastic:
+        eot_pair = (f"pgd{steps}-eot1", f"pgd{steps}-eot{eot_check}")
+        runs += [(eot_pair[0], pgd(eps, steps, eot=1)), (eot_pair[1], pgd(eps, steps, eot=eot_check))]
+    if not any(r.family == "apgd" for r in have.values()):
+        runs.append((f"apgd-ce{2 * steps}", APGD(model, eps, steps=2 * steps, eot=eot)))
+    if not any(r.threat in ("black-box", "transfer") for r in have.values()):
+        runs.append((f"square{square_queries}", Square(model, eps, queries=square_queries, eot=eot)))
+        if stochastic and is_stochastic(model):  # Noisy-LIF noise: its noise-free twin is a transfer source
+            runs.append(("noise-free", NoiseFreeTransfer(model, eps, alpha=step_size(alpha, eps, 2 * steps),
+                                                         steps=2 * steps)))
+    # the surrogate check: PGD once per attack surrogate width (a one-member sg-ensemble each)
+    sg_skip = unmet(SurrogateEnsemble, model_traits(model, stochastic))
+    sg_runs: list[tuple[tuple[str, float], str]] = []
+    if not sg_skip:
+        for sg, w in surrogate_sweep(model):
+            name = f"pgd{steps}-sg-{sg}{w:g}"
+            sg_runs.append(((sg, w), name))
+            runs.append((name, SurrogateEnsemble(model, eps, alpha=step_size(alpha, eps, steps), steps=steps,
+                                                 members=[(sg, w)], eot=eot)))
+    return AuditPlan(runs, sweep, sweep_names, pair, eot_pair, sg_runs, list(sg_skip))
+
+
 def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float = 8 / 255, eot: int = 8,
                      passes: int = 4, report: RobustnessReport | None = None, steps: int = 10,
                      alpha: float | str = EPS_RULE, sweep: Sequence[float] = DEFAULT_SWEEP, tolerance: float = 1.0,
@@ -382,7 +470,8 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
         eps: the budget the robust accuracy is claimed at.
         eot, passes: EoT samples and evaluation passes for a stochastic model.
         report: an :func:`evaluate_robustness` report on the same samples; its attacks are
-            reused (FGSM, PGD-k/2k, APGD, black-box, transfer) and its budgets checked.
+            reused (FGSM, PGD-k/2k, APGD, black-box, transfer) and its budgets checked (a cascade
+            report's attacks only for their budgets: their accuracies are not comparable).
         steps: PGD steps of the audit's own runs (and of the sweep).
         alpha: PGD step size of the audit's own runs at ``eps``: ``"eps"`` (default,
             ``2.5 * eps / steps`` for each run's step count) or a number; the sweep always
@@ -413,45 +502,15 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
     stochastic = randomness.stochastic
     eot_used = eot if stochastic else 1
     eot_check = eot if eot > 1 else 8
-    have = dict(report.results) if report is not None else {}
+    # a cascade's attacks saw only the survivors of the ones before them: their accuracies cannot be
+    # compared, so the audit runs its own (their budgets are still checked)
+    have = dict(report.results) if report is not None and not report.cascade else {}
+    budget_only = dict(report.results) if report is not None and report.cascade else {}
 
-    def pgd(e: float, k: int, **kw) -> PGD:
-        return PGD(model, e, alpha=step_size(alpha, e, k), steps=k, **({"eot": eot_used} | kw))
-
-    # -- the audit's own runs: one engine call, so they share the clean pass and the noise -------
-    runs: list[tuple[str, Attack]] = []
-    sweep = sorted(float(e) for e in sweep)
-    sweep_names = []
-    for e in sweep:
-        name = f"pgd{steps}@{eps_label(e)}"
-        sweep_names.append(name)
-        runs.append((name, PGD(model, e, alpha=step_size(EPS_RULE, e, steps), steps=steps, eot=eot_used)))
-    if not any(r.family in ("fgsm", "rfgsm") and abs(r.eps - eps) < 1e-12 for r in have.values()):
-        runs.append(("fgsm", FGSM(model, eps, eot=eot_used)))
-    pair = _pgd_pair(have, eps)
-    if pair is None:
-        pair = (f"pgd{steps}", f"pgd{2 * steps}")
-        runs += [(pair[0], pgd(eps, steps)), (pair[1], pgd(eps, 2 * steps))]
-    eot_pair = None
-    if stochastic:
-        eot_pair = (f"pgd{steps}-eot1", f"pgd{steps}-eot{eot_check}")
-        runs += [(eot_pair[0], pgd(eps, steps, eot=1)), (eot_pair[1], pgd(eps, steps, eot=eot_check))]
-    if not any(r.family == "apgd" for r in have.values()):
-        runs.append((f"apgd-ce{2 * steps}", APGD(model, eps, steps=2 * steps, eot=eot_used)))
-    if not any(r.threat in ("black-box", "transfer") for r in have.values()):
-        runs.append((f"square{square_queries}", Square(model, eps, queries=square_queries, eot=eot_used)))
-        if stochastic and is_stochastic(model):  # Noisy-LIF noise: its noise-free twin is a transfer source
-            runs.append(("noise-free", NoiseFreeTransfer(model, eps, alpha=step_size(alpha, eps, 2 * steps),
-                                                         steps=2 * steps)))
-    # the surrogate check: PGD once per attack surrogate width (a one-member sg-ensemble each)
-    sg_skip = unmet(SurrogateEnsemble, model_traits(model, stochastic))
-    sg_runs: list[tuple[tuple[str, float], str]] = []
-    if not sg_skip:
-        for sg, w in surrogate_sweep(model):
-            name = f"pgd{steps}-sg-{sg}{w:g}"
-            sg_runs.append(((sg, w), name))
-            runs.append((name, SurrogateEnsemble(model, eps, alpha=step_size(alpha, eps, steps), steps=steps,
-                                                 members=[(sg, w)], eot=eot_used)))
+    plan = audit_plan(model, eps, stochastic=stochastic, eot=eot_used, eot_check=eot_check, steps=steps,
+                      alpha=alpha, sweep=sweep, square_queries=square_queries, have=have)
+    runs, sweep, sweep_names, pair, eot_pair = plan.runs, plan.sweep, plan.sweep_names, plan.pair, plan.eot_pair
+    sg_runs, sg_skip = plan.surrogate_runs, plan.surrogate_skip
     own = evaluate_robustness(model, images, labels, runs, eps=eps, eot=eot_used, passes=passes,
                               batch_size=batch_size, seed=seed + 1, device=device,
                               progress="audit" if progress else False,
@@ -464,7 +523,7 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
                        zero_grad=(z_ce, z_margin, eot_used), surrogate_runs=tuple(sg_runs),
                        surrogate_skip=("the surrogate-width sweep " + "; ".join(sg_skip) +
                                        " (a plain nn.Module's gradient has no surrogate to vary)") if sg_skip else "")
-    checks = [check(results, st) for check in CHECKS]
+    checks = [check({**results, **budget_only} if check is check_budget else results, st) for check in CHECKS]
     settings = {"eps": eps, "eps_label": eps_label(eps), "eot": eot_used, "eot_check": eot_check if stochastic else None,
                 "passes": own.passes, "steps": steps, "alpha": alpha, "step_size": describe_step_size(alpha),
                 "sweep": [eps_label(e) for e in sweep], "tolerance_points": tolerance, "chance_margin": chance_margin,

@@ -4,12 +4,20 @@ Every robust-accuracy result spikeguard writes (``spikeguard evaluate``, the tra
 evaluation of ``eval.attacks``, studies and the ablation, the demo) carries a **provenance** record
 and is written by :func:`write_robustness` or built by :func:`robustness_document` (studies and
 the ablation: one per run and protocol group; the demo embeds the same documents in its summary). Readers (``analyze sweep``, ``report``) go through :func:`read_results`,
-which understands this version and the earlier, provenance-less layout (version 1) that
-spikeguard 0.1.0 wrote before, so older result files keep loading. See docs/evaluation.md.
+which understands this version, version 2 (no evaluation mode: every attack ran on every
+sample) and the earlier, provenance-less layout (version 1) that spikeguard 0.1.0 wrote
+before, so older result files keep loading. See docs/evaluation.md.
 
-A document of version 2::
+Version 3 adds the evaluation mode: ``report.mode`` is ``individual`` (every attack on every
+sample, per-attack accuracies) or ``cascade`` (cheap to expensive, each attack on the samples
+still robust; ``report.attacks[name]`` then has ``accuracy: null`` and ``cascade: {attacked,
+broke}``, the table only ``clean`` and ``worst case``), ``report.attack_order``,
+``report.paired_passes`` and ``per_sample.broken_by``. A version-2 document reads as
+``mode: individual``.
 
-    {"schema": "spikeguard.robustness", "version": 2,
+A document of version 3::
+
+    {"schema": "spikeguard.robustness", "version": 3,
      "model": "tgo",                       # display name (the run folder's name)
      "provenance": {...},                  # see provenance()
      "table": {"clean": 0.98, "FGSM": ...},
@@ -29,7 +37,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 SCHEMA = "spikeguard.robustness"
-VERSION = 2
+VERSION = 3
+#: the demo's ``results.json`` layout (unchanged by version 3 of the robustness schema)
+DEMO_VERSION = 2
+#: result versions :func:`read_results` understands
+READABLE_VERSIONS = (1, 2, 3)
 DEMO_SCHEMA = "spikeguard.demo"
 
 PROTOCOL_ENGINE = "engine"
@@ -105,7 +117,7 @@ def provenance(*, command: str, protocol: str = PROTOCOL_ENGINE, checkpoint: str
 
 def robustness_document(report: Any, prov: Mapping, *, model: str | None = None, per_sample: bool = True,
                         **extra: Any) -> dict:
-    """The version-2 document of ``report`` (see the module docstring)."""
+    """The current-version document of ``report`` (see the module docstring)."""
     if model is None and prov.get("checkpoint"):
         p = Path(prov["checkpoint"])
         model = (p.parent if p.suffix == ".safetensors" else p).resolve().name
@@ -144,9 +156,9 @@ def _v1_provenance(doc: Mapping, rep: Mapping, protocol: str, command: str | Non
 
 
 def read_results(doc: Any) -> list[dict] | None:
-    """Every robustness document in ``doc``, as version-2 dicts (None: not a result file).
+    """Every robustness document in ``doc``, as current-layout dicts (None: not a result file).
 
-    Understands version 2 of ``spikeguard.robustness`` and ``spikeguard.demo``, and the
+    Understands versions 3 and 2 (read as ``mode: individual``) of ``spikeguard.robustness`` and ``spikeguard.demo``, and the
     version-1 layouts (no ``schema`` key) that spikeguard 0.1.0 wrote: ``evaluate``'s and the
     training-time ``robustness.json`` (``{"checkpoint", "command", "table", "report"}``) and the
     demo's ``results.json`` (``{"config", "models": {name: {"clean", "attacks": {attack:
@@ -156,12 +168,18 @@ def read_results(doc: Any) -> list[dict] | None:
         return None
     schema = doc.get("schema")
     if schema == SCHEMA:
-        if doc.get("version") != VERSION:
+        if doc.get("version") not in READABLE_VERSIONS:
             from ..errors import DataError
 
-            raise DataError(f"result schema version {doc.get('version')} is newer than this spikeguard reads "
-                            f"({VERSION}); upgrade spikeguard")
-        return [dict(doc)]
+            v = doc.get("version")
+            newer = isinstance(v, int) and v > VERSION
+            raise DataError(f"result schema version {v} is " + ("newer than" if newer else "not one")
+                            + f" this spikeguard reads ({', '.join(map(str, READABLE_VERSIONS))})"
+                            + ("; upgrade spikeguard" if newer else ""))
+        out = dict(doc)
+        if doc.get("version") == 2 and isinstance(doc.get("report"), Mapping):
+            out["report"] = {"mode": "individual", **doc["report"]}  # version 2 ran every attack on every sample
+        return [out]
     if schema == DEMO_SCHEMA or (schema is None and isinstance(doc.get("models"), Mapping)
                                  and isinstance(doc.get("config"), Mapping)):
         return _demo_documents(doc)
@@ -209,5 +227,5 @@ def _demo_documents(doc: Mapping) -> list[dict]:
     return out
 
 
-__all__ = ["SCHEMA", "VERSION", "DEMO_SCHEMA", "PROTOCOL_ENGINE", "PROTOCOL_DEMO", "checkpoint_id", "command_line",
+__all__ = ["SCHEMA", "VERSION", "READABLE_VERSIONS", "DEMO_SCHEMA", "DEMO_VERSION", "PROTOCOL_ENGINE", "PROTOCOL_DEMO", "checkpoint_id", "command_line",
            "provenance", "robustness_document", "write_robustness", "write_audit", "AUDIT_SCHEMA", "read_results", "software", "now_utc"]

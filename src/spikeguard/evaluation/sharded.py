@@ -33,9 +33,9 @@ from torch import Tensor, nn
 
 from ..errors import SpikeguardError
 from ..randomness import Randomness, detect_randomness
-from .engine import AttackLike, AttackResult, RobustnessReport, evaluate_robustness
+from .engine import AttackLike, AttackResult, RobustnessReport, _bits, _unbits, evaluate_robustness
 
-JOURNAL_FORMAT = 1
+JOURNAL_FORMAT = 2  # 2: per-attack records of AttackResult.record (cascade mode)
 
 
 def journal_key(settings: dict) -> str:
@@ -44,24 +44,14 @@ def journal_key(settings: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _bits(t: Tensor) -> list[str]:
-    return ["".join("1" if v else "0" for v in row) for row in t.tolist()]
-
-
-def _unbits(rows: list[str]) -> Tensor:
-    return torch.tensor([[c == "1" for c in r] for r in rows], dtype=torch.bool)
-
-
 def _encode_batch(bi: int, rep: RobustnessReport) -> dict:
     return {
         "format": JOURNAL_FORMAT, "batch": bi, "n": rep.n, "num_classes": rep.num_classes,
         "clean": _bits(rep.clean), "skipped": rep.skipped,
-        "attacks": {k: {"robust": _bits(r.robust), "eps": r.eps, "threat": r.threat, "description": r.description,
-                        "seconds": r.seconds, "max_linf": r.max_linf, "x_min": r.x_min, "x_max": r.x_max,
-                        "n_attacked": r.n_attacked, "iterative": r.iterative, "family": r.family,
-                        "settings": r.settings} for k, r in rep.results.items()},
+        "attacks": {k: r.record() for k, r in rep.results.items()},
         "meta": {"eps": rep.eps, "eot": rep.eot, "passes": rep.passes, "stochastic": rep.stochastic,
-                 "seed": rep.seed, "randomness": rep.randomness, "step_size": rep.step_size},
+                 "seed": rep.seed, "randomness": rep.randomness, "step_size": rep.step_size, "mode": rep.mode,
+                 "paired": rep.paired},
     }
 
 
@@ -90,16 +80,10 @@ def _merge(records: list[dict], labels: Tensor, seconds: float) -> RobustnessRep
                               stochastic=bool(meta["stochastic"]), num_classes=int(first["num_classes"]),
                               seed=int(meta["seed"]), clean=torch.cat([_unbits(r["clean"]) for r in records], 1),
                               skipped=dict(first.get("skipped") or {}), labels=labels.detach().cpu(),
-                              randomness=dict(meta.get("randomness") or {}), step_size=dict(meta.get("step_size") or {}))
-    for name, a0 in first["attacks"].items():
-        parts = [r["attacks"][name] for r in records]
-        hit = [p for p in parts if p["n_attacked"]]  # batches where nothing was attacked carry no range
-        report.results[name] = AttackResult(
-            name=name, robust=torch.cat([_unbits(p["robust"]) for p in parts], 1), eps=float(a0["eps"]),
-            threat=a0["threat"], description=a0["description"], seconds=sum(p["seconds"] for p in parts),
-            max_linf=max((p["max_linf"] for p in hit), default=0.0), x_min=min((p["x_min"] for p in hit), default=0.0),
-            x_max=max((p["x_max"] for p in hit), default=1.0), n_attacked=sum(p["n_attacked"] for p in parts),
-            iterative=bool(a0.get("iterative", False)), family=a0.get("family"), settings=dict(a0.get("settings") or {}))
+                              randomness=dict(meta.get("randomness") or {}), step_size=dict(meta.get("step_size") or {}),
+                              mode=meta.get("mode", "individual"), paired=bool(meta.get("paired", True)))
+    for name in first["attacks"]:
+        report.results[name] = AttackResult.merge(name, [r["attacks"][name] for r in records])
     report.seconds = seconds
     return report
 
@@ -111,7 +95,8 @@ def evaluate_sharded(model: nn.Module, images: Tensor, labels: Tensor, attacks: 
 
     Args:
         model, images, labels, attacks, batch_size: as for :func:`evaluate_robustness`
-            (``**kw`` passes the rest: eps, eot, passes, alpha, seed, source, attack_kw, device).
+            (``**kw`` passes the rest: eps, eot, passes, alpha, seed, source, attack_kw, device,
+            individual; a cascade runs per batch, so it is the same sharded or not).
         journal: folder of the per-batch journal (None: no journal, nothing resumable).
         ctx: a :class:`spikeguard.distributed.DistContext` (default: the current one).
         progress: a progress bar over this rank's batches.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
 
 # Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (used if scipy is missing).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -50,3 +53,32 @@ def wilson_ci95(p: float, n: int) -> tuple[float, float] | None:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value of paired outcomes.
+
+    ``b``: pairs where only the first condition "succeeded" (e.g. samples broken by attack A
+    only), ``c``: where only the second did; concordant pairs carry no information. Under the
+    null hypothesis each discordant pair goes either way with probability 1/2, so ``b`` is
+    Binomial(b + c, 1/2) and ``p = min(1, 2 * P[X <= min(b, c)])``.
+    """
+    b, c = int(b), int(c)
+    if b < 0 or c < 0:
+        raise ValueError("counts must be >= 0")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def paired_counts(robust_a: "Tensor", robust_b: "Tensor") -> tuple[int, int]:
+    """``(b, c)`` of two attacks' per-sample outcomes on the same samples (bool ``[P, n]``).
+
+    ``b``: samples attack A breaks more often than B (robust on fewer of the passes; with one
+    pass: broken by A only), ``c``: the other way round. With several passes this is the sign
+    test over samples, of which McNemar's is the one-pass case.
+    """
+    ra, rb = robust_a.float().mean(0), robust_b.float().mean(0)
+    return int((ra < rb).sum()), int((rb < ra).sum())

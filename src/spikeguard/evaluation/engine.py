@@ -384,9 +384,14 @@ class RobustnessReport:
         cascade: samples attacked and broken), then the worst case."""
         lines = [title] if title else []
         lines.append(f"eps = {eps_label(self.eps)}, n = {self.n}, {self._judged_text()}")
-        head = f"{'attack':<16} {'threat':<12} {'accuracy':>9}  {'95% interval':<17} {'time':>7}"
+        fresh = self.fresh_noise_names()
+        extra = ["no known-noise"] if len(fresh) < len(self.results) else []
+        # columns as wide as their longest entry, so that every row lines up
+        aw = max([16, len("WORST CASE")] + [len(display_name(n)) for n in self.results])
+        tw = max([12] + [len(r.threat) for r in self.results.values()] + [len(t) for t in extra])
+        head = f"{'attack':<{aw}} {'threat':<{tw}} {'accuracy':>9}  {'95% interval':<17} {'time':>7}"
         if self.cascade:  # no per-attack accuracy: the cascade's counts share the column
-            head = f"{'attack':<16} {'threat':<12} {'accuracy / cascade':<28} {'time':>7}"
+            head = f"{'attack':<{aw}} {'threat':<{tw}} {'accuracy / cascade':<28} {'time':>7}"
         lines += [head, "-" * len(head)]
 
         def row(label: str, threat: str, robust: Tensor, seconds: float | None) -> str:
@@ -395,7 +400,10 @@ class RobustnessReport:
             kind = "" if s["ci95"] else "*"
             ci_txt = f"[{100 * ci[0]:5.1f}, {100 * ci[1]:5.1f}]{kind}" if ci else ""
             t = f"{seconds:6.1f}s" if seconds is not None else ""
-            return f"{label:<{aw}} {threat:<{tw}} {100 * s['accuracy']:8.2f}%  {ci_txt:<17} {t:>7}"
+            acc = f"{100 * s['accuracy']:8.2f}%  {ci_txt:<17}"
+            if self.cascade:
+                acc = f"{acc:<28}"
+            return f"{label:<{aw}} {threat:<{tw}} {acc} {t:>7}"
 
         lines.append(row("clean", "", self.clean, None))
         broke = self.broke_counts()
@@ -403,7 +411,7 @@ class RobustnessReport:
             r = self.results[n]
             if self.cascade:
                 txt = f"broke {broke[n]} of {r.n_attacked} attacked"
-                lines.append(f"{display_name(n):<16} {r.threat:<12} {txt:<28} {r.seconds:6.1f}s")
+                lines.append(f"{display_name(n):<{aw}} {r.threat:<{tw}} {txt:<28} {r.seconds:6.1f}s")
             else:
                 lines.append(row(display_name(n), r.threat, self.robust(n), r.seconds))
         lines.append("-" * len(head))

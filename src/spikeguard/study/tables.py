@@ -92,7 +92,9 @@ def _run_row(spec: StudySpec, r: RunSpec, out: Path) -> dict:
             "grad_ratio": _last_log(run_dir).get("grad_ratio"), "epochs": cfg.optim.epochs,
             "train_seconds": train.get("train_seconds"), "test_accuracy_full": train.get("test_accuracy"),
             "near_threshold": share.get("near_threshold"), "bn_control": share.get("bn_control"),
-            "source": r.source or None, "accuracy": {}, "ci95": {}, "ci95_method": {}, "skipped": {}, "audit": None,
+            "source": r.source or None,
+            "source_entry": next((x.row for x in spec.runs if x.name == r.source), None) if r.source else None,
+            "accuracy": {}, "ci95": {}, "ci95_method": {}, "skipped": {}, "audit": None,
             "paper": dict(r.paper), "_samples": {}, "_labels": {}}
 
 
@@ -247,7 +249,7 @@ def aggregate(spec: StudySpec, rows: list[dict], columns: list[str]) -> list[dic
         runs = [r for r in rows if r["entry"] == entry]
         e: dict[str, Any] = {"entry": entry, "training": runs[0]["training"], "model": runs[0]["model"],
                              "runs": [r["run"] for r in runs], "seeds": [r["seed"] for r in runs],
-                             "baseline": spec.baseline_of(entry) or None, "source": runs[0]["source"],
+                             "baseline": spec.baseline_of(entry) or None, "source": runs[0]["source_entry"],
                              "accuracy": {}, "difference": {}, "paper": runs[0]["paper"]}
         for col in columns:
             have = [r for r in runs if col in r["accuracy"]]
@@ -318,7 +320,7 @@ def _eps_section(spec: StudySpec, label: str, entries: list[dict], rows: list[di
         diffs = [e for e in entries if e["baseline"]]
         if diffs:
             lines += ["", f"Paired difference to the baseline (points; row minus baseline, the same {n} images and "
-                      "seed, per-sample paired; over seeds as above), eps {label}:", "",
+                      f"seed, per-sample paired; over seeds as above), eps {label}:", "",
                       "| model | baseline | " + " | ".join(header(c) for c in cols) + " |",
                       "|" + "---|" * (len(cols) + 2)]
             label_of = {x["entry"]: x["model"] for x in entries}

@@ -314,23 +314,26 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
     seeds = f", seeds {spec.seeds}" if spec.seeds else ""
     log(f"[study {spec.name}] {len(spec.rows())} rows{seeds} ({len(spec.runs)} runs) x protocols "
         f"{', '.join(p.name for p in spec.protocols)} x eps {', '.join(eps_label(e) for e in spec.eps_list())} -> {out}")
-    log(f"[study] stage 1/{n_stages}: plan" + (f" (budget {budget})" if budget is not None else ""))
+    def stage(k: int, text: str) -> None:  # elapsed time on every stage line: how long each stage took
+        log(f"[study] stage {k}/{n_stages} (at {time.perf_counter() - t0:.0f} s): {text}")
+
+    stage(1, "plan" + (f" (budget {budget})" if budget is not None else ""))
     plan = None
     if budget is not None:
         budget_s = parse_duration(budget) if isinstance(budget, str) else float(budget)
         plan = plan_epochs(spec, out, budget_s, log, progress)
         apply_plan_and_calibration(spec, plan, None)
     cal_rows = calibrated_rows(spec)
-    log(f"[study] stage 2/{n_stages}: calibration" + (f" of lambda_max for {', '.join(cal_rows)} (once per row, "
+    stage(2, "calibration" + (f" of lambda_max for {', '.join(cal_rows)} (once per row, "
                                                         "for all its seeds)" if cal_rows else ": none asked for"))
     calibrations = _calibrate(spec, out, progress, log)
     apply_plan_and_calibration(spec, None, calibrations)
-    log(f"[study] stage 3/{n_stages}: training")
+    stage(3, "training")
     _train(spec, out, progress, log)
-    log(f"[study] stage 4/{n_stages}: evaluation ({', '.join(p.name for p in spec.protocols)}, "
-        f"{spec.evaluation['n_samples'] or 'all'} images)")
+    stage(4, f"evaluation ({', '.join(p.name for p in spec.protocols)}, {spec.evaluation['n_samples'] or 'all'} "
+          "images)")
     n_eval, device = _evaluate(spec, out, progress, log)
-    log(f"[study] stage 5/{n_stages}: tables, figures and report")
+    stage(5, "tables, figures and report")
     meta = _meta(spec, n_eval, _device_text(device))
     return write_comparison(spec, out, meta, plan=plan, calibrations=calibrations, report=report, log=log, t0=t0)
 

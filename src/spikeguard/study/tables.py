@@ -224,11 +224,14 @@ def public(rows: list[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------- rows per [[runs]] entry
-def _seed_summary(per_seed: list[float], one_seed_ci: list | None) -> dict:
-    """Mean over seeds with its t interval over seeds; one seed: the per-sample interval, so labelled."""
+def _seed_summary(per_seed: list[float], one_seed_ci: list | None, low: float = 0.0) -> dict:
+    """Mean over seeds with its t interval over seeds (clipped to [low, 1]: a t interval over a few seeds can
+    pass the ends of what an accuracy or a difference can be); one seed: the per-sample interval, so labelled."""
     from ..evaluation.stats import seeds_mean_ci95
 
     s = seeds_mean_ci95(per_seed)
+    if s["ci95"]:
+        s["ci95"] = [max(low, s["ci95"][0]), min(1.0, s["ci95"][1])]
     if s["n_seeds"] == 1:
         s["ci95"], s["method"] = one_seed_ci, "samples (1 seed)"
     return s
@@ -262,7 +265,8 @@ def aggregate(spec: StudySpec, rows: list[dict], columns: list[str]) -> list[dic
                         [sum(v) / len(v) for v in zip(*lists)])["ci95"]
             diffs = [r for r in runs if col in r.get("difference", {})]
             if diffs:
-                d = _seed_summary([r["difference"][col]["diff"] for r in diffs], diffs[0]["difference"][col]["ci95"])
+                d = _seed_summary([r["difference"][col]["diff"] for r in diffs], diffs[0]["difference"][col]["ci95"],
+                                  low=-1.0)
                 d["seeds"] = [r["seed"] for r in diffs]
                 d["per_seed_ci95"] = [r["difference"][col]["ci95"] for r in diffs]
                 e["difference"][col] = d
@@ -382,7 +386,8 @@ def _intro(spec: StudySpec, rows: list[dict], meta: dict, calibrations: dict) ->
              "a Student-t interval over the samples' pass means (noise and test-set sampling together). Paired "
              "differences: per sample, row minus baseline on the same images and seed, mean with a paired t "
              "interval over the samples; over several seeds, the mean of the per-seed differences with a t "
-             "interval over the seeds."]
+             "interval over the seeds. An interval over seeds measures how much training seeds disagree on these "
+             "fixed images; the test-sample interval of each seed mean is in study.json (`ci95_samples`)."]
     refs = {e: spec.baseline_of(e) for e in spec.rows() if spec.baseline_of(e)}
     if refs:
         lines += ["", "Baselines: " + "; ".join(f"{e} vs {b}" for e, b in refs.items()) + "."]

@@ -118,7 +118,8 @@ def _train(spec: StudySpec, out: Path, progress: bool, log: Log) -> None:
         tag = f"  run {i + 1}/{len(spec.runs)} '{r.name}'"
         if (d / "config.json").is_file():
             saved, _ = read_run_config(d)
-            diff = _config_diff(config_to_dict(r.config), config_to_dict(saved))
+            # the name is a label (a run trained by `spikeguard train` into this layout is reused)
+            diff = [k for k in _config_diff(config_to_dict(r.config), config_to_dict(saved)) if k != "name"]
             if diff:
                 raise ConfigError(f"{d} holds run {r.name!r} with other settings ({', '.join(diff[:5])}); "
                                   "use another --out or remove that folder")

@@ -76,6 +76,15 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _read_result(path: Path) -> dict:
+    """A group's result through the one reader (:func:`spikeguard.evaluation.results.read_results`)."""
+    from ..evaluation.results import read_results
+
+    raw = _read(path)
+    docs = read_results(raw)
+    return {**raw, **docs[0]} if docs else raw
+
+
 # --------------------------------------------------------------------------------------- rows per run
 def _run_row(spec: StudySpec, r: RunSpec, out: Path) -> dict:
     """A run's eps-independent facts: training, neuron, constraint, share and BN control."""
@@ -172,7 +181,7 @@ def build_rows(spec: StudySpec, out: Path, eps: float | None = None) -> tuple[li
             for gi, g in enumerate(prot.groups):
                 p = result_path(spec, out / "runs" / r.name, prot, g, eps)
                 if p.is_file():
-                    _add_group(row, _read(p), prot.tag, gi == 0, prot.name == "paper")
+                    _add_group(row, _read_result(p), prot.tag, gi == 0, prot.name == "paper")
         columns += [c for c in row["accuracy"] if c not in columns]
         rows.append(row)
     ref = spec.evaluation.get("reference")

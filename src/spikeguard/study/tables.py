@@ -131,14 +131,29 @@ def _group_cells(doc: dict, first: bool, paper: bool) -> dict[str, tuple[float, 
         src = rep.get("clean") if col == "clean" else rep.get("worst_case") if col == WORST else \
             (rep.get("attacks") or {}).get(key, {})
         cells[col] = (float(acc), src or {}, key)
-    if WORST in cells:
+    if WORST in cells and _has_known_noise(doc):  # else there is one worst case, shown as before
         fresh = rep.get("worst_case_fresh_noise")
         known = any((a or {}).get("threat") == "known-noise" for a in (rep.get("attacks") or {}).values())
         if isinstance(fresh, dict) and "accuracy" in fresh:
             cells[FRESH] = (float(fresh["accuracy"]), fresh, "worst_case_fresh_noise")
-        elif not known:  # every attack that ran is a fresh-noise one: the two worst cases coincide
+        elif not known:  # the known-noise attacks were skipped (a deterministic model): the two coincide
             cells[FRESH] = (cells[WORST][0], cells[WORST][1], "worst_case")
     return cells
+
+
+def _has_known_noise(doc: dict) -> bool:
+    """Whether the group asked for a known-noise attack (FIXED-NOISE), run or skipped on this model."""
+    from ..attacks.registry import attack_class
+    from ..errors import SpikeguardError
+
+    names = list((doc.get("settings") or {}).get("attacks") or (doc.get("report") or {}).get("attacks") or [])
+    for n in names:
+        try:
+            if getattr(attack_class(n), "threat", "") == "known-noise":
+                return True
+        except SpikeguardError:  # an attack this version does not know: not one we can label
+            continue
+    return False
 
 
 def _add_group(row: dict, doc: dict, tag: str, first: bool, paper: bool) -> None:

@@ -315,6 +315,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
     seeds = f", seeds {spec.seeds}" if spec.seeds else ""
     log(f"[study {spec.name}] {len(spec.rows())} rows{seeds} ({len(spec.runs)} runs) x protocols "
         f"{', '.join(p.name for p in spec.protocols)} x eps {', '.join(eps_label(e) for e in spec.eps_list())} -> {out}")
+
     def stage(k: int, text: str) -> None:  # elapsed time on every stage line: how long each stage took
         log(f"[study] stage {k}/{n_stages} (at {time.perf_counter() - t0:.0f} s): {text}")
 
@@ -325,8 +326,8 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
         plan = plan_epochs(spec, out, budget_s, log, progress)
         apply_plan_and_calibration(spec, plan, None)
     cal_rows = calibrated_rows(spec)
-    stage(2, "calibration" + (f" of lambda_max for {', '.join(cal_rows)} (once per row, "
-                                                        "for all its seeds)" if cal_rows else ": none asked for"))
+    stage(2, "calibration" + (f" of lambda_max for {', '.join(cal_rows)} (once per row, for all its seeds)"
+                              if cal_rows else ": none asked for"))
     calibrations = _calibrate(spec, out, progress, log)
     apply_plan_and_calibration(spec, None, calibrations)
     stage(3, "training")

@@ -13,6 +13,7 @@ from spikeguard.errors import ConfigError
 from spikeguard.models import create_model
 from spikeguard.protocols import EPS_RULE, PAPER, STRONG, get_protocol
 from spikeguard.study import load_study, parse_duration, plan_epochs, run_study
+from spikeguard.study.tables import header
 
 STUDIES = Path(__file__).resolve().parents[1] / "configs" / "studies"
 SMOKE = STUDIES / "cpu-digits-smoke.toml"
@@ -98,7 +99,7 @@ def test_study_end_to_end_and_reuse(tmp_path):
     doc = run_study(_small_spec(), tmp_path, progress=False, log=lines.append)
     md = (tmp_path / "study.md").read_text()
     for col in ("clean (P)", "FGSM (P)", "PGD40 (P)", "APGD-CE10 (P)", "clean (S)", "worst case (S)"):
-        assert col in doc["columns"] and col in md
+        assert col in doc["columns"] and header(col) in md
     assert doc["columns"].index("worst case (S)") > doc["columns"].index("clean (S)") > doc["columns"].index("PGD40 (P)")
     assert "FGSM (S)" not in doc["columns"]  # the strong protocol is a cascade: no per-attack accuracies
     rows = {r["run"]: r for r in doc["rows"]}

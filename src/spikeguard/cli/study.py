@@ -8,8 +8,10 @@ from pathlib import Path
 EPILOG = """\
 examples:
   spikeguard study configs/studies/cpu-digits-smoke.toml --out runs/cpu-digits-smoke      # seconds to minutes
-  spikeguard study configs/studies/cpu-cifar10-full.toml --out runs/cpu-cifar10-full \\
+  spikeguard study configs/studies/digits-verdict.toml --out runs/digits-verdict         # 5 seeds x 4 rows x 3 eps
+  spikeguard study configs/studies/cifar10k-verdict.toml --out runs/cifar10k-verdict \\
       --set data.root=../shared/data/cifar10-jpg
+  spikeguard study configs/studies/digits-verdict.toml --out runs/digits-verdict --tables-only
   spikeguard study configs/studies/cifar10-wrn16-table1-gpu-short.toml --out runs/gpu-short --budget 9m \\
       --set data.root=shared_copy/cifar10-parquet --device cuda
 
@@ -22,9 +24,16 @@ judged on single noisy passes, APGD/MTPGD with EoT) and 'strong' (EoT, several p
 and black-box attacks, surrogate-width ensemble, per-sample worst case, audit); see
 spikeguard/protocols.py and docs/study.md.
 
-Writes OUT/study.md (Table 1 layout: rows = models, columns = attacks tagged (P) paper / (S) strong,
-plus normalisation, lambda_max, gradient ratio, near-threshold share and the BN control per row),
-OUT/study.json, OUT/figures/*.png, OUT/report.html and one folder per run under OUT/runs/."""
+A study file may name training seeds (seeds = [0, 1, 2]: every run trains once per seed, in
+OUT/runs/NAME-sSEED; lambda_max is calibrated once per calibrated run and used for all its seeds)
+and several budgets ([evaluation] eps = ["2/255", "8/255"]: every protocol at every eps).
+
+Writes OUT/study.md (Table 1 layout per eps and protocol: rows = models, mean over seeds with a 95%
+interval (over seeds; with one seed over the test samples), columns = attacks tagged (P) paper /
+(S) strong, the worst case under fresh noise and including the known-noise FIXED-NOISE diagnostic;
+per row the paired per-sample difference to its baseline; then normalisation, lambda_max, gradient
+ratio, near-threshold share and the BN control per run), OUT/study.json, OUT/figures/*.png,
+OUT/report.html and one folder per run under OUT/runs/. See docs/study.md."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,8 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: each run's config)")
     p.add_argument("--tables-only", action="store_true",
                    help="train and attack nothing: write study.md/json, figures and the report from what OUT "
-                        "holds now (an interrupted study, or one still running elsewhere); unfinished work is "
-                        "listed as not finished")
+                        "holds now (an interrupted study, or one still running elsewhere); unfinished runs, eps "
+                        "and groups are listed as not finished")
     p.add_argument("--overwrite", action="store_true",
                    help="with --tables-only: replace tables that another study file wrote into OUT (default: refuse)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")

@@ -82,3 +82,64 @@ def paired_counts(robust_a: "Tensor", robust_b: "Tensor") -> tuple[int, int]:
     """
     ra, rb = robust_a.float().mean(0), robust_b.float().mean(0)
     return int((ra < rb).sum()), int((rb < ra).sum())
+
+
+# ------------------------------------------------------------------ per-sample and paired intervals
+def _clip01(lo: float, hi: float) -> list[float]:
+    return [max(0.0, lo), min(1.0, hi)]
+
+
+def sample_accuracy_ci95(per_sample: Sequence[float]) -> dict:
+    """Accuracy over test samples and its 95% interval over the samples.
+
+    ``per_sample[i]`` is the fraction of judging passes on which sample ``i`` was robust (a
+    deterministic model or a single pass: 0 or 1). The interval treats the samples as the unit,
+    so it covers the finite test set and, for noisy models, the pass-to-pass noise as well:
+
+    * every value 0 or 1: the Wilson score interval of the proportion (``method = "wilson"``);
+    * fractional values (several passes of a noisy model): the mean of the per-sample pass
+      means with a Student-t interval over the samples, clipped to [0, 1] (``"t-samples"``).
+
+    Returns ``{"accuracy", "ci95", "n", "method"}`` (``ci95`` None without samples).
+    """
+    vals = [float(v) for v in per_sample]
+    n = len(vals)
+    if n == 0:
+        return {"accuracy": float("nan"), "ci95": None, "n": 0, "method": None}
+    m = sum(vals) / n
+    if all(v in (0.0, 1.0) for v in vals):
+        ci = wilson_ci95(m, n)
+        return {"accuracy": m, "ci95": list(ci) if ci else None, "n": n, "method": "wilson"}
+    _, ci = mean_ci95(vals)
+    return {"accuracy": m, "ci95": _clip01(*ci) if ci else None, "n": n, "method": "t-samples"}
+
+
+def paired_difference_ci95(target: Sequence[float], baseline: Sequence[float]) -> dict:
+    """Paired difference ``target - baseline`` over the same samples, with a 95% Student-t interval.
+
+    ``d_i = target_i - baseline_i`` per sample (per-sample pass means, as in
+    :func:`sample_accuracy_ci95`); the result is ``mean(d)`` and ``mean(d) +- t_{0.975, n-1}
+    sd(d) / sqrt(n)``. Pairing removes the between-image variation both models share, so the
+    interval is much narrower than two independent accuracy intervals would suggest.
+
+    Raises:
+        ValueError: the two lists differ in length (not the same samples) or are empty.
+    """
+    a = [float(v) for v in target]
+    b = [float(v) for v in baseline]
+    if len(a) != len(b) or not a:
+        raise ValueError(f"a paired difference needs the same non-empty samples ({len(a)} vs {len(b)})")
+    m, ci = mean_ci95([x - y for x, y in zip(a, b)])
+    return {"diff": m, "ci95": list(ci) if ci else None, "n": len(a), "method": "paired-t-samples"}
+
+
+def seeds_mean_ci95(values: Sequence[float]) -> dict:
+    """Mean over training seeds with a 95% Student-t interval over the seeds (df = seeds - 1).
+
+    One seed gives no interval (``ci95`` None): the caller shows the per-sample one instead and
+    says "1 seed".
+    """
+    vals = [float(v) for v in values]
+    m, ci = mean_ci95(vals)
+    return {"mean": m, "ci95": list(ci) if ci else None, "n_seeds": len(vals), "per_seed": vals,
+            "method": "t-seeds" if ci else None}

@@ -58,7 +58,7 @@ def _tiny_file(tmp_path: Path, extra_top: str = "", eps: str = '["8/255", "16/25
     text = text.replace("batch_size = 16", "batch_size = 8")
     text = text.replace('protocols = ["paper", "strong"]', 'protocols = ["strong"]')
     head, rest = text.split("[defaults]", 1)
-    strong = ('[protocols.strong]\neot = 2\npasses = 2\naudit = false\nattacks = ["fgsm", "pgd10", "transfer", '
+    strong = ('[protocols.strong]\neot = 2\npasses = 2\naudit = false\nindividual = true\nattacks = ["fgsm", "pgd10", "transfer", '
               '"noise-free", "fixed-noise"]\nattack_kw = {pgd10 = {steps = 3}, transfer = {steps = 2}, noise-free = '
               '{steps = 2}, fixed-noise = {steps = 2}}\n')
     rest = rest.split("[protocols.strong]", 1)[0] + strong + "\n[control]" + rest.split("[control]", 1)[1]

@@ -5,7 +5,7 @@ trustworthy attack suite (Wang et al., "Robust Spiking Neural Networks Against
 Adversarial Attacks", ICLR 2026).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .errors import CheckpointError, ConfigError, DataError, SpikeguardError  # noqa: E402
 from .models import create_model, list_models  # noqa: E402

@@ -93,7 +93,7 @@ class CalibrationSettings:
     controller_lr: float = 0.0
     tolerance: float = 0.05
 
-    def validate(self) -> "CalibrationSettings":
+    def validate(self) -> CalibrationSettings:
         if not 0 < self.target_reduction < 1:
             raise ConfigError(f"calibration target_reduction must be in (0, 1), got {self.target_reduction}")
         if not self.lambdas or any(not (v > 0 and math.isfinite(v)) for v in self.lambdas):

@@ -167,7 +167,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         n = int.from_bytes(data[:8], "little")
         header = json.loads(data[8:8 + n])
         meta = header.get("__metadata__") or {}
-    except Exception as e:  # safetensors raises its own error types; all mean "bad file"
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; all mean "bad file"
         raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}: {e})") from None
     return tensors, {str(k): str(v) for k, v in meta.items()}
 

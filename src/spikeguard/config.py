@@ -262,7 +262,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
 
-    def validate(self) -> "ExperimentConfig":
+    def validate(self) -> ExperimentConfig:
         """Check ranges and names; raises :class:`ConfigError` naming the key. Returns self."""
         validate_config(self)
         return self

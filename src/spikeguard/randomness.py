@@ -86,7 +86,7 @@ def seeded_rng(seed: int, device: torch.device | str | None = None,
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-            for (_, g), st in zip(owned, saved):
+            for (_, g), st in zip(owned, saved, strict=True):
                 g.set_state(st)
 
 
@@ -207,7 +207,7 @@ def _reseed_modules(model: nn.Module, seed: int) -> Iterator[None]:
     try:
         yield
     finally:
-        for (_, g), st in zip(owned, saved):
+        for (_, g), st in zip(owned, saved, strict=True):
             g.set_state(st)
 
 

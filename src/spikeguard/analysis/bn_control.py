@@ -97,7 +97,7 @@ def bn_rescale_control(model: nn.Module, images: Tensor, labels: Tensor, k: floa
     twin = bn_rescaled(model, k, vth).eval()
     s0, share0 = _first_step_spikes_and_share(model, images, vth, delta, batch_size)
     s1, share1 = _first_step_spikes_and_share(twin, images, vth, delta, batch_size)
-    same = sum(int((a == b).sum()) for a, b in zip(s0, s1))
+    same = sum(int((a == b).sum()) for a, b in zip(s0, s1, strict=True))
     count = sum(a.numel() for a in s0)
     out = {"k": float(k), "delta": float(delta), "share": share0, "share_rescaled": share1,
            "t0_spikes_equal": same / count if count else float("nan"),

@@ -25,7 +25,6 @@ A stochastic model is linearised at one noise draw (seeded), and the same draw i
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -58,7 +57,7 @@ def _loop_backend(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, b in zip(mods, old):
+        for m, b in zip(mods, old, strict=True):
             m.backend = b
 
 

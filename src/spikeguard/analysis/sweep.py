@@ -384,7 +384,7 @@ def split_rows(records: Sequence[SweepRecord], merge: bool = False
     label: dict[tuple[str, str], str] = {}
     for m, gs in groups.items():
         shorts = [_short(g) for g in gs]
-        for g, sh in zip(gs, shorts):
+        for g, sh in zip(gs, shorts, strict=True):
             label[(m, g)] = m if len(gs) == 1 else f"{m} [{sh if shorts.count(sh) == 1 else g}]"
     return [SweepRecord(**{**asdict(r), "model": label[(r.model, r.group)]}) for r in records], {}
 
@@ -394,7 +394,7 @@ def _key(group: str) -> str:
     return ", ".join(group.split(", ")[:2])
 
 
-def _reference_row(reference: str, row: str, grid: "AccuracyGrid") -> str | None:
+def _reference_row(reference: str, row: str, grid: AccuracyGrid) -> str | None:
     """The row ``row`` is compared with: the reference model's row (or, if it was split by provenance,
     one of its rows) measured by the same command on the same number of samples; None if none was."""
     cands = [m for m in grid.models if m == reference or m.startswith(reference + " [")]
@@ -422,7 +422,7 @@ class AccuracyGrid:
     groups: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, records: Sequence[SweepRecord]) -> "AccuracyGrid":
+    def of(cls, records: Sequence[SweepRecord]) -> AccuracyGrid:
         attacks = list(dict.fromkeys(r.attack for r in records))
         keys = sorted({(round(r.eps, 9), attacks.index(r.attack)) for r in records})
         grid = cls(list(dict.fromkeys(r.model for r in records)), [(e, attacks[a]) for e, a in keys], {}, {})

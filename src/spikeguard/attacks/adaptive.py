@@ -102,7 +102,7 @@ def attack_surrogate(model: nn.Module, surrogate: str | Surrogate, width: float 
         with foreign_surrogate(model, sg):
             yield
     finally:
-        for m, (s, g) in zip(mods, saved):
+        for m, (s, g) in zip(mods, saved, strict=True):
             m.surrogate = s
             if hasattr(m, "noisy_grad"):
                 m.noisy_grad = g

@@ -211,7 +211,7 @@ class Attack:
     # -- construction by name and per-pass evaluation (the registry and the engine call these) --
     @classmethod
     def build(cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0,
-              **kw: Any) -> "Attack":
+              **kw: Any) -> Attack:
         """Construct from the registry's shared settings; an attack that needs ``source`` or
         ``seed`` overrides this (the default ignores both)."""
         return cls(model, eps, eot=eot, **kw)

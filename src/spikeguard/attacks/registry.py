@@ -213,7 +213,7 @@ def describe_step_size(alpha: float | str) -> dict[str, Any]:
 
 
 def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, eot: int = 1, alpha: float | str = PAPER_ALPHA,
-                 source: nn.Module | None = None, seed: int = 0, **overrides: Any) -> "Attack":
+                 source: nn.Module | None = None, seed: int = 0, **overrides: Any) -> Attack:
     """Build the attack called ``name`` on ``model``.
 
     Args:

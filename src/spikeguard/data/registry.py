@@ -196,7 +196,7 @@ def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
         if x.dtype != np.uint8 or x.ndim != 4 or y.shape != (x.shape[0],):
             raise ValueError("bad shapes")
         return x, y.astype(np.int64), classes
-    except Exception as e:  # a damaged cache is rebuilt, never trusted
+    except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
         warnings.warn(f"ignoring unreadable dataset cache {path} ({e}); decoding again", stacklevel=3)
         return None
 
@@ -205,9 +205,8 @@ def _write_cache(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str]) -
     from ..io import atomic_path
 
     try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, images=x, labels=y, classes=np.array(classes, dtype=str))
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, images=x, labels=y, classes=np.array(classes, dtype=str))
     except SpikeguardError as e:  # caching is an optimisation: never fail the load for it
         warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
 

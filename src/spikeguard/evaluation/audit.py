@@ -178,7 +178,7 @@ class Paired:
     p: float
 
     @classmethod
-    def of(cls, a: str, ra: AttackResult, b: str, rb: AttackResult) -> "Paired":
+    def of(cls, a: str, ra: AttackResult, b: str, rb: AttackResult) -> Paired:
         na, nb = paired_counts(ra.robust, rb.robust)
         return cls(a, b, na, nb, mcnemar_exact(na, nb))
 
@@ -219,7 +219,7 @@ def check_eps_sweep(results: Results, st: AuditSettings) -> Check:
     nums = {"eps": [eps_label(e) for e in st.sweep], "accuracy": accs, "chance": chance,
             "limit_at_max_eps": chance + st.chance_margin, "rises": rises,
             "attack": f"PGD-{st.steps}, alpha=2.5*eps/{st.steps}", "reach_over_eps": 2.5}
-    sweep_txt = ", ".join(f"{eps_label(e)}: {_pts(a)}" for e, a in zip(st.sweep, accs))
+    sweep_txt = ", ".join(f"{eps_label(e)}: {_pts(a)}" for e, a in zip(st.sweep, accs, strict=True))
     why = []
     if rises:
         why.append("accuracy rises with eps (" + "; ".join(f"{a}->{b}: +{100 * d:.1f} pts" for a, b, d in rises) + ")")

@@ -192,7 +192,7 @@ class AttackResult:
                 "n_attacked": self.n_attacked, **{k: getattr(self, k) for k in self.SCALARS}}
 
     @classmethod
-    def merge(cls, name: str, parts: Sequence[dict | "AttackResult"]) -> "AttackResult":
+    def merge(cls, name: str, parts: Sequence[dict | AttackResult]) -> AttackResult:
         """One result from the records (or results) of consecutive sample ranges, in order."""
         recs = [p.record() if isinstance(p, AttackResult) else p for p in parts]
         hit = [p for p in recs if p["n_attacked"]]  # parts where nothing was attacked carry no range

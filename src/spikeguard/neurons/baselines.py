@@ -243,14 +243,13 @@ def materialize_for(model: nn.Module, arch_kw: dict) -> None:
     """
     if not has_lazy_parameters(model):
         return
+    import contextlib
     import inspect
 
     defaults = {}
-    try:
+    with contextlib.suppress(TypeError, ValueError):
         defaults = {k: p.default for k, p in inspect.signature(type(model)).parameters.items()
                     if p.default is not inspect.Parameter.empty}
-    except (TypeError, ValueError):
-        pass
     channels = arch_kw.get("in_channels", getattr(model, "in_channels", defaults.get("in_channels")))
     size = arch_kw.get("image_size", defaults.get("image_size"))
     if channels is None or size is None:

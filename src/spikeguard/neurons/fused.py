@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import native
-from .native import native_available, native_backward, native_forward  # noqa: F401  (re-exported)
+from .native import native_available, native_backward, native_forward  # re-exported
 from .surrogate import Surrogate
 
 __all__ = ["LIFScan", "lif_scan", "scan_forward", "scan_backward", "surrogate_derivative_", "set_kernel",
@@ -151,7 +151,8 @@ def scan_backward(grad_s: Tensor | None, grad_u: Tensor | None, u_all: Tensor, n
 KERNELS = ("auto", "native", "torch", "triton")
 _kernel_choice = os.environ.get("SPIKEGUARD_LIF_KERNEL", "auto")
 if _kernel_choice not in KERNELS:
-    warnings.warn(f"SPIKEGUARD_LIF_KERNEL={_kernel_choice!r} is not one of {KERNELS}; using 'auto'", RuntimeWarning)
+    warnings.warn(f"SPIKEGUARD_LIF_KERNEL={_kernel_choice!r} is not one of {KERNELS}; using 'auto'", RuntimeWarning,
+                  stacklevel=1)
     _kernel_choice = "auto"
 _triton = None  # the triton_scan module once imported; False if it cannot be
 _triton_error: str | None = None
@@ -274,7 +275,7 @@ def _philox_tensor(mod, noise: NoiseArg, u_all: Tensor) -> Tensor | None:
         return noise
     try:
         flat = mod.philox_noise(noise, (u_all.shape[0], u_all[0].numel()), u_all.device)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise RuntimeError("the Triton LIF backward failed and the forward's noise cannot be regenerated "
                            f"without it ({type(e).__name__}: {e}); rerun with set_kernel('torch')") from e
     # the kernels count t * N + i over memory order (U's layout, e.g. channels_last steps)

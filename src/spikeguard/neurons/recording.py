@@ -99,12 +99,12 @@ def record_potentials(model: nn.Module, detach: bool = False, keep: bool = True,
 @contextlib.contextmanager
 def _setting(modules: list[nn.Module], attr: str, values: list) -> Iterator[None]:
     old = [getattr(m, attr) for m in modules]
-    for m, v in zip(modules, values):
+    for m, v in zip(modules, values, strict=True):
         setattr(m, attr, v)
     try:
         yield
     finally:
-        for m, v in zip(modules, old):
+        for m, v in zip(modules, old, strict=True):
             setattr(m, attr, v)
 
 
@@ -127,7 +127,7 @@ def noise_seed(model: nn.Module, seed: int) -> contextlib.AbstractContextManager
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     seeds = [int(seed) + i for i in range(len(mods))]
     gens = [torch.Generator(device=device) for _ in mods]
-    for g, s in zip(gens, seeds):
+    for g, s in zip(gens, seeds, strict=True):
         g.manual_seed(s)
     return _settings(mods, {"generator": gens, "generator_seed": seeds})
 

@@ -32,7 +32,7 @@ tl = None
 __all__ = ["Surrogate", "SurrogateKind", "register_surrogate", "unregister_surrogate", "surrogate_kind",
            "surrogate_names", "surrogate_aliases", "resolve_surrogate", "SURROGATES", "SpikeFunction", "spike"]
 
-_REGISTRY: dict[str, type["SurrogateKind"]] = {}
+_REGISTRY: dict[str, type[SurrogateKind]] = {}
 _ALIASES: dict[str, str] = {}
 
 

@@ -286,7 +286,7 @@ def aggregate(spec: StudySpec, rows: list[dict], columns: list[str]) -> list[dic
                 lists = [r["_samples"][col] for r in have if col in r["_samples"]]
                 if len(lists) == len(have) and len({len(v) for v in lists}) == 1:
                     e["accuracy"][col]["ci95_samples"] = sample_accuracy_ci95(
-                        [sum(v) / len(v) for v in zip(*lists)])["ci95"]
+                        [sum(v) / len(v) for v in zip(*lists, strict=True)])["ci95"]
             diffs = [r for r in runs if col in r.get("difference", {})]
             if diffs:
                 d = _seed_summary([r["difference"][col]["diff"] for r in diffs], diffs[0]["difference"][col]["ci95"],

@@ -152,7 +152,7 @@ class NeuronInput:
     def _hook(self, _module: nn.Module, args: tuple) -> None:
         self.value = args[0]
 
-    def __enter__(self) -> "NeuronInput":
+    def __enter__(self) -> NeuronInput:
         self._handle = self.module.register_forward_pre_hook(self._hook)
         return self
 

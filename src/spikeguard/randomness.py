@@ -58,7 +58,7 @@ def module_generators(model: nn.Module | None) -> list[tuple[str, torch.Generato
     return out
 
 
-def _cuda_devices(device: torch.device | str | None) -> list[int]:
+def _cuda_devices(device: torch.device | str | None) -> list[int | torch.device]:
     """Every CUDA device whose generator a forward may draw from (all that are initialised)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return list(range(torch.cuda.device_count()))

@@ -94,7 +94,7 @@ class Linearization:
         if self._g is None:
             self._u = torch.zeros_like(self.out, requires_grad=True)
             (self._g,) = torch.autograd.grad(self.out, self.x, self._u, retain_graph=True, create_graph=True)
-        (jv,) = torch.autograd.grad(self._g, self._u, v, retain_graph=True)
+        (jv,) = torch.autograd.grad(self._g, self._u, v, retain_graph=True)  # type: ignore[arg-type]  # _u is set with _g above
         return jv
 
 

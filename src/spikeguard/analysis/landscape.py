@@ -357,7 +357,7 @@ def plot_landscape_contours(surfaces: Mapping[str, Mapping[str, Landscape]], pat
 
             cb = fig.colorbar(cs, ax=axes[i, :].tolist(), shrink=0.9, pad=0.02)
             cb.set_label("cross-entropy (log scale)", fontsize=8)
-            cb.ax.yaxis.set_major_locator(FixedLocator(levels[::2]))
+            cb.ax.yaxis.set_major_locator(FixedLocator(levels[::2]))  # type: ignore[arg-type]  # FixedLocator takes any array-like
             cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.3g}"))
             cb.ax.yaxis.set_minor_locator(NullLocator())
             cb.ax.tick_params(labelsize=6)

@@ -35,7 +35,7 @@ class OneLineParser(argparse.ArgumentParser):
     error, which buries the one line that matters. Sub-parsers inherit the class.
     """
 
-    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 

@@ -82,7 +82,7 @@ class _SafeUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"), ("builtins", "set"), ("builtins", "frozenset"),
     })
 
-    def find_class(self, module: str, name: str):  # type: ignore[override]
+    def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"forbidden global {module}.{name}")

@@ -218,7 +218,7 @@ def _load_arrays(name: str, split: str, kind: str, src: Path, cache_dir: Path | 
     files: list = []
     if kind == "parquet":
         classes = []
-        fp = [parquet_fingerprint(src / f"{split}.parquet")]
+        fp: list = [parquet_fingerprint(src / f"{split}.parquet")]
     elif kind == "pickle":
         table = pickle_files(src, base)
         fp = []
@@ -290,9 +290,9 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
 
         cdir = None if cache_dir == "" else (
             Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "datasets"
-        ds = load_event_dataset(key, split, Path(root).expanduser() if root not in (None, "") else None, cdir,
+        eds = load_event_dataset(key, split, Path(root).expanduser() if root not in (None, "") else None, cdir,
                                 progress=progress, **options)
-        return ds.subset(subset, seed) if subset else ds
+        return eds.subset(subset, seed) if subset else eds
     if options:
         raise DataError(f"{key} takes no data options (got {', '.join(sorted(options))}); they are for the event "
                         f"data sets {', '.join(EVENT_DATASETS)}")

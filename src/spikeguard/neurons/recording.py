@@ -7,7 +7,7 @@ removed on exit, so nothing lingers that a user must remember to reset.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -97,7 +97,7 @@ def record_potentials(model: nn.Module, detach: bool = False, keep: bool = True,
 
 
 @contextlib.contextmanager
-def _setting(modules: list[nn.Module], attr: str, values: list) -> Iterator[None]:
+def _setting(modules: Sequence[nn.Module], attr: str, values: list) -> Iterator[None]:
     old = [getattr(m, attr) for m in modules]
     for m, v in zip(modules, values, strict=True):
         setattr(m, attr, v)
@@ -133,7 +133,7 @@ def noise_seed(model: nn.Module, seed: int) -> contextlib.AbstractContextManager
 
 
 @contextlib.contextmanager
-def _settings(modules: list[nn.Module], values: dict[str, list]) -> Iterator[None]:
+def _settings(modules: Sequence[nn.Module], values: dict[str, list]) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for attr, vals in values.items():
             stack.enter_context(_setting(modules, attr, vals))

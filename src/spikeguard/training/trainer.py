@@ -195,7 +195,7 @@ class Trainer:
             def forward(x: Tensor) -> Tensor:
                 # keep only the potentials of the forward the loss is computed on
                 rec.clear()
-                out = self.model.forward_steps(x)
+                out = self.model.forward_steps(x)  # type: ignore[operator]  # any model with forward_steps
                 potentials[:] = rec.potentials
                 return out
 

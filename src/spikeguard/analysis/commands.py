@@ -197,7 +197,7 @@ def run_jacobian(models: Models, ds: ImageDataset, out: str | os.PathLike, *, n:
     for name, m in models.items():
         norms[name] = _jac.jacobian_norms(m, x, iters, projections, seed, method=method)
         if attack == "fgsm":
-            atk = FGSM(m, eps=eps)
+            atk: FGSM | PGD = FGSM(m, eps=eps)
         elif attack == "pgd":
             atk = PGD(m, eps=eps, alpha=2.5 * eps / steps, steps=steps)
         else:

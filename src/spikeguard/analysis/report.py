@@ -203,7 +203,7 @@ def evaluation_rows(doc: Any, path: Path, run: Path) -> list[list[Any]]:
     for d in docs:
         prov, rep = d.get("provenance") or {}, d.get("report") or {}
         eps = _sweep._eps(rep.get("eps"))
-        attacks = rep.get("attacks") if isinstance(rep.get("attacks"), dict) else {}
+        attacks = _got if isinstance(_got := rep.get("attacks"), dict) else {}
         try:
             where = str(path.relative_to(run))
         except ValueError:

@@ -151,7 +151,7 @@ def rounding_check(model: nn.Module, images: Tensor, labels: Tensor, attack: str
 
 def event_report(model: nn.Module, images: Tensor, labels: Tensor, ks: Sequence[int], eps: float = 8 / 255,
                  eot: int = 1, batch_size: int = 128, seed: int = 0, rounding_attack: str = "pgd10",
-                 alpha: float = 0.01) -> tuple[dict, str]:
+                 alpha: float | str = 0.01) -> tuple[dict, str]:
     """EventFlip and random-flip curves over ``ks`` plus the rounding check: ``(json dict, text table)``."""
     from ..neurons import is_stochastic
 

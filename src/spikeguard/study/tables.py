@@ -161,7 +161,7 @@ def _add_group(row: dict, doc: dict, tag: str, first: bool, paper: bool) -> None
     from ..evaluation.stats import sample_accuracy_ci95
 
     rep = doc.get("report") or {}
-    ps = rep.get("per_sample") if isinstance(rep.get("per_sample"), dict) else {}
+    ps = _got if isinstance(_got := rep.get("per_sample"), dict) else {}
     if ps.get("labels") is not None:
         row["_labels"][tag] = ps["labels"]
     for col, (acc, src, key) in _group_cells(doc, first, paper).items():

@@ -7,8 +7,8 @@ Adversarial Attacks", ICLR 2026).
 
 __version__ = "0.2.0"
 
-from .errors import CheckpointError, ConfigError, DataError, SpikeguardError  # noqa: E402
-from .models import create_model, list_models  # noqa: E402
+from .errors import CheckpointError, ConfigError, DataError, SpikeguardError
+from .models import create_model, list_models
 
 
 def load(path, device="cpu"):

@@ -151,7 +151,7 @@ def ablation_study(base: ExperimentConfig, strategy: str | None = None, settings
     configs = [cell_config(base, mc, nlif, strategy) for mc, nlif in CELLS]  # validate all before any work
     strat = configs[0].strategy
     runs = [RunSpec(cell_name(mc, nlif), cfg, training=strat.upper(), label=cell_label(mc, nlif))
-            for (mc, nlif), cfg in zip(CELLS, configs)]
+            for (mc, nlif), cfg in zip(CELLS, configs, strict=True)]
     evaluation = {"protocols": [PROTOCOL], "n_samples": int(base.data.test_subset or 0), "eps": float(s.eps),
                   "batch_size": int(s.batch_size), "seed": int(s.seed), "split": "test", "reference": runs[0].name}
     return StudySpec(
@@ -180,7 +180,7 @@ def ablation_result(spec: StudySpec, doc: dict, out_dir: str | Path, base: Exper
     attacks = list(group.attacks)
     by_run = {r["run"]: r for r in doc["rows"]}
     rows, n = [], None
-    for (mc, nlif), run in zip(CELLS, spec.runs):
+    for (mc, nlif), run in zip(CELLS, spec.runs, strict=False):
         row = by_run[run.name]
         path = group_result_path(out / "runs" / run.name, prot, group)
         if not path.is_file():
@@ -256,10 +256,10 @@ def format_table(result: dict) -> str:
     first = rows[0]
     width = [max(len(h), 13) for h in heads]
     title = f"{result['strategy'].upper()}  (eps {result['eps'] * 255:.3g}/255, {result['test_samples']} test images)"
-    lines = [title, "MC  NLIF  " + "  ".join(f"{h:>{w}}" for h, w in zip(heads, width))]
+    lines = [title, "MC  NLIF  " + "  ".join(f"{h:>{w}}" for h, w in zip(heads, width, strict=True))]
     for i, r in enumerate(rows):
         cells = []
-        for c, w in zip(cols, width):
+        for c, w in zip(cols, width, strict=True):
             v = r.get(c)
             if v is None:
                 txt = "skip"

@@ -37,7 +37,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .config import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
 from .errors import ConfigError
@@ -93,7 +93,7 @@ class CalibrationSettings:
     controller_lr: float = 0.0
     tolerance: float = 0.05
 
-    def validate(self) -> "CalibrationSettings":
+    def validate(self) -> CalibrationSettings:
         if not 0 < self.target_reduction < 1:
             raise ConfigError(f"calibration target_reduction must be in (0, 1), got {self.target_reduction}")
         if not self.lambdas or any(not (v > 0 and math.isfinite(v)) for v in self.lambdas):
@@ -485,7 +485,7 @@ def compare_normalisations(base: ExperimentConfig, out_dir: str | Path, lam: flo
                      "default": norm.is_default, **asdict(t)})
         log(f"[normalisations] {norm.label()}: share {100 * t.share:.2f}% (cut {100 * t.reduction:.1f}%), clean "
             f"{100 * t.clean:.2f}%")
-    result = {"reference": reference_info(base, s), "lambda_max": float(lam), "schedule": base.tgo.schedule,
+    result: dict[str, Any] = {"reference": reference_info(base, s), "lambda_max": float(lam), "schedule": base.tgo.schedule,
               "neuron": base.neuron.kind, "target_reduction": s.target_reduction, "tolerance": s.tolerance,
               "baseline": asdict(ref), "noise_only": asdict(noise) if noise else None, "rows": rows,
               "closest": closest_rows(rows, s.target_reduction, s.tolerance), "settings": _settings_dict(s),

@@ -59,7 +59,7 @@ def model_spec(cfg: ExperimentConfig, model: nn.Module | None = None, **arch: An
     if model is not None:
         num_classes = int(getattr(model, "num_classes", num_classes))
         if hasattr(model, "in_channels"):
-            kw.setdefault("in_channels", int(model.in_channels))
+            kw.setdefault("in_channels", int(model.in_channels))  # type: ignore[arg-type]  # a plain int attribute of the model
         for name in ("mean", "std"):
             buf = getattr(model, name, None)
             if isinstance(buf, torch.Tensor):
@@ -167,7 +167,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         n = int.from_bytes(data[:8], "little")
         header = json.loads(data[8:8 + n])
         meta = header.get("__metadata__") or {}
-    except Exception as e:  # safetensors raises its own error types; all mean "bad file"
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; all mean "bad file"
         raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}: {e})") from None
     return tensors, {str(k): str(v) for k, v in meta.items()}
 
@@ -175,7 +175,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 def _check_format(meta: dict, path: Path) -> None:
     v = meta.get("format_version")
     try:
-        v = int(v)
+        v = int(v)  # type: ignore[arg-type]  # None raises TypeError, handled below
     except (TypeError, ValueError):
         raise CheckpointError(f"{path} has no valid format_version") from None
     if v > FORMAT_VERSION or v < 1:
@@ -213,7 +213,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, config: Experi
     spec = model_spec(config, model)
     ckpt_id = uuid.uuid4().hex
     meta = {"format_version": str(FORMAT_VERSION), "checkpoint_id": ckpt_id, "model": spec["name"]}
-    files: dict[Path, bytes] = {}
+    files: dict[str | os.PathLike, bytes] = {}
     if state is not None:
         tensors: dict[str, torch.Tensor] = {}
         structure = _encode(state, tensors, "state")

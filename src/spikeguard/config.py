@@ -119,7 +119,7 @@ class NeuronConfig:
         fields the registered neuron class lists in its ``config_fields``, then :attr:`kw`."""
         from .neurons import neuron_class
 
-        kw = {name: getattr(self, name) for name in neuron_class(self.kind).config_fields}
+        kw = {name: getattr(self, name) for name in neuron_class(self.kind).config_fields}  # type: ignore[attr-defined]  # registered neuron classes define config_fields
         kw.update(self.kw)
         return kw
 
@@ -262,7 +262,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
 
-    def validate(self) -> "ExperimentConfig":
+    def validate(self) -> ExperimentConfig:
         """Check ranges and names; raises :class:`ConfigError` naming the key. Returns self."""
         validate_config(self)
         return self
@@ -337,7 +337,7 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
             raise ConfigError(f"unknown config key {key!r}{hint}")
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
-            kwargs[k] = _from_dict(tp, v, f"{key}.")
+            kwargs[k] = _from_dict(tp, v, f"{key}.")  # type: ignore[arg-type]  # a field annotated with a dataclass type
         else:
             kwargs[k] = _coerce(v, tp, key)
     return cls(**kwargs)

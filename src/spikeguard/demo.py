@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -123,7 +123,7 @@ def _evaluate(name: str, model: torch.nn.Module, cfg: DemoConfig, test_ds, progr
     bar = tqdm(total=len(jobs) * len(y), desc=f"attack {name}", disable=not progress, leave=False, unit="img")
     for eps, kind in jobs:
         if kind == "fgsm":
-            attack = FGSM(model, eps=eps, eot=eot)
+            attack: FGSM | PGD = FGSM(model, eps=eps, eot=eot)
             key = "fgsm"
         else:
             attack = PGD(model, eps=eps, alpha=cfg.pgd_alpha_factor * eps / cfg.pgd_steps, steps=cfg.pgd_steps, eot=eot)
@@ -177,6 +177,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log: Callable[[str], None] 
     _, test_ds = load_digits_split()
     if cfg.n_test:
         test_ds = test_ds.subset(cfg.n_test, seed=cfg.seed)
+    results: dict[str, Any]
     models, results = {}, {"schema": DEMO_SCHEMA, "version": VERSION, "config": dataclasses.asdict(cfg), "models": {}}
     for name, tgo in (("vanilla", False), ("tgo", True)):
         model, train_log = _train(name, cfg, tgo, out, progress)
@@ -184,7 +185,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log: Callable[[str], None] 
         ev = _evaluate(name, model, cfg, test_ds, progress)
         ev["train_log"] = train_log
         ev["provenance"] = provenance(command=command_line(argv), protocol=PROTOCOL_DEMO, checkpoint=out / name,
-                                      attacks=list(ev["attacks"]), eps=list(cfg.eps), n_samples=len(test_ds),
+                                      attacks=list(ev["attacks"]), eps=list(cfg.eps), n_samples=len(test_ds),  # type: ignore[arg-type]  # the demo records its list of budgets
                                       seed=cfg.seed, passes=ev["passes"], eot=ev["eot"],
                                       data={"name": "digits", "split": "test", "n_samples": len(test_ds)})
         results["models"][name] = ev

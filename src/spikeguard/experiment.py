@@ -88,14 +88,14 @@ def build_model(cfg: ExperimentConfig, data: ImageDataset | None = None) -> nn.M
     shape.pop("num_classes", None)
     if data is not None and cfg.model.num_classes and cfg.model.num_classes < data.num_classes:
         raise ConfigError(f"model.num_classes = {cfg.model.num_classes} but the data has {data.num_classes} classes")
-    spec = {"name": cfg.model.name, "num_classes": int(num_classes), "T": int(cfg.model.T),
+    spec: dict[str, Any] = {"name": cfg.model.name, "num_classes": int(num_classes), "T": int(cfg.model.T),
             "neuron": cfg.neuron.kind, "neuron_kw": cfg.neuron.neuron_kw(), "kw": {**shape, **cfg.model.kw}}
     try:
         model = create_model(spec["name"], num_classes=spec["num_classes"], T=spec["T"], neuron=spec["neuron"],
                              neuron_kw=spec["neuron_kw"], **spec["kw"])
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: cannot build {cfg.model.name!r}: {e}") from None
-    model.spikeguard_spec = spec
+    model.spikeguard_spec = spec  # type: ignore[assignment]  # a plain dict attribute
     return model
 
 
@@ -263,7 +263,7 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
         to_channels_last(model)
     n_params = count_parameters(model)
     if ctx.is_main:
-        write_run_config(out, cfg, model.spikeguard_spec, n_params)
+        write_run_config(out, cfg, model.spikeguard_spec, n_params)  # type: ignore[arg-type]  # set by build_model
     steps, epochs = math.ceil(len(train_ds) / cfg.optim.batch_size), cfg.optim.epochs
     opt, sched = make_sgd(model, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
                           epochs=epochs, steps_per_epoch=steps, fused=perf.fused_optimizer)
@@ -335,6 +335,9 @@ def _load_state(model: nn.Module, out: Path, device: torch.device) -> TrainState
 class _EpochReport:
     """The run's outputs during training: progress bar, step logs, ``log.jsonl``, per-epoch
     lines, test accuracy every ``eval.test_every`` epochs, checkpoints, the ``on_epoch`` callback."""
+
+    bar: Any  # the tqdm bar while one is shown
+    rows: list[dict]
 
     def __init__(self, cfg: ExperimentConfig, out: Path, main: bool, progress: bool, logger: Any, steps: int,
                  device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer, test_ds: ImageDataset,

@@ -64,7 +64,7 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
         sys.modules[mod_name] = module  # dataclasses and pickling look modules up by name
         try:
             module_spec.loader.exec_module(module)
-        except Exception as e:  # the user's code: report it in one line
+        except Exception as e:  # noqa: BLE001 - the user's code: report it in one line
             sys.modules.pop(mod_name, None)
             raise SpikeguardError(f"importing {path} failed: {type(e).__name__}: {e}") from None
     else:
@@ -87,7 +87,7 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary pickles
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - reported as a one-line error
         raise CheckpointError(f"cannot read weights {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
@@ -103,7 +103,7 @@ def load_foreign_model(spec: str, weights: str | os.PathLike | None = None,
     fn = load_factory(spec)
     try:
         model = fn()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - reported as a one-line error
         raise SpikeguardError(f"{spec}() failed: {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
         raise SpikeguardError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")

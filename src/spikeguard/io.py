@@ -137,8 +137,8 @@ def atomic_write_many(files: dict[str | os.PathLike, bytes]) -> None:
         for path, data in files.items():
             target = Path(path)
             ensure_dir(target.parent)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            temps.append((Path(tmp), target))
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            temps.append((Path(tmp_name), target))
             _readable(fd)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

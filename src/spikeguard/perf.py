@@ -53,7 +53,7 @@ def current_precision(device: torch.device | str) -> str:
 
 def to_channels_last(model: nn.Module) -> nn.Module:
     """Store 4-D conv weights as channels_last (NHWC); activations follow. In place; returns the model."""
-    return model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to accepts memory_format; the stubs' overloads miss it
 
 
 def compile_model(model: nn.Module, mode: str | None = None) -> nn.Module:
@@ -66,7 +66,7 @@ def compile_model(model: nn.Module, mode: str | None = None) -> nn.Module:
     target = getattr(model, "forward_steps", None)
     if target is None:
         raise ConfigError(f"{type(model).__name__} has no forward_steps to compile")
-    model.forward_steps = torch.compile(target, mode=mode)  # type: ignore[method-assign]
+    model.forward_steps = torch.compile(target, mode=mode)  # type: ignore[assignment]  # an instance attribute shadows the method
     return model
 
 

@@ -112,7 +112,7 @@ class Protocol:
     def attacks(self) -> list[str]:
         return [a for g in self.groups for a in g.attacks]
 
-    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "Protocol":
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> Protocol:
         """A copy with group fields replaced for every group (a study's ``[protocols.NAME]`` table).
 
         Keys: ``eot``, ``passes``, ``audit``, ``audit_steps``, ``alpha`` (number, or ``"eps"`` for

@@ -58,7 +58,7 @@ def module_generators(model: nn.Module | None) -> list[tuple[str, torch.Generato
     return out
 
 
-def _cuda_devices(device: torch.device | str | None) -> list[int]:
+def _cuda_devices(device: torch.device | str | None) -> list[int | torch.device]:
     """Every CUDA device whose generator a forward may draw from (all that are initialised)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return list(range(torch.cuda.device_count()))
@@ -86,7 +86,7 @@ def seeded_rng(seed: int, device: torch.device | str | None = None,
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-            for (_, g), st in zip(owned, saved):
+            for (_, g), st in zip(owned, saved, strict=True):
                 g.set_state(st)
 
 
@@ -207,7 +207,7 @@ def _reseed_modules(model: nn.Module, seed: int) -> Iterator[None]:
     try:
         yield
     finally:
-        for (_, g), st in zip(owned, saved):
+        for (_, g), st in zip(owned, saved, strict=True):
             g.set_state(st)
 
 

@@ -78,8 +78,8 @@ def graceful_stop(enabled: bool = True) -> Iterator[StopFlag]:
     try:
         yield flag
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 __all__ = ["Interrupted", "StopFlag", "graceful_stop"]

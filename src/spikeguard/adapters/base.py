@@ -18,6 +18,10 @@ class SpikeHook(nn.Module):
     that surrogate's backward instead. Every recorder gets ``U = x + V_th`` as ``[1, B, ...]``.
     """
 
+    original: Callable[[Tensor], Tensor]
+    neuron: nn.Module
+    threshold: Callable[[], Any]
+
     def __init__(self, original: Callable[[Tensor], Tensor], neuron: nn.Module,
                  threshold: Callable[[], Any]) -> None:
         super().__init__()

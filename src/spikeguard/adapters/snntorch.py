@@ -41,7 +41,7 @@ class SnnTorchAdapter(NeuronAdapter):
 
         def recording_fire(mem: Tensor) -> Tensor:
             add(module, mem.unsqueeze(0))
-            return fire(mem)
+            return fire(mem)  # type: ignore[operator]  # module.fire is snnTorch's method
 
         with _instance_attr(module, "fire", recording_fire):
             yield

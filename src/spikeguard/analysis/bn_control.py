@@ -12,6 +12,7 @@ too. The study reports the share next to this control so the two can be read tog
 from __future__ import annotations
 
 import copy
+from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -50,7 +51,8 @@ def bn_rescaled(model: nn.Module, k: float, v_threshold: float | None = None) ->
 def _first_step_spikes_and_share(model: nn.Module, images: Tensor, v_threshold: float, delta: float,
                                  batch_size: int) -> tuple[list[Tensor], float]:
     first: list[list[Tensor]] = []
-    near = total = 0
+    near: float = 0
+    total = 0
     with noise_enabled(model, False):  # spikes compared without noise; the share is the noise-free twin's
         for i in range(0, len(images), batch_size):
             with record_potentials(model, detach=True) as rec:
@@ -97,9 +99,9 @@ def bn_rescale_control(model: nn.Module, images: Tensor, labels: Tensor, k: floa
     twin = bn_rescaled(model, k, vth).eval()
     s0, share0 = _first_step_spikes_and_share(model, images, vth, delta, batch_size)
     s1, share1 = _first_step_spikes_and_share(twin, images, vth, delta, batch_size)
-    same = sum(int((a == b).sum()) for a, b in zip(s0, s1))
+    same = sum(int((a == b).sum()) for a, b in zip(s0, s1, strict=True))
     count = sum(a.numel() for a in s0)
-    out = {"k": float(k), "delta": float(delta), "share": share0, "share_rescaled": share1,
+    out: dict[str, Any] = {"k": float(k), "delta": float(delta), "share": share0, "share_rescaled": share1,
            "t0_spikes_equal": same / count if count else float("nan"),
            "first_layer_t0_equal": float((s0[0] == s1[0]).float().mean()) if s0 else float("nan"),
            "n_samples": int(len(labels))}

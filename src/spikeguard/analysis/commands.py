@@ -130,7 +130,7 @@ def run_landscape(models: Models, ds: ImageDataset, out: str | os.PathLike, *, n
     lines = {}
     for name, m in models.items():
         adv = _land.rfgsm_examples(m, x, y, eps, alpha, seed)
-        for data, xx in zip(surfaces, (x, adv)):
+        for data, xx in zip(surfaces, (x, adv), strict=True):
             surfaces[data][name] = _land.loss_landscape(m, xx, y, steps, span, seed, include_bn, progress=progress)
         lines[name] = _land.input_loss_line(m, x, y, eps, line_span, line_steps, seed)
     files = _land.plot_landscape_contours(surfaces, out / "landscape_contour.png", title=title, formats=formats)
@@ -173,7 +173,7 @@ def run_flip(models: Models, ds: ImageDataset | None, out: str | os.PathLike, *,
         lines = ["model,bin_lo,bin_hi,neurons,flips,rate"]
         for name, r in measured.items():
             e = list(r.edges) + [math.inf]
-            for k, (nn_, ff) in enumerate(zip(r.neurons, r.flips)):
+            for k, (nn_, ff) in enumerate(zip(r.neurons, r.flips, strict=True)):
                 rate = ff / nn_ if nn_ else float("nan")
                 lines.append(f"{name},{e[k]:.4g},{e[k + 1]:.4g},{nn_},{ff},{rate:.6g}")
         atomic_write_text(out / "flip.csv", "\n".join(lines) + "\n")
@@ -197,7 +197,7 @@ def run_jacobian(models: Models, ds: ImageDataset, out: str | os.PathLike, *, n:
     for name, m in models.items():
         norms[name] = _jac.jacobian_norms(m, x, iters, projections, seed, method=method)
         if attack == "fgsm":
-            atk = FGSM(m, eps=eps)
+            atk: FGSM | PGD = FGSM(m, eps=eps)
         elif attack == "pgd":
             atk = PGD(m, eps=eps, alpha=2.5 * eps / steps, steps=steps)
         else:

@@ -110,7 +110,7 @@ def plot_flip_theory(theory: dict, path: str | os.PathLike, *, title: str = "",
     ax, ax2 = axes[0, 0], axes[0, 1]
     dist = np.asarray(theory["distance"])
     u = np.linspace(v_threshold - 3, v_threshold + 3, 400)
-    for i, (key, r) in enumerate(theory["sigmas"].items()):
+    for i, r in enumerate(theory["sigmas"].values()):
         s = r["sigma"]
         c = color(i)
         ax.plot(dist, r["closed_form"], color=c, label=f"sigma = {s:.3g}: Phi(-|U-V_th|/sigma)")
@@ -195,7 +195,7 @@ def _run(model: nn.Module, x: Tensor, noise: str, seed: int) -> tuple[dict[str, 
     ctx = noise_enabled(model, False) if noise == "off" else noise_seed(model, seed)
     with torch.no_grad(), ctx, record_potentials(model, detach=True) as rec, _spike_outputs(model) as spikes:
         model(x)
-    pots = dict(zip(rec.names, rec.potentials))
+    pots = dict(zip(rec.names, rec.potentials, strict=True))
     return pots, {k: v[-1] for k, v in spikes.items()}
 
 
@@ -280,7 +280,7 @@ def plot_flip_rates(measured: Mapping[str, FlipMeasurement], path: str | os.Path
         ax2.bar(centers + (i - (len(measured) - 1) / 2) * width / len(measured), share, width / len(measured),
                 color=color(i), label=m)
     ax.set_yscale("log")
-    ax.set_xlabel("clean |U - V_th|  (last point: beyond %.3g)" % e[-1], fontsize=8)
+    ax.set_xlabel(f"clean |U - V_th|  (last point: beyond {e[-1]:.3g})", fontsize=8)
     ax.set_ylabel("flip rate of the spike state")
     info = first.info
     ax.set_title(f"Spike flips under {info.get('perturbation', '')} eps = {255 * info.get('eps', 0):.3g}/255 "

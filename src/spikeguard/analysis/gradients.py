@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ def gradient_sparsity(model: nn.Module, ds: ImageDataset, target: str = "logit",
                 parts.setdefault(k, []).append(v.cpu())
     if not parts:
         raise ConfigError("gradient_sparsity got an empty dataset")
-    res = summarize_sparsity({k: torch.cat(v) for k, v in parts.items()})
+    res: dict[str, Any] = summarize_sparsity({k: torch.cat(v) for k, v in parts.items()})
     res.update(target=target, rel_tol=rel_tol, samples=samples)
     return res
 

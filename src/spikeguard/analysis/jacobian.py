@@ -25,7 +25,6 @@ A stochastic model is linearised at one noise draw (seeded), and the same draw i
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -58,7 +57,7 @@ def _loop_backend(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, b in zip(mods, old):
+        for m, b in zip(mods, old, strict=True):
             m.backend = b
 
 
@@ -95,7 +94,7 @@ class Linearization:
         if self._g is None:
             self._u = torch.zeros_like(self.out, requires_grad=True)
             (self._g,) = torch.autograd.grad(self.out, self.x, self._u, retain_graph=True, create_graph=True)
-        (jv,) = torch.autograd.grad(self._g, self._u, v, retain_graph=True)
+        (jv,) = torch.autograd.grad(self._g, self._u, v, retain_graph=True)  # type: ignore[arg-type]  # _u is set with _g above
         return jv
 
 

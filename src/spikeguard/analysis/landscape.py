@@ -112,12 +112,12 @@ def landscape_directions(model: nn.Module, images: Tensor, labels: Tensor, seed:
             x, y = images[i:i + batch_size], labels[i:i + batch_size]
             loss = F.cross_entropy(model(x), y, reduction="sum") / n
             gs = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
-            for acc, g in zip(grads, gs):
+            for acc, g in zip(grads, gs, strict=True):
                 if g is not None:
                     acc += g.detach()
     gen = torch.Generator().manual_seed(seed)
     d1, d2 = [], []
-    for (_, p), g in zip(params, grads):
+    for (_, p), g in zip(params, grads, strict=True):
         w = p.detach()
         r = torch.randn(w.shape, generator=gen, dtype=w.dtype).to(w.device)
         if w.dim() <= 1:
@@ -138,9 +138,9 @@ def landscape_directions(model: nn.Module, images: Tensor, labels: Tensor, seed:
         gg = (gf * gf).sum(1, keepdim=True)
         proj = torch.where(gg > 0, (rf * gf).sum(1, keepdim=True) / gg.clamp_min(1e-30), torch.zeros_like(gg))
         rf = rf - proj * gf
-        d1.append((g / _filter_norms(g).clamp_min(1e-30) * wn))
-        d2.append((rf.view_as(r) / _filter_norms(rf.view_as(r)).clamp_min(1e-30) * wn))
-    dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(d1, d2))
+        d1.append(g / _filter_norms(g).clamp_min(1e-30) * wn)
+        d2.append(rf.view_as(r) / _filter_norms(rf.view_as(r)).clamp_min(1e-30) * wn)
+    dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(d1, d2, strict=True))
     n1 = sum(float(a.double().square().sum()) for a in d1) ** 0.5
     n2 = sum(float(b.double().square().sum()) for b in d2) ** 0.5
     info = {"cosine_d1_d2": dot / (n1 * n2) if n1 and n2 else float("nan"),
@@ -158,7 +158,7 @@ def _weights_saved(model: nn.Module) -> Iterator[list[Tensor]]:
         yield saved
     finally:
         with torch.no_grad():
-            for p, w in zip(params, saved):
+            for p, w in zip(params, saved, strict=True):
                 p.copy_(w)
 
 
@@ -253,7 +253,7 @@ def loss_landscape(model: nn.Module, images: Tensor, labels: Tensor, steps: int 
         for i, j in it:
             a, b = float(alphas[i]), float(alphas[j])
             with torch.no_grad():
-                for p, w, u, v in zip(params, w0, d1, d2):
+                for p, w, u, v in zip(params, w0, d1, d2, strict=True):
                     p.copy_(w + a * u + b * v)  # exactly w at (0, 0)
             loss[i, j], acc[i, j] = mean_loss(model, images, labels, batch_size, seed)
     return Landscape(alphas, alphas.copy(), loss, acc, info)
@@ -286,8 +286,8 @@ def input_loss_line(model: nn.Module, images: Tensor, labels: Tensor, eps: float
     for key, d in (("attack", attack_dir), ("random", rand_dir)):
         ls, accs = [], []
         for t in ts:
-            l, a = mean_loss(model, (images + float(t) * d).clamp(0, 1), labels, batch_size, seed)
-            ls.append(l)
+            lo, a = mean_loss(model, (images + float(t) * d).clamp(0, 1), labels, batch_size, seed)
+            ls.append(lo)
             accs.append(a)
         out[key] = {"loss": ls, "accuracy": accs}
     return out
@@ -357,7 +357,7 @@ def plot_landscape_contours(surfaces: Mapping[str, Mapping[str, Landscape]], pat
 
             cb = fig.colorbar(cs, ax=axes[i, :].tolist(), shrink=0.9, pad=0.02)
             cb.set_label("cross-entropy (log scale)", fontsize=8)
-            cb.ax.yaxis.set_major_locator(FixedLocator(levels[::2]))
+            cb.ax.yaxis.set_major_locator(FixedLocator(levels[::2]))  # type: ignore[arg-type]  # FixedLocator takes any array-like
             cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.3g}"))
             cb.ax.yaxis.set_minor_locator(NullLocator())
             cb.ax.tick_params(labelsize=6)

@@ -148,11 +148,11 @@ def _log_section(path: Path) -> str:
     if not panels:
         return ""
     fig, axes = new_figure((3.0 * len(panels), 2.6), 110, 1, len(panels))
-    for ax, (title, keys) in zip(axes[0], panels):
+    for ax, (title, keys) in zip(axes[0], panels, strict=True):
         for i, k in enumerate(keys):
-            pts = [(e, r[k]) for e, r in zip(ep, rows) if isinstance(r.get(k), (int, float))]
+            pts = [(e, r[k]) for e, r in zip(ep, rows, strict=True) if isinstance(r.get(k), (int, float))]
             if pts:
-                ax.plot(*zip(*pts), "o-" if len(pts) < 30 else "-", markersize=3, color=color(i), label=k)
+                ax.plot(*zip(*pts, strict=True), "o-" if len(pts) < 30 else "-", markersize=3, color=color(i), label=k)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -203,7 +203,7 @@ def evaluation_rows(doc: Any, path: Path, run: Path) -> list[list[Any]]:
     for d in docs:
         prov, rep = d.get("provenance") or {}, d.get("report") or {}
         eps = _sweep._eps(rep.get("eps"))
-        attacks = rep.get("attacks") if isinstance(rep.get("attacks"), dict) else {}
+        attacks = _got if isinstance(_got := rep.get("attacks"), dict) else {}
         try:
             where = str(path.relative_to(run))
         except ValueError:

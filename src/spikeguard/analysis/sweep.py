@@ -130,7 +130,7 @@ def provenance_group(prov: Mapping, model: str) -> str:
         parts.append(f"EoT {prov['eot']}")
     if prov.get("seed") not in (None, 0):
         parts.append(f"seed {prov['seed']}")
-    data = prov.get("data") if isinstance(prov.get("data"), Mapping) else {}
+    data = _got if isinstance(_got := prov.get("data"), Mapping) else {}
     if data.get("split") not in (None, "test"):
         parts.append(f"{data['split']} split")
     if prov.get("protocol") not in (None, "engine"):
@@ -155,8 +155,8 @@ def records_of_document(doc: Mapping, src: str) -> list[SweepRecord]:
     n = int(n) if isinstance(n, (int, float)) else None
     group = provenance_group({**prov, "n_samples": n}, name)
     clean = _acc(rep.get("clean"))
-    out = []
-    attacks = rep.get("attacks") if isinstance(rep.get("attacks"), Mapping) else {}
+    out: list = []
+    attacks = _got if isinstance(_got := rep.get("attacks"), Mapping) else {}
     if eps is None:
         return out
     for att, v in attacks.items():
@@ -291,9 +291,9 @@ def lambda_curves(records: Sequence[SweepRecord], eps: float, attack: str | None
         lam = next(r.lambda_max for r in with_lam if r.model == model)
         clean = next((r.clean for r in with_lam if r.model == model and r.clean is not None), None)
         s = out.setdefault(series_name(model), {"robust": [], "clean": []})
-        s["robust"] += [(float(lam), a) for _, a in pts]
+        s["robust"] += [(float(lam), a) for _, a in pts]  # type: ignore[arg-type]  # with_lam: lambda_max is set
         if clean is not None:
-            s["clean"].append((float(lam), clean))
+            s["clean"].append((float(lam), clean))  # type: ignore[arg-type]
     for s in out.values():
         s["robust"].sort()
         s["clean"].sort()
@@ -384,8 +384,8 @@ def split_rows(records: Sequence[SweepRecord], merge: bool = False
     label: dict[tuple[str, str], str] = {}
     for m, gs in groups.items():
         shorts = [_short(g) for g in gs]
-        for g, sh in zip(gs, shorts):
-            label[(m, g)] = m if len(gs) == 1 else f"{m} [{sh if shorts.count(sh) == 1 else g}]"
+        for grp, sh in zip(gs, shorts, strict=True):
+            label[(m, grp)] = m if len(gs) == 1 else f"{m} [{sh if shorts.count(sh) == 1 else grp}]"
     return [SweepRecord(**{**asdict(r), "model": label[(r.model, r.group)]}) for r in records], {}
 
 
@@ -394,7 +394,7 @@ def _key(group: str) -> str:
     return ", ".join(group.split(", ")[:2])
 
 
-def _reference_row(reference: str, row: str, grid: "AccuracyGrid") -> str | None:
+def _reference_row(reference: str, row: str, grid: AccuracyGrid) -> str | None:
     """The row ``row`` is compared with: the reference model's row (or, if it was split by provenance,
     one of its rows) measured by the same command on the same number of samples; None if none was."""
     cands = [m for m in grid.models if m == reference or m.startswith(reference + " [")]
@@ -422,7 +422,7 @@ class AccuracyGrid:
     groups: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, records: Sequence[SweepRecord]) -> "AccuracyGrid":
+    def of(cls, records: Sequence[SweepRecord]) -> AccuracyGrid:
         attacks = list(dict.fromkeys(r.attack for r in records))
         keys = sorted({(round(r.eps, 9), attacks.index(r.attack)) for r in records})
         grid = cls(list(dict.fromkeys(r.model for r in records)), [(e, attacks[a]) for e, a in keys], {}, {})

@@ -98,14 +98,14 @@ def attack_surrogate(model: nn.Module, surrogate: str | Surrogate, width: float 
         for m in mods:
             m.surrogate = sg
             if hasattr(m, "noisy_grad"):  # Noisy-LIF, StoG with membrane noise
-                m.noisy_grad = "surrogate"
+                m.noisy_grad = "surrogate"  # type: ignore[assignment]  # a plain str attribute of noisy neurons
         with foreign_surrogate(model, sg):
             yield
     finally:
-        for m, (s, g) in zip(mods, saved):
+        for m, (s, g) in zip(mods, saved, strict=True):
             m.surrogate = s
             if hasattr(m, "noisy_grad"):
-                m.noisy_grad = g
+                m.noisy_grad = g  # type: ignore[assignment]  # a plain str attribute of noisy neurons
 
 
 # -- transfer --------------------------------------------------------------------------------
@@ -272,8 +272,8 @@ class SurrogateEnsemble(Attack):
             if best is None:
                 best, best_score = adv, score
                 continue
-            best, best_score = keep_better(best, best_score, adv, score)
-        return best
+            best, best_score = keep_better(best, best_score, adv, score)  # type: ignore[arg-type]  # best_score is set with best
+        return best  # type: ignore[return-value]  # members is never empty
 
     def settings(self) -> dict:
         members = "[" + ",".join(f"{m.name}:{m.width:g}" for m in self.members) + "]"

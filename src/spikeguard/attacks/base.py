@@ -196,7 +196,7 @@ class Attack:
             grad += _grad_or_zero(loss, x) / k
             total += loss.detach() / k
             mean_logits = logits.detach() / k if mean_logits is None else mean_logits + logits.detach() / k
-        return grad, total, mean_logits
+        return grad, total, mean_logits  # type: ignore[return-value]  # eot k >= 1: set in the loop
 
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
@@ -211,7 +211,7 @@ class Attack:
     # -- construction by name and per-pass evaluation (the registry and the engine call these) --
     @classmethod
     def build(cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0,
-              **kw: Any) -> "Attack":
+              **kw: Any) -> Attack:
         """Construct from the registry's shared settings; an attack that needs ``source`` or
         ``seed`` overrides this (the default ignores both)."""
         return cls(model, eps, eot=eot, **kw)
@@ -267,11 +267,11 @@ def best_of_restarts(run_once: Callable[[Tensor, Tensor], tuple[Tensor, Tensor |
     if batched and restarts > 1:
         b = images.shape[0]
         adv, score = run_once(images.repeat(restarts, *([1] * (images.dim() - 1))), labels.repeat(restarts))
-        pick = score.view(restarts, b).argmax(0)  # the first of equal scores, as the loop keeps it
+        pick = score.view(restarts, b).argmax(0)  # type: ignore[union-attr]  # the first of equal scores, as the loop keeps it
         return adv.view(restarts, b, *images.shape[1:])[pick, torch.arange(b, device=pick.device)]
     best, best_score = run_once(images, labels)
     for _ in range(restarts - 1):
-        best, best_score = keep_better(best, best_score, *run_once(images, labels))
+        best, best_score = keep_better(best, best_score, *run_once(images, labels))  # type: ignore[arg-type]  # run_once scores whenever restarts > 1
     return best
 
 

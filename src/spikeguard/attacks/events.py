@@ -181,7 +181,7 @@ class EventFlip(EventAttack):
             xs = x if k == 1 else x.expand(k, *x.shape).reshape(k * b, *x.shape[1:])
             ys = labels if k == 1 else labels.repeat(k)
             return margin_loss(self.model(xs), ys).view(k, b).mean(0)
-        return sum(margin_loss(self.model(x), labels) for _ in range(k)) / k
+        return sum(margin_loss(self.model(x), labels) for _ in range(k)) / k  # type: ignore[return-value]  # a sum of k >= 1 tensors
 
 
 @register_attack("random-flip", pattern=r"random-flip(?P<k>\d+)?", defaults={"k": 50}, example="random-flipK")

@@ -118,7 +118,7 @@ def register_attack(name: str, pattern: str | None = None, *, aliases: Mapping[s
         items = aliases.items() if isinstance(aliases, Mapping) else ((a, name) for a in aliases)
         _ALIASES.update({a: target for a, target in items})
         if "name" not in cls.__dict__:
-            cls.name = name
+            cls.name = name  # type: ignore[attr-defined]  # every attack class gets a name
         return cls
 
     return deco
@@ -213,7 +213,7 @@ def describe_step_size(alpha: float | str) -> dict[str, Any]:
 
 
 def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, eot: int = 1, alpha: float | str = PAPER_ALPHA,
-                 source: nn.Module | None = None, seed: int = 0, **overrides: Any) -> "Attack":
+                 source: nn.Module | None = None, seed: int = 0, **overrides: Any) -> Attack:
     """Build the attack called ``name`` on ``model``.
 
     Args:
@@ -232,12 +232,12 @@ def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, eot: int = 1
     cls = spec.cls
     if getattr(cls, "uses_step_size", False) and "alpha" not in overrides:
         kw["alpha"] = step_size(alpha, eps, kw.get("steps", _default(cls, "steps", 1)))
-    attack = cls.build(model, eps, eot=eot, source=source, seed=seed, **kw)
+    attack = cls.build(model, eps, eot=eot, source=source, seed=seed, **kw)  # type: ignore[attr-defined]  # registered attack classes have build()
     attack.name = n
     return attack
 
 
 def _default(cls: type, param: str, fallback: Any) -> Any:
     """The default of ``cls.__init__``'s parameter ``param`` (``fallback`` if it has none)."""
-    p = inspect.signature(cls.__init__).parameters.get(param)
+    p = inspect.signature(cls.__init__).parameters.get(param)  # type: ignore[misc]  # reads the signature only
     return fallback if p is None or p.default is inspect.Parameter.empty else p.default

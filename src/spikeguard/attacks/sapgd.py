@@ -71,7 +71,7 @@ class SAPGD(Attack):
     """
 
     name = "sa-pgd"
-    requires = ("surrogate",)
+    requires: tuple[str, ...] = ("surrogate",)
     iterative = True
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, steps: int = 50, assg: bool = True,

@@ -275,15 +275,15 @@ def _analyses(args: argparse.Namespace, todo: list[str], models: dict, runs: lis
         torch.manual_seed(args.seed)
         for what in todo:
             if what == "membrane":
-                sub = ds.subset(n_or(0), args.seed) if n_or(0) else ds
-                res = C.run_membrane(models, sub, out, delta=delta, v_threshold=vth, bins=args.bins,
+                sub = ds.subset(n_or(0), args.seed) if n_or(0) else ds  # type: ignore[union-attr]  # ds is loaded whenever there are models
+                res = C.run_membrane(models, sub, out, delta=delta, v_threshold=vth, bins=args.bins,  # type: ignore[arg-type]
                                      lo=args.hist_range[0], hi=args.hist_range[1], device=device, **common)
             elif what == "gradients":
-                res = C.run_gradients(models, ds, out, images=args.images, indices=args.index, n=n_or(1000),
+                res = C.run_gradients(models, ds, out, images=args.images, indices=args.index, n=n_or(1000),  # type: ignore[arg-type]
                                       rel_tol=args.rel_tol, samples=args.grad_samples,
                                       shared_scale=not args.cell_scale, device=device, **common)
             elif what == "landscape":
-                res = C.run_landscape(models, ds, out, n=n_or(256), steps=args.steps, span=args.span, eps=args.eps,
+                res = C.run_landscape(models, ds, out, n=n_or(256), steps=args.steps, span=args.span, eps=args.eps,  # type: ignore[arg-type]
                                       alpha=args.rfgsm_alpha, include_bn=args.include_bn, device=device,
                                       progress=not args.no_progress, **common)
             elif what == "flip":
@@ -291,7 +291,7 @@ def _analyses(args: argparse.Namespace, todo: list[str], models: dict, runs: lis
                                  perturbation=args.perturbation, noise=args.noise, n=n_or(1000), v_threshold=vth,
                                  device=device, **common)
             else:
-                res = C.run_jacobian(models, ds, out, n=n_or(128), iters=args.iters, method=args.method,
+                res = C.run_jacobian(models, ds, out, n=n_or(128), iters=args.iters, method=args.method,  # type: ignore[arg-type]
                                      projections=args.projections, attack=args.attack, eps=args.eps, device=device,
                                      **common)
             _add_provenance(out / f"{what}.json", res, args, runs, ds)

@@ -18,7 +18,7 @@ def eps_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"cannot parse eps list {text!r} (use e.g. 8,16,32 or 8/255)") from None
     if not vals:
         raise argparse.ArgumentTypeError("eps list is empty")
-    for t, v in zip(tokens, vals):
+    for t, v in zip(tokens, vals, strict=True):
         if not math.isfinite(v) or v < 0 or v > 1:
             # quote what was typed: "-1" is -1/255 inside, and that number would only confuse
             raise argparse.ArgumentTypeError(f"eps {t} is outside [0, 1] on the pixel scale ({EPS_RANGE})")
@@ -35,7 +35,7 @@ class OneLineParser(argparse.ArgumentParser):
     error, which buries the one line that matters. Sub-parsers inherit the class.
     """
 
-    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 

@@ -178,8 +178,8 @@ def load_target(args: argparse.Namespace):
     else:
         if getattr(args, "weights", None):
             raise SpikeguardError("--weights goes with --model-file (a run folder has its own weights)")
-        run = load_run(args.checkpoint, device=device)
-        d = run.config.data
+        run = load_run(args.checkpoint, device=device)  # type: ignore[assignment]  # a run folder's Run (a model file's ForeignRun above)
+        d = run.config.data  # type: ignore[attr-defined]
         name = args.data or d.name
         root = args.data_root if args.data_root is not None else (d.root or None)
         cache, verify = d.cache_dir or None, d.verify_md5
@@ -242,7 +242,7 @@ def result_dir(args: argparse.Namespace, run, what: str, eps: float, result: str
                 chosen = (str(new_dir(parent, f"{stamp()}-{what}-eps{k}")), True)
     if ctx is not None and ctx.is_distributed:
         chosen = ctx.all_gather_object(chosen)[0]
-    return Path(chosen[0]), chosen[1]
+    return Path(chosen[0]), chosen[1]  # type: ignore[index]  # set on rank 0 and gathered by the others
 
 
 def _check_source(source, model, x, path: str) -> None:
@@ -311,7 +311,7 @@ def stop_on_signals(args: argparse.Namespace) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {}
+    old: dict = {}
 
     def handler(signum: int, _frame) -> None:
         for s_, h in old.items():  # a second signal gets the previous behaviour
@@ -380,9 +380,9 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
 
             b = args.batch_size
             # the event report's attacks (--event-ks) run on every sample after the suite
-            extra = [f"{a}{k}" for k in _parse_ks(args.event_ks) for a in ("event-flip", "random-flip")] \
+            event_names = [f"{a}{k}" for k in _parse_ks(args.event_ks) for a in ("event-flip", "random-flip")] \
                 if args.event_ks else []
-            print(suite_cost(model, names + extra, x[:b].to(device), y[:b].to(device), len(y), eps=eps, eot=args.eot,
+            print(suite_cost(model, names + event_names, x[:b].to(device), y[:b].to(device), len(y), eps=eps, eot=args.eot,
                              passes=args.passes, alpha=alpha, batch_size=b, source=source, attack_kw=kw,
                              cascade=not individual).format(), file=sys.stderr)
         report = evaluate_sharded(model, x, y, names, eps=eps, eot=args.eot, passes=args.passes, alpha=alpha,

@@ -64,9 +64,9 @@ def rows(kind: str) -> list[tuple[str, str]]:
         out = []
         for spec in registered_attacks().values():
             cls = spec.cls
-            tags = [cls.threat] + (["iterative"] if cls.iterative else [])
-            if cls.requires:
-                tags.append("needs: " + ", ".join(cls.requires))
+            tags = [cls.threat] + (["iterative"] if cls.iterative else [])  # type: ignore[attr-defined]  # Attack subclasses define these
+            if cls.requires:  # type: ignore[attr-defined]
+                tags.append("needs: " + ", ".join(cls.requires))  # type: ignore[attr-defined]
             out.append((spec.example, _summary(cls) + f" [{'; '.join(tags)}]"))
         return out
     if kind == "neurons":

@@ -149,7 +149,7 @@ def _resume_note(out: str) -> str | None:
         return f"resuming {out}: no checkpoint there yet"
     try:
         st = load_training_state(p) or {}
-    except Exception:  # the run itself reports a broken state as a one-line error
+    except Exception:  # noqa: BLE001 - the run itself reports a broken state as a one-line error
         return f"resuming {out}"
     when = dt.datetime.fromtimestamp((p / MODEL_FILE).stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     batch = f", batch {st['batch']}" if st.get("batch") else ""
@@ -164,5 +164,5 @@ def _device_setting(cfg, args: argparse.Namespace) -> str:
         from ..checkpoint import read_run_config
 
         return read_run_config(args.out)[0].device
-    except Exception:  # rank 0 reports a missing or broken run; here any default will do
+    except Exception:  # noqa: BLE001 - rank 0 reports a missing or broken run; here any default will do
         return "auto"

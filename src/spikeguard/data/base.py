@@ -52,7 +52,7 @@ class ImageDataset:
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
-    def to(self, device: torch.device | str) -> "ImageDataset":
+    def to(self, device: torch.device | str) -> ImageDataset:
         """The same split with images and labels on ``device`` (GPU-resident data: CIFAR-10's
         uint8 training set is 150 MB; batches are then gathered and augmented there)."""
         return ImageDataset(self.images.to(device), self.labels.to(device), self.classes, self.mean, self.std,
@@ -63,7 +63,7 @@ class ImageDataset:
         x = self.images if index is None else self.images[index]
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
-    def subset(self, n: int, seed: int = 0) -> "ImageDataset":
+    def subset(self, n: int, seed: int = 0) -> ImageDataset:
         """A class-balanced random subset of ``n`` samples (all of them if ``n >= len``)."""
         if n >= len(self):
             return self

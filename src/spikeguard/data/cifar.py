@@ -76,13 +76,13 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
 class _SafeUnpickler(pickle.Unpickler):
     """Only the globals needed to rebuild the NumPy arrays in the CIFAR pickles."""
 
-    _ALLOWED = {
+    _ALLOWED = frozenset({
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"), ("builtins", "set"), ("builtins", "frozenset"),
-    }
+    })
 
-    def find_class(self, module: str, name: str):  # type: ignore[override]
+    def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
@@ -91,7 +91,7 @@ class _SafeUnpickler(pickle.Unpickler):
 def _unpickle(path: Path) -> dict:
     try:
         obj = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except Exception as e:  # any parse failure is a corrupt file, not a crash
+    except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file, not a crash
         raise DataError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path} is not a CIFAR pickle (expected a dict, got {type(obj).__name__})")

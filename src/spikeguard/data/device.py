@@ -83,7 +83,7 @@ class DeviceLoader:
                 x = F.pad(x, (p, p, p, p)) if p else x
                 rows = (dy[sl].view(b, 1) + ar_h.view(1, h)).view(b, 1, h, 1).expand(b, x.shape[1], h, x.shape[3])
                 x = x.gather(2, rows)
-                cols = dx[sl].view(b, 1) + ar_w.view(1, w)
-                cols = torch.where(flip[sl].view(b, 1), cols.flip(1), cols)  # flip = reversed columns
+                cols = dx[sl].view(b, 1) + ar_w.view(1, w)  # type: ignore[index]  # the plan has all four parts when augmenting
+                cols = torch.where(flip[sl].view(b, 1), cols.flip(1), cols)  # type: ignore[index]  # flip = reversed columns
                 x = x.gather(3, cols.view(b, 1, 1, w).expand(b, x.shape[1], h, w))
             yield x.to(self.dtype).div_(self.scale), self.labels[idx]

@@ -139,7 +139,7 @@ class FrameNorm:
             raise DataError(f"frame normalisation clip must be in 1..255, got {self.clip}")
 
     @classmethod
-    def parse(cls, spec: "str | FrameNorm | None") -> "FrameNorm":
+    def parse(cls, spec: str | FrameNorm | None) -> FrameNorm:
         """``"binary"``, ``"clip"``, ``"clip:4"``, ``"log:8"`` (or a FrameNorm) -> FrameNorm."""
         if isinstance(spec, FrameNorm):
             return spec

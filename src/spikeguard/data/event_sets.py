@@ -93,7 +93,7 @@ class EventFrameDataset(ImageDataset):
         x = self.images if index is None else self.images[index]
         return x.long().unflatten(1, (self.frames, 2))
 
-    def subset(self, n: int, seed: int = 0) -> "EventFrameDataset":
+    def subset(self, n: int, seed: int = 0) -> EventFrameDataset:
         sub = super().subset(n, seed)
         return self if sub is self else dataclasses.replace(self, images=sub.images, labels=sub.labels)
 

@@ -196,7 +196,7 @@ def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
         if x.dtype != np.uint8 or x.ndim != 4 or y.shape != (x.shape[0],):
             raise ValueError("bad shapes")
         return x, y.astype(np.int64), classes
-    except Exception as e:  # a damaged cache is rebuilt, never trusted
+    except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
         warnings.warn(f"ignoring unreadable dataset cache {path} ({e}); decoding again", stacklevel=3)
         return None
 
@@ -205,9 +205,8 @@ def _write_cache(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str]) -
     from ..io import atomic_path
 
     try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, images=x, labels=y, classes=np.array(classes, dtype=str))
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, images=x, labels=y, classes=np.array(classes, dtype=str))
     except SpikeguardError as e:  # caching is an optimisation: never fail the load for it
         warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
 
@@ -219,7 +218,7 @@ def _load_arrays(name: str, split: str, kind: str, src: Path, cache_dir: Path | 
     files: list = []
     if kind == "parquet":
         classes = []
-        fp = [parquet_fingerprint(src / f"{split}.parquet")]
+        fp: list = [parquet_fingerprint(src / f"{split}.parquet")]
     elif kind == "pickle":
         table = pickle_files(src, base)
         fp = []
@@ -291,9 +290,9 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
 
         cdir = None if cache_dir == "" else (
             Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "datasets"
-        ds = load_event_dataset(key, split, Path(root).expanduser() if root not in (None, "") else None, cdir,
+        eds = load_event_dataset(key, split, Path(root).expanduser() if root not in (None, "") else None, cdir,
                                 progress=progress, **options)
-        return ds.subset(subset, seed) if subset else ds
+        return eds.subset(subset, seed) if subset else eds
     if options:
         raise DataError(f"{key} takes no data options (got {', '.join(sorted(options))}); they are for the event "
                         f"data sets {', '.join(EVENT_DATASETS)}")

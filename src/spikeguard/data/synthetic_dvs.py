@@ -105,7 +105,7 @@ def synthetic_dvs_events(images: np.ndarray, canvas: int = 32, seed: int = 0, st
         m = len(s)
         chunks.append((s, rng.integers(0, duration, m), np.full(m, hx), np.full(m, hy),
                        rng.integers(0, 2, m).astype(np.uint8)))
-    s, t, x, y, p = (np.concatenate(a) for a in zip(*chunks))
+    s, t, x, y, p = (np.concatenate(a) for a in zip(*chunks, strict=True))
     order = np.lexsort((t, s))
     s, t, x, y, p = s[order], t[order], x[order], y[order], p[order]
     bounds = np.searchsorted(s, np.arange(n + 1))

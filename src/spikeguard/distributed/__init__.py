@@ -48,4 +48,5 @@ __all__ = [
     "DistContext", "current", "init_from_env", "shutdown", "set_context", "env_world", "launch_local", "free_port",
     "rank_seed", "seed_rank", "ShardWeight", "shard_bounds", "EpochLoader", "SyncBatchNorm", "convert_sync_batchnorm",
     "DistributedModel", "DistributedTraining", "prepare_model", "reduce_epoch_stats", "merge_epoch_stats",
+    "ENV_VARS",
 ]

@@ -20,14 +20,14 @@ class _AllReduceWeighted(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, t: Tensor, weight: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, t: Tensor, weight: float) -> Tensor:
         out = t.clone()
         dist.all_reduce(out)
         ctx.weight = float(weight)
         return out
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
         w = ctx.weight
         g = (g * w).contiguous()
         dist.all_reduce(g)
@@ -70,11 +70,11 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.num_batches_tracked.add_(1)  # type: ignore[union-attr]  # buffers exist: track_running_stats
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)  # type: ignore[arg-type]
                 nn_ = float(n)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * (nn_ / max(nn_ - 1, 1.0)), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (nn_ / max(nn_ - 1, 1.0)), alpha=m)  # type: ignore[union-attr]
         return y
 
 

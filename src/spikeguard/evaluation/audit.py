@@ -178,7 +178,7 @@ class Paired:
     p: float
 
     @classmethod
-    def of(cls, a: str, ra: AttackResult, b: str, rb: AttackResult) -> "Paired":
+    def of(cls, a: str, ra: AttackResult, b: str, rb: AttackResult) -> Paired:
         na, nb = paired_counts(ra.robust, rb.robust)
         return cls(a, b, na, nb, mcnemar_exact(na, nb))
 
@@ -219,7 +219,7 @@ def check_eps_sweep(results: Results, st: AuditSettings) -> Check:
     nums = {"eps": [eps_label(e) for e in st.sweep], "accuracy": accs, "chance": chance,
             "limit_at_max_eps": chance + st.chance_margin, "rises": rises,
             "attack": f"PGD-{st.steps}, alpha=2.5*eps/{st.steps}", "reach_over_eps": 2.5}
-    sweep_txt = ", ".join(f"{eps_label(e)}: {_pts(a)}" for e, a in zip(st.sweep, accs))
+    sweep_txt = ", ".join(f"{eps_label(e)}: {_pts(a)}" for e, a in zip(st.sweep, accs, strict=True))
     why = []
     if rises:
         why.append("accuracy rises with eps (" + "; ".join(f"{a}->{b}: +{100 * d:.1f} pts" for a, b, d in rises) + ")")
@@ -242,9 +242,9 @@ def check_iterative(results: Results, st: AuditSettings) -> Check:
     iters = {n: r.accuracy for n, r in at.items() if r.iterative and r.threat == "white-box" and n not in swept}
     weaker = {n: a for n, a in iters.items() if a > best_single + st.tol}
     nums = {"single_step": singles, "iterative": iters, "weaker_than_single_step": weaker}
-    best_txt = (f" (strongest: {min(iters, key=iters.get)} {_pts(min(iters.values()))})" if iters else "")
-    worst = max(weaker, key=weaker.get) if weaker else None
-    bs = min(singles, key=singles.get)
+    best_txt = (f" (strongest: {min(iters, key=iters.__getitem__)} {_pts(min(iters.values()))})" if iters else "")
+    worst = max(weaker, key=weaker.__getitem__) if weaker else None
+    bs = min(singles, key=singles.__getitem__)
     return verdict("iterative", "iterative attacks beat single-step ones", not weaker, nums,
                    f"all {len(iters)} iterative attacks <= best single-step {_pts(best_single)} + "
                    f"{st.tolerance:g} pts{best_txt}.",
@@ -293,7 +293,7 @@ def check_apgd(results: Results, st: AuditSettings) -> Check:
     at = _at_eps(results, st.eps)
     apgds = {n: r.accuracy for n, r in at.items() if r.family == "apgd"}
     pgds = {n: r.accuracy for n, r in at.items() if r.family == "pgd" and r.threat == "white-box"}
-    best_apgd, best_pgd = min(apgds, key=apgds.get), min(pgds, key=pgds.get)
+    best_apgd, best_pgd = min(apgds, key=apgds.__getitem__), min(pgds, key=pgds.__getitem__)
     return verdict("apgd", "APGD at least as strong as PGD", apgds[best_apgd] <= pgds[best_pgd] + st.tol,
                    {"apgd": apgds, "pgd": pgds},
                    f"best APGD {_pts(apgds[best_apgd])} vs best PGD {_pts(pgds[best_pgd])}.",
@@ -308,11 +308,11 @@ def check_black_box(results: Results, st: AuditSettings) -> Check:
     at = _at_eps(results, st.eps)
     wb = {n: r.accuracy for n, r in at.items() if r.threat == "white-box"}
     bb = {n: r.accuracy for n, r in at.items() if r.threat in ("black-box", "transfer")}
-    best_wb = min(wb, key=wb.get)
+    best_wb = min(wb, key=wb.__getitem__)
     stronger = {n: a for n, a in bb.items() if a < wb[best_wb] - st.tol}
     nums = {"white_box_best": wb[best_wb], "white_box_best_attack": best_wb, "black_box_transfer": bb,
             "stronger_than_white_box": stronger}
-    best_bb = min(stronger, key=stronger.get) if stronger else None
+    best_bb = min(stronger, key=stronger.__getitem__) if stronger else None
     return verdict("black_box", "black-box/transfer not stronger than white-box", not stronger, nums,
                    f"best white-box {_pts(wb[best_wb])} ({best_wb}); " + ", ".join(f"{n} {_pts(a)}" for n, a in bb.items())
                    + ".",
@@ -361,7 +361,7 @@ def check_surrogate(results: Results, st: AuditSettings) -> Check:
         return Check("surrogate", title, SKIP, {}, st.surrogate_skip or "no surrogate-width runs.")
     runs = {f"{sg}:{w:g}": results[n] for (sg, w), n in st.surrogate_runs}
     accs = {k: r.accuracy for k, r in runs.items()}
-    best, worst = min(accs, key=accs.get), max(accs, key=accs.get)  # best for the attacker: lowest accuracy
+    best, worst = min(accs, key=accs.__getitem__), max(accs, key=accs.__getitem__)  # best for the attacker: lowest accuracy
     spread = accs[worst] - accs[best]
     nums = {"accuracy": accs, "ci95": {k: _ci(r) for k, r in runs.items()}, "spread_points": 100 * spread,
             "strongest": best, "weakest": worst, "attack": f"PGD-{st.steps}",

@@ -72,7 +72,7 @@ def _paper_key(name: str) -> tuple | None:
         _, spec, args = resolve(name)
     except SpikeguardError:
         return None  # a caller's own label (e.g. the audit's "pgd10@8/255")
-    return spec.cls.table_key(args)
+    return spec.cls.table_key(args)  # type: ignore[attr-defined]  # attack classes define table_key
 
 
 def display_name(name: str) -> str:
@@ -192,7 +192,7 @@ class AttackResult:
                 "n_attacked": self.n_attacked, **{k: getattr(self, k) for k in self.SCALARS}}
 
     @classmethod
-    def merge(cls, name: str, parts: Sequence[dict | "AttackResult"]) -> "AttackResult":
+    def merge(cls, name: str, parts: Sequence[dict | AttackResult]) -> AttackResult:
         """One result from the records (or results) of consecutive sample ranges, in order."""
         recs = [p.record() if isinstance(p, AttackResult) else p for p in parts]
         hit = [p for p in recs if p["n_attacked"]]  # parts where nothing was attacked carry no range
@@ -202,7 +202,7 @@ class AttackResult:
                    seconds=sum(p["seconds"] for p in recs), max_linf=max((p["max_linf"] for p in hit), default=0.0),
                    x_min=min((p["x_min"] for p in hit), default=0.0), x_max=max((p["x_max"] for p in hit), default=1.0),
                    n_attacked=sum(p["n_attacked"] for p in recs), ran=ran,
-                   **{k: (dict(first.get(k) or {}) if k == "settings" else first.get(k, cls._default(k)))
+                   **{k: (dict(first.get(k) or {}) if k == "settings" else first.get(k, cls._default(k)))  # type: ignore[arg-type]  # SCALARS: each field's own value from the records
                       for k in cls.SCALARS})
 
     @staticmethod
@@ -356,7 +356,7 @@ class RobustnessReport:
         """Attacks in the paper's column order first, then the others in run order (cascade: run order)."""
         if self.cascade:
             return list(self.results)
-        first = sorted((n for n in self.results if _paper_key(n) is not None), key=_paper_key)
+        first = sorted((n for n in self.results if _paper_key(n) is not None), key=_paper_key)  # type: ignore[arg-type]  # None keys are filtered out above
         return first + [n for n in self.results if n not in first]
 
     def table_row(self) -> dict[str, float]:
@@ -668,7 +668,7 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
         report.results[label] = AttackResult(
             name=label, robust=robust[label], eps=atk.eps, threat=getattr(atk, "threat", "white-box"),
             description=repr(atk), seconds=st["seconds"], max_linf=st["max_linf"], x_min=st["x_min"],
-            x_max=st["x_max"], n_attacked=st["n_attacked"], iterative=bool(getattr(atk, "iterative", False)),
+            x_max=st["x_max"], n_attacked=st["n_attacked"], iterative=bool(getattr(atk, "iterative", False)),  # type: ignore[arg-type]  # an integer count kept in a float dict
             family=getattr(atk, "family", None), settings=atk.settings() if hasattr(atk, "settings") else {},
             ran=None if individual else ran[label], cost=attack_cost(atk))
     report.seconds = time.perf_counter() - t_start

@@ -72,16 +72,16 @@ def event_attack_curve(model: nn.Module, images: Tensor, labels: Tensor, ks: Seq
         for i in range(0, len(ys), batch_size):
             adv = atk(xs[i:i + batch_size], ys[i:i + batch_size])
             fooled.append(_predict(model, adv, batch_size) != ys[i:i + batch_size])
-            l0.append(atk.last_l0.to(device))
+            l0.append(atk.last_l0.to(device))  # type: ignore[attr-defined]  # event attacks record last_l0
         fooled_at[k] = (torch.cat(fooled) if fooled else torch.zeros(0, dtype=torch.bool, device=device),
                         torch.cat(l0) if l0 else torch.zeros(0, dtype=torch.long, device=device))
     for k in ks:
-        f, l0 = fooled_at[ks[-1]] if single_run else fooled_at[k]
-        hit = f & (l0 <= k) if single_run else f
+        f, l0k = fooled_at[ks[-1]] if single_run else fooled_at[k]
+        hit = f & (l0k <= k) if single_run else f
         s = float(hit.float().mean()) if nc else 0.0
         curve.success_rate.append(s)
         curve.accuracy.append((nc - int(hit.sum())) / max(n, 1))
-        curve.mean_l0.append(float(l0[hit].float().mean()) if hit.any() else 0.0)
+        curve.mean_l0.append(float(l0k[hit].float().mean()) if hit.any() else 0.0)
     curve.seconds = time.perf_counter() - t0
     return curve
 
@@ -151,7 +151,7 @@ def rounding_check(model: nn.Module, images: Tensor, labels: Tensor, attack: str
 
 def event_report(model: nn.Module, images: Tensor, labels: Tensor, ks: Sequence[int], eps: float = 8 / 255,
                  eot: int = 1, batch_size: int = 128, seed: int = 0, rounding_attack: str = "pgd10",
-                 alpha: float = 0.01) -> tuple[dict, str]:
+                 alpha: float | str = 0.01) -> tuple[dict, str]:
     """EventFlip and random-flip curves over ``ks`` plus the rounding check: ``(json dict, text table)``."""
     from ..neurons import is_stochastic
 

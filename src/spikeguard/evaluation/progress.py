@@ -229,7 +229,7 @@ def estimate_cost(model: nn.Module, attacks: Sequence[tuple[str, Any]], x: Tenso
 
 
 def suite_cost(model: nn.Module, names: Sequence[str], x: Tensor, y: Tensor, n: int, *, eps: float, eot: int,
-               passes: int, alpha: float, batch_size: int, source: nn.Module | None = None,
+               passes: int, alpha: float | str, batch_size: int, source: nn.Module | None = None,
                attack_kw: dict | None = None, cascade: bool = False) -> Cost:
     """:func:`estimate_cost` of ``n`` samples for attack names as ``spikeguard evaluate`` takes them
     (attacks that will be skipped on this model are left out); ``x, y``: one batch to time.

@@ -73,7 +73,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def paired_counts(robust_a: "Tensor", robust_b: "Tensor") -> tuple[int, int]:
+def paired_counts(robust_a: Tensor, robust_b: Tensor) -> tuple[int, int]:
     """``(b, c)`` of two attacks' per-sample outcomes on the same samples (bool ``[P, n]``).
 
     ``b``: samples attack A breaks more often than B (robust on fewer of the passes; with one
@@ -129,7 +129,7 @@ def paired_difference_ci95(target: Sequence[float], baseline: Sequence[float]) -
     b = [float(v) for v in baseline]
     if len(a) != len(b) or not a:
         raise ValueError(f"a paired difference needs the same non-empty samples ({len(a)} vs {len(b)})")
-    m, ci = mean_ci95([x - y for x, y in zip(a, b)])
+    m, ci = mean_ci95([x - y for x, y in zip(a, b, strict=True)])
     return {"diff": m, "ci95": list(ci) if ci else None, "n": len(a), "method": "paired-t-samples"}
 
 

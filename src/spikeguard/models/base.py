@@ -28,7 +28,7 @@ from ..neurons import make_neuron
 class MultiStep(nn.Sequential):
     """Apply stateless layers to ``[T, B, ...]`` by merging T into the batch (one call, not T)."""
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor:
         t, b = x.shape[:2]
         y = super().forward(x.flatten(0, 1))
         return y.unflatten(0, (t, b))
@@ -65,6 +65,8 @@ class SpikingModel(nn.Module):
 
     stem: nn.Module
     body: nn.Module
+    mean: Tensor  # buffers, shaped [1, C, 1, 1]
+    std: Tensor
     #: frames per sample when the input is a frame sequence (0: a static image, direct encoding)
     frames: int = 0
     #: how frame values encode event counts (a FrameNorm spec such as ``"clip:4"``), for event attacks

@@ -8,6 +8,7 @@ from torch import nn
 
 from .base import MultiStep, NeuronFactory, SpikingModel, conv_bn
 from .registry import register_model
+import itertools
 
 
 @register_model("small_conv")
@@ -48,7 +49,7 @@ class SpikingMLP(SpikingModel):
         dims = [in_channels * image_size * image_size, *hidden]
         self.stem = nn.Sequential(nn.Flatten(), nn.Linear(dims[0], dims[1], bias=False), nn.BatchNorm1d(dims[1]))
         layers: list[nn.Module] = [neuron()]
-        for a, b in zip(dims[1:-1], dims[2:]):
+        for a, b in itertools.pairwise(dims[1:]):
             layers += [MultiStep(nn.Linear(a, b, bias=False), nn.BatchNorm1d(b)), neuron()]
         layers.append(MultiStep(nn.Linear(dims[-1], num_classes)))
         self.body = nn.Sequential(*layers)

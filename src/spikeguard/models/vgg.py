@@ -22,14 +22,14 @@ encoding), everything else on ``[T, B, ...]``.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Sequence
 
 from torch import nn
 
 from .base import MultiStep, NeuronFactory, SpikingModel, conv_bn
 from .registry import register_model
 
-Item = Union[int, str]
+Item = int | str
 
 LAYOUTS: dict[str, tuple[Item, ...]] = {
     "cifar": (64, "A", 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, "A"),

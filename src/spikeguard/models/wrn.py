@@ -95,7 +95,7 @@ class SpikingWideResNet(SpikingModel):
         self.stem = nn.Sequential(_conv3(in_channels, widths[0]), nn.BatchNorm2d(widths[0]))
         blocks: list[nn.Module] = []
         cin = widths[0]
-        for g, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
+        for g, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2), strict=True)):
             for i in range(n):
                 blocks.append(WideBlock(cin, cout, stride if i == 0 else 1, neuron,
                                         pre_bn=not (g == 0 and i == 0), dropout=dropout,

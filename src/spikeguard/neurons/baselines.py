@@ -79,14 +79,14 @@ class _StochasticGate(torch.autograd.Function):
     """Hard Bernoulli gate forward, Concrete-relaxation gradient for the keep probability."""
 
     @staticmethod
-    def forward(ctx, spikes: Tensor, keep: Tensor, u: Tensor, temperature: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, spikes: Tensor, keep: Tensor, u: Tensor, temperature: float) -> Tensor:
         mask = (u > 1.0 - keep).to(spikes.dtype)  # P(mask = 1) = keep
         ctx.save_for_backward(spikes, keep, u, mask)
         ctx.temperature = temperature
         return spikes * mask
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         spikes, keep, u, mask = ctx.saved_tensors
         t = ctx.temperature
         grad_spikes = grad_out * mask
@@ -120,6 +120,9 @@ class StoGLIF(LazyModuleMixin, LIF):
 
     cls_to_become = None
     has_noise = True
+    sigma: float
+    noise: bool
+    noisy_grad: str
 
     def __init__(self, p_min: float = 0.1, temperature: float = 0.5, gate: bool = True,
                  sigma: float = 0.0, noisy_grad: str = "surrogate", generator: torch.Generator | None = None,
@@ -134,7 +137,7 @@ class StoGLIF(LazyModuleMixin, LIF):
         self.temperature = float(temperature)
         self.keep = UninitializedParameter()
         # the keep logits are regularised by the StoG prior, not by weight decay (see make_sgd)
-        self.keep.no_weight_decay = True
+        self.keep.no_weight_decay = True  # type: ignore[attr-defined]  # a marker make_sgd reads
 
     def initialize_parameters(self, x: Tensor) -> None:  # called by LazyModuleMixin
         if self.has_uninitialized_params():
@@ -185,7 +188,7 @@ def stog_neurons(model: nn.Module) -> list[StoGLIF]:
 def gate_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """The keep-probability parameters of every StoG neuron."""
     for m in stog_neurons(model):
-        yield m.keep
+        yield m.keep  # type: ignore[misc]  # materialised by the first forward: a Parameter
 
 
 def gate_prior(model: nn.Module, kind: str = "l2") -> Tensor:
@@ -243,14 +246,13 @@ def materialize_for(model: nn.Module, arch_kw: dict) -> None:
     """
     if not has_lazy_parameters(model):
         return
+    import contextlib
     import inspect
 
     defaults = {}
-    try:
+    with contextlib.suppress(TypeError, ValueError):
         defaults = {k: p.default for k, p in inspect.signature(type(model)).parameters.items()
                     if p.default is not inspect.Parameter.empty}
-    except (TypeError, ValueError):
-        pass
     channels = arch_kw.get("in_channels", getattr(model, "in_channels", defaults.get("in_channels")))
     size = arch_kw.get("image_size", defaults.get("image_size"))
     if channels is None or size is None:

@@ -40,14 +40,14 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import native
-from .native import native_available, native_backward, native_forward  # noqa: F401  (re-exported)
+from .native import native_available, native_backward, native_forward  # re-exported
 from .surrogate import Surrogate
 
 __all__ = ["LIFScan", "lif_scan", "scan_forward", "scan_backward", "surrogate_derivative_", "set_kernel",
@@ -90,17 +90,17 @@ def scan_forward(x: Tensor, decay: float, v_threshold: float, neg_noise: Tensor 
                 torch.lt(u, v_threshold, out=keep)  # 1 - S[t]
         else:
             torch.sub(u, v_threshold, out=tmp)
-            torch.ge(tmp, neg_noise[t], out=spikes[t])
+            torch.ge(tmp, neg_noise[t], out=spikes[t])  # type: ignore[arg-type]  # tmp exists whenever noise is given
             if t + 1 < steps:
-                torch.lt(tmp, neg_noise[t], out=keep)
+                torch.lt(tmp, neg_noise[t], out=keep)  # type: ignore[arg-type]
         if t + 1 < steps:
             nxt = u_all[t + 1 if keep_potentials else (t + 1) % 2]
             if fma:
                 torch.addcmul(x[t + 1], u, keep, value=decay, out=nxt)
             else:  # reference rounding: (decay * (u * keep)) + x, u * keep is exact
                 torch.mul(u, keep, out=tmp)
-                tmp.mul_(decay)
-                torch.add(tmp, x[t + 1], out=nxt)
+                tmp.mul_(decay)  # type: ignore[union-attr]  # tmp exists whenever decay is not exact
+                torch.add(tmp, x[t + 1], out=nxt)  # type: ignore[arg-type]
     return spikes, (u_all if keep_potentials else None)  # type: ignore[return-value]
 
 
@@ -151,9 +151,10 @@ def scan_backward(grad_s: Tensor | None, grad_u: Tensor | None, u_all: Tensor, n
 KERNELS = ("auto", "native", "torch", "triton")
 _kernel_choice = os.environ.get("SPIKEGUARD_LIF_KERNEL", "auto")
 if _kernel_choice not in KERNELS:
-    warnings.warn(f"SPIKEGUARD_LIF_KERNEL={_kernel_choice!r} is not one of {KERNELS}; using 'auto'", RuntimeWarning)
+    warnings.warn(f"SPIKEGUARD_LIF_KERNEL={_kernel_choice!r} is not one of {KERNELS}; using 'auto'", RuntimeWarning,
+                  stacklevel=1)
     _kernel_choice = "auto"
-_triton = None  # the triton_scan module once imported; False if it cannot be
+_triton: Any = None  # the triton_scan module once imported; False if it cannot be
 _triton_error: str | None = None
 _HALF = (torch.bfloat16, torch.float16)
 
@@ -274,7 +275,7 @@ def _philox_tensor(mod, noise: NoiseArg, u_all: Tensor) -> Tensor | None:
         return noise
     try:
         flat = mod.philox_noise(noise, (u_all.shape[0], u_all[0].numel()), u_all.device)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise RuntimeError("the Triton LIF backward failed and the forward's noise cannot be regenerated "
                            f"without it ({type(e).__name__}: {e}); rerun with set_kernel('torch')") from e
     # the kernels count t * N + i over memory order (U's layout, e.g. channels_last steps)
@@ -337,7 +338,7 @@ class LIFScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, noise: NoiseArg, decay: float, v_threshold: float,  # type: ignore[override]
+    def forward(ctx, x: Tensor, noise: NoiseArg, decay: float, v_threshold: float,
                 surrogate: Surrogate, at_noisy: bool, detach_reset: bool) -> tuple[Tensor, Tensor]:
         kernel = kernel_for(x, surrogate)
         if kernel != "triton":
@@ -353,11 +354,11 @@ class LIFScan(torch.autograd.Function):
             ctx.save_for_backward(u_all, noise)
         else:
             ctx.save_for_backward(u_all)
-        return spikes, u_all
+        return spikes, u_all  # type: ignore[return-value]  # kept potentials: u_all is set
 
     @staticmethod
     @once_differentiable  # double backward (create_graph=True) raises; use backend="loop" for it
-    def backward(ctx, grad_s: Tensor | None, grad_u: Tensor | None):  # type: ignore[override]
+    def backward(ctx, grad_s: Tensor | None, grad_u: Tensor | None):
         kernel, decay, v_threshold, surrogate, at_noisy, detach_reset, dtype = ctx.params
         saved = ctx.saved_tensors
         u_all = saved[0]

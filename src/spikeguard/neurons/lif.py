@@ -20,7 +20,7 @@ Two interchangeable implementations (``backend``) compute the same numbers:
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +72,8 @@ class LIF(nn.Module):
     #: generator, if any, was set by hand); lets :meth:`noise_generator` re-create it on the
     #: input's device
     generator_seed: int | None = None
+    #: the noise generator of neurons with ``has_noise`` (absent on the others)
+    generator: torch.Generator | None
 
     def __init__(
         self,
@@ -171,7 +173,16 @@ class LIF(nn.Module):
         )
 
 
-def set_noise(neuron: nn.Module, sigma: float, noise: bool, noisy_grad: str,
+class _NoiseSettings(Protocol):
+    """The attributes :func:`set_noise` sets on a noisy neuron."""
+
+    sigma: float
+    noise: bool
+    noisy_grad: str
+    generator: torch.Generator | None
+
+
+def set_noise(neuron: _NoiseSettings, sigma: float, noise: bool, noisy_grad: str,
               generator: torch.Generator | None) -> None:
     """Validate and set a noisy neuron's ``sigma``, ``noise`` switch, ``noisy_grad`` and ``generator``."""
     if not (sigma >= 0 and math.isfinite(sigma)):
@@ -208,6 +219,9 @@ class NoisyLIF(LIF):
 
     config_fields = LIF.config_fields + ("sigma", "noisy_grad")
     has_noise = True
+    sigma: float
+    noise: bool
+    noisy_grad: str
 
     def __init__(
         self,

@@ -141,7 +141,7 @@ def c_source() -> str:
     """The C source: the shared forward/backward templates plus one backward per surrogate."""
     parts = [_C_TEMPLATE]
     for name in _native_names():
-        code = " ".join(surrogate_kind(name).c_code.split())
+        code = " ".join(surrogate_kind(name).c_code.split())  # type: ignore[union-attr]  # _native_names() lists only kinds with c_code
         parts.append(f"#define SUR_{name}(R, E, F) {{ {code} }}\nBOTH({name}, SUR_{name})\n")
     return "\n".join(parts)
 

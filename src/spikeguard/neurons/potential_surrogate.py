@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -283,14 +283,14 @@ def potential_surrogate(model: nn.Module, rule: PotentialRule) -> Iterator[int]:
     saved = [(m, m.surrogate, m.backend, getattr(m, "noisy_grad", None)) for m in mods.values()]
     fresh = lambda: FieldSurrogate(rule.name, rule.derivative)  # noqa: E731 - one object per neuron call
     steps: dict[str, int] = {}
-    hooks: dict[str, object] = {}
+    hooks: dict[str, Any] = {}
     thresholds = {n.name: (lambda n=n: n.adapter.threshold(n.module)) for n in foreign}
 
     def on_record(name: str, u: Tensor) -> None:
         if name in mods:  # a whole [T, B, ...] scan: its surrogate object gets its parameters now
             m = mods[name]
-            m.surrogate.param = rule.observe((name, None), u - m.v_threshold, None)
-            m.surrogate = fresh()  # the next call (if any) must not overwrite this call's parameters
+            m.surrogate.param = rule.observe((name, None), u - m.v_threshold, None)  # type: ignore[attr-defined]  # m.surrogate is a FieldSurrogate here
+            m.surrogate = fresh()  # type: ignore[assignment]  # the next call (if any) must not overwrite this call's parameters
         elif name in hooks:  # one step of an adapted neuron, recorded before its spike is computed
             t = steps.get(name, 0)
             steps[name] = t + 1
@@ -306,9 +306,9 @@ def potential_surrogate(model: nn.Module, rule: PotentialRule) -> Iterator[int]:
     handle = model.register_forward_pre_hook(on_forward)
     try:
         for m in mods.values():
-            m.surrogate, m.backend = fresh(), "fused"  # the loop backend evaluates one step at a time
+            m.surrogate, m.backend = fresh(), "fused"  # type: ignore[assignment]  # the loop backend evaluates one step at a time
             if hasattr(m, "noisy_grad"):
-                m.noisy_grad = "surrogate"
+                m.noisy_grad = "surrogate"  # type: ignore[assignment]  # noisy neurons only (hasattr above)
         with contextlib.ExitStack() as stack:
             for n in foreign:
                 hooks[n.name] = stack.enter_context(n.adapter.spike_hook(n.module))

@@ -7,7 +7,7 @@ removed on exit, so nothing lingers that a user must remember to reset.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -97,14 +97,14 @@ def record_potentials(model: nn.Module, detach: bool = False, keep: bool = True,
 
 
 @contextlib.contextmanager
-def _setting(modules: list[nn.Module], attr: str, values: list) -> Iterator[None]:
+def _setting(modules: Sequence[nn.Module], attr: str, values: list) -> Iterator[None]:
     old = [getattr(m, attr) for m in modules]
-    for m, v in zip(modules, values):
+    for m, v in zip(modules, values, strict=True):
         setattr(m, attr, v)
     try:
         yield
     finally:
-        for m, v in zip(modules, old):
+        for m, v in zip(modules, old, strict=True):
             setattr(m, attr, v)
 
 
@@ -127,13 +127,13 @@ def noise_seed(model: nn.Module, seed: int) -> contextlib.AbstractContextManager
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     seeds = [int(seed) + i for i in range(len(mods))]
     gens = [torch.Generator(device=device) for _ in mods]
-    for g, s in zip(gens, seeds):
+    for g, s in zip(gens, seeds, strict=True):
         g.manual_seed(s)
     return _settings(mods, {"generator": gens, "generator_seed": seeds})
 
 
 @contextlib.contextmanager
-def _settings(modules: list[nn.Module], values: dict[str, list]) -> Iterator[None]:
+def _settings(modules: Sequence[nn.Module], values: dict[str, list]) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for attr, vals in values.items():
             stack.enter_context(_setting(modules, attr, vals))

@@ -39,7 +39,7 @@ def register_neuron(name: str, *aliases: str) -> Callable[[N], N]:
         _NEURONS[name] = cls
         for a in aliases:
             _ALIASES[a] = name
-        cls.kind = name
+        cls.kind = name  # type: ignore[attr-defined]  # the registry adds the attribute
         return cls
 
     return deco

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -27,12 +27,12 @@ from torch import Tensor
 # ``triton.language``, bound by :mod:`spikeguard.neurons.triton_scan` when it is imported: the
 # Triton expressions below are only compiled then, and importing spikeguard never imports
 # Triton (optional, the ``gpu`` extra). A surrogate defined elsewhere imports it itself.
-tl = None
+tl: Any = None
 
 __all__ = ["Surrogate", "SurrogateKind", "register_surrogate", "unregister_surrogate", "surrogate_kind",
            "surrogate_names", "surrogate_aliases", "resolve_surrogate", "SURROGATES", "SpikeFunction", "spike"]
 
-_REGISTRY: dict[str, type["SurrogateKind"]] = {}
+_REGISTRY: dict[str, type[SurrogateKind]] = {}
 _ALIASES: dict[str, str] = {}
 
 
@@ -290,14 +290,14 @@ class SpikeFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, offset: Tensor | None, surrogate: Surrogate, grad_at_offset: bool) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, offset: Tensor | None, surrogate: Surrogate, grad_at_offset: bool) -> Tensor:
         z = x if offset is None else x + offset
         ctx.surrogate = surrogate
         ctx.save_for_backward(z if grad_at_offset else x)
         return (z >= 0).to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         (point,) = ctx.saved_tensors
         return grad_out * ctx.surrogate.derivative(point), None, None, None
 

@@ -161,7 +161,7 @@ def _add_group(row: dict, doc: dict, tag: str, first: bool, paper: bool) -> None
     from ..evaluation.stats import sample_accuracy_ci95
 
     rep = doc.get("report") or {}
-    ps = rep.get("per_sample") if isinstance(rep.get("per_sample"), dict) else {}
+    ps = _got if isinstance(_got := rep.get("per_sample"), dict) else {}
     if ps.get("labels") is not None:
         row["_labels"][tag] = ps["labels"]
     for col, (acc, src, key) in _group_cells(doc, first, paper).items():
@@ -286,7 +286,7 @@ def aggregate(spec: StudySpec, rows: list[dict], columns: list[str]) -> list[dic
                 lists = [r["_samples"][col] for r in have if col in r["_samples"]]
                 if len(lists) == len(have) and len({len(v) for v in lists}) == 1:
                     e["accuracy"][col]["ci95_samples"] = sample_accuracy_ci95(
-                        [sum(v) / len(v) for v in zip(*lists)])["ci95"]
+                        [sum(v) / len(v) for v in zip(*lists, strict=True)])["ci95"]
             diffs = [r for r in runs if col in r.get("difference", {})]
             if diffs:
                 d = _seed_summary([r["difference"][col]["diff"] for r in diffs], diffs[0]["difference"][col]["ci95"],

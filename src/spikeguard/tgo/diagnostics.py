@@ -72,7 +72,7 @@ def constraint_gradient_ratio(model: nn.Module, strategy, guard, images: Tensor,
 
             def forward(x: Tensor) -> Tensor:
                 rec.clear()
-                out = model.forward_steps(x)
+                out = model.forward_steps(x)  # type: ignore[operator]  # any model with forward_steps
                 potentials[:] = rec.potentials
                 return out
 

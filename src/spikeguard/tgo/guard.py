@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor
 
 from .constraint import DEFAULT_DELTA, Normalisation, membrane_constraint, near_threshold_share

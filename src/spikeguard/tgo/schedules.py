@@ -57,7 +57,7 @@ class LambdaSchedule:
 
     def __call__(self, epoch: float) -> float:
         """lambda at (possibly fractional) ``epoch``."""
-        lo, hi = float(self.lambda_start), float(self.lambda_max)
+        lo, hi = float(self.lambda_start), float(self.lambda_max)  # type: ignore[arg-type]  # start: set in __post_init__
         p = min(max(epoch / self.ramp_epochs, 0.0), 1.0)
         if self.kind == "constant":
             return hi

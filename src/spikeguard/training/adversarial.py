@@ -175,8 +175,8 @@ class AdversarialTraining(Strategy):
         loss = (1 - r) * task_loss(clean, labels, self.loss) + r * task_loss(advs, labels, self.loss)
         metrics["clean_accuracy"] = float((clean.mean(0).argmax(1) == labels).float().mean())
         if self.mpp_weight:
-            cur = probe.value
-            mpp = mpp_penalty(cur[:, :b], cur[:, b:], self.mpp_tau)
+            cur = probe.value  # type: ignore[union-attr]  # probe is a NeuronInput whenever mpp_weight
+            mpp = mpp_penalty(cur[:, :b], cur[:, b:], self.mpp_tau)  # type: ignore[index]  # the probe saw this forward
             loss = loss + self.mpp_weight * mpp
             metrics["mpp"] = float(mpp.detach())
         return StepOutput(loss, advs.mean(0), metrics)

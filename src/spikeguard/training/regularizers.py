@@ -25,11 +25,12 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from ..neurons import spiking_neurons
 
 
-def _weighted_layers(model: nn.Module) -> list[nn.Module]:
+def _weighted_layers(model: nn.Module) -> list[nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear]:
     return [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
 
 
@@ -147,12 +148,12 @@ class NeuronInput:
             raise ValueError("the model has no spiking neurons")
         self.module = neurons[layer][1]
         self.value: Tensor | None = None
-        self._handle = None
+        self._handle: RemovableHandle | None = None
 
     def _hook(self, _module: nn.Module, args: tuple) -> None:
         self.value = args[0]
 
-    def __enter__(self) -> "NeuronInput":
+    def __enter__(self) -> NeuronInput:
         self._handle = self.module.register_forward_pre_hook(self._hook)
         return self
 

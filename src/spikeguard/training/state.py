@@ -81,7 +81,7 @@ class TrainState:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainState":
+    def from_dict(cls, d: dict) -> TrainState:
         """Read the checkpoint layout (keys written by older versions, e.g. ``strategy``, are ignored)."""
         return cls(epoch=int(d["epoch"]), batch=int(d.get("batch", 0)), elapsed=float(d.get("elapsed", 0.0)),
                    rng=d.get("rng"), rng_ranks=list(d.get("rng_ranks") or []), epoch_order=d.get("epoch_order"),
@@ -95,7 +95,7 @@ class TrainState:
         return save_checkpoint(run_dir, model, config, self.to_dict())
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike) -> "TrainState | None":
+    def load(cls, run_dir: str | os.PathLike) -> TrainState | None:
         """The state saved in ``run_dir`` (None if the run saved none)."""
         from ..checkpoint import load_training_state
 

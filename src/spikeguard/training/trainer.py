@@ -41,7 +41,7 @@ class EpochStats:
 
     as_dict = to_dict  # the name before 0.2 (result objects now all use to_dict)
 
-    def merge(self, partial: dict | None, seen: int) -> "EpochStats":
+    def merge(self, partial: dict | None, seen: int) -> EpochStats:
         """Combine these stats of a resumed epoch's remainder (``seen`` samples) with ``partial``,
         ``{"stats": as_dict(), "seen": samples}`` of the part before the interruption (None: as is)."""
         if not partial:
@@ -163,7 +163,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             try:
                 stats = self.train_epoch(ld, epoch, steps, start=first,
-                                         on_batch=None if on_batch is None else (lambda m: on_batch(epoch, ld, m)))
+                                         on_batch=None if on_batch is None else (lambda m: on_batch(epoch, ld, m)))  # noqa: B023 - called within this iteration only
             finally:
                 if on_epoch_end is not None:
                     on_epoch_end()
@@ -195,7 +195,7 @@ class Trainer:
             def forward(x: Tensor) -> Tensor:
                 # keep only the potentials of the forward the loss is computed on
                 rec.clear()
-                out = self.model.forward_steps(x)
+                out = self.model.forward_steps(x)  # type: ignore[operator]  # any model with forward_steps
                 potentials[:] = rec.potentials
                 return out
 
@@ -240,7 +240,7 @@ class Trainer:
                 if not math.isnan(v):
                     sums[k] = sums.get(k, 0.0) + v * b
             seen += b
-            n += 1
+            n += 1  # noqa: SIM113 - batches done in this call; i starts at `start`
             if on_batch is not None:
                 on_batch(m)
         dt = time.perf_counter() - t0

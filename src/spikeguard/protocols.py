@@ -236,7 +236,7 @@ STRONG = Protocol(
         EvalGroup("strong", ("fgsm", "rfgsm", "pgd10", "pgd40", "pgd50-r3", "apgd-ce", "apgd-dlr", "mtpgd", "square",
                              "transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive", "assg", "sa-pgd",
                              "pdsg", "apgd-t"),
-                  eot=8, passes=8, alpha=EPS_RULE, attack_kw={"sg-ensemble": {"widths": SWEEP_WIDTHS, "kind_widths": SWEEP_KIND_WIDTHS}}, audit=True,
+                  eot=8, passes=8, alpha=EPS_RULE, attack_kw={"sg-ensemble": {"members": WIDTH_SWEEP}}, audit=True,
                   note="Per-sample worst case over every attack; sg-ensemble sweeps surrogate widths 0.25-2"),
     ))
 

@@ -132,14 +132,17 @@ def test_surrogate_check_runs_pgd_per_width_on_a_spiking_model():
     eps = 48 / 255
     audit = audit_robustness(model, x, y, eps=eps, steps=5, square_queries=50, passes=1, eot=1,
                              sweep=(8 / 255, 64 / 255))
-    assert surrogate_sweep(model) == [("triangle", w) for w in (0.25, 0.5, 1.0, 2.0)]  # the strong suite's widths
-    widths = ["triangle:0.25", "triangle:0.5", "triangle:1", "triangle:2"]
+    from spikeguard.protocols import width_sweep
+
+    assert surrogate_sweep(model) == list(width_sweep())  # the strong suite's: every registered kind
+    assert [w for n, w in surrogate_sweep(model) if n == "triangle"] == [0.25, 0.5, 1.0, 2.0]
+    widths = [f"{n}:{w:g}" for n, w in width_sweep()]
     assert audit.settings["surrogate_widths"] == widths
     check = audit.check("surrogate")
     assert list(check.numbers["accuracy"]) == widths and all(w in check.message for w in widths)
-    # measured: the narrowest attack surrogate leaves ~19% robust where the others reach 0%
+    # a narrow attack surrogate leaves samples robust where others reach 0%
     assert check.status == "WARN", check.message
-    assert check.numbers["weakest"] == "triangle:0.25" and check.numbers["spread_points"] > 10
+    assert check.numbers["spread_points"] > 10
     assert "sg-ensemble" in check.message
     runs = audit.runs.results
     assert runs["pgd5-sg-triangle1"].settings["steps"] == 5

@@ -210,7 +210,7 @@ def test_strong_suite_on_a_plain_mlp_runs_and_lists_the_skipped():
 
 
 def test_a_new_attack_is_one_class(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "ATTACKS", registry.ATTACKS.copy())
     monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
 
     @registry.register_attack("nudge", pattern=r"nudge(?P<steps>\d+)?", aliases=("push",))

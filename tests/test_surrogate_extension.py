@@ -111,5 +111,5 @@ def test_duplicate_names_are_refused(softsign):
     class Clash(SurrogateKind):
         name = "triangle"
 
-    with pytest.raises(ValueError, match="already taken"):
+    with pytest.raises(ValueError, match="registered twice"):
         register_surrogate(Clash)

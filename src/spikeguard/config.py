@@ -446,16 +446,16 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 def validate_config(cfg: ExperimentConfig) -> None:
     """Range and name checks; :class:`ConfigError` naming the first offending key."""
-    from .data.registry import DATASETS, _ALIASES
+    from .data.catalog import DATASET_LOADERS
     from .models import list_models
     from .neurons import list_neurons
     from .neurons.surrogate import surrogate_aliases, surrogate_names
     from .neurons.lif import NOISY_GRADS
-    from .tgo import SCHEDULES
+    from .tgo import SCHEDULE_KINDS
 
     d, m, n, t, o, e = cfg.data, cfg.model, cfg.neuron, cfg.tgo, cfg.optim, cfg.eval
-    _check(d.name.lower() in DATASETS or d.name.lower() in _ALIASES, "data.name",
-           f"must be one of {', '.join(DATASETS)}, got {d.name!r}")
+    _check(d.name.lower() in DATASET_LOADERS, "data.name",
+           f"must be one of {', '.join(DATASET_LOADERS.names())}, got {d.name!r}")
     _check(d.subset >= 0, "data.subset", f"must be >= 0, got {d.subset}")
     _check(d.test_subset >= 0, "data.test_subset", f"must be >= 0, got {d.test_subset}")
     _check(m.name in list_models(), "model.name", f"must be one of {', '.join(list_models())}, got {m.name!r}")
@@ -475,7 +475,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
            "perf.compile", f"must be off, default, max-autotune or reduce-overhead, got {cfg.perf.compile!r}")
     _check(math.isfinite(t.delta) and t.delta > 0, "tgo.delta", f"must be > 0, got {t.delta}")
     _check(math.isfinite(t.lambda_max) and t.lambda_max >= 0, "tgo.lambda_max", f"must be >= 0, got {t.lambda_max}")
-    _check(t.schedule in SCHEDULES, "tgo.schedule", f"must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}")
+    _check(t.schedule in SCHEDULE_KINDS, "tgo.schedule",
+           f"must be one of {', '.join(SCHEDULE_KINDS.names())}, got {t.schedule!r}")
     _check(t.ramp_epochs >= 0, "tgo.ramp_epochs", f"must be >= 0 (0 = all epochs), got {t.ramp_epochs}")
     _check(t.lambda_start == -1.0 or 0 <= t.lambda_start <= t.lambda_max, "tgo.lambda_start",
            f"must be -1 (default) or in [0, tgo.lambda_max], got {t.lambda_start}")

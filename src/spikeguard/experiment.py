@@ -57,13 +57,13 @@ def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
     """``in_channels``, ``image_size``, ``num_classes``, ``mean``, ``std`` of ``data``, or of the
     dataset ``cfg`` names (its :class:`~spikeguard.data.DatasetInfo`) when ``data`` is None; event
     data sets (frame sequences, 2 polarities per step) from their frame options."""
-    from .data.event_sets import EVENT_DATASETS, EventFrameDataset, event_data_shape
+    from .data.event_sets import EventFrameDataset, event_data_shape, is_event_dataset
 
     if isinstance(data, EventFrameDataset):  # frame sequences: 2 polarities per step
         shape = event_data_shape(data.name, {**data.options})
         shape.update(num_classes=data.num_classes)
         return shape
-    if data is None and cfg.data.name.lower() in EVENT_DATASETS:
+    if data is None and is_event_dataset(cfg.data.name):
         return event_data_shape(cfg.data.name.lower(), cfg.data.options)
     if data is not None:
         c, h, w = data.image_shape

@@ -44,10 +44,22 @@ EPS_RULE = "eps"
 
 #: Surrogate-width sweep of the strong protocol's ``sg-ensemble`` (item 5(b) of issue 16: a
 #: narrower attack surrogate than the training one changed FGSM accuracy by 25 points).
-WIDTH_SWEEP: tuple[tuple[str, float], ...] = (
-    tuple(("triangle", w) for w in (0.25, 0.5, 1.0, 2.0))
-    + tuple((n, w) for n in ("sigmoid", "atan", "rectangle") for w in (0.25, 1.0, 2.0))
-    + (("ste", 1.0),))
+#: Every registered surrogate kind is swept at these widths (the triangle, the training default, at
+#: one more; a kind's own ``sweep_widths`` win, e.g. the straight-through estimator's single 1.0).
+SWEEP_WIDTHS: tuple[float, ...] = (0.25, 1.0, 2.0)
+SWEEP_KIND_WIDTHS: dict[str, tuple[float, ...]] = {"triangle": (0.25, 0.5, 1.0, 2.0)}
+
+
+def width_sweep() -> tuple[tuple[str, float], ...]:
+    """The ``(surrogate, width)`` members of the sweep: every registered surrogate kind (one
+    registered later included) at :data:`SWEEP_WIDTHS` / :data:`SWEEP_KIND_WIDTHS`."""
+    from .neurons.surrogate import surrogate_members
+
+    return surrogate_members(SWEEP_WIDTHS, SWEEP_KIND_WIDTHS)
+
+
+#: The sweep of the built-in surrogates (:func:`width_sweep` also has ones registered later).
+WIDTH_SWEEP: tuple[tuple[str, float], ...] = width_sweep()
 
 
 @dataclass(frozen=True)
@@ -238,5 +250,5 @@ def get_protocol(name: str, overrides: Mapping[str, Any] | None = None) -> Proto
     return PROTOCOLS[name].with_overrides(overrides)
 
 
-__all__ = ["EvalGroup", "Protocol", "PAPER", "STRONG", "PROTOCOLS", "get_protocol", "WIDTH_SWEEP", "PAPER_ALPHA",
+__all__ = ["EvalGroup", "Protocol", "PAPER", "STRONG", "PROTOCOLS", "get_protocol", "WIDTH_SWEEP", "width_sweep", "SWEEP_WIDTHS", "PAPER_ALPHA",
            "EPS_RULE"]

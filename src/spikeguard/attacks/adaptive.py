@@ -20,7 +20,7 @@ EoT over stochastic passes is the base class's ``eot`` argument.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -227,8 +227,22 @@ class FixedNoise(Attack):
 
 
 # -- surrogate gradients at attack time -----------------------------------------------------------
-DEFAULT_ENSEMBLE: tuple[tuple[str, float], ...] = tuple(
-    [(name, w) for name in ("triangle", "sigmoid", "atan", "rectangle") for w in (0.5, 1.0, 2.0)] + [("ste", 1.0)])
+#: widths of the default ensemble: every registered surrogate kind at these (a kind's own
+#: ``sweep_widths`` win, e.g. the straight-through estimator's single 1.0)
+ENSEMBLE_WIDTHS: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+
+def default_ensemble(widths: Sequence[float] = ENSEMBLE_WIDTHS,
+                     kind_widths: Mapping[str, Sequence[float]] | None = None) -> tuple[tuple[str, float], ...]:
+    """``(surrogate, width)`` members: every registered surrogate kind at ``widths`` (``kind_widths``
+    per kind where given)."""
+    from ..neurons.surrogate import surrogate_members
+
+    return surrogate_members(widths, kind_widths)
+
+
+#: The default members with the built-in surrogates (:func:`default_ensemble` has later ones too).
+DEFAULT_ENSEMBLE: tuple[tuple[str, float], ...] = default_ensemble()
 
 
 @register_attack("sg-ensemble", aliases=("sg-ens",))
@@ -240,8 +254,9 @@ class SurrogateEnsemble(Attack):
     that is robust only against its training surrogate is not robust.
 
     Args:
-        members: ``(surrogate name, width)`` pairs (default: triangle, sigmoid, atan,
-            rectangle at widths 0.5/1/2 and straight-through).
+        members: ``(surrogate name, width)`` pairs (default: every registered surrogate kind at
+            ``widths``; straight-through at 1 only).
+        widths, kind_widths: the default members' widths, for every kind / per kind.
         alpha, steps, restarts, loss: the PGD run per member.
     """
 
@@ -251,9 +266,12 @@ class SurrogateEnsemble(Attack):
     uses_step_size = True
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 10,
-                 members: Sequence[tuple[str, float]] = DEFAULT_ENSEMBLE, restarts: int = 1, loss: str = "ce",
+                 members: Sequence[tuple[str, float]] | None = None, restarts: int = 1, loss: str = "ce",
+                 widths: Sequence[float] = ENSEMBLE_WIDTHS, kind_widths: Mapping[str, Sequence[float]] | None = None,
                  **kw) -> None:
         super().__init__(model, eps, **kw)
+        if members is None:
+            members = default_ensemble(widths, kind_widths)
         if not members:
             raise SpikeguardError("the surrogate ensemble needs at least one member")
         try:

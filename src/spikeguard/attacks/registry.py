@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from torch import nn
 
 from ..errors import SpikeguardError
+from ..registry import Registry, summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Attack
@@ -93,7 +94,9 @@ class AttackSpec:
         return args
 
 
-_REGISTRY: dict[str, AttackSpec] = {}
+#: Every attack, by canonical name (``spikeguard list attacks``); an entry is its :class:`AttackSpec`.
+ATTACKS: Registry[AttackSpec] = Registry("attack", error=SpikeguardError)
+#: other spellings -> a name :func:`resolve` accepts (may be a parametrised one, ``apgd`` -> ``apgd-ce``)
 _ALIASES: dict[str, str] = {}
 
 
@@ -111,12 +114,13 @@ def register_attack(name: str, pattern: str | None = None, *, aliases: Mapping[s
     """
 
     def deco(cls: type) -> type:
-        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
-            raise ValueError(f"attack {name!r} is already registered by {_REGISTRY[name].cls.__name__}")
-        _REGISTRY[name] = AttackSpec(name, cls, re.compile(pattern) if pattern else None, dict(defaults or {}),
-                                     example or name)
-        items = aliases.items() if isinstance(aliases, Mapping) else ((a, name) for a in aliases)
-        _ALIASES.update({a: target for a, target in items})
+        items = dict(aliases.items() if isinstance(aliases, Mapping) else ((a, name) for a in aliases))
+        for a in items:
+            if a in _ALIASES or a in ATTACKS:
+                raise ValueError(f"attack alias {a!r} of {cls.__qualname__} is already registered")
+        spec = AttackSpec(name, cls, re.compile(pattern) if pattern else None, dict(defaults or {}), example or name)
+        ATTACKS.add(name, spec, description=summary(cls))
+        _ALIASES.update(items)
         if "name" not in cls.__dict__:
             cls.name = name  # type: ignore[attr-defined]  # every attack class gets a name
         return cls
@@ -125,13 +129,20 @@ def register_attack(name: str, pattern: str | None = None, *, aliases: Mapping[s
 
 
 def registered_attacks() -> dict[str, AttackSpec]:
-    """The registered attacks by canonical name (a copy)."""
-    return dict(_REGISTRY)
+    """The registered attacks by canonical name, sorted (a copy)."""
+    return dict(ATTACKS.items())
+
+
+def unregister_attack(name: str) -> None:
+    """Remove a registered attack and its aliases (tests that define one clean up with this)."""
+    ATTACKS.unregister(name)
+    for a in [a for a, t in _ALIASES.items() if t == name]:
+        del _ALIASES[a]
 
 
 def list_attacks() -> list[str]:
-    """Example names accepted by :func:`build_attack` (the patterns take any step count)."""
-    return [s.example for s in _REGISTRY.values()]
+    """Example names accepted by :func:`build_attack` (the patterns take any step count), sorted by name."""
+    return [s.example for _, s in ATTACKS.items()]
 
 
 def _spelling(name: str) -> str:
@@ -142,7 +153,7 @@ def _spelling(name: str) -> str:
 def resolve(name: str) -> tuple[str, AttackSpec, dict[str, Any]]:
     """``(canonical name, spec, name-implied constructor arguments)`` of an attack name."""
     n = _spelling(name)
-    for spec in _REGISTRY.values():
+    for _, spec in ATTACKS.items():
         args = spec.match(n)
         if args is not None:
             return n, spec, args

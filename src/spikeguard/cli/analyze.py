@@ -12,9 +12,8 @@ import math
 import time
 from pathlib import Path
 
+from ..analysis.registry import ANALYSES, AnalysisContext, register_analysis
 from .common import eps_list, nonneg_int, positive_int
-
-WHATS = ("membrane", "gradients", "landscape", "flip", "jacobian", "sweep", "all")
 
 EPILOG = """\
 examples:
@@ -87,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "(flip), input-Jacobian norms vs the first-order bound (jacobian), robust accuracy vs eps and "
                     "lambda_max from evaluation JSONs (sweep), or everything but sweep (all).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=WHATS, help="which analysis")
+    p.add_argument("what", choices=[*ANALYSES.names(), "all"], help="which analysis")
     p.add_argument("files", nargs="*", metavar="JSON", help="sweep only: evaluation JSON files or folders")
     g = p.add_argument_group("models and data")
     g.add_argument("-k", "--checkpoint", action="append", default=[], metavar="[NAME=]RUN",
@@ -198,29 +197,37 @@ def _load_data(args: argparse.Namespace, runs: list):
     return ds
 
 
+def _todo(what: str) -> list[str]:
+    """The analyses ``what`` names (``all``: every one registered with ``in_all``, in report order)."""
+    if what != "all":
+        return [ANALYSES.canonical(what)]
+    order = ["membrane", "gradients", "landscape", "flip", "jacobian"]
+    extra = [e.name for e in ANALYSES.entries() if e.meta["in_all"] and e.name not in order]
+    return [n for n in order if n in ANALYSES and ANALYSES.entry(n).meta["in_all"]] + extra
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..analysis import commands as C
     from ..analysis.plotting import parse_formats
     from ..errors import ConfigError
     from ..utils import resolve_device
 
     formats = parse_formats(args.format)
     t0 = time.perf_counter()
-    todo = ["membrane", "gradients", "landscape", "flip", "jacobian"] if args.what == "all" else [args.what]
-    if args.what == "sweep":
+    todo = _todo(args.what)
+    if args.what != "all" and ANALYSES.entry(args.what).meta["files"]:
         if not args.files:
-            raise ConfigError("analyze sweep needs result files (or folders) as arguments")
+            raise ConfigError(f"analyze {args.what} needs result files (or folders) as arguments")
         with _output(args, todo) as out:
-            res = C.run_sweep(args.files, out, attack=args.sweep_attack, lambda_eps=args.lambda_eps, formats=formats,
-                              title=args.title, reference=args.reference, merge=args.merge)
-            _add_provenance(out / "sweep.json", res, args, [], None)
+            ctx = AnalysisContext(args, {}, [], None, out, None, formats, files=list(args.files))
+            res = ANALYSES.get(args.what)(ctx)
+            _add_provenance(out / f"{todo[0]}.json", res, args, [], None)
         _report(res, t0)
         return 0
     if args.files:
         raise ConfigError(f"unexpected arguments {' '.join(args.files)!r} (only 'analyze sweep' takes files)")
     device = resolve_device(args.device)
     models, runs = load_models(args.checkpoint, str(device)) if args.checkpoint else ({}, [])
-    if not models and args.what != "flip":
+    if not models and any(ANALYSES.entry(w).meta["models"] for w in todo):
         raise ConfigError(f"analyze {args.what} needs at least one checkpoint: -k RUN_FOLDER")
     with _output(args, todo) as out:
         _analyses(args, todo, models, runs, out, device, formats, t0)
@@ -260,42 +267,84 @@ def _analyses(args: argparse.Namespace, todo: list[str], models: dict, runs: lis
               t0: float) -> None:
     import torch
 
-    from ..analysis import commands as C
-
     ds = _load_data(args, runs) if models else None
     cfg = runs[0].config if runs else None
     delta = args.delta if args.delta is not None else (cfg.tgo.delta if cfg is not None else 0.5)
     vth = cfg.neuron.v_threshold if cfg is not None else 1.0
-    common = dict(seed=args.seed, formats=formats, title=args.title)
-
-    def n_or(default: int) -> int:
-        return default if args.n is None else args.n
-
+    ctx = AnalysisContext(args, models, runs, ds, out, device, formats, delta=delta, v_threshold=vth)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         for what in todo:
-            if what == "membrane":
-                sub = ds.subset(n_or(0), args.seed) if n_or(0) else ds  # type: ignore[union-attr]  # ds is loaded whenever there are models
-                res = C.run_membrane(models, sub, out, delta=delta, v_threshold=vth, bins=args.bins,  # type: ignore[arg-type]
-                                     lo=args.hist_range[0], hi=args.hist_range[1], device=device, **common)
-            elif what == "gradients":
-                res = C.run_gradients(models, ds, out, images=args.images, indices=args.index, n=n_or(1000),  # type: ignore[arg-type]
-                                      rel_tol=args.rel_tol, samples=args.grad_samples,
-                                      shared_scale=not args.cell_scale, device=device, **common)
-            elif what == "landscape":
-                res = C.run_landscape(models, ds, out, n=n_or(256), steps=args.steps, span=args.span, eps=args.eps,  # type: ignore[arg-type]
-                                      alpha=args.rfgsm_alpha, include_bn=args.include_bn, device=device,
-                                      progress=not args.no_progress, **common)
-            elif what == "flip":
-                res = C.run_flip(models, ds, out, sigmas=args.sigmas, draws=args.draws, eps=args.flip_eps,
-                                 perturbation=args.perturbation, noise=args.noise, n=n_or(1000), v_threshold=vth,
-                                 device=device, **common)
-            else:
-                res = C.run_jacobian(models, ds, out, n=n_or(128), iters=args.iters, method=args.method,  # type: ignore[arg-type]
-                                     projections=args.projections, attack=args.attack, eps=args.eps, device=device,
-                                     **common)
+            res = ANALYSES.get(what)(ctx)
             _add_provenance(out / f"{what}.json", res, args, runs, ds)
             _report(res, t0)
+
+
+# -- the built-in analyses: each turns the command line into one ``analysis.commands.run_*`` call --
+
+@register_analysis("membrane", in_all=True)
+def _membrane(ctx: AnalysisContext) -> dict:
+    """Histograms (overall + per layer), near-threshold bars, shares and reductions."""
+    from ..analysis import commands as C
+
+    a = ctx.args
+    sub = ctx.data.subset(ctx.n_or(0), a.seed) if ctx.n_or(0) else ctx.data
+    return C.run_membrane(ctx.models, sub, ctx.out, delta=ctx.delta, v_threshold=ctx.v_threshold, bins=a.bins,
+                          lo=a.hist_range[0], hi=a.hist_range[1], device=ctx.device, **ctx.common)
+
+
+@register_analysis("gradients", in_all=True)
+def _gradients(ctx: AnalysisContext) -> dict:
+    """Heatmaps of the input gradient (true-class logit and loss) and sparsity over n images."""
+    from ..analysis import commands as C
+
+    a = ctx.args
+    return C.run_gradients(ctx.models, ctx.data, ctx.out, images=a.images, indices=a.index, n=ctx.n_or(1000),
+                           rel_tol=a.rel_tol, samples=a.grad_samples, shared_scale=not a.cell_scale,
+                           device=ctx.device, **ctx.common)
+
+
+@register_analysis("landscape", in_all=True)
+def _landscape(ctx: AnalysisContext) -> dict:
+    """Parameter-space landscapes on clean and RFGSM data (contour + 3-D) and the input-space line."""
+    from ..analysis import commands as C
+
+    a = ctx.args
+    return C.run_landscape(ctx.models, ctx.data, ctx.out, n=ctx.n_or(256), steps=a.steps, span=a.span, eps=a.eps,
+                           alpha=a.rfgsm_alpha, include_bn=a.include_bn, device=ctx.device,
+                           progress=not a.no_progress, **ctx.common)
+
+
+@register_analysis("flip", models=False, in_all=True)
+def _flip(ctx: AnalysisContext) -> dict:
+    """Closed form vs Monte Carlo (always) and measured flip rates of models (if any)."""
+    from ..analysis import commands as C
+
+    a = ctx.args
+    return C.run_flip(ctx.models, ctx.data, ctx.out, sigmas=a.sigmas, draws=a.draws, eps=a.flip_eps,
+                      perturbation=a.perturbation, noise=a.noise, n=ctx.n_or(1000), v_threshold=ctx.v_threshold,
+                      device=ctx.device, **ctx.common)
+
+
+@register_analysis("jacobian", in_all=True)
+def _jacobian(ctx: AnalysisContext) -> dict:
+    """Per-sample Jacobian norms and the first-order bound under attack at eps."""
+    from ..analysis import commands as C
+
+    a = ctx.args
+    return C.run_jacobian(ctx.models, ctx.data, ctx.out, n=ctx.n_or(128), iters=a.iters, method=a.method,
+                          projections=a.projections, attack=a.attack, eps=a.eps, device=ctx.device, **ctx.common)
+
+
+@register_analysis("sweep", models=False, files=True)
+def _sweep(ctx: AnalysisContext) -> dict:
+    """Robust accuracy vs eps and vs lambda_max from result files, plus a Markdown table of every
+    (eps, attack) per model with its sample count (sweep_table.md; deltas to reference when given)."""
+    from ..analysis import commands as C
+
+    a = ctx.args
+    return C.run_sweep(ctx.files, ctx.out, attack=a.sweep_attack, lambda_eps=a.lambda_eps, formats=ctx.formats,
+                       title=a.title, reference=a.reference, merge=a.merge)
 
 
 def _report(res: dict, t0: float) -> None:

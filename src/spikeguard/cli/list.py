@@ -4,21 +4,13 @@ schedules, datasets, analyses, presets)."""
 from __future__ import annotations
 
 import argparse
-import inspect
-import re
+from typing import Any
 from pathlib import Path
 
-KINDS = ("models", "attacks", "neurons", "surrogates", "strategies", "schedules", "datasets", "analyses", "presets")
+from ..registry import Registry, RegistryEntry, first_sentence, summary
 
-# One line per lambda schedule (tgo.schedule); the names come from spikeguard.tgo.SCHEDULES.
-SCHEDULE_TEXT = {
-    "linear": "lambda grows linearly from lambda_start to lambda_max over training (the default)",
-    "cosine": "half-cosine ease-in from lambda_start to lambda_max",
-    "exp": "geometric growth from lambda_start (> 0) to lambda_max",
-    "constant": "lambda_max from the first step",
-    "dual": "dual ascent: lambda follows the constraint's distance to tgo.dual_target (step tgo.dual_lr)",
-    "share": "controller: lambda steered so the training batches' near-threshold share settles at tgo.dual_target",
-}
+KINDS = ("models", "attacks", "neurons", "surrogates", "strategies", "schedules", "datasets", "analyses", "checks",
+         "presets")
 
 EPILOG = """\
 examples:
@@ -29,9 +21,9 @@ examples:
   spikeguard list presets        # the TOML configs under ./configs (or the source tree's)
 
 Everything listed comes from the registries filled where each thing is defined
-(@register_model, @register_neuron, @register_surrogate, @register_strategy, the attack
-registry, the data set and schedule tables), so a class registered by your own module shows
-up once that module is imported."""
+(@register_model, @register_neuron, @register_surrogate, @register_strategy, @register_attack,
+@register_dataset, @register_schedule, @register_analysis, @register_check), so a class or
+function registered by your own module shows up once that module is imported."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,94 +39,60 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _summary(obj: object) -> str:
     """First sentence of ``obj``'s docstring (empty if none), never cut mid-sentence at a line end."""
-    doc = (inspect.getdoc(obj) or "").strip()
-    para = " ".join(ln.strip() for ln in doc.split("\n\n")[0].splitlines())
-    return first_sentence(para.replace("``", ""))
+    return summary(obj)
+
+
+def _registry(kind: str) -> Registry[Any]:
+    """The registry behind ``spikeguard list KIND``."""
+    reg: Registry[Any]
+    if kind == "models":
+        from ..models.registry import MODELS as reg
+    elif kind == "attacks":
+        from ..attacks.registry import ATTACKS as reg
+    elif kind == "neurons":
+        from ..neurons.registry import NEURONS as reg
+    elif kind == "surrogates":
+        from ..neurons.surrogate import SURROGATE_KINDS as reg
+    elif kind == "strategies":
+        from ..training.strategies import STRATEGIES as reg
+    elif kind == "schedules":
+        from ..tgo.schedules import SCHEDULE_KINDS as reg
+    elif kind == "datasets":
+        from ..data.registry import DATASET_LOADERS as reg
+    elif kind == "analyses":
+        from .analyze import ANALYSES as reg
+    elif kind == "checks":
+        from ..evaluation.audit import AUDIT_CHECKS as reg
+    else:
+        raise ValueError(f"unknown registry {kind!r}; choose one of {', '.join(KINDS)}")
+    return reg
+
+
+def _tags(kind: str, entry: RegistryEntry) -> list[str]:
+    """Extra facts shown after a description: aliases, an attack's threat model and needs, ..."""
+    tags = [f"aliases: {', '.join(entry.aliases)}"] if entry.aliases and kind in ("neurons", "surrogates") else []
+    if kind == "attacks":
+        cls = entry.obj.cls
+        tags = [cls.threat] + (["iterative"] if cls.iterative else [])
+        if cls.requires:
+            tags.append("needs: " + ", ".join(cls.requires))
+    elif kind == "neurons" and getattr(entry.obj, "has_noise", False):
+        tags.append("stochastic")
+    return tags
 
 
 def rows(kind: str) -> list[tuple[str, str]]:
-    """``(name, description)`` for every entry of the registry ``kind`` (one of :data:`KINDS`)."""
-    if kind == "models":
-        from ..models import list_models, model_builder
-
-        return [(n, _summary(model_builder(n))) for n in list_models()]
-    if kind == "attacks":
-        from ..attacks.registry import registered_attacks
-
-        out = []
-        for spec in registered_attacks().values():
-            cls = spec.cls
-            tags = [cls.threat] + (["iterative"] if cls.iterative else [])  # type: ignore[attr-defined]  # Attack subclasses define these
-            if cls.requires:  # type: ignore[attr-defined]
-                tags.append("needs: " + ", ".join(cls.requires))  # type: ignore[attr-defined]
-            out.append((spec.example, _summary(cls) + f" [{'; '.join(tags)}]"))
-        return out
-    if kind == "neurons":
-        from ..neurons import list_neurons, neuron_aliases, neuron_class
-
-        out = []
-        for n in list_neurons():
-            cls = neuron_class(n)
-            tags = [f"aliases: {', '.join(a)}" for a in [neuron_aliases(n)] if a]
-            if getattr(cls, "has_noise", False):
-                tags.append("stochastic")
-            out.append((n, _summary(cls) + (f" [{'; '.join(tags)}]" if tags else "")))
-        return out
-    if kind == "strategies":
-        from ..training import list_strategies, strategy_class
-
-        return [(n, _summary(strategy_class(n))) for n in list_strategies()]
+    """``(name, description)`` for every entry of the registry ``kind`` (one of :data:`KINDS`), sorted."""
     if kind == "presets":
         return [(str(p), _preset_title(p)) for p in preset_files()]
-    if kind in _MORE:
-        return _MORE[kind]()
-    raise ValueError(f"unknown registry {kind!r}; choose one of {', '.join(KINDS)}")
-
-
-def _surrogates() -> list[tuple[str, str]]:
-    from ..neurons.surrogate import surrogate_aliases, surrogate_kind, surrogate_names
-
-    aliases = surrogate_aliases()
+    reg = _registry(kind)
+    entries = {e.name: e for e in reg.entries()}
     out = []
-    for n in surrogate_names():
-        al = sorted(a for a, t in aliases.items() if t == n and a != n)
-        out.append((n, _summary(surrogate_kind(n)) + (f" [aliases: {', '.join(al)}]" if al else "")))
+    for name, desc in reg.describe():
+        tags = _tags(kind, entries[name])
+        shown = entries[name].obj.example if kind == "attacks" else name
+        out.append((shown, desc + (f" [{'; '.join(tags)}]" if tags else "")))
     return out
-
-
-def _schedules() -> list[tuple[str, str]]:
-    from ..tgo import SCHEDULES
-
-    return [(n, SCHEDULE_TEXT.get(n, "")) for n in SCHEDULES]
-
-
-def _datasets() -> list[tuple[str, str]]:
-    from ..data.event_sets import EVENT_DATASETS
-    from ..data.registry import dataset_info, list_datasets
-
-    out = []
-    for n in list_datasets():
-        info = dataset_info(n)
-        if info is not None:
-            c, h, w = info.image_shape
-            desc = f"{len(info.classes)} classes, {c}x{h}x{w} images"
-        elif n in EVENT_DATASETS:
-            desc = "event camera recordings, integrated into frames (data.options)" if n != "synthetic-dvs" else \
-                "synthetic event streams made here (no files needed), integrated into frames"
-        else:
-            desc = "an image folder ROOT/{train,test}/<class>/*.png (classes from the sub-folder names)"
-        out.append((n, desc))
-    return out
-
-
-def _analyses() -> list[tuple[str, str]]:
-    from ..analysis import commands
-
-    return [(n, _summary(getattr(commands, f"run_{n}"))) for n in
-            ("membrane", "gradients", "landscape", "flip", "jacobian", "sweep")]
-
-
-_MORE = {"surrogates": _surrogates, "schedules": _schedules, "datasets": _datasets, "analyses": _analyses}
 
 
 def preset_files() -> list[Path]:
@@ -170,12 +128,6 @@ def _preset_title(path: Path) -> str:
     except (OSError, UnicodeDecodeError):
         return ""
     return first_sentence(" ".join(lines))
-
-
-def first_sentence(text: str) -> str:
-    """``text`` up to the end of its first sentence (a '.', '!' or '?' before a space or the end)."""
-    m = re.search(r"[.!?](?=\s|$)", text)
-    return text[: m.end()] if m else text
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,23 +40,46 @@ from torch import Tensor
 
 from ..errors import DataError
 from .base import ImageDataset
+from .catalog import DatasetRequest, register_dataset
 from .cifar import CIFAR10_CLASSES
 from .event_frames import SPLITS, FrameNorm, events_to_frames
 from .events import read_events
 
-EVENT_DATASETS = ("cifar10-dvs", "nmnist", "dvs-gesture", "synthetic-dvs")
 GESTURE_CLASSES = ["hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise",
                    "right_arm_counter_clockwise", "left_arm_clockwise", "left_arm_counter_clockwise", "arm_roll",
                    "air_drums", "air_guitar", "other_gestures"]
 
-#: per data set: sensor (H, W) and default options
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cifar10-dvs": dict(sensor=(128, 128), frames=10, size=48, split_by="number", norm="clip:4",
-                        test_per_class=100, test_split="first"),
-    "nmnist": dict(sensor=(34, 34), frames=10, size=34, split_by="number", norm="clip:4"),
-    "dvs-gesture": dict(sensor=(128, 128), frames=16, size=32, split_by="number", norm="clip:4"),
-    "synthetic-dvs": dict(frames=8, size=32, split_by="number", norm="clip:4", n_train=1000, n_test=300, canvas=32),
-}
+_RECORDINGS = "event camera recordings, integrated into frames (data.options)"
+
+
+def _event_set(name: str, aliases: tuple[str, ...], description: str = _RECORDINGS, **defaults: Any):
+    """Decorator registering an event data set's sample lister (``None`` for a generated set) with
+    its sensor ``(H, W)`` and default options; :func:`load_event_dataset` does the rest."""
+
+    def deco(lister):
+        def loader(req: DatasetRequest) -> ImageDataset:
+            return load_event_dataset(req.name, req.split, req.root, req.cache_dir, progress=req.progress,
+                                      **req.options)
+
+        loader.__doc__ = description
+        register_dataset(name, aliases=aliases, options=True, description=description)(loader)
+        _DEFAULTS[name], _LISTERS[name] = dict(defaults), lister
+        return lister
+
+    return deco
+
+
+#: per data set: sensor (H, W) and default options; its sample lister (filled by :func:`_event_set`)
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+_LISTERS: dict[str, Any] = {}
+
+
+def is_event_dataset(name: str) -> bool:
+    """Whether ``name`` (or an alias) is a registered event data set."""
+    from .catalog import DATASET_LOADERS
+
+    key = DATASET_LOADERS.find(str(name).strip().lower())
+    return key is not None and key in _DEFAULTS
 
 
 @dataclass
@@ -130,6 +153,8 @@ def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
+@_event_set("cifar10-dvs", ("cifar10dvs", "dvs-cifar10"), sensor=(128, 128), frames=10, size=48, split_by="number",
+            norm="clip:4", test_per_class=100, test_split="first")
 def _list_cifar10_dvs(root: Path, split: str, opts: dict) -> tuple[list[Sample], list[str]]:
     base = _first_dir(root, ("events_np", "cifar10-dvs/events_np", "cifar10-dvs", "CIFAR10-DVS", ".")) or root
     if (base / "events_np").is_dir():
@@ -153,6 +178,7 @@ def _list_cifar10_dvs(root: Path, split: str, opts: dict) -> tuple[list[Sample],
     return out, classes
 
 
+@_event_set("nmnist", ("n-mnist",), sensor=(34, 34), frames=10, size=34, split_by="number", norm="clip:4")
 def _list_nmnist(root: Path, split: str, opts: dict) -> tuple[list[Sample], list[str]]:
     base = _first_dir(root, ("nmnist", "N-MNIST", ".")) or root
     d = _first_dir(base, ("Train", "train") if split == "train" else ("Test", "test"))
@@ -168,6 +194,8 @@ def _list_nmnist(root: Path, split: str, opts: dict) -> tuple[list[Sample], list
     return out, classes
 
 
+@_event_set("dvs-gesture", ("dvs128-gesture", "dvsgesture"), sensor=(128, 128), frames=16, size=32,
+            split_by="number", norm="clip:4")
 def _list_gesture(root: Path, split: str, opts: dict) -> tuple[list[Sample], list[str]]:
     base = _first_dir(root, ("DvsGesture", "dvs-gesture", ".")) or root
     trials = base / f"trials_to_{split}.txt"
@@ -191,7 +219,10 @@ def _list_gesture(root: Path, split: str, opts: dict) -> tuple[list[Sample], lis
     return out, list(GESTURE_CLASSES)
 
 
-_LISTERS = {"cifar10-dvs": _list_cifar10_dvs, "nmnist": _list_nmnist, "dvs-gesture": _list_gesture}
+
+_event_set("synthetic-dvs", ("synthetic_dvs",), "synthetic event streams made here (no files needed), integrated "
+           "into frames", frames=8, size=32, split_by="number", norm="clip:4", n_train=1000, n_test=300,
+           canvas=32)(None)
 
 
 def _streams(samples: list[Sample], progress: bool):
@@ -270,6 +301,9 @@ def load_event_dataset(name: str, split: str, root: Path | None, cache_dir: Path
 
 def event_data_shape(name: str, options: dict | None = None) -> dict:
     """Model arguments for an event data set without loading it (``in_channels``, ``image_size``, ...)."""
+    from .catalog import DATASET_LOADERS
+
+    name = DATASET_LOADERS.canonical(str(name).strip().lower())
     opts = _options(name, dict(options or {}))
     classes = {"dvs-gesture": len(GESTURE_CLASSES)}.get(name, 10)
     return dict(in_channels=2, image_size=int(opts["size"]), num_classes=classes, mean=[0.0, 0.0], std=[1.0, 1.0],

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,77 +41,30 @@ from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD
 from .folder import decode_images, fingerprint_files, folder_classes, is_image_folder, list_images
 from .parquet import is_parquet_root, parquet_fingerprint, read_parquet_split
 
-from .event_sets import EVENT_DATASETS
+from .catalog import DATASET_LOADERS, DatasetInfo, DatasetRequest, dataset_names, option_datasets, register_dataset
 
-DATASETS = ("digits", "cifar10", "cifar100", "cifar100-coarse", "folder") + EVENT_DATASETS
-_ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "cifar100-fine": "cifar100",
-            "cifar-100-coarse": "cifar100-coarse", "imagefolder": "folder", "image-folder": "folder",
-            # the parquet copies (data/parquet.py): same data set, parquet source preferred
-            "cifar10-parquet": "cifar10", "cifar100-parquet": "cifar100",
-            "cifar100-coarse-parquet": "cifar100-coarse",
-            "cifar10dvs": "cifar10-dvs", "dvs-cifar10": "cifar10-dvs", "n-mnist": "nmnist",
-            "dvs128-gesture": "dvs-gesture", "dvsgesture": "dvs-gesture", "synthetic_dvs": "synthetic-dvs"}
 _CACHE_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What is known about a dataset without reading it.
-
-    Attributes:
-        name: registry name.
-        classes: label names, index = label.
-        image_shape: ``(C, H, W)`` of one image.
-        mean, std: per-channel normalisation (pixel scale [0, 1]) the model applies.
-    """
-
-    name: str
-    classes: tuple[str, ...]
-    image_shape: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def model_kw(self) -> dict:
-        """The architecture arguments a model built for this data takes (``create_model(**kw)``)."""
-        c, h, _ = self.image_shape
-        return dict(in_channels=c, image_size=h, mean=[float(v) for v in self.mean], std=[float(v) for v in self.std])
-
-
-_INFO: dict[str, DatasetInfo] = {}
-
-
 def register_dataset_info(info: DatasetInfo) -> DatasetInfo:
-    """Record ``info`` under ``info.name`` (the loader of that name must exist in :func:`load_dataset`)."""
-    _INFO[info.name] = info
+    """Replace the :class:`DatasetInfo` of the registered dataset ``info.name`` (its loader must exist)."""
+    DATASET_LOADERS.entry(info.name).meta["info"] = info
     return info
-
-
-for _info in (
-    DatasetInfo("digits", tuple(DIGITS_CLASSES), (1, 8, 8), DIGITS_MEAN, DIGITS_STD),
-    DatasetInfo("cifar10", tuple(CIFAR10_CLASSES), (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD),
-    DatasetInfo("cifar100", CIFAR100_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD),
-    DatasetInfo("cifar100-coarse", CIFAR100_COARSE_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD),
-):
-    register_dataset_info(_info)
 
 
 def dataset_info(name: str) -> DatasetInfo | None:
     """The :class:`DatasetInfo` of ``name`` (aliases accepted), or None for a dataset whose facts
-    come from its files (``folder``).
+    come from its files (``folder``, the event sets).
 
     Raises:
         DataError: unknown dataset name.
     """
-    return _INFO.get(_normalise_name(name))
+    return DATASET_LOADERS.entry(_normalise_name(name)).meta.get("info")
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`."""
-    return list(DATASETS)
+    """Names accepted by :func:`load_dataset`, sorted."""
+    return dataset_names()
 
 
 def default_cache_dir() -> Path:
@@ -132,11 +84,7 @@ def default_data_roots() -> list[Path]:
 
 
 def _normalise_name(name: str) -> str:
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return key
+    return DATASET_LOADERS.canonical(str(name).strip().lower())
 
 
 def _find_parquet(name: str, root: Path) -> tuple[str, Path] | None:
@@ -280,33 +228,39 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
             corrupt or undecodable files (naming the file).
     """
     key = _normalise_name(name)
-    prefer_parquet = str(name).strip().lower().endswith("-parquet")
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     if subset < 0:
         raise DataError(f"subset must be >= 0, got {subset}")
-    if key in EVENT_DATASETS:
-        from .event_sets import load_event_dataset
-
-        cdir = None if cache_dir == "" else (
-            Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "datasets"
-        eds = load_event_dataset(key, split, Path(root).expanduser() if root not in (None, "") else None, cdir,
-                                progress=progress, **options)
-        return eds.subset(subset, seed) if subset else eds
-    if options:
+    entry = DATASET_LOADERS.entry(key)
+    if options and not entry.meta.get("options"):
         raise DataError(f"{key} takes no data options (got {', '.join(sorted(options))}); they are for the event "
-                        f"data sets {', '.join(EVENT_DATASETS)}")
-    if key == "digits":
-        from .digits import load_digits_split
+                        f"data sets {', '.join(option_datasets())}")
+    cdir = None if cache_dir == "" else (
+        Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "datasets"
+    req = DatasetRequest(key, str(name).strip().lower(), split, Path(root).expanduser() if root not in (None, "") else None,
+                         cdir, verify, progress, dict(options))
+    ds = entry.obj(req)
+    return ds.subset(subset, seed) if subset else ds
 
-        train, test = load_digits_split()
-        ds = train if split == "train" else test
-        return ds.subset(subset, seed) if subset else ds
 
-    roots = [Path(root).expanduser()] if root not in (None, "") else default_data_roots()
+@register_dataset("digits", info=DatasetInfo("digits", tuple(DIGITS_CLASSES), (1, 8, 8), DIGITS_MEAN, DIGITS_STD),
+                  description=f"{len(DIGITS_CLASSES)} classes, 1x8x8 images")
+def _load_digits(req: DatasetRequest) -> ImageDataset:
+    """The embedded 8x8 digits (scikit-learn's copy of the UCI set)."""
+    from .digits import load_digits_split
+
+    train, test = load_digits_split()
+    return train if req.split == "train" else test
+
+
+def _load_image_set(req: DatasetRequest) -> ImageDataset:
+    """A CIFAR set or an image folder from the pickle release, an image-folder tree or parquet files."""
+    key, split = req.name, req.split
+    roots = [req.root] if req.root is not None else default_data_roots()
     found = None
     for r in roots:
-        if r.is_dir() and (found := _find_source(key, r, prefer_parquet)) is not None:
+        if r.is_dir() and (found := _find_source(key, r, req.given.endswith("-parquet"))) is not None:
             break
     if found is None:
         raise _missing(key, roots)
@@ -315,14 +269,9 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
             kind == "parquet" and _has_column(src, "coarse_label")):
         raise DataError(f"{src} has one label set; cifar100-coarse needs the python release or parquet files with coarse_label "
                         f"({CIFAR100_DIR})")
-    if cache_dir == "":
-        cdir = None
-    else:
-        cdir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        cdir = cdir / "datasets"
-    x, y, classes = _load_arrays(key, split, kind, src, cdir, verify, progress)
+    x, y, classes = _load_arrays(key, split, kind, src, req.cache_dir, req.verify, req.progress)
 
-    info = _INFO.get(key)
+    info = DATASET_LOADERS.entry(key).meta.get("info")
     if info is not None and len(classes) != info.num_classes:
         raise DataError(f"{src} has {len(classes)} classes but {key} has {info.num_classes}")
     if info is not None:
@@ -331,6 +280,28 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         xf = torch.from_numpy(x).float().div_(255.0)
         mean = tuple(float(v) for v in xf.mean((0, 2, 3)))
         std = tuple(max(float(v), 1e-3) for v in xf.std((0, 2, 3)))
-    ds = ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)),
-                      list(classes), mean, std, name=key)
-    return ds.subset(subset, seed) if subset else ds
+    return ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)),
+                        list(classes), mean, std, name=key)
+
+
+def _info_text(info: DatasetInfo | None) -> str:
+    """``10 classes, 3x32x32 images`` (the listing's description of an image data set)."""
+    return f"{info.num_classes} classes, {'x'.join(map(str, info.image_shape))} images" if info else ""
+
+
+for _name, _aliases, _info, _desc in (
+    ("cifar10", ("cifar-10", "cifar10-parquet"),
+     DatasetInfo("cifar10", tuple(CIFAR10_CLASSES), (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD), None),
+    ("cifar100", ("cifar-100", "cifar100-fine", "cifar100-parquet"),
+     DatasetInfo("cifar100", CIFAR100_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD), None),
+    ("cifar100-coarse", ("cifar-100-coarse", "cifar100-coarse-parquet"),
+     DatasetInfo("cifar100-coarse", CIFAR100_COARSE_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD), None),
+    ("folder", ("imagefolder", "image-folder"), None,
+     "an image folder ROOT/{train,test}/<class>/*.png (classes from the sub-folder names)"),
+):
+    # the three CIFAR sets and the folder share one loader; each is one registration with its facts
+    # (a ``-parquet`` alias names the same data set with the parquet source preferred)
+    register_dataset(_name, aliases=_aliases, info=_info,
+                     description=_desc or _info_text(_info))(_load_image_set)
+
+from . import event_sets as _event_sets  # noqa: E402,F401  (registers the event data sets)

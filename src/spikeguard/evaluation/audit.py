@@ -25,8 +25,9 @@ attacks on the same samples is decided by a paired test: exact McNemar on the pe
 outcomes (``b`` samples broken by A only, ``c`` by B only, two-sided binomial p; with several
 judging passes, "broken more often", the sign test over samples). A difference beyond the
 tolerance that the paired test does not confirm (p >= 0.05) is within noise and is reported as
-PASS with that said, not called gradient masking. Messages give both counts and p. Each check is one ``check_*(results, settings) -> Check`` function in
-:data:`CHECKS`; the audit runs its attacks once and hands every check the same results.
+PASS with that said, not called gradient masking. Messages give both counts and p. Each check is one
+``check_*(results, settings) -> Check`` function registered with :func:`register_check`; the audit
+runs its attacks once and hands every check the same results.
 
 The audit's own PGD runs take step ``2.5 * eps / steps`` (``alpha="eps"``), so at every
 budget, the sweep's included, ``steps * alpha`` reaches past the boundary of the eps-ball;
@@ -46,6 +47,7 @@ from ..attacks.adaptive import SurrogateEnsemble
 from ..attacks.registry import describe_step_size
 from ..attacks.requirements import model_traits, unmet
 from ..errors import SpikeguardError
+from ..registry import Registry
 from ..neurons import is_stochastic
 from ..randomness import Randomness, detect_randomness
 from ..utils import eps_label
@@ -191,6 +193,28 @@ class Paired:
                 "test": "exact McNemar (sign test over samples with several passes)"}
 
 
+CheckFn = Callable[["Results", "AuditSettings"], "Check"]
+
+#: Every audit check, by key (``spikeguard list checks``); meta ``order`` (report position) and
+#: ``every_run`` (the check also sees a cascade report's runs that the other checks leave out).
+AUDIT_CHECKS: Registry[CheckFn] = Registry("audit check")
+
+
+def register_check(key: str, *, order: int = 1000, every_run: bool = False,
+                   description: str | None = None) -> Callable[[CheckFn], CheckFn]:
+    """Decorator: run ``check(results, settings) -> Check`` in every audit (report position ``order``).
+
+    The check gets the audit's attack results by run name and the :class:`AuditSettings`, and
+    returns a :class:`Check` whose ``key`` is ``key`` (use :func:`verdict` for the PASS/WARN rule).
+    """
+    return AUDIT_CHECKS.register(key, description=description, order=order, every_run=every_run)
+
+
+def audit_checks() -> list[CheckFn]:
+    """The registered checks in report order."""
+    return [e.obj for e in sorted(AUDIT_CHECKS.entries(), key=lambda e: (e.meta["order"], e.name))]
+
+
 def verdict(key: str, title: str, ok: bool, numbers: dict, passed: str, warned: str,
             paired: Paired | None = None) -> Check:
     """The one PASS/WARN rule: PASS if ``ok``; else WARN, unless the ``paired`` test of the two
@@ -209,6 +233,7 @@ def verdict(key: str, title: str, ok: bool, numbers: dict, passed: str, warned: 
     return Check(key, title, WARN, numbers, warned)
 
 
+@register_check("eps_sweep", order=10)
 def check_eps_sweep(results: Results, st: AuditSettings) -> Check:
     """PGD accuracy falls monotonically with eps and reaches chance at the largest budget."""
     accs = [results[n].accuracy for n in st.sweep_names]
@@ -233,6 +258,7 @@ def check_eps_sweep(results: Results, st: AuditSettings) -> Check:
                    "black-box and transfer numbers.")
 
 
+@register_check("iterative", order=20)
 def check_iterative(results: Results, st: AuditSettings) -> Check:
     """Every iterative white-box attack at eps is at least as strong as the best single-step one."""
     at = _at_eps(results, st.eps)
@@ -254,6 +280,7 @@ def check_iterative(results: Results, st: AuditSettings) -> Check:
                    Paired.of(bs, at[bs], worst, at[worst]) if worst else None)
 
 
+@register_check("steps", order=30)
 def check_steps(results: Results, st: AuditSettings) -> Check:
     """Doubling PGD's steps changes robust accuracy by less than the tolerance."""
     r1, r2 = results[st.pair[0]], results[st.pair[1]]
@@ -271,6 +298,7 @@ def check_steps(results: Results, st: AuditSettings) -> Check:
                    Paired.of(st.pair[0], r1, st.pair[1], r2))
 
 
+@register_check("eot", order=40)
 def check_eot(results: Results, st: AuditSettings) -> Check:
     """On a stochastic model, PGD with EoT is at least as strong as without."""
     title = "EoT at least as strong as no EoT"
@@ -288,6 +316,7 @@ def check_eot(results: Results, st: AuditSettings) -> Check:
                    Paired.of(st.eot_pair[1], rk, st.eot_pair[0], r0))
 
 
+@register_check("apgd", order=50)
 def check_apgd(results: Results, st: AuditSettings) -> Check:
     """APGD is at least as strong as PGD (the paper's reviewers' masking flag)."""
     at = _at_eps(results, st.eps)
@@ -303,6 +332,7 @@ def check_apgd(results: Results, st: AuditSettings) -> Check:
                    Paired.of(best_apgd, at[best_apgd], best_pgd, at[best_pgd]))
 
 
+@register_check("black_box", order=60)
 def check_black_box(results: Results, st: AuditSettings) -> Check:
     """No black-box or transfer attack beats the best white-box attack."""
     at = _at_eps(results, st.eps)
@@ -322,6 +352,7 @@ def check_black_box(results: Results, st: AuditSettings) -> Check:
                    Paired.of(best_bb, at[best_bb], best_wb, at[best_wb]) if best_bb else None)
 
 
+@register_check("zero_grad", order=70)
 def check_zero_grad(results: Results, st: AuditSettings) -> Check:
     """Few samples have an all-zero input gradient (CE and margin loss)."""
     z_ce, z_margin, eot = st.zero_grad
@@ -337,6 +368,7 @@ def check_zero_grad(results: Results, st: AuditSettings) -> Check:
                    f"{_pts(st.zero_grad_limit)}. Their robustness is unverified: {hint}.")
 
 
+@register_check("budget", order=90, every_run=True)
 def check_budget(results: Results, st: AuditSettings) -> Check:
     """Every attack run stays within ``||x_adv - x||_inf <= eps + 1e-6`` and [0, 1]."""
     bad = {n: {"max_linf": r.max_linf, "eps": r.eps, "x_min": r.x_min, "x_max": r.x_max}
@@ -349,6 +381,7 @@ def check_budget(results: Results, st: AuditSettings) -> Check:
                    "or inputs outside [0, 1].")
 
 
+@register_check("surrogate", order=80)
 def check_surrogate(results: Results, st: AuditSettings) -> Check:
     """PGD's robust accuracy does not depend on the attack's surrogate width by more than its noise.
 
@@ -378,24 +411,15 @@ def check_surrogate(results: Results, st: AuditSettings) -> Check:
 
 
 def surrogate_sweep(model: nn.Module) -> list[tuple[str, float]]:
-    """The ``(surrogate, width)`` members of the surrogate check: the widths the strong suite's
-    ``sg-ensemble`` sweeps (:data:`spikeguard.protocols.WIDTH_SWEEP`) for the model's own
-    surrogate family (the triangle's widths for a family the sweep does not list)."""
-    from ..adapters import base_surrogate, foreign_neurons
-    from ..neurons import spiking_neurons
-    from ..protocols import WIDTH_SWEEP
+    """The ``(surrogate, width)`` members of the surrogate check: the strong suite's ``sg-ensemble``
+    sweep (:func:`spikeguard.protocols.width_sweep`), every registered surrogate kind at its widths."""
+    from ..protocols import width_sweep
 
-    own = spiking_neurons(model)
-    foreign = foreign_neurons(model)
-    family = own[0][1].surrogate.name if own else base_surrogate(foreign[0].module).name
-    widths = [w for n, w in WIDTH_SWEEP if n == family] or [w for n, w in WIDTH_SWEEP if n == "triangle"]
-    return [(family, w) for w in widths]
+    return list(width_sweep())
 
 
-#: The audit's checks, in report order; each maps ``(results, settings)`` to a :class:`Check`.
-CHECKS: tuple[Callable[[Results, AuditSettings], Check], ...] = (
-    check_eps_sweep, check_iterative, check_steps, check_eot, check_apgd, check_black_box, check_zero_grad,
-    check_surrogate, check_budget)
+#: The built-in checks, in report order (:func:`audit_checks` also has ones registered later).
+CHECKS: tuple[CheckFn, ...] = tuple(audit_checks())
 
 
 @dataclass
@@ -523,7 +547,8 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
                        zero_grad=(z_ce, z_margin, eot_used), surrogate_runs=tuple(sg_runs),
                        surrogate_skip=("the surrogate-width sweep " + "; ".join(sg_skip) +
                                        " (a plain nn.Module's gradient has no surrogate to vary)") if sg_skip else "")
-    checks = [check({**results, **budget_only} if check is check_budget else results, st) for check in CHECKS]
+    every = {e.obj for e in AUDIT_CHECKS.entries() if e.meta["every_run"]}
+    checks = [check({**results, **budget_only} if check in every else results, st) for check in audit_checks()]
     settings = {"eps": eps, "eps_label": eps_label(eps), "eot": eot_used, "eot_check": eot_check if stochastic else None,
                 "passes": own.passes, "steps": steps, "alpha": alpha, "step_size": describe_step_size(alpha),
                 "sweep": [eps_label(e) for e in sweep], "tolerance_points": tolerance, "chance_margin": chance_margin,

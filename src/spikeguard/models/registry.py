@@ -11,33 +11,27 @@ from typing import Callable
 
 from torch import nn
 
+from ..registry import Registry
 from .base import NeuronFactory, SpikingModel
 
-_REGISTRY: dict[str, Callable[..., SpikingModel]] = {}
+#: Every model builder, by name (``spikeguard list models``).
+MODELS: Registry[Callable[..., SpikingModel]] = Registry("model")
 
 
-def register_model(name: str) -> Callable[[Callable[..., SpikingModel]], Callable[..., SpikingModel]]:
+def register_model(name: str, *, description: str | None = None
+                   ) -> Callable[[Callable[..., SpikingModel]], Callable[..., SpikingModel]]:
     """Decorator: register a builder ``fn(num_classes, T, neuron: NeuronFactory, **kw)``."""
-
-    def deco(fn: Callable[..., SpikingModel]) -> Callable[..., SpikingModel]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return MODELS.register(name, description=description)
 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def model_builder(name: str) -> Callable[..., SpikingModel]:
     """The class or function registered as ``name``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return _REGISTRY[name]
+    return MODELS.get(name)
 
 
 def create_model(name: str, num_classes: int = 10, T: int = 4, neuron: str = "lif",

@@ -19,13 +19,15 @@ from typing import Callable, TypeVar
 
 from torch import nn
 
+from ..registry import Registry
+
 N = TypeVar("N", bound=type)
 
-_NEURONS: dict[str, type[nn.Module]] = {}
-_ALIASES: dict[str, str] = {}
+#: Every neuron class, by kind (``spikeguard list neurons``).
+NEURONS: Registry[type[nn.Module]] = Registry("neuron")
 
 
-def register_neuron(name: str, *aliases: str) -> Callable[[N], N]:
+def register_neuron(name: str, *aliases: str, description: str | None = None) -> Callable[[N], N]:
     """Class decorator registering a neuron under ``name`` (and optional alias names).
 
     The class is built as ``cls(**neuron_kw)``; its ``config_fields`` (a tuple of
@@ -33,34 +35,26 @@ def register_neuron(name: str, *aliases: str) -> Callable[[N], N]:
     """
 
     def deco(cls: N) -> N:
-        for key in (name, *aliases):
-            if key in _NEURONS or key in _ALIASES:
-                raise ValueError(f"neuron {key!r} registered twice")
-        _NEURONS[name] = cls
-        for a in aliases:
-            _ALIASES[a] = name
-        cls.kind = name  # type: ignore[attr-defined]  # the registry adds the attribute
+        NEURONS.add(name, cls, aliases=aliases, description=description)
+        cls.kind = name  # type: ignore[attr-defined]  # every registered neuron class carries its kind
         return cls
 
     return deco
 
 
 def list_neurons() -> list[str]:
-    """Registered neuron kinds (without aliases), in registration order."""
-    return list(_NEURONS)
+    """Registered neuron kinds (without aliases), sorted."""
+    return NEURONS.names()
 
 
 def neuron_aliases(kind: str) -> list[str]:
     """The alias names of the registered neuron ``kind``."""
-    return [a for a, k in _ALIASES.items() if k == kind]
+    return list(NEURONS.entry(kind).aliases)
 
 
 def neuron_class(kind: str) -> type[nn.Module]:
     """The class registered as ``kind`` (or one of its aliases)."""
-    key = _ALIASES.get(kind, kind)
-    if key not in _NEURONS:
-        raise ValueError(f"unknown neuron {kind!r}; choose one of {', '.join(list_neurons())}")
-    return _NEURONS[key]
+    return NEURONS.get(kind)
 
 
 def make_neuron(kind: str, **kw) -> nn.Module:
@@ -68,4 +62,4 @@ def make_neuron(kind: str, **kw) -> nn.Module:
     return neuron_class(kind)(**kw)
 
 
-__all__ = ["register_neuron", "list_neurons", "neuron_class", "neuron_aliases", "make_neuron"]
+__all__ = ["NEURONS", "register_neuron", "list_neurons", "neuron_class", "neuron_aliases", "make_neuron"]

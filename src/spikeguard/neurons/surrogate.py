@@ -19,21 +19,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from ..registry import Registry
 
 # ``triton.language``, bound by :mod:`spikeguard.neurons.triton_scan` when it is imported: the
 # Triton expressions below are only compiled then, and importing spikeguard never imports
 # Triton (optional, the ``gpu`` extra). A surrogate defined elsewhere imports it itself.
 tl: Any = None
 
-__all__ = ["Surrogate", "SurrogateKind", "register_surrogate", "unregister_surrogate", "surrogate_kind",
+__all__ = ["SURROGATE_KINDS", "surrogate_members", "Surrogate", "SurrogateKind", "register_surrogate", "unregister_surrogate", "surrogate_kind",
            "surrogate_names", "surrogate_aliases", "resolve_surrogate", "SURROGATES", "SpikeFunction", "spike"]
 
-_REGISTRY: dict[str, type[SurrogateKind]] = {}
-_ALIASES: dict[str, str] = {}
 
 
 class SurrogateKind:
@@ -55,6 +55,8 @@ class SurrogateKind:
     aliases: ClassVar[tuple[str, ...]] = ()
     c_code: ClassVar[str | None] = None
     triton: ClassVar[Callable | None] = None
+    #: widths surrogate sweeps use for this kind instead of the sweep's own (None: the sweep's)
+    sweep_widths: ClassVar[tuple[float, ...] | None] = None
 
     @staticmethod
     def derivative(x: Tensor, w: float) -> Tensor:
@@ -65,49 +67,58 @@ class SurrogateKind:
         return x.copy_(cls.derivative(x, w))
 
 
+#: Every surrogate family, by name (``spikeguard list surrogates``).
+SURROGATE_KINDS: Registry[type[SurrogateKind]] = Registry("surrogate", normalize=lambda s: str(s).strip())
+
+
 def register_surrogate(cls: type[SurrogateKind]) -> type[SurrogateKind]:
     """Class decorator: make ``cls`` available by its ``name`` and ``aliases``."""
     if not (isinstance(cls, type) and issubclass(cls, SurrogateKind)) or not cls.name:
         raise TypeError("register_surrogate expects a SurrogateKind subclass with a name")
-    for key in (cls.name, *cls.aliases):
-        owner = _REGISTRY.get(key) or _REGISTRY.get(_ALIASES.get(key, ""))
-        if owner is not None and owner is not cls and owner.__qualname__ != cls.__qualname__:
-            raise ValueError(f"surrogate name {key!r} is already taken by {owner.__name__}")
-    _REGISTRY[cls.name] = cls
-    for a in cls.aliases:
-        _ALIASES[a] = cls.name
-    return cls
+    return SURROGATE_KINDS.add(cls.name, cls, aliases=cls.aliases)
 
 
 def unregister_surrogate(name: str) -> None:
     """Remove a registered surrogate (tests that define one clean up with this)."""
-    cls = _REGISTRY.pop(name, None)
-    if cls is not None:
-        for a in cls.aliases:
-            _ALIASES.pop(a, None)
+    if name in SURROGATE_KINDS:
+        SURROGATE_KINDS.unregister(name)
 
 
 def resolve_surrogate(name: str) -> str:
-    """The canonical name for ``name`` (an alias or a name); ``ValueError`` if unknown."""
-    key = _ALIASES.get(name, name)
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown surrogate {name!r}; choose one of {', '.join(_REGISTRY)}")
-    return key
+    """The canonical name for ``name`` (an alias or a name); a ``ValueError`` (and
+    :class:`~spikeguard.errors.ConfigError`) if unknown."""
+    return SURROGATE_KINDS.canonical(name)
 
 
 def surrogate_kind(name: str) -> type[SurrogateKind]:
     """The registered definition of surrogate ``name`` (or alias)."""
-    return _REGISTRY[resolve_surrogate(name)]
+    return SURROGATE_KINDS.get(name)
 
 
 def surrogate_names() -> tuple[str, ...]:
-    """Names of every registered surrogate, in registration order."""
-    return tuple(_REGISTRY)
+    """Names of every registered surrogate, sorted."""
+    return tuple(SURROGATE_KINDS.names())
 
 
 def surrogate_aliases() -> dict[str, str]:
     """``alias -> name`` for every registered alias."""
-    return dict(_ALIASES)
+    return SURROGATE_KINDS.aliases()
+
+
+def surrogate_members(widths: Sequence[float], per_kind: Mapping[str, Sequence[float]] | None = None
+                      ) -> tuple[tuple[str, float], ...]:
+    """``(surrogate, width)`` pairs of a surrogate sweep: every registered kind at ``widths``.
+
+    A kind's widths are ``per_kind[name]`` if given, else its own :attr:`SurrogateKind.sweep_widths`
+    (e.g. the straight-through estimator's ``(1.0,)``: a width only rescales its gradient), else
+    ``widths``. Kinds are in name order, so a kind registered later joins every sweep.
+    """
+    per_kind = per_kind or {}
+    out: list[tuple[str, float]] = []
+    for name, kind in SURROGATE_KINDS.items():
+        ws = per_kind.get(name, kind.sweep_widths if kind.sweep_widths is not None else widths)
+        out += [(name, float(w)) for w in ws]
+    return tuple(out)
 
 
 # --- the built-in surrogates -----------------------------------------------------------------
@@ -229,6 +240,7 @@ class StraightThrough(SurrogateKind):
     """The constant ``1/w`` (straight-through estimator)."""
 
     name, aliases = "ste", ("straight_through",)
+    sweep_widths = (1.0,)  # a width only rescales this gradient, which a sign step ignores
     c_code = "g = (R)1 / w;"
 
     @staticmethod

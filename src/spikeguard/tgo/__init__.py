@@ -6,10 +6,10 @@ from .constraint import (
 )
 from .diagnostics import constraint_gradient_ratio
 from .guard import ThresholdGuard
-from .schedules import SCHEDULES, LambdaSchedule
+from .schedules import SCHEDULE_KINDS, SCHEDULES, LambdaSchedule, register_schedule
 
 __all__ = [
     "DEFAULT_DELTA", "Normalisation", "LAYER_REDUCTIONS", "NEURON_REDUCTIONS", "HINGES", "POTENTIALS",
     "constraint_gradient_ratio", "layer_penalty", "membrane_constraint", "near_threshold_share",
-    "ThresholdGuard", "LambdaSchedule", "SCHEDULES",
+    "ThresholdGuard", "LambdaSchedule", "SCHEDULES", "SCHEDULE_KINDS", "register_schedule",
 ]

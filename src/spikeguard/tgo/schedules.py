@@ -12,9 +12,59 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
-SCHEDULES = ("linear", "cosine", "exp", "constant", "dual", "share")
-FEEDBACK = ("dual", "share")
+from ..registry import Registry
+
+#: ``curve(lo, hi, p) -> lambda`` of a ramp (``p`` = progress in [0, 1]), or None for a feedback
+#: schedule; meta ``signal`` (what a feedback schedule follows) and ``start`` (default
+#: ``lambda_start`` as a fraction of ``lambda_max``). ``spikeguard list schedules`` reads it.
+SCHEDULE_KINDS: Registry[Callable[[float, float, float], float] | None] = Registry("lambda schedule")
+
+
+def register_schedule(name: str, *, description: str | None = None, signal: str = "", start: float = 0.0
+                      ) -> Callable[[Callable[[float, float, float], float]], Callable[[float, float, float], float]]:
+    """Decorator registering a lambda ramp ``curve(lo, hi, p) -> lambda`` as ``tgo.schedule = name``."""
+    return SCHEDULE_KINDS.register(name, description=description, signal=signal, start=start)
+
+
+def register_feedback(name: str, signal: str, description: str) -> None:
+    """Register a feedback schedule: lambda takes the dual-ascent step on ``signal`` after each batch."""
+    SCHEDULE_KINDS.add(name, None, description=description, signal=signal, start=0.0)
+
+
+@register_schedule("linear")
+def linear(lo: float, hi: float, p: float) -> float:
+    """lambda grows linearly from lambda_start to lambda_max over training (the default)."""
+    return lo + (hi - lo) * p
+
+
+@register_schedule("cosine")
+def cosine(lo: float, hi: float, p: float) -> float:
+    """half-cosine ease-in from lambda_start to lambda_max."""
+    return lo + (hi - lo) * 0.5 * (1.0 - math.cos(math.pi * p))
+
+
+@register_schedule("exp", start=0.01)
+def exponential(lo: float, hi: float, p: float) -> float:
+    """geometric growth from lambda_start (> 0) to lambda_max."""
+    return hi * p if lo <= 0 else lo * (hi / lo) ** p
+
+
+@register_schedule("constant", start=0.01)
+def constant(lo: float, hi: float, p: float) -> float:
+    """lambda_max from the first step."""
+    return hi
+
+
+register_feedback("dual", "constraint", "dual ascent: lambda follows the constraint's distance to tgo.dual_target "
+                  "(step tgo.dual_lr)")
+register_feedback("share", "share", "controller: lambda steered so the training batches' near-threshold share "
+                  "settles at tgo.dual_target")
+
+#: The built-in schedules (``SCHEDULE_KINDS`` also holds ones registered later).
+SCHEDULES: tuple[str, ...] = tuple(SCHEDULE_KINDS.names())
+FEEDBACK: tuple[str, ...] = tuple(e.name for e in SCHEDULE_KINDS.entries() if e.meta["signal"])
 """The schedules whose lambda follows a measured signal (:meth:`LambdaSchedule.update`)."""
 
 
@@ -43,14 +93,13 @@ class LambdaSchedule:
     dual_target: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULES:
-            raise ValueError(f"unknown lambda schedule {self.kind!r}; choose one of {', '.join(SCHEDULES)}")
+        self._entry = SCHEDULE_KINDS.entry(self.kind)  # a ValueError (ConfigError) naming the known ones
         if not (self.lambda_max >= 0 and math.isfinite(self.lambda_max)):
             raise ValueError(f"lambda_max must be a finite number >= 0, got {self.lambda_max}")
         if self.ramp_epochs <= 0:
             raise ValueError(f"ramp_epochs must be > 0, got {self.ramp_epochs}")
         if self.lambda_start is None:
-            self.lambda_start = 0.0 if self.kind in ("linear", "cosine") + FEEDBACK else 0.01 * self.lambda_max
+            self.lambda_start = float(self._entry.meta["start"]) * self.lambda_max
         if not 0 <= self.lambda_start <= self.lambda_max:
             raise ValueError(f"lambda_start must be in [0, lambda_max], got {self.lambda_start}")
         self._dual_value = float(self.lambda_start)
@@ -59,23 +108,14 @@ class LambdaSchedule:
         """lambda at (possibly fractional) ``epoch``."""
         lo, hi = float(self.lambda_start), float(self.lambda_max)  # type: ignore[arg-type]  # start: set in __post_init__
         p = min(max(epoch / self.ramp_epochs, 0.0), 1.0)
-        if self.kind == "constant":
-            return hi
-        if self.kind == "linear":
-            return lo + (hi - lo) * p
-        if self.kind == "cosine":
-            return lo + (hi - lo) * 0.5 * (1.0 - math.cos(math.pi * p))
-        if self.kind == "exp":
-            if lo <= 0:
-                return hi * p
-            return lo * (hi / lo) ** p
-        return self._dual_value
+        curve = self._entry.obj
+        return self._dual_value if curve is None else curve(lo, hi, p)
 
     @property
     def signal(self) -> str:
         """What :meth:`update` expects after each batch: ``"constraint"`` (``L_mc``), ``"share"``
         (the near-threshold share of the batch's potentials) or ``""`` (nothing: a ramp)."""
-        return {"dual": "constraint", "share": "share"}.get(self.kind, "")
+        return str(self._entry.meta["signal"])
 
     def update(self, value: float) -> None:
         """Feedback step after a batch on the measured :attr:`signal` (no-op for the ramps).
@@ -83,7 +123,7 @@ class LambdaSchedule:
         ``lambda <- clip(lambda + dual_lr * (value - dual_target), 0, lambda_max)``: lambda grows
         while the signal is above its target and shrinks (to 0 at least) while it is below.
         """
-        if self.kind in FEEDBACK:
+        if self.signal:
             v = self._dual_value + self.dual_lr * (float(value) - self.dual_target)
             self._dual_value = min(max(v, 0.0), float(self.lambda_max))
 

@@ -16,6 +16,8 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..registry import Registry
+
 Forward = Callable[[Tensor], Tensor]
 
 
@@ -61,15 +63,16 @@ class Strategy:
         return f"{type(self).__name__}()"
 
 
-_STRATEGIES: dict[str, type[Strategy]] = {}
+#: Every training strategy, by name (``spikeguard list strategies``).
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
 
-def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
-    """Class decorator registering a strategy under ``name``."""
+def register_strategy(name: str, *, description: str | None = None) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator registering a strategy under ``name`` (a name registered twice raises)."""
 
     def deco(cls: type[Strategy]) -> type[Strategy]:
+        STRATEGIES.add(name, cls, description=description)
         cls.name = name
-        _STRATEGIES[name] = cls
         return cls
 
     return deco
@@ -77,14 +80,12 @@ def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
 
 def list_strategies() -> list[str]:
     """Names accepted by :func:`create_strategy`."""
-    return sorted(_STRATEGIES)
+    return STRATEGIES.names()
 
 
 def strategy_class(name: str) -> type[Strategy]:
     """The class registered as ``name``."""
-    if name not in _STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(list_strategies())}")
-    return _STRATEGIES[name]
+    return STRATEGIES.get(name)
 
 
 def create_strategy(name: str, **kw) -> Strategy:

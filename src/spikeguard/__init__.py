@@ -22,4 +22,13 @@ def load(path, device="cpu"):
     return load_model(path, device=device)
 
 
-__all__ = ["__version__", "create_model", "list_models", "load", "SpikeguardError", "ConfigError", "DataError", "CheckpointError"]
+__all__ = [
+    "__version__",
+    "create_model",
+    "list_models",
+    "load",
+    "SpikeguardError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+]

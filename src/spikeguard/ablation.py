@@ -118,21 +118,39 @@ def ablation_protocol(s: AttackSettings) -> Protocol:
 
     Raises :class:`ConfigError` (one line) for an attack name the registry does not know.
     """
-    p = get_protocol("paper", {"groups": ["single-pass"],
-                               "single-pass": {"attacks": list(s.attacks), "eot": int(s.eot), "passes": int(s.passes),
-                                               "alpha": float(s.alpha)}})
+    p = get_protocol(
+        "paper",
+        {
+            "groups": ["single-pass"],
+            "single-pass": {
+                "attacks": list(s.attacks),
+                "eot": int(s.eot),
+                "passes": int(s.passes),
+                "alpha": float(s.alpha),
+            },
+        },
+    )
     (g,) = p.groups
-    g = dataclasses.replace(g, name=GROUP, note="As spikeguard ablation: stochastic (Noisy-LIF) cells attacked with "
-                                                "EoT gradients and judged over several passes")
+    g = dataclasses.replace(
+        g,
+        name=GROUP,
+        note="As spikeguard ablation: stochastic (Noisy-LIF) cells attacked with "
+        "EoT gradients and judged over several passes",
+    )
     return dataclasses.replace(
-        p, name=PROTOCOL, tag=TAG, groups=(g,),
+        p,
+        name=PROTOCOL,
+        tag=TAG,
+        groups=(g,),
         description=f"the ablation's evaluation (Table 4): {', '.join(g.attacks)} at the study's eps, step "
-                    f"{g.alpha:g}; the paper protocol's single-pass group with EoT {g.eot} and {g.passes} judging "
-                    "passes for stochastic cells")
+        f"{g.alpha:g}; the paper protocol's single-pass group with EoT {g.eot} and {g.passes} judging "
+        "passes for stochastic cells",
+    )
 
 
-def ablation_study(base: ExperimentConfig, strategy: str | None = None, settings: AttackSettings | None = None,
-                   command: str = "") -> StudySpec:
+def ablation_study(
+    base: ExperimentConfig, strategy: str | None = None, settings: AttackSettings | None = None, command: str = ""
+) -> StudySpec:
     """The four cells of ``base`` as an in-memory study (what :func:`run_ablation` runs).
 
     Args:
@@ -150,17 +168,33 @@ def ablation_study(base: ExperimentConfig, strategy: str | None = None, settings
     protocol = ablation_protocol(s)
     configs = [cell_config(base, mc, nlif, strategy) for mc, nlif in CELLS]  # validate all before any work
     strat = configs[0].strategy
-    runs = [RunSpec(cell_name(mc, nlif), cfg, training=strat.upper(), label=cell_label(mc, nlif))
-            for (mc, nlif), cfg in zip(CELLS, configs, strict=True)]
-    evaluation = {"protocols": [PROTOCOL], "n_samples": int(base.data.test_subset or 0), "eps": float(s.eps),
-                  "batch_size": int(s.batch_size), "seed": int(s.seed), "split": "test", "reference": runs[0].name}
+    runs = [
+        RunSpec(cell_name(mc, nlif), cfg, training=strat.upper(), label=cell_label(mc, nlif))
+        for (mc, nlif), cfg in zip(CELLS, configs, strict=True)
+    ]
+    evaluation = {
+        "protocols": [PROTOCOL],
+        "n_samples": int(base.data.test_subset or 0),
+        "eps": float(s.eps),
+        "batch_size": int(s.batch_size),
+        "seed": int(s.seed),
+        "split": "test",
+        "reference": runs[0].name,
+    }
     return StudySpec(
-        name=f"ablation-{strat}", path=None,
+        name=f"ablation-{strat}",
+        path=None,
         description=f"The TGO ablation (Table 4: membrane constraint x Noisy-LIF) under {strat.upper()}, from "
-                    f"spikeguard ablation (the in-memory version of configs/studies/cifar100-vgg11-table4.toml for "
-                    "one strategy).",
-        runs=runs, protocols=[protocol], evaluation=evaluation, control=dict(CONTROL), calibration={},
-        budget={"eval_reserve": 0.3, "probe_images": 0}, command=command or "spikeguard ablation")
+        f"spikeguard ablation (the in-memory version of configs/studies/cifar100-vgg11-table4.toml for "
+        "one strategy).",
+        runs=runs,
+        protocols=[protocol],
+        evaluation=evaluation,
+        control=dict(CONTROL),
+        calibration={},
+        budget={"eval_reserve": 0.3, "probe_images": 0},
+        command=command or "spikeguard ablation",
+    )
 
 
 def ablation_result(spec: StudySpec, doc: dict, out_dir: str | Path, base: ExperimentConfig | None = None) -> dict:
@@ -188,28 +222,60 @@ def ablation_result(spec: StudySpec, doc: dict, out_dir: str | Path, base: Exper
         rep = json.loads(path.read_text(encoding="utf-8"))["report"]
         for name, a in rep["attacks"].items():
             if not a.get("within_budget", True):
-                raise SpikeguardError(f"attack {name} left the eps-ball on {run.name} (||delta||_inf = "
-                                      f"{a['max_linf']:.5f} > {rep['eps']:.5f})")
+                raise SpikeguardError(
+                    f"attack {name} left the eps-ball on {run.name} (||delta||_inf = "
+                    f"{a['max_linf']:.5f} > {rep['eps']:.5f})"
+                )
         acc = row["accuracy"]
-        res = {"clean": acc.get(f"clean ({prot.tag})"), **{k: acc.get(f"{display_name(k)} ({prot.tag})") for k in attacks}}
-        rows.append({"mc": mc, "nlif": nlif, "cell": run.name, "label": run.label, "run": str(out / "runs" / run.name),
-                     "stochastic": bool(rep["stochastic"]), "eot": rep["eot"], "passes": rep["passes"], **res,
-                     "worst_case": acc.get(f"worst case ({prot.tag})"),
-                     "skipped": dict(rep.get("skipped", {})), "near_threshold": row.get("near_threshold"),
-                     "share_reduction": row.get("share_reduction"), "result": str(path),
-                     "train_seconds": row.get("train_seconds")})
+        res = {
+            "clean": acc.get(f"clean ({prot.tag})"),
+            **{k: acc.get(f"{display_name(k)} ({prot.tag})") for k in attacks},
+        }
+        rows.append(
+            {
+                "mc": mc,
+                "nlif": nlif,
+                "cell": run.name,
+                "label": run.label,
+                "run": str(out / "runs" / run.name),
+                "stochastic": bool(rep["stochastic"]),
+                "eot": rep["eot"],
+                "passes": rep["passes"],
+                **res,
+                "worst_case": acc.get(f"worst case ({prot.tag})"),
+                "skipped": dict(rep.get("skipped", {})),
+                "near_threshold": row.get("near_threshold"),
+                "share_reduction": row.get("share_reduction"),
+                "result": str(path),
+                "train_seconds": row.get("train_seconds"),
+            }
+        )
         n = int(rep["n_samples"])
     return {
-        "strategy": spec.runs[0].config.strategy, "attacks": attacks, "eps": float(spec.evaluation["eps"]),
-        "alpha": group.alpha, "eot": group.eot, "passes": group.passes, "test_samples": n, "rows": rows,
-        "base_config": config_to_dict(base) if base is not None else None, "study": str(out / STUDY_JSON),
+        "strategy": spec.runs[0].config.strategy,
+        "attacks": attacks,
+        "eps": float(spec.evaluation["eps"]),
+        "alpha": group.alpha,
+        "eot": group.eot,
+        "passes": group.passes,
+        "test_samples": n,
+        "rows": rows,
+        "base_config": config_to_dict(base) if base is not None else None,
+        "study": str(out / STUDY_JSON),
         "protocol": dataclasses.asdict(prot),
     }
 
 
-def run_ablation(base: ExperimentConfig, out_dir: str | Path, strategy: str | None = None,
-                 settings: AttackSettings | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print, argv: list[str] | None = None, report: bool = True) -> dict:
+def run_ablation(
+    base: ExperimentConfig,
+    out_dir: str | Path,
+    strategy: str | None = None,
+    settings: AttackSettings | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    argv: list[str] | None = None,
+    report: bool = True,
+) -> dict:
     """Train and evaluate the four MC/NLIF cells of ``base`` as a study; write ``OUT/ablation.json``.
 
     The study (:func:`ablation_study`) is run by :func:`spikeguard.study.run_study` in
@@ -273,13 +339,36 @@ def format_table(result: dict) -> str:
 
 
 QUICK_OVERRIDES: tuple[str, ...] = (
-    'data.name="digits"', "data.subset=0", "data.test_subset=120", "data.augment=false", 'model.name="small_conv"',
-    "model.T=2", "model.kw={}", "optim.epochs=3", "optim.batch_size=64", "optim.lr=0.1", "checkpoint_every=0",
+    'data.name="digits"',
+    "data.subset=0",
+    "data.test_subset=120",
+    "data.augment=false",
+    'model.name="small_conv"',
+    "model.T=2",
+    "model.kw={}",
+    "optim.epochs=3",
+    "optim.batch_size=64",
+    "optim.lr=0.1",
+    "checkpoint_every=0",
     "tgo.ramp_epochs=0",
 )
 """``--quick``: the embedded digits data, a small conv SNN, T=2, 3 epochs (about a minute per cell)."""
 
 
-__all__ = ["CELLS", "DEFAULT_ATTACKS", "RESULTS", "PROTOCOL", "GROUP", "AttackSettings", "cell_config", "cell_name",
-           "cell_label", "ablation_protocol", "ablation_study", "ablation_result", "run_ablation", "format_table",
-           "QUICK_OVERRIDES"]
+__all__ = [
+    "CELLS",
+    "DEFAULT_ATTACKS",
+    "RESULTS",
+    "PROTOCOL",
+    "GROUP",
+    "AttackSettings",
+    "cell_config",
+    "cell_name",
+    "cell_label",
+    "ablation_protocol",
+    "ablation_study",
+    "ablation_result",
+    "run_ablation",
+    "format_table",
+    "QUICK_OVERRIDES",
+]

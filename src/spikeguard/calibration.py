@@ -105,8 +105,10 @@ class CalibrationSettings:
         if self.method not in METHODS:
             raise ConfigError(f"calibration method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not (self.controller_cap > 0 and math.isfinite(self.controller_cap)) or not self.controller_lr >= 0:
-            raise ConfigError(f"calibration needs controller_cap > 0 and controller_lr >= 0, got "
-                              f"{self.controller_cap} and {self.controller_lr}")
+            raise ConfigError(
+                f"calibration needs controller_cap > 0 and controller_lr >= 0, got "
+                f"{self.controller_cap} and {self.controller_lr}"
+            )
         if not 0 < self.tolerance < 1:
             raise ConfigError(f"calibration tolerance must be in (0, 1), got {self.tolerance}")
         return self
@@ -187,10 +189,29 @@ def trial_config(base: ExperimentConfig, lam: float, seed: int, s: CalibrationSe
     return config_from_dict(data)
 
 
-_SAME = ("seed", "strategy", "strategy_kw", ("data", "name"), ("data", "subset"), ("model", "name"), ("model", "T"),
-         ("neuron", "kind"), ("neuron", "sigma"), ("optim", "epochs"), ("optim", "lr"), ("optim", "batch_size"),
-         ("tgo", "enabled"), ("tgo", "lambda_max"), ("tgo", "schedule"), ("tgo", "dual_target"), ("tgo", "dual_lr"),
-         ("tgo", "layer_reduce"), ("tgo", "neuron_reduce"), ("tgo", "hinge"), ("tgo", "potential"))
+_SAME = (
+    "seed",
+    "strategy",
+    "strategy_kw",
+    ("data", "name"),
+    ("data", "subset"),
+    ("model", "name"),
+    ("model", "T"),
+    ("neuron", "kind"),
+    ("neuron", "sigma"),
+    ("optim", "epochs"),
+    ("optim", "lr"),
+    ("optim", "batch_size"),
+    ("tgo", "enabled"),
+    ("tgo", "lambda_max"),
+    ("tgo", "schedule"),
+    ("tgo", "dual_target"),
+    ("tgo", "dual_lr"),
+    ("tgo", "layer_reduce"),
+    ("tgo", "neuron_reduce"),
+    ("tgo", "hinge"),
+    ("tgo", "potential"),
+)
 
 
 def _check_reuse(cfg: ExperimentConfig, run_dir: Path) -> None:
@@ -200,11 +221,15 @@ def _check_reuse(cfg: ExperimentConfig, run_dir: Path) -> None:
     old = config_to_dict(read_run_config(run_dir)[0])
     new = config_to_dict(cfg)
     for key in _SAME:
-        a, b = (old.get(key), new.get(key)) if isinstance(key, str) else (old[key[0]].get(key[1]), new[key[0]].get(key[1]))
+        a, b = (
+            (old.get(key), new.get(key)) if isinstance(key, str) else (old[key[0]].get(key[1]), new[key[0]].get(key[1]))
+        )
         if a != b and not (key == ("tgo", "lambda_max") and not new["tgo"]["enabled"]):
             name = key if isinstance(key, str) else ".".join(key)
-            raise ConfigError(f"{run_dir} was trained with {name} = {a!r}, this calibration needs {b!r}: "
-                              "use another --out (or delete that folder)")
+            raise ConfigError(
+                f"{run_dir} was trained with {name} = {a!r}, this calibration needs {b!r}: "
+                "use another --out (or delete that folder)"
+            )
 
 
 def _measure(cfg: ExperimentConfig, run_dir: Path, s: CalibrationSettings, progress: bool) -> dict:
@@ -228,16 +253,29 @@ def _measure(cfg: ExperimentConfig, run_dir: Path, s: CalibrationSettings, progr
     dev = resolve_device(cfg.device)  # measure where the trial trained (load_run alone loads to CPU)
     run = load_run(run_dir, device=dev)
     d = cfg.data
-    ds = load_dataset(d.name, "test", root=d.root or None, cache_dir=d.cache_dir or None, subset=s.share_samples,
-                      seed=0, verify=d.verify_md5)
+    ds = load_dataset(
+        d.name,
+        "test",
+        root=d.root or None,
+        cache_dir=d.cache_dir or None,
+        subset=s.share_samples,
+        seed=0,
+        verify=d.verify_md5,
+    )
     with torch.no_grad():
-        hist = potential_histogram(run.model.eval(), ds, v_threshold=cfg.neuron.v_threshold,
-                                   delta=cfg.tgo.delta, device=dev, seed=0)
+        hist = potential_histogram(
+            run.model.eval(), ds, v_threshold=cfg.neuron.v_threshold, delta=cfg.tgo.delta, device=dev, seed=0
+        )
     log = run_dir / LOG_FILE
     rows = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()] if log.is_file() else []
     last = rows[-1] if rows else {}
-    return {"share": hist.near_threshold, "clean": float(res["test_accuracy"]), "grad_ratio": last.get("grad_ratio"),
-            "train_share": last.get("near_threshold"), "lams": [float(r.get("lam", 0.0)) for r in rows]}
+    return {
+        "share": hist.near_threshold,
+        "clean": float(res["test_accuracy"]),
+        "grad_ratio": last.get("grad_ratio"),
+        "train_share": last.get("near_threshold"),
+        "lams": [float(r.get("lam", 0.0)) for r in rows],
+    }
 
 
 def _mean(xs: Sequence[float]) -> float | None:
@@ -245,20 +283,29 @@ def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _trial(lam: float, configs: Sequence[tuple[str, ExperimentConfig]], out: Path, s: CalibrationSettings,
-           progress: bool) -> Trial:
+def _trial(
+    lam: float, configs: Sequence[tuple[str, ExperimentConfig]], out: Path, s: CalibrationSettings, progress: bool
+) -> Trial:
     """Train and measure one setting over its seeds (``configs``: ``(folder name, config)`` per seed)."""
     ms = [_measure(cfg, out / name, s, progress) for name, cfg in configs]
     shares, cleans = [m["share"] for m in ms], [m["clean"] for m in ms]
-    return Trial(lam=float(lam), share=sum(shares) / len(shares), clean=sum(cleans) / len(cleans),
-                 runs=[name for name, _ in configs], grad_ratio=_mean([m["grad_ratio"] for m in ms]),
-                 seed_shares=shares, seed_cleans=cleans, train_share=_mean([m["train_share"] for m in ms]),
-                 lam_trajectory=[m["lams"] for m in ms])
+    return Trial(
+        lam=float(lam),
+        share=sum(shares) / len(shares),
+        clean=sum(cleans) / len(cleans),
+        runs=[name for name, _ in configs],
+        grad_ratio=_mean([m["grad_ratio"] for m in ms]),
+        seed_shares=shares,
+        seed_cleans=cleans,
+        train_share=_mean([m["train_share"] for m in ms]),
+        lam_trajectory=[m["lams"] for m in ms],
+    )
 
 
 def _reference(base: ExperimentConfig, out: Path, s: CalibrationSettings, progress: bool) -> Trial:
-    return _trial(0.0, [(reference_name(s, seed), reference_config(base, seed, s)) for seed in s.seeds], out, s,
-                  progress)
+    return _trial(
+        0.0, [(reference_name(s, seed), reference_config(base, seed, s)) for seed in s.seeds], out, s, progress
+    )
 
 
 def _reduction(t: Trial, ref: Trial) -> float:
@@ -269,8 +316,13 @@ def _settings_dict(s: CalibrationSettings) -> dict:
     return {**asdict(s), "lambdas": list(s.lambdas), "seeds": list(s.seeds), "short": list(s.short)}
 
 
-def calibrate_lambda(base: ExperimentConfig, out_dir: str | Path, settings: CalibrationSettings | None = None,
-                     progress: bool = False, log: Callable[[str], None] = print) -> dict:
+def calibrate_lambda(
+    base: ExperimentConfig,
+    out_dir: str | Path,
+    settings: CalibrationSettings | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Pick ``tgo.lambda_max`` for ``base`` so that the near-threshold share falls by the target.
 
     The cut is measured against the reference (``settings.reference``: vanilla LIF without the
@@ -286,19 +338,28 @@ def calibrate_lambda(base: ExperimentConfig, out_dir: str | Path, settings: Cali
     t0 = time.perf_counter()
     cache: dict[float, Trial] = {}
     base_t = _reference(base, Path(out), s, progress)
-    log(f"[calibrate] reference ({reference_info(base, s)['neuron']}, no constraint): near-threshold share "
-        f"{100 * base_t.share:.2f}%, clean {100 * base_t.clean:.2f}% over seeds {list(s.seeds)}")
+    log(
+        f"[calibrate] reference ({reference_info(base, s)['neuron']}, no constraint): near-threshold share "
+        f"{100 * base_t.share:.2f}%, clean {100 * base_t.clean:.2f}% over seeds {list(s.seeds)}"
+    )
 
     def reaches(lam: float, step: str) -> bool:
         """Measure ``lam`` (once), log it, and say whether it reaches the target."""
         key = round(float(lam), 10)
         if key not in cache:
-            cache[key] = _trial(lam, [(f"lam{_fmt_lam(lam)}-s{seed}", trial_config(base, lam, seed, s))
-                                      for seed in s.seeds], Path(out), s, progress)
+            cache[key] = _trial(
+                lam,
+                [(f"lam{_fmt_lam(lam)}-s{seed}", trial_config(base, lam, seed, s)) for seed in s.seeds],
+                Path(out),
+                s,
+                progress,
+            )
         t = cache[key]
         t.reduction = _reduction(t, base_t)
-        log(f"[calibrate] {step}lambda {_fmt_lam(lam)}: share {100 * t.share:.2f}% (reduction "
-            f"{100 * t.reduction:.1f}%), clean {100 * t.clean:.2f}%")
+        log(
+            f"[calibrate] {step}lambda {_fmt_lam(lam)}: share {100 * t.share:.2f}% (reduction "
+            f"{100 * t.reduction:.1f}%), clean {100 * t.clean:.2f}%"
+        )
         return t.reduction >= s.target_reduction
 
     below, above = None, None
@@ -319,16 +380,25 @@ def calibrate_lambda(base: ExperimentConfig, out_dir: str | Path, settings: Cali
     reached = [t for t in trials if t.reduction is not None and t.reduction >= s.target_reduction]
     chosen = reached[0] if reached else trials[-1]
     result = {
-        "method": "search", "reference": reference_info(base, s),
-        "target_reduction": s.target_reduction, "reached": bool(reached), "lambda_max": chosen.lam,
-        "chosen": asdict(chosen), "baseline": asdict(base_t), "trials": [asdict(t) for t in trials],
-        "settings": _settings_dict(s), "base_config": config_to_dict(base), "seconds": time.perf_counter() - t0,
+        "method": "search",
+        "reference": reference_info(base, s),
+        "target_reduction": s.target_reduction,
+        "reached": bool(reached),
+        "lambda_max": chosen.lam,
+        "chosen": asdict(chosen),
+        "baseline": asdict(base_t),
+        "trials": [asdict(t) for t in trials],
+        "settings": _settings_dict(s),
+        "base_config": config_to_dict(base),
+        "seconds": time.perf_counter() - t0,
     }
     _write(result, Path(out))
     msg = "reached" if reached else "NOT reached (largest lambda tried)"
-    log(f"[calibrate] chose tgo.lambda_max = {_fmt_lam(chosen.lam)}: reduction {100 * (chosen.reduction or 0):.1f}% "
+    log(
+        f"[calibrate] chose tgo.lambda_max = {_fmt_lam(chosen.lam)}: reduction {100 * (chosen.reduction or 0):.1f}% "
         f"(target {100 * s.target_reduction:.0f}%, {msg}), clean {100 * chosen.clean:.2f}% vs "
-        f"{100 * base_t.clean:.2f}%; wrote {Path(out) / RESULT_FILE}")
+        f"{100 * base_t.clean:.2f}%; wrote {Path(out) / RESULT_FILE}"
+    )
     return result
 
 
@@ -356,17 +426,30 @@ def controller_lr(cap: float, target_share: float, steps: int) -> float:
     return 0.25 * float(cap) / (max(float(target_share), 1e-6) * max(int(steps), 1))
 
 
-def controlled_config(base: ExperimentConfig, seed: int, target_share: float, lr: float,
-                      s: CalibrationSettings) -> ExperimentConfig:
+def controlled_config(
+    base: ExperimentConfig, seed: int, target_share: float, lr: float, s: CalibrationSettings
+) -> ExperimentConfig:
     """``base`` at ``seed`` with lambda steered by the ``share`` schedule toward ``target_share``."""
     data = _run_dict(base, seed, s)
-    data["tgo"].update(enabled=True, schedule="share", lambda_max=float(s.controller_cap), lambda_start=0.0,
-                       dual_target=float(target_share), dual_lr=float(lr), ramp_fraction=0.0)
+    data["tgo"].update(
+        enabled=True,
+        schedule="share",
+        lambda_max=float(s.controller_cap),
+        lambda_start=0.0,
+        dual_target=float(target_share),
+        dual_lr=float(lr),
+        ramp_fraction=0.0,
+    )
     return config_from_dict(data)
 
 
-def control_lambda(base: ExperimentConfig, out_dir: str | Path, settings: CalibrationSettings | None = None,
-                   progress: bool = False, log: Callable[[str], None] = print) -> dict:
+def control_lambda(
+    base: ExperimentConfig,
+    out_dir: str | Path,
+    settings: CalibrationSettings | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Calibrate with a feedback controller instead of trials: one run per seed, no grid.
 
     1. the reference (``settings.reference``) at full length: its test share and the near-threshold
@@ -388,26 +471,42 @@ def control_lambda(base: ExperimentConfig, out_dir: str | Path, settings: Calibr
     target = (1.0 - s.target_reduction) * ref.train_share
     steps = _run_steps(Path(out) / ref.runs[0])
     lr = s.controller_lr or controller_lr(s.controller_cap, target, steps)
-    log(f"[calibrate] reference ({reference_info(base, s)['neuron']}, no constraint): training share "
+    log(
+        f"[calibrate] reference ({reference_info(base, s)['neuron']}, no constraint): training share "
         f"{100 * ref.train_share:.2f}%, test share {100 * ref.share:.2f}%; controller target {100 * target:.2f}% "
-        f"(lr {lr:.4g}, cap {_fmt_lam(s.controller_cap)})")
-    t = _trial(0.0, [(f"controller-s{seed}", controlled_config(base, seed, target, lr, s)) for seed in s.seeds],
-               Path(out), s, progress)
+        f"(lr {lr:.4g}, cap {_fmt_lam(s.controller_cap)})"
+    )
+    t = _trial(
+        0.0,
+        [(f"controller-s{seed}", controlled_config(base, seed, target, lr, s)) for seed in s.seeds],
+        Path(out),
+        s,
+        progress,
+    )
     t.lam = float(_mean([traj[-1] for traj in t.lam_trajectory if traj]) or 0.0)
     t.reduction = _reduction(t, ref)
     reached = abs(t.reduction - s.target_reduction) <= s.tolerance
     result = {
-        "method": "controller", "reference": reference_info(base, s),
-        "target_reduction": s.target_reduction, "reached": bool(reached), "lambda_max": t.lam,
+        "method": "controller",
+        "reference": reference_info(base, s),
+        "target_reduction": s.target_reduction,
+        "reached": bool(reached),
+        "lambda_max": t.lam,
         "controller": {"target_share": target, "lr": lr, "cap": s.controller_cap, "steps": steps},
-        "chosen": asdict(t), "baseline": asdict(ref), "trials": [asdict(t)],
-        "settings": _settings_dict(s), "base_config": config_to_dict(base), "seconds": time.perf_counter() - t0,
+        "chosen": asdict(t),
+        "baseline": asdict(ref),
+        "trials": [asdict(t)],
+        "settings": _settings_dict(s),
+        "base_config": config_to_dict(base),
+        "seconds": time.perf_counter() - t0,
     }
     _write(result, Path(out))
-    log(f"[calibrate] controller: training share {100 * (t.train_share or float('nan')):.2f}% (target "
+    log(
+        f"[calibrate] controller: training share {100 * (t.train_share or float('nan')):.2f}% (target "
         f"{100 * target:.2f}%), test share cut {100 * t.reduction:.1f}% ({'on' if reached else 'NOT on'} target "
         f"{100 * s.target_reduction:.0f}% +- {100 * s.tolerance:.0f}), last-epoch lambda {_fmt_lam(t.lam)}, clean "
-        f"{100 * t.clean:.2f}% vs {100 * ref.clean:.2f}%; wrote {Path(out) / RESULT_FILE}")
+        f"{100 * t.clean:.2f}% vs {100 * ref.clean:.2f}%; wrote {Path(out) / RESULT_FILE}"
+    )
     return result
 
 
@@ -424,16 +523,27 @@ def _run_steps(ref_dir: Path) -> int:
 def normalisations() -> list[Normalisation]:
     """The readings of ``L_mc`` compared: layers mean/sum x neurons mean/sum x hinge squared/plain
     (potential ``pre``, the paper's pre-spike U); the default (the paper's formula) first."""
-    return [Normalisation(layer_reduce=lr, neuron_reduce=nr, hinge=h)
-            for lr in LAYER_REDUCTIONS for nr in NEURON_REDUCTIONS for h in HINGES]
+    return [
+        Normalisation(layer_reduce=lr, neuron_reduce=nr, hinge=h)
+        for lr in LAYER_REDUCTIONS
+        for nr in NEURON_REDUCTIONS
+        for h in HINGES
+    ]
 
 
-def normalisation_config(base: ExperimentConfig, norm: Normalisation, lam: float, seed: int,
-                         s: CalibrationSettings) -> ExperimentConfig:
+def normalisation_config(
+    base: ExperimentConfig, norm: Normalisation, lam: float, seed: int, s: CalibrationSettings
+) -> ExperimentConfig:
     """``base`` with the constraint on at ``lam`` under ``norm`` (the config's schedule and neuron kept)."""
     data = _run_dict(base, seed, s)
-    data["tgo"].update(enabled=True, lambda_max=float(lam), layer_reduce=norm.layer_reduce,
-                       neuron_reduce=norm.neuron_reduce, hinge=norm.hinge, potential=norm.potential)
+    data["tgo"].update(
+        enabled=True,
+        lambda_max=float(lam),
+        layer_reduce=norm.layer_reduce,
+        neuron_reduce=norm.neuron_reduce,
+        hinge=norm.hinge,
+        potential=norm.potential,
+    )
     if data["tgo"].get("lambda_start", -1.0) > lam:
         data["tgo"]["lambda_start"] = -1.0
     return config_from_dict(data)
@@ -446,9 +556,14 @@ def _norm_folder(norm: Normalisation) -> str:
 NORMALISATIONS_FILE = "normalisations.json"
 
 
-def compare_normalisations(base: ExperimentConfig, out_dir: str | Path, lam: float,
-                           settings: CalibrationSettings | None = None, progress: bool = False,
-                           log: Callable[[str], None] = print) -> dict:
+def compare_normalisations(
+    base: ExperimentConfig,
+    out_dir: str | Path,
+    lam: float,
+    settings: CalibrationSettings | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
     """What the paper's own weight ``lam`` does under each reading of ``L_mc``'s normalisation.
 
     Trains, per seed, the reference (vanilla LIF by default), the config's neuron without the
@@ -465,43 +580,77 @@ def compare_normalisations(base: ExperimentConfig, out_dir: str | Path, lam: flo
     out = Path(ensure_dir(out_dir))
     t0 = time.perf_counter()
     ref = _reference(base, out, s, progress)
-    log(f"[normalisations] reference ({reference_info(base, s)['neuron']}, no constraint): share "
-        f"{100 * ref.share:.2f}%, clean {100 * ref.clean:.2f}%")
+    log(
+        f"[normalisations] reference ({reference_info(base, s)['neuron']}, no constraint): share "
+        f"{100 * ref.share:.2f}%, clean {100 * ref.clean:.2f}%"
+    )
     noise = None
     if base.neuron.kind != "lif" and s.reference == "lif":
         same = replace(s, reference="same-neuron")
-        noise = _trial(0.0, [(f"noise-only-s{seed}", reference_config(base, seed, same)) for seed in s.seeds], out,
-                       s, progress)
+        noise = _trial(
+            0.0, [(f"noise-only-s{seed}", reference_config(base, seed, same)) for seed in s.seeds], out, s, progress
+        )
         noise.reduction = _reduction(noise, ref)
-        log(f"[normalisations] {base.neuron.kind} without the constraint: share {100 * noise.share:.2f}% (cut "
-            f"{100 * noise.reduction:.1f}%), clean {100 * noise.clean:.2f}%")
+        log(
+            f"[normalisations] {base.neuron.kind} without the constraint: share {100 * noise.share:.2f}% (cut "
+            f"{100 * noise.reduction:.1f}%), clean {100 * noise.clean:.2f}%"
+        )
     rows = []
     for norm in normalisations():
-        t = _trial(lam, [(f"{_norm_folder(norm)}-s{seed}", normalisation_config(base, norm, lam, seed, s))
-                         for seed in s.seeds], out, s, progress)
+        t = _trial(
+            lam,
+            [(f"{_norm_folder(norm)}-s{seed}", normalisation_config(base, norm, lam, seed, s)) for seed in s.seeds],
+            out,
+            s,
+            progress,
+        )
         t.reduction = _reduction(t, ref)
-        rows.append({"normalisation": norm.label(), "layer_reduce": norm.layer_reduce,
-                     "neuron_reduce": norm.neuron_reduce, "hinge": norm.hinge, "potential": norm.potential,
-                     "default": norm.is_default, **asdict(t)})
-        log(f"[normalisations] {norm.label()}: share {100 * t.share:.2f}% (cut {100 * t.reduction:.1f}%), clean "
-            f"{100 * t.clean:.2f}%")
-    result: dict[str, Any] = {"reference": reference_info(base, s), "lambda_max": float(lam), "schedule": base.tgo.schedule,
-              "neuron": base.neuron.kind, "target_reduction": s.target_reduction, "tolerance": s.tolerance,
-              "baseline": asdict(ref), "noise_only": asdict(noise) if noise else None, "rows": rows,
-              "closest": closest_rows(rows, s.target_reduction, s.tolerance), "settings": _settings_dict(s),
-              "base_config": config_to_dict(base), "seconds": time.perf_counter() - t0}
+        rows.append(
+            {
+                "normalisation": norm.label(),
+                "layer_reduce": norm.layer_reduce,
+                "neuron_reduce": norm.neuron_reduce,
+                "hinge": norm.hinge,
+                "potential": norm.potential,
+                "default": norm.is_default,
+                **asdict(t),
+            }
+        )
+        log(
+            f"[normalisations] {norm.label()}: share {100 * t.share:.2f}% (cut {100 * t.reduction:.1f}%), clean "
+            f"{100 * t.clean:.2f}%"
+        )
+    result: dict[str, Any] = {
+        "reference": reference_info(base, s),
+        "lambda_max": float(lam),
+        "schedule": base.tgo.schedule,
+        "neuron": base.neuron.kind,
+        "target_reduction": s.target_reduction,
+        "tolerance": s.tolerance,
+        "baseline": asdict(ref),
+        "noise_only": asdict(noise) if noise else None,
+        "rows": rows,
+        "closest": closest_rows(rows, s.target_reduction, s.tolerance),
+        "settings": _settings_dict(s),
+        "base_config": config_to_dict(base),
+        "seconds": time.perf_counter() - t0,
+    }
     atomic_write_json(out / NORMALISATIONS_FILE, result)
     atomic_write_text(out / "normalisations.md", format_normalisations(result))
-    log(f"[normalisations] closest to a {100 * s.target_reduction:.0f}% cut: {', '.join(result['closest'])}; "
-        f"wrote {out / NORMALISATIONS_FILE}")
+    log(
+        f"[normalisations] closest to a {100 * s.target_reduction:.0f}% cut: {', '.join(result['closest'])}; "
+        f"wrote {out / NORMALISATIONS_FILE}"
+    )
     return result
 
 
 def closest_rows(rows: Sequence[dict], target: float, tolerance: float) -> list[str]:
     """Labels of the rows whose cut is within ``tolerance`` of ``target`` (nearest first), or the
     single nearest row when none is."""
-    ranked = sorted((r for r in rows if r.get("reduction") is not None and math.isfinite(r["reduction"])),
-                    key=lambda r: abs(r["reduction"] - target))
+    ranked = sorted(
+        (r for r in rows if r.get("reduction") is not None and math.isfinite(r["reduction"])),
+        key=lambda r: abs(r["reduction"] - target),
+    )
     near = [r["normalisation"] for r in ranked if abs(r["reduction"] - target) <= tolerance]
     return near or [r["normalisation"] for r in ranked[:1]]
 
@@ -510,19 +659,25 @@ def format_normalisations(result: dict) -> str:
     """Markdown table of :func:`compare_normalisations`."""
     b, ref = result["baseline"], result["reference"]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    lines = [f"# The paper's weight under each normalisation of L_mc (lambda_max {_fmt_lam(result['lambda_max'])}, "
-             f"{result['schedule']} schedule, {result['neuron']})", "",
-             f"Cut: relative fall of the near-threshold share against the reference, {ref['neuron']} without the "
-             f"constraint. The paper reports about {100 * result['target_reduction']:.0f}%.", "",
-             "| normalisation (layers/neurons/hinge/potential) | near-threshold share | per seed | cut vs "
-             f"{ref['neuron']} | clean | clean vs {ref['neuron']} (points) | grad ratio (last epoch) | runs |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# The paper's weight under each normalisation of L_mc (lambda_max {_fmt_lam(result['lambda_max'])}, "
+        f"{result['schedule']} schedule, {result['neuron']})",
+        "",
+        f"Cut: relative fall of the near-threshold share against the reference, {ref['neuron']} without the "
+        f"constraint. The paper reports about {100 * result['target_reduction']:.0f}%.",
+        "",
+        "| normalisation (layers/neurons/hinge/potential) | near-threshold share | per seed | cut vs "
+        f"{ref['neuron']} | clean | clean vs {ref['neuron']} (points) | grad ratio (last epoch) | runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def row(label: str, t: dict) -> str:
         gr = f"{t['grad_ratio']:.3g}" if t.get("grad_ratio") is not None else "-"
         cut = "-" if t is b else pct(t.get("reduction"))
-        return (f"| {label} | {100 * t['share']:.2f}% | {_seeds(t)} | {cut} | {100 * t['clean']:.2f}% | "
-                f"{100 * (t['clean'] - b['clean']):+.1f} | {gr} | {', '.join(t['runs'])} |")
+        return (
+            f"| {label} | {100 * t['share']:.2f}% | {_seeds(t)} | {cut} | {100 * t['clean']:.2f}% | "
+            f"{100 * (t['clean'] - b['clean']):+.1f} | {gr} | {', '.join(t['runs'])} |"
+        )
 
     lines.append(row(f"reference: {ref['neuron']}, no constraint", b))
     if result.get("noise_only"):
@@ -530,10 +685,14 @@ def format_normalisations(result: dict) -> str:
     for r in result["rows"]:
         lines.append(row(r["normalisation"] + (" (default)" if r.get("default") else ""), r))
     s = result["settings"]
-    lines += ["", f"Closest to a {100 * result['target_reduction']:.0f}% cut (within "
-              f"{100 * result['tolerance']:.0f} points, else the nearest): {', '.join(result['closest'])}.", "",
-              f"Runs: {', '.join(s['short']) or 'the config length'}; seeds {s['seeds']}; share measured on "
-              f"{s['share_samples'] or 'all'} test images."]
+    lines += [
+        "",
+        f"Closest to a {100 * result['target_reduction']:.0f}% cut (within "
+        f"{100 * result['tolerance']:.0f} points, else the nearest): {', '.join(result['closest'])}.",
+        "",
+        f"Runs: {', '.join(s['short']) or 'the config length'}; seeds {s['seeds']}; share measured on "
+        f"{s['share_samples'] or 'all'} test images.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -553,34 +712,50 @@ def format_calibration(result: dict) -> str:
     """Markdown table of a calibration: lambda, share, reduction, clean, gradient ratio."""
     b = result["baseline"]
     controller = result.get("method") == "controller"
-    verdict = ("on target" if result["reached"] else "NOT on target") if controller else (
-        "target reached" if result["reached"] else "target NOT reached: largest lambda tried")
-    lines = [f"# lambda_max calibration (target: {100 * result['target_reduction']:.0f}% fewer near-threshold "
-             "potentials)", "",
-             f"Reference: {_reference_text(result)} (same data, seeds and length).", "",
-             f"{'Controller' if controller else 'Chosen'}: `tgo.lambda_max = {_fmt_lam(result['lambda_max'])}` "
-             f"({verdict}).", ""]
+    verdict = (
+        ("on target" if result["reached"] else "NOT on target")
+        if controller
+        else ("target reached" if result["reached"] else "target NOT reached: largest lambda tried")
+    )
+    lines = [
+        f"# lambda_max calibration (target: {100 * result['target_reduction']:.0f}% fewer near-threshold potentials)",
+        "",
+        f"Reference: {_reference_text(result)} (same data, seeds and length).",
+        "",
+        f"{'Controller' if controller else 'Chosen'}: `tgo.lambda_max = {_fmt_lam(result['lambda_max'])}` ({verdict}).",
+        "",
+    ]
     if controller:
         c = result["controller"]
-        lines += [f"Lambda steered by the `share` schedule toward a training share of {100 * c['target_share']:.2f}% "
-                  f"(step {c['lr']:.4g}, cap {_fmt_lam(c['cap'])}); lambda_max above is the last epoch's mean "
-                  "lambda. Lambda per epoch (epoch means, per seed): " + "; ".join(
-                      " ".join(_fmt_lam(v) for v in traj) for traj in result["chosen"].get("lam_trajectory", [])) + ".",
-                  ""]
-    lines += ["| lambda_max | near-threshold share | per seed | reduction | clean | grad ratio (last epoch) | runs |",
-              "|---|---|---|---|---|---|---|",
-              f"| 0 (reference) | {100 * b['share']:.2f}% | {_seeds(b)} | - | {100 * b['clean']:.2f}% | - | "
-              f"{', '.join(b['runs'])} |"]
+        lines += [
+            f"Lambda steered by the `share` schedule toward a training share of {100 * c['target_share']:.2f}% "
+            f"(step {c['lr']:.4g}, cap {_fmt_lam(c['cap'])}); lambda_max above is the last epoch's mean "
+            "lambda. Lambda per epoch (epoch means, per seed): "
+            + "; ".join(" ".join(_fmt_lam(v) for v in traj) for traj in result["chosen"].get("lam_trajectory", []))
+            + ".",
+            "",
+        ]
+    lines += [
+        "| lambda_max | near-threshold share | per seed | reduction | clean | grad ratio (last epoch) | runs |",
+        "|---|---|---|---|---|---|---|",
+        f"| 0 (reference) | {100 * b['share']:.2f}% | {_seeds(b)} | - | {100 * b['clean']:.2f}% | - | "
+        f"{', '.join(b['runs'])} |",
+    ]
     for t in result["trials"]:
         gr = f"{t['grad_ratio']:.3g}" if t.get("grad_ratio") is not None else "-"
         red = f"{100 * t['reduction']:.1f}%" if t.get("reduction") is not None else "-"
         lam = f"{_fmt_lam(t['lam'])} (controller)" if controller else _fmt_lam(t["lam"])
-        lines.append(f"| {lam} | {100 * t['share']:.2f}% | {_seeds(t)} | {red} | {100 * t['clean']:.2f}% | {gr} | "
-                     f"{', '.join(t['runs'])} |")
+        lines.append(
+            f"| {lam} | {100 * t['share']:.2f}% | {_seeds(t)} | {red} | {100 * t['clean']:.2f}% | {gr} | "
+            f"{', '.join(t['runs'])} |"
+        )
     s = result["settings"]
     sched = "share (controller)" if controller else (s["schedule"] or "as configured")
-    lines += ["", f"Runs: {', '.join(s['short']) or 'the config length'}; seeds {s['seeds']}; lambda schedule "
-              f"{sched}; share measured on {s['share_samples'] or 'all'} test images."]
+    lines += [
+        "",
+        f"Runs: {', '.join(s['short']) or 'the config length'}; seeds {s['seeds']}; lambda schedule "
+        f"{sched}; share measured on {s['share_samples'] or 'all'} test images.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -597,7 +772,24 @@ def settings_from_dict(d: dict) -> CalibrationSettings:
     return CalibrationSettings(**kw).validate()
 
 
-__all__ = ["CalibrationSettings", "Trial", "calibrate_lambda", "control_lambda", "compare_normalisations",
-           "normalisations", "trial_config", "reference_config", "controlled_config", "normalisation_config",
-           "controller_lr", "closest_rows", "format_calibration", "format_normalisations", "settings_from_dict",
-           "REFERENCES", "METHODS", "RESULT_FILE", "NORMALISATIONS_FILE"]
+__all__ = [
+    "CalibrationSettings",
+    "Trial",
+    "calibrate_lambda",
+    "control_lambda",
+    "compare_normalisations",
+    "normalisations",
+    "trial_config",
+    "reference_config",
+    "controlled_config",
+    "normalisation_config",
+    "controller_lr",
+    "closest_rows",
+    "format_calibration",
+    "format_normalisations",
+    "settings_from_dict",
+    "REFERENCES",
+    "METHODS",
+    "RESULT_FILE",
+    "NORMALISATIONS_FILE",
+]

@@ -44,6 +44,7 @@ STATE_JSON = "state.json"
 # ---------------------------------------------------------------------------------------
 # model spec: the create_model call that rebuilds a network
 
+
 def model_spec(cfg: ExperimentConfig, model: nn.Module | None = None, **arch: Any) -> dict:
     """The ``create_model`` arguments of ``cfg``'s network.
 
@@ -66,8 +67,14 @@ def model_spec(cfg: ExperimentConfig, model: nn.Module | None = None, **arch: An
                 kw.setdefault(name, [float(v) for v in buf.flatten()])
     if num_classes < 1:
         raise CheckpointError("cannot record the model: num_classes is unknown (set model.num_classes)")
-    return {"name": cfg.model.name, "num_classes": int(num_classes), "T": int(cfg.model.T),
-            "neuron": cfg.neuron.kind, "neuron_kw": cfg.neuron.neuron_kw(), "kw": kw}
+    return {
+        "name": cfg.model.name,
+        "num_classes": int(num_classes),
+        "T": int(cfg.model.T),
+        "neuron": cfg.neuron.kind,
+        "neuron_kw": cfg.neuron.neuron_kw(),
+        "kw": kw,
+    }
 
 
 def build_from_spec(spec: dict) -> nn.Module:
@@ -75,8 +82,14 @@ def build_from_spec(spec: dict) -> nn.Module:
     from .models import create_model
 
     try:
-        model = create_model(spec["name"], num_classes=spec["num_classes"], T=spec["T"], neuron=spec["neuron"],
-                             neuron_kw=dict(spec.get("neuron_kw") or {}), **dict(spec.get("kw") or {}))
+        model = create_model(
+            spec["name"],
+            num_classes=spec["num_classes"],
+            T=spec["T"],
+            neuron=spec["neuron"],
+            neuron_kw=dict(spec.get("neuron_kw") or {}),
+            **dict(spec.get("kw") or {}),
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"cannot rebuild the model from its recorded spec ({type(e).__name__}: {e})") from None
     model.spikeguard_spec = json.loads(json.dumps(spec))
@@ -85,6 +98,7 @@ def build_from_spec(spec: dict) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------
 # nested structures <-> (JSON, tensors)
+
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
     if isinstance(obj, torch.Tensor):
@@ -109,10 +123,13 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: _encode(v, tensors, f"{where}.{k}") for k, v in obj.items()}
-        return {"__items__": [[_encode(k, tensors, where), _encode(v, tensors, f"{where}[{k!r}]")]
-                              for k, v in obj.items()]}
-    raise CheckpointError(f"cannot store a {type(obj).__name__} at {where or 'state'} in a checkpoint "
-                          f"(only tensors, arrays, numbers, strings, lists, tuples and dicts)")
+        return {
+            "__items__": [[_encode(k, tensors, where), _encode(v, tensors, f"{where}[{k!r}]")] for k, v in obj.items()]
+        }
+    raise CheckpointError(
+        f"cannot store a {type(obj).__name__} at {where or 'state'} in a checkpoint "
+        f"(only tensors, arrays, numbers, strings, lists, tuples and dicts)"
+    )
 
 
 def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -143,6 +160,7 @@ def _hashable(k: Any) -> Any:
 # ---------------------------------------------------------------------------------------
 # files
 
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing (not a spikeguard run folder?)")
@@ -165,7 +183,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         tensors = load(data)
         # metadata lives in the header: 8-byte little-endian length, then JSON
         n = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + n])
+        header = json.loads(data[8 : 8 + n])
         meta = header.get("__metadata__") or {}
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; all mean "bad file"
         raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}: {e})") from None
@@ -179,22 +197,33 @@ def _check_format(meta: dict, path: Path) -> None:
     except (TypeError, ValueError):
         raise CheckpointError(f"{path} has no valid format_version") from None
     if v > FORMAT_VERSION or v < 1:
-        raise CheckpointError(f"{path} has format_version {v}; this spikeguard reads 1..{FORMAT_VERSION} "
-                              f"(upgrade spikeguard)")
+        raise CheckpointError(
+            f"{path} has format_version {v}; this spikeguard reads 1..{FORMAT_VERSION} (upgrade spikeguard)"
+        )
 
 
-def write_run_config(run_dir: str | os.PathLike, config: ExperimentConfig, spec: dict,
-                     param_count: int | None = None) -> None:
+def write_run_config(
+    run_dir: str | os.PathLike, config: ExperimentConfig, spec: dict, param_count: int | None = None
+) -> None:
     """Write ``config.json`` (the resolved config and the model spec) atomically."""
     from . import __version__
 
-    atomic_write_json(Path(run_dir) / CONFIG_FILE, {
-        "format_version": FORMAT_VERSION, "spikeguard_version": __version__, "model": spec["name"],
-        "param_count": param_count, "model_spec": spec, "config": config_to_dict(config)})
+    atomic_write_json(
+        Path(run_dir) / CONFIG_FILE,
+        {
+            "format_version": FORMAT_VERSION,
+            "spikeguard_version": __version__,
+            "model": spec["name"],
+            "param_count": param_count,
+            "model_spec": spec,
+            "config": config_to_dict(config),
+        },
+    )
 
 
-def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, config: ExperimentConfig,
-                    state: dict | None = None) -> Path:
+def save_checkpoint(
+    run_dir: str | os.PathLike, model: nn.Module, config: ExperimentConfig, state: dict | None = None
+) -> Path:
     """Save model weights, the resolved config and (optionally) the training state.
 
     Args:
@@ -218,9 +247,14 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, config: Experi
         tensors: dict[str, torch.Tensor] = {}
         structure = _encode(state, tensors, "state")
         files[run / STATE_FILE] = save(tensors, metadata=meta)
-        files[run / STATE_JSON] = (json.dumps(_json_safe({"format_version": FORMAT_VERSION, "checkpoint_id": ckpt_id,
-                                                          "state": structure}), indent=2, allow_nan=False)
-                                   + "\n").encode("utf-8")
+        files[run / STATE_JSON] = (
+            json.dumps(
+                _json_safe({"format_version": FORMAT_VERSION, "checkpoint_id": ckpt_id, "state": structure}),
+                indent=2,
+                allow_nan=False,
+            )
+            + "\n"
+        ).encode("utf-8")
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     files[run / MODEL_FILE] = save(weights, metadata=meta)
     # all files reach the disk before any is renamed: a full disk or a failed write leaves the
@@ -256,8 +290,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike, device: str | torch.
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in tensors and tensors[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         src = meta.get("model", "?")
@@ -315,8 +352,9 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     model = build_from_spec(meta["model_spec"])
     wmeta = load_weights(model, run / MODEL_FILE, device=device)
     if wmeta.get("model") and wmeta["model"] != meta["model_spec"]["name"]:
-        raise CheckpointError(f"{run}: weights are from model {wmeta['model']!r} but config.json says "
-                              f"{meta['model_spec']['name']!r}")
+        raise CheckpointError(
+            f"{run}: weights are from model {wmeta['model']!r} but config.json says {meta['model_spec']['name']!r}"
+        )
     model.eval()
     return Run(model=model, config=cfg, path=run, meta=meta)
 
@@ -337,13 +375,26 @@ def load_training_state(path: str | os.PathLike) -> dict | None:
     _, wmeta = _read_safetensors(run / MODEL_FILE)
     ids = {doc.get("checkpoint_id"), meta.get("checkpoint_id"), wmeta.get("checkpoint_id")}
     if len(ids) != 1:
-        raise CheckpointError(f"{run}: model and training-state files come from different saves (a save was "
-                              f"interrupted); cannot resume exactly")
+        raise CheckpointError(
+            f"{run}: model and training-state files come from different saves (a save was "
+            f"interrupted); cannot resume exactly"
+        )
     return _decode(doc.get("state"), tensors)
 
 
 __all__ = [
-    "save_checkpoint", "load_run", "load_model", "load_weights", "load_training_state", "Run", "model_spec",
-    "build_from_spec", "write_run_config", "read_run_config", "MODEL_FILE", "CONFIG_FILE", "STATE_FILE",
+    "save_checkpoint",
+    "load_run",
+    "load_model",
+    "load_weights",
+    "load_training_state",
+    "Run",
+    "model_spec",
+    "build_from_spec",
+    "write_run_config",
+    "read_run_config",
+    "MODEL_FILE",
+    "CONFIG_FILE",
+    "STATE_FILE",
     "STATE_JSON",
 ]

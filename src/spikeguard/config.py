@@ -271,6 +271,7 @@ class ExperimentConfig:
 # ---------------------------------------------------------------------------------------
 # dict <-> dataclass
 
+
 def config_to_dict(cfg: Any) -> dict:
     """Plain nested dict (JSON/TOML-friendly) of a config dataclass."""
     return dataclasses.asdict(cfg)
@@ -347,8 +348,10 @@ def config_from_dict(data: dict, validate: bool = True) -> ExperimentConfig:
     """Build an :class:`ExperimentConfig` from a nested dict; strict about keys and types."""
     cfg = _from_dict(ExperimentConfig, data, "")
     if cfg.format_version > FORMAT_VERSION or cfg.format_version < 1:
-        raise ConfigError(f"format_version {cfg.format_version} is not supported (this spikeguard reads "
-                          f"1..{FORMAT_VERSION}); upgrade spikeguard")
+        raise ConfigError(
+            f"format_version {cfg.format_version} is not supported (this spikeguard reads "
+            f"1..{FORMAT_VERSION}); upgrade spikeguard"
+        )
     if validate:
         validate_config(cfg)
     return cfg
@@ -356,6 +359,7 @@ def config_from_dict(data: dict, validate: bool = True) -> ExperimentConfig:
 
 # ---------------------------------------------------------------------------------------
 # overrides and files
+
 
 def parse_value(text: str) -> Any:
     """A ``--set`` value as a TOML literal (``0.3``, ``true``, ``[1, 2]``, ``"x"``), else the raw string."""
@@ -439,6 +443,7 @@ def config_to_toml(cfg: ExperimentConfig) -> str:
 # ---------------------------------------------------------------------------------------
 # validation
 
+
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{key} {msg}")
@@ -454,8 +459,11 @@ def validate_config(cfg: ExperimentConfig) -> None:
     from .tgo import SCHEDULE_KINDS
 
     d, m, n, t, o, e = cfg.data, cfg.model, cfg.neuron, cfg.tgo, cfg.optim, cfg.eval
-    _check(d.name.lower() in DATASET_LOADERS, "data.name",
-           f"must be one of {', '.join(DATASET_LOADERS.names())}, got {d.name!r}")
+    _check(
+        d.name.lower() in DATASET_LOADERS,
+        "data.name",
+        f"must be one of {', '.join(DATASET_LOADERS.names())}, got {d.name!r}",
+    )
     _check(d.subset >= 0, "data.subset", f"must be >= 0, got {d.subset}")
     _check(d.test_subset >= 0, "data.test_subset", f"must be >= 0, got {d.test_subset}")
     _check(m.name in list_models(), "model.name", f"must be one of {', '.join(list_models())}, got {m.name!r}")
@@ -463,32 +471,63 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(m.num_classes >= 0, "model.num_classes", f"must be >= 0 (0 = from the data), got {m.num_classes}")
     _check(n.kind in list_neurons(), "neuron.kind", f"must be one of {', '.join(list_neurons())}, got {n.kind!r}")
     _check(0.0 <= n.decay <= 1.0, "neuron.decay", f"must be in [0, 1], got {n.decay}")
-    _check(math.isfinite(n.v_threshold) and n.v_threshold > 0, "neuron.v_threshold", f"must be > 0, got {n.v_threshold}")
-    _check(n.surrogate in surrogate_names() or n.surrogate in surrogate_aliases(),
-           "neuron.surrogate", f"must be one of {', '.join(surrogate_names())}, got {n.surrogate!r}")
+    _check(
+        math.isfinite(n.v_threshold) and n.v_threshold > 0, "neuron.v_threshold", f"must be > 0, got {n.v_threshold}"
+    )
+    _check(
+        n.surrogate in surrogate_names() or n.surrogate in surrogate_aliases(),
+        "neuron.surrogate",
+        f"must be one of {', '.join(surrogate_names())}, got {n.surrogate!r}",
+    )
     _check(math.isfinite(n.width) and n.width > 0, "neuron.width", f"must be > 0, got {n.width}")
     _check(math.isfinite(n.sigma) and n.sigma >= 0, "neuron.sigma", f"must be >= 0, got {n.sigma}")
-    _check(n.noisy_grad in NOISY_GRADS, "neuron.noisy_grad", f"must be one of {', '.join(NOISY_GRADS)}, got {n.noisy_grad!r}")
-    _check(cfg.perf.amp.lower() in ("off", "float32", "fp32", "bf16", "bfloat16"), "perf.amp",
-           f"must be 'off' or 'bf16', got {cfg.perf.amp!r}")
-    _check(cfg.perf.compile in ("off", "default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs"),
-           "perf.compile", f"must be off, default, max-autotune or reduce-overhead, got {cfg.perf.compile!r}")
+    _check(
+        n.noisy_grad in NOISY_GRADS,
+        "neuron.noisy_grad",
+        f"must be one of {', '.join(NOISY_GRADS)}, got {n.noisy_grad!r}",
+    )
+    _check(
+        cfg.perf.amp.lower() in ("off", "float32", "fp32", "bf16", "bfloat16"),
+        "perf.amp",
+        f"must be 'off' or 'bf16', got {cfg.perf.amp!r}",
+    )
+    _check(
+        cfg.perf.compile in ("off", "default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs"),
+        "perf.compile",
+        f"must be off, default, max-autotune or reduce-overhead, got {cfg.perf.compile!r}",
+    )
     _check(math.isfinite(t.delta) and t.delta > 0, "tgo.delta", f"must be > 0, got {t.delta}")
     _check(math.isfinite(t.lambda_max) and t.lambda_max >= 0, "tgo.lambda_max", f"must be >= 0, got {t.lambda_max}")
-    _check(t.schedule in SCHEDULE_KINDS, "tgo.schedule",
-           f"must be one of {', '.join(SCHEDULE_KINDS.names())}, got {t.schedule!r}")
+    _check(
+        t.schedule in SCHEDULE_KINDS,
+        "tgo.schedule",
+        f"must be one of {', '.join(SCHEDULE_KINDS.names())}, got {t.schedule!r}",
+    )
     _check(t.ramp_epochs >= 0, "tgo.ramp_epochs", f"must be >= 0 (0 = all epochs), got {t.ramp_epochs}")
-    _check(t.lambda_start == -1.0 or 0 <= t.lambda_start <= t.lambda_max, "tgo.lambda_start",
-           f"must be -1 (default) or in [0, tgo.lambda_max], got {t.lambda_start}")
+    _check(
+        t.lambda_start == -1.0 or 0 <= t.lambda_start <= t.lambda_max,
+        "tgo.lambda_start",
+        f"must be -1 (default) or in [0, tgo.lambda_max], got {t.lambda_start}",
+    )
     _check(t.dual_lr >= 0, "tgo.dual_lr", f"must be >= 0, got {t.dual_lr}")
-    _check(t.schedule != "share" or 0 < t.dual_target < 1, "tgo.dual_target",
-           f"must be a share in (0, 1) with tgo.schedule = 'share', got {t.dual_target}")
-    _check(0 <= t.ramp_fraction <= 1, "tgo.ramp_fraction", f"must be in [0, 1] (0 = use ramp_epochs), got {t.ramp_fraction}")
+    _check(
+        t.schedule != "share" or 0 < t.dual_target < 1,
+        "tgo.dual_target",
+        f"must be a share in (0, 1) with tgo.schedule = 'share', got {t.dual_target}",
+    )
+    _check(
+        0 <= t.ramp_fraction <= 1,
+        "tgo.ramp_fraction",
+        f"must be in [0, 1] (0 = use ramp_epochs), got {t.ramp_fraction}",
+    )
     from .tgo import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, POTENTIALS
 
-    for key, value, allowed in (("layer_reduce", t.layer_reduce, LAYER_REDUCTIONS),
-                                ("neuron_reduce", t.neuron_reduce, NEURON_REDUCTIONS), ("hinge", t.hinge, HINGES),
-                                ("potential", t.potential, POTENTIALS)):
+    for key, value, allowed in (
+        ("layer_reduce", t.layer_reduce, LAYER_REDUCTIONS),
+        ("neuron_reduce", t.neuron_reduce, NEURON_REDUCTIONS),
+        ("hinge", t.hinge, HINGES),
+        ("potential", t.potential, POTENTIALS),
+    ):
         _check(value in allowed, f"tgo.{key}", f"must be one of {', '.join(allowed)}, got {value!r}")
     _check(t.enabled is False or n.kind != "relu", "tgo.enabled", "needs a spiking neuron (neuron.kind is relu)")
     _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
@@ -502,14 +541,19 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
     _check(e.passes >= 1, "eval.passes", f"must be >= 1, got {e.passes}")
     _check(e.test_every >= 0, "eval.test_every", f"must be >= 0, got {e.test_every}")
-    _check(cfg.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0 (0 = only at the end), got {cfg.checkpoint_every}")
+    _check(
+        cfg.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0 (0 = only at the end), got {cfg.checkpoint_every}"
+    )
     _check(cfg.threads >= 0, "threads", f"must be >= 0, got {cfg.threads}")
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
     _check(bool(cfg.strategy), "strategy", "must name a training strategy")
     from .training import list_strategies
 
-    _check(cfg.strategy in list_strategies(), "strategy",
-           f"must be one of {', '.join(list_strategies())}, got {cfg.strategy!r}")
+    _check(
+        cfg.strategy in list_strategies(),
+        "strategy",
+        f"must be one of {', '.join(list_strategies())}, got {cfg.strategy!r}",
+    )
     if cfg.device != "auto":
         import torch
 
@@ -520,7 +564,21 @@ def validate_config(cfg: ExperimentConfig) -> None:
 
 
 __all__ = [
-    "ExperimentConfig", "DataConfig", "ModelConfig", "NeuronConfig", "TGOConfig", "OptimConfig", "EvalConfig", "PerfConfig",
-    "FORMAT_VERSION", "load_config", "config_from_dict", "config_to_dict", "config_to_toml", "apply_overrides",
-    "parse_value", "validate_config", "read_toml",
+    "ExperimentConfig",
+    "DataConfig",
+    "ModelConfig",
+    "NeuronConfig",
+    "TGOConfig",
+    "OptimConfig",
+    "EvalConfig",
+    "PerfConfig",
+    "FORMAT_VERSION",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "config_to_toml",
+    "apply_overrides",
+    "parse_value",
+    "validate_config",
+    "read_toml",
 ]

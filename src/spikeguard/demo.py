@@ -45,14 +45,14 @@ class DemoConfig:
     eps: list[float] = field(default_factory=lambda: [8 / 255, 16 / 255, 32 / 255])
     pgd_steps: int = 10
     pgd_alpha_factor: float = 2.5  # alpha = factor * eps / steps (Madry et al.)
-    eot: int = 8                  # EoT samples for the noisy model's attack gradients
-    passes: int = 8               # stochastic forward passes when judging the noisy model
+    eot: int = 8  # EoT samples for the noisy model's attack gradients
+    passes: int = 8  # stochastic forward passes when judging the noisy model
     delta: float = 0.5
     lambda_max: float = 0.4
     schedule: str = "linear"
     sigma: float = math.sqrt(0.4)
-    n_test: int = 0               # 0 = the whole test split (360 images)
-    threads: int = 0              # 0 = leave torch's default
+    n_test: int = 0  # 0 = the whole test split (360 images)
+    threads: int = 0  # 0 = leave torch's default
     out: str = "runs/demo"
     device: str = "cpu"
 
@@ -70,8 +70,9 @@ class DemoConfig:
 
 def demo_experiment(cfg: DemoConfig, tgo: bool) -> ExperimentConfig:
     """The :class:`ExperimentConfig` of one demo model (saved with its checkpoint)."""
-    e = ExperimentConfig(name=f"demo-{'tgo' if tgo else 'vanilla'}", seed=cfg.seed, device=cfg.device,
-                         checkpoint_every=cfg.epochs)
+    e = ExperimentConfig(
+        name=f"demo-{'tgo' if tgo else 'vanilla'}", seed=cfg.seed, device=cfg.device, checkpoint_every=cfg.epochs
+    )
     e.data.name, e.data.augment = "digits", False  # flips and crops would destroy 8x8 digits
     e.model.name, e.model.T = "small_conv", cfg.T
     e.neuron.kind = "noisy_lif" if tgo else "lif"
@@ -93,8 +94,12 @@ def _train(name: str, cfg: DemoConfig, tgo: bool, out: Path, progress: bool) -> 
     def on_epoch(_done: int, row: dict) -> None:
         log.append(row)
         bar.update(1)
-        bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}", acc=f"{row.get('accuracy', float('nan')):.3f}",
-                        lam=f"{row.get('lam', 0.0):.2f}", near=f"{row.get('near_threshold', float('nan')):.3f}")
+        bar.set_postfix(
+            loss=f"{row.get('loss', float('nan')):.3f}",
+            acc=f"{row.get('accuracy', float('nan')):.3f}",
+            lam=f"{row.get('lam', 0.0):.2f}",
+            near=f"{row.get('near_threshold', float('nan')):.3f}",
+        )
 
     run_experiment(demo_experiment(cfg, tgo), tmp, progress=False, on_epoch=on_epoch)
     bar.close()
@@ -138,9 +143,13 @@ def _evaluate(name: str, model: torch.nn.Module, cfg: DemoConfig, test_ds, progr
 def format_table(results: dict) -> str:
     """Side-by-side table: rows = clean / near-threshold / attack@eps, columns = models."""
     names = list(results["models"])
-    rows = [("clean accuracy", [results["models"][n]["clean"] for n in names]),
-            (f"near-threshold share (|U-V_th|<{results['config']['delta']:g})",
-             [results["models"][n]["near_threshold"] for n in names])]
+    rows = [
+        ("clean accuracy", [results["models"][n]["clean"] for n in names]),
+        (
+            f"near-threshold share (|U-V_th|<{results['config']['delta']:g})",
+            [results["models"][n]["near_threshold"] for n in names],
+        ),
+    ]
     first = results["models"][names[0]]["attacks"]
     for attack, by_eps in first.items():
         for e in by_eps:
@@ -157,8 +166,13 @@ def format_table(results: dict) -> str:
 DEMO_OUTPUTS = ("results.json", "potentials.png", "vanilla", "tgo")
 
 
-def run_demo(cfg: DemoConfig, progress: bool = True, log: Callable[[str], None] = print,
-             argv: list[str] | None = None, overwrite: bool = False) -> dict:
+def run_demo(
+    cfg: DemoConfig,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    argv: list[str] | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Train, attack and compare the two models; write ``results.json`` (schema ``spikeguard.demo``,
     one provenance record per model) and the histogram PNG. ``argv``: the command line to record.
 
@@ -168,8 +182,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log: Callable[[str], None] 
     cfg.validate()
     taken = [n for n in DEMO_OUTPUTS if (Path(cfg.out) / n).exists()]
     if taken and not overwrite:
-        raise ConfigError(f"{cfg.out} already holds a demo ({', '.join(taken)}); choose another --out, or pass "
-                          "--overwrite to replace it (its models, results and their evaluations)")
+        raise ConfigError(
+            f"{cfg.out} already holds a demo ({', '.join(taken)}); choose another --out, or pass "
+            "--overwrite to replace it (its models, results and their evaluations)"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = ensure_dir(cfg.out)
@@ -184,13 +200,23 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log: Callable[[str], None] 
         models[name] = model
         ev = _evaluate(name, model, cfg, test_ds, progress)
         ev["train_log"] = train_log
-        ev["provenance"] = provenance(command=command_line(argv), protocol=PROTOCOL_DEMO, checkpoint=out / name,
-                                      attacks=list(ev["attacks"]), eps=list(cfg.eps), n_samples=len(test_ds),  # type: ignore[arg-type]  # the demo records its list of budgets
-                                      seed=cfg.seed, passes=ev["passes"], eot=ev["eot"],
-                                      data={"name": "digits", "split": "test", "n_samples": len(test_ds)})
+        ev["provenance"] = provenance(
+            command=command_line(argv),
+            protocol=PROTOCOL_DEMO,
+            checkpoint=out / name,
+            attacks=list(ev["attacks"]),
+            eps=list(cfg.eps),
+            n_samples=len(test_ds),  # type: ignore[arg-type]  # the demo records its list of budgets
+            seed=cfg.seed,
+            passes=ev["passes"],
+            eot=ev["eot"],
+            data={"name": "digits", "split": "test", "n_samples": len(test_ds)},
+        )
         results["models"][name] = ev
-    hists = {n: potential_histogram(m, test_ds, delta=cfg.delta, device=resolve_device(cfg.device))
-             for n, m in models.items()}
+    hists = {
+        n: potential_histogram(m, test_ds, delta=cfg.delta, device=resolve_device(cfg.device))
+        for n, m in models.items()
+    }
     for n, h in hists.items():
         results["models"][n]["near_threshold"] = h.near_threshold
         results["models"][n]["layer_near_threshold"] = h.layer_near_threshold()
@@ -199,10 +225,15 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log: Callable[[str], None] 
         r = results["models"][n]
         results["models"][n] = {k: r[k] for k in ("clean", "near_threshold", "attacks")} | r
     results["seconds"] = time.perf_counter() - t0
-    plot_potential_histograms({n: hists[n] for n in hists}, str(Path(out) / "potentials.png"),
-                              title=f"Digits, small conv SNN, T={cfg.T} (seed {cfg.seed})")
+    plot_potential_histograms(
+        {n: hists[n] for n in hists},
+        str(Path(out) / "potentials.png"),
+        title=f"Digits, small conv SNN, T={cfg.T} (seed {cfg.seed})",
+    )
     atomic_write_json(Path(out) / "results.json", results)
     log(format_table(results))
-    log(f"\nwrote {Path(out) / 'results.json'}, {Path(out) / 'potentials.png'} and the runs {out / 'vanilla'}, "
-        f"{out / 'tgo'} (checkpoints for 'spikeguard evaluate/analyze') in {results['seconds']:.0f} s")
+    log(
+        f"\nwrote {Path(out) / 'results.json'}, {Path(out) / 'potentials.png'} and the runs {out / 'vanilla'}, "
+        f"{out / 'tgo'} (checkpoints for 'spikeguard evaluate/analyze') in {results['seconds']:.0f} s"
+    )
     return results

@@ -40,16 +40,24 @@ from .utils import resolve_device, seed_everything
 LOG_FILE = "log.jsonl"
 RESULTS_FILE = "results.json"
 
+
 def build_datasets(cfg: ExperimentConfig, progress: bool = False) -> tuple[ImageDataset, ImageDataset]:
     """The train and test splits named by ``cfg.data`` (subsets applied, cache used)."""
     d = cfg.data
-    kw = dict(root=d.root or None, cache_dir=d.cache_dir or None, seed=cfg.seed, verify=d.verify_md5,
-              progress=progress, **d.options)
+    kw = dict(
+        root=d.root or None,
+        cache_dir=d.cache_dir or None,
+        seed=cfg.seed,
+        verify=d.verify_md5,
+        progress=progress,
+        **d.options,
+    )
     train = load_dataset(d.name, "train", subset=d.subset, **kw)
     test = load_dataset(d.name, "test", subset=d.test_subset, **kw)
     if train.classes != test.classes:
-        raise ConfigError(f"data: train and test splits have different classes ({len(train.classes)} vs "
-                          f"{len(test.classes)})")
+        raise ConfigError(
+            f"data: train and test splits have different classes ({len(train.classes)} vs {len(test.classes)})"
+        )
     return train, test
 
 
@@ -69,8 +77,13 @@ def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
         c, h, w = data.image_shape
         if h != w:
             raise ConfigError(f"data: images must be square, got {h}x{w}")
-        return dict(in_channels=c, image_size=h, num_classes=data.num_classes,
-                    mean=[float(v) for v in data.mean], std=[float(v) for v in data.std])
+        return dict(
+            in_channels=c,
+            image_size=h,
+            num_classes=data.num_classes,
+            mean=[float(v) for v in data.mean],
+            std=[float(v) for v in data.std],
+        )
     info = dataset_info(cfg.data.name)
     if info is None:
         raise ConfigError(f"build_model: pass the dataset to infer the input shape of {cfg.data.name!r}")
@@ -88,11 +101,23 @@ def build_model(cfg: ExperimentConfig, data: ImageDataset | None = None) -> nn.M
     shape.pop("num_classes", None)
     if data is not None and cfg.model.num_classes and cfg.model.num_classes < data.num_classes:
         raise ConfigError(f"model.num_classes = {cfg.model.num_classes} but the data has {data.num_classes} classes")
-    spec: dict[str, Any] = {"name": cfg.model.name, "num_classes": int(num_classes), "T": int(cfg.model.T),
-            "neuron": cfg.neuron.kind, "neuron_kw": cfg.neuron.neuron_kw(), "kw": {**shape, **cfg.model.kw}}
+    spec: dict[str, Any] = {
+        "name": cfg.model.name,
+        "num_classes": int(num_classes),
+        "T": int(cfg.model.T),
+        "neuron": cfg.neuron.kind,
+        "neuron_kw": cfg.neuron.neuron_kw(),
+        "kw": {**shape, **cfg.model.kw},
+    }
     try:
-        model = create_model(spec["name"], num_classes=spec["num_classes"], T=spec["T"], neuron=spec["neuron"],
-                             neuron_kw=spec["neuron_kw"], **spec["kw"])
+        model = create_model(
+            spec["name"],
+            num_classes=spec["num_classes"],
+            T=spec["T"],
+            neuron=spec["neuron"],
+            neuron_kw=spec["neuron_kw"],
+            **spec["kw"],
+        )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: cannot build {cfg.model.name!r}: {e}") from None
     model.spikeguard_spec = spec  # type: ignore[assignment]  # a plain dict attribute
@@ -105,9 +130,14 @@ def build_schedule(cfg: ExperimentConfig) -> LambdaSchedule | None:
     if not t.enabled:
         return None
     ramp = t.ramp_fraction * cfg.optim.epochs if t.ramp_fraction else (t.ramp_epochs or cfg.optim.epochs)
-    return LambdaSchedule(kind=t.schedule, lambda_max=t.lambda_max,
-                          lambda_start=None if t.lambda_start < 0 else t.lambda_start,
-                          ramp_epochs=ramp, dual_lr=t.dual_lr, dual_target=t.dual_target)
+    return LambdaSchedule(
+        kind=t.schedule,
+        lambda_max=t.lambda_max,
+        lambda_start=None if t.lambda_start < 0 else t.lambda_start,
+        ramp_epochs=ramp,
+        dual_lr=t.dual_lr,
+        dual_target=t.dual_target,
+    )
 
 
 def build_guard(cfg: ExperimentConfig, schedule: Any = None) -> ThresholdGuard | None:
@@ -116,14 +146,23 @@ def build_guard(cfg: ExperimentConfig, schedule: Any = None) -> ThresholdGuard |
     t = cfg.tgo
     if not t.enabled:
         return None
-    norm = Normalisation(layer_reduce=t.layer_reduce, neuron_reduce=t.neuron_reduce, hinge=t.hinge,
-                         potential=t.potential)
-    return ThresholdGuard(delta=t.delta, v_threshold=cfg.neuron.v_threshold,
-                          schedule=schedule or build_schedule(cfg), norm=norm)
+    norm = Normalisation(
+        layer_reduce=t.layer_reduce, neuron_reduce=t.neuron_reduce, hinge=t.hinge, potential=t.potential
+    )
+    return ThresholdGuard(
+        delta=t.delta, v_threshold=cfg.neuron.v_threshold, schedule=schedule or build_schedule(cfg), norm=norm
+    )
 
 
-def grad_ratio_log(cfg: ExperimentConfig, model: nn.Module, strategy: Any, guard: ThresholdGuard | None,
-                   train_ds: ImageDataset, epochs_done: int, device: torch.device | str) -> dict:
+def grad_ratio_log(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    strategy: Any,
+    guard: ThresholdGuard | None,
+    train_ds: ImageDataset,
+    epochs_done: int,
+    device: torch.device | str,
+) -> dict:
     """The per-epoch ``grad_ratio`` log entries (``tgo.log_grad_ratio``; empty without TGO).
 
     Measured on the first ``batch_size`` training images (fixed, not augmented) at the lambda the
@@ -132,8 +171,11 @@ def grad_ratio_log(cfg: ExperimentConfig, model: nn.Module, strategy: Any, guard
     if guard is None or not cfg.tgo.log_grad_ratio:
         return {}
     x, y = next(batches(train_ds, cfg.optim.batch_size, device=device))
-    return {k: v for k, v in constraint_gradient_ratio(model, strategy, guard, x, y, guard.schedule(epochs_done)).items()
-            if k != "lam"}
+    return {
+        k: v
+        for k, v in constraint_gradient_ratio(model, strategy, guard, x, y, guard.schedule(epochs_done)).items()
+        if k != "lam"
+    }
 
 
 def build_strategy(cfg: ExperimentConfig):
@@ -145,8 +187,9 @@ def build_strategy(cfg: ExperimentConfig):
 
 
 @torch.no_grad()
-def test_accuracy(model: nn.Module, ds: ImageDataset, batch_size: int = 256, passes: int = 1,
-                  device: torch.device | str = "cpu") -> float:
+def test_accuracy(
+    model: nn.Module, ds: ImageDataset, batch_size: int = 256, passes: int = 1, device: torch.device | str = "cpu"
+) -> float:
     """Clean accuracy on ``ds`` (:func:`spikeguard.evaluation.clean_accuracy`); stochastic models are
     averaged over ``passes`` forward passes."""
     from .evaluation.basic import clean_accuracy
@@ -188,9 +231,15 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def run_experiment(cfg: ExperimentConfig | None, out_dir: str | Path, resume: bool = False, progress: bool = True,
-                   on_epoch: Callable[[int, dict], None] | None = None, logger: Any = None,
-                   handle_signals: bool = True) -> dict:
+def run_experiment(
+    cfg: ExperimentConfig | None,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    logger: Any = None,
+    handle_signals: bool = True,
+) -> dict:
     """Train (or resume) the experiment ``cfg`` in ``out_dir``; return the results dict.
 
     Runs in one process, or in every process of a ``torch.distributed`` job set up by
@@ -230,8 +279,10 @@ def _prepare_run(cfg: ExperimentConfig | None, out: Path, resume: bool) -> Exper
         else:
             diff = _config_diff(config_to_dict(cfg), config_to_dict(saved))
             if diff:
-                raise ConfigError(f"--resume with a config that differs from the run's in {', '.join(diff[:6])}; "
-                                  f"omit --config/--set to resume {out} as it was")
+                raise ConfigError(
+                    f"--resume with a config that differs from the run's in {', '.join(diff[:6])}; "
+                    f"omit --config/--set to resume {out} as it was"
+                )
     elif cfg is None:
         raise ConfigError("run_experiment needs a config")
     elif (out / CONFIG_FILE).exists():
@@ -241,8 +292,16 @@ def _prepare_run(cfg: ExperimentConfig | None, out: Path, resume: bool) -> Exper
     return cfg
 
 
-def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoch: Callable | None, logger: Any,
-         handle_signals: bool, ctx: Any) -> dict:
+def _run(
+    cfg: ExperimentConfig,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    on_epoch: Callable | None,
+    logger: Any,
+    handle_signals: bool,
+    ctx: Any,
+) -> dict:
     from .distributed import DistributedTraining
     from .logging import NORMAL, QUIET, RunLogger
     from .signals import Interrupted, graceful_stop
@@ -265,8 +324,15 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
     if ctx.is_main:
         write_run_config(out, cfg, model.spikeguard_spec, n_params)  # type: ignore[arg-type]  # set by build_model
     steps, epochs = math.ceil(len(train_ds) / cfg.optim.batch_size), cfg.optim.epochs
-    opt, sched = make_sgd(model, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                          epochs=epochs, steps_per_epoch=steps, fused=perf.fused_optimizer)
+    opt, sched = make_sgd(
+        model,
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        fused=perf.fused_optimizer,
+    )
     strategy = build_strategy(cfg)
     dist = DistributedTraining(ctx, sync_bn=cfg.sync_bn)
     if perf.gpu_data:
@@ -280,9 +346,16 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
         state = TrainState()
         dist.seed(cfg.seed)  # rank 0 keeps the single-process stream
     train_model, schedule = dist.prepare(model, build_schedule(cfg))
-    trainer = Trainer(train_model, opt, None if cfg.optim.schedule == "constant" else sched, strategy=strategy,
-                      guard=build_guard(cfg, schedule), delta_stat=cfg.tgo.delta, grad_clip=cfg.optim.grad_clip or None,
-                      precision=perf.amp)
+    trainer = Trainer(
+        train_model,
+        opt,
+        None if cfg.optim.schedule == "constant" else sched,
+        strategy=strategy,
+        guard=build_guard(cfg, schedule),
+        delta_stat=cfg.tgo.delta,
+        grad_clip=cfg.optim.grad_clip or None,
+        precision=perf.amp,
+    )
     trainer.load_state_dict(state)
     report = _EpochReport(cfg, out, ctx.is_main, progress, logger, steps, device, model, opt, test_ds, on_epoch)
     report.start(state, resume)
@@ -303,18 +376,30 @@ def _run(cfg: ExperimentConfig, out: Path, resume: bool, progress: bool, on_epoc
     with graceful_stop(handle_signals) as stop:
         try:
             loader = dist.loader(train_ds, cfg.optim.batch_size, gen, augment, device, stop=lambda: stop.requested)
-            state = trainer.fit(loader, state, epochs, steps, reduce=dist.reduce, on_batch=report.batch,
-                                on_epoch=report.epoch, on_epoch_end=report.close_bar)
+            state = trainer.fit(
+                loader,
+                state,
+                epochs,
+                steps,
+                reduce=dist.reduce,
+                on_batch=report.batch,
+                on_epoch=report.epoch,
+                on_epoch_end=report.close_bar,
+            )
             if state.stopped:
                 msg = "nothing new to save"
                 if state.batch or state.epoch > start:
                     save(state)
                     msg = f"checkpoint saved in {out}, continue with --resume"
-                raise Interrupted(f"stopped by {stop.name} at epoch {state.epoch + 1}, batch {state.batch}/{steps}; "
-                                  f"{msg}", stop.signum or 15)
+                raise Interrupted(
+                    f"stopped by {stop.name} at epoch {state.epoch + 1}, batch {state.batch}/{steps}; {msg}",
+                    stop.signum or 15,
+                )
             if stop.requested:  # the signal came after the last batch: the final checkpoint is on disk
-                raise Interrupted(f"stopped by {stop.name} after training; continue with --resume to write the "
-                                  "results", stop.signum or 15)
+                raise Interrupted(
+                    f"stopped by {stop.name} after training; continue with --resume to write the results",
+                    stop.signum or 15,
+                )
         finally:
             logger.close()
     if not ctx.is_main:
@@ -339,9 +424,20 @@ class _EpochReport:
     bar: Any  # the tqdm bar while one is shown
     rows: list[dict]
 
-    def __init__(self, cfg: ExperimentConfig, out: Path, main: bool, progress: bool, logger: Any, steps: int,
-                 device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer, test_ds: ImageDataset,
-                 on_epoch: Callable | None) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out: Path,
+        main: bool,
+        progress: bool,
+        logger: Any,
+        steps: int,
+        device: torch.device,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        test_ds: ImageDataset,
+        on_epoch: Callable | None,
+    ) -> None:
         from tqdm.auto import tqdm
 
         self.cfg, self.out, self.main, self.progress, self.logger = cfg, out, main, progress, logger
@@ -362,21 +458,37 @@ class _EpochReport:
     def batch(self, epoch: int, loader: Any, m: dict[str, float]) -> None:
         if self.bar is None:
             epochs = self.cfg.optim.epochs
-            self.bar = self.tqdm(total=self.steps, initial=loader.position, desc=f"epoch {epoch + 1}/{epochs}",
-                                 unit="batch", disable=not self.progress, leave=False, dynamic_ncols=True)
+            self.bar = self.tqdm(
+                total=self.steps,
+                initial=loader.position,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                unit="batch",
+                disable=not self.progress,
+                leave=False,
+                dynamic_ncols=True,
+            )
             self.run_sums, self.count = {}, 0
         self.count += 1
         for k in ("loss", "accuracy", "lam", "near_threshold"):
             if not math.isnan(m.get(k, float("nan"))):
                 self.run_sums[k] = self.run_sums.get(k, 0.0) + m[k]
         n, sums = self.count, self.run_sums
-        self.bar.set_postfix(loss=f"{sums.get('loss', 0) / n:.3f}", acc=f"{sums.get('accuracy', 0) / n:.3f}",
-                             lam=f"{m.get('lam', 0.0):.3f}", near=f"{sums.get('near_threshold', 0) / n:.3f}",
-                             refresh=False)
+        self.bar.set_postfix(
+            loss=f"{sums.get('loss', 0) / n:.3f}",
+            acc=f"{sums.get('accuracy', 0) / n:.3f}",
+            lam=f"{m.get('lam', 0.0):.3f}",
+            near=f"{sums.get('near_threshold', 0) / n:.3f}",
+            refresh=False,
+        )
         self.bar.update(1)
         i = loader.position  # index of the batch just trained
-        self.logger.step(epoch * self.steps + i + 1, epoch + (i + 1) / self.steps, m, loader.last_size,
-                         self.optimizer.param_groups[0]["lr"])
+        self.logger.step(
+            epoch * self.steps + i + 1,
+            epoch + (i + 1) / self.steps,
+            m,
+            loader.last_size,
+            self.optimizer.param_groups[0]["lr"],
+        )
 
     def close_bar(self) -> None:
         if self.bar is not None:
@@ -387,35 +499,62 @@ class _EpochReport:
         from .logging import memory_stats
 
         cfg, done, epochs = self.cfg, state.epoch, self.cfg.optim.epochs
-        row = {**stats.as_dict(), "epoch": done, "step": done * self.steps, "lr": lr, "elapsed": state.elapsed,
-               **memory_stats(self.device), **self.extra(done)}
+        row = {
+            **stats.as_dict(),
+            "epoch": done,
+            "step": done * self.steps,
+            "lr": lr,
+            "elapsed": state.elapsed,
+            **memory_stats(self.device),
+            **self.extra(done),
+        }
         if self.main and cfg.eval.test_every and done % cfg.eval.test_every == 0 and done < epochs:
-            row["test_accuracy"] = test_accuracy(self.model, self.test_ds, cfg.eval.batch_size, cfg.eval.passes,
-                                                 self.device)
+            row["test_accuracy"] = test_accuracy(
+                self.model, self.test_ds, cfg.eval.batch_size, cfg.eval.passes, self.device
+            )
         self.rows.append(row)
         if self.main:
             _write_log(self.out / LOG_FILE, self.rows)
             self.logger.scalars(row, done * self.steps, prefix="epoch/")
         if self.progress:
             extra = f" test {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
-            self.tqdm.write(f"epoch {done}/{epochs}: loss {stats.loss:.4f} acc {stats.accuracy:.4f} "
-                            f"lambda {stats.lam:.3f} near {stats.near_threshold:.4f} "
-                            f"{stats.images_per_s:.0f} img/s {stats.seconds:.1f}s{extra}")
+            self.tqdm.write(
+                f"epoch {done}/{epochs}: loss {stats.loss:.4f} acc {stats.accuracy:.4f} "
+                f"lambda {stats.lam:.3f} near {stats.near_threshold:.4f} "
+                f"{stats.images_per_s:.0f} img/s {stats.seconds:.1f}s{extra}"
+            )
         if done == epochs or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
             self.save(state)
         if self.on_epoch is not None:
             self.on_epoch(done, row)
 
 
-def _finish(cfg: ExperimentConfig, out: Path, model: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset,
-            state: TrainState, rows: list[dict], n_params: int, device: torch.device, progress: bool) -> dict:
+def _finish(
+    cfg: ExperimentConfig,
+    out: Path,
+    model: nn.Module,
+    train_ds: ImageDataset,
+    test_ds: ImageDataset,
+    state: TrainState,
+    rows: list[dict],
+    n_params: int,
+    device: torch.device,
+    progress: bool,
+) -> dict:
     """Clean test accuracy (and configured attacks) of the trained model into ``results.json``."""
     acc = test_accuracy(model, test_ds, cfg.eval.batch_size, cfg.eval.passes, device)
     results: dict[str, Any] = {
-        "test_accuracy": acc, "test_samples": len(test_ds), "train_samples": len(train_ds),
-        "epochs": cfg.optim.epochs, "train_seconds": state.elapsed,
-        "seconds_per_epoch": state.elapsed / max(len(rows), 1), "param_count": n_params, "model": cfg.model.name,
-        "dataset": cfg.data.name, "device": str(device), "final_epoch": rows[-1] if rows else None,
+        "test_accuracy": acc,
+        "test_samples": len(test_ds),
+        "train_samples": len(train_ds),
+        "epochs": cfg.optim.epochs,
+        "train_seconds": state.elapsed,
+        "seconds_per_epoch": state.elapsed / max(len(rows), 1),
+        "param_count": n_params,
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "device": str(device),
+        "final_epoch": rows[-1] if rows else None,
         "train_precision": resolve_precision(cfg.perf.amp),  # evaluation below runs in float32
     }
     if cfg.eval.attacks:
@@ -435,6 +574,14 @@ def _run_attacks(model: nn.Module, test_ds: ImageDataset, cfg: ExperimentConfig,
     return evaluate_config_attacks(model, test_ds, cfg, out_dir=out, progress=progress)
 
 
-__all__ = ["run_experiment", "build_model", "build_datasets", "build_schedule", "build_guard", "build_strategy",
-           "test_accuracy",
-           "LOG_FILE", "RESULTS_FILE"]
+__all__ = [
+    "run_experiment",
+    "build_model",
+    "build_datasets",
+    "build_schedule",
+    "build_guard",
+    "build_strategy",
+    "test_accuracy",
+    "LOG_FILE",
+    "RESULTS_FILE",
+]

@@ -96,8 +96,9 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_foreign_model(spec: str, weights: str | os.PathLike | None = None,
-                       device: str | torch.device = "cpu") -> ForeignRun:
+def load_foreign_model(
+    spec: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> ForeignRun:
     """Build the model from the factory ``spec`` and load ``weights`` (safetensors, or a
     ``torch.save``-d state dict read with ``weights_only=True``); returns it in eval mode."""
     fn = load_factory(spec)

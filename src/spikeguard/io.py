@@ -64,13 +64,16 @@ def new_dir(parent: str | os.PathLike, name: str) -> Path:
     raise SpikeguardError(f"no free folder name {name}-N in {base}")  # pragma: no cover
 
 
-def refuse_overwrite(folder: str | os.PathLike, names: tuple[str, ...] | list[str], overwrite: bool,
-                     flag: str = "--out") -> None:
+def refuse_overwrite(
+    folder: str | os.PathLike, names: tuple[str, ...] | list[str], overwrite: bool, flag: str = "--out"
+) -> None:
     """A one-line error if ``folder`` already holds one of ``names`` and ``overwrite`` is off."""
     taken = [n for n in names if (Path(folder) / n).exists()]
     if taken and not overwrite:
-        raise SpikeguardError(f"{Path(folder) / taken[0]} already exists; choose another {flag} (or leave it out "
-                              "for a new folder of its own), or pass --overwrite to replace it")
+        raise SpikeguardError(
+            f"{Path(folder) / taken[0]} already exists; choose another {flag} (or leave it out "
+            "for a new folder of its own), or pass --overwrite to replace it"
+        )
 
 
 def _holds_files(path: Path) -> bool:

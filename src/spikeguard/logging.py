@@ -84,7 +84,7 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
     except OSError as e:
@@ -103,8 +103,15 @@ class RunLogger:
         device: device whose CUDA memory is reported.
     """
 
-    def __init__(self, out_dir: str | os.PathLike | None = None, verbosity: int = NORMAL, log_every: int = 0,
-                 tensorboard: bool = False, enabled: bool = True, device: Any = None) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike | None = None,
+        verbosity: int = NORMAL,
+        log_every: int = 0,
+        tensorboard: bool = False,
+        enabled: bool = True,
+        device: Any = None,
+    ) -> None:
         self.out = Path(out_dir) if out_dir is not None else None
         self.verbosity = int(verbosity)
         self.log_every = int(log_every) or (10 if self.verbosity >= VERBOSE else 0)
@@ -163,10 +170,17 @@ class RunLogger:
         if self.out is not None:
             append_jsonl(self.out / STEPS_FILE, row)
         self.scalars(row, step, prefix="step/")
-        self.debug("step {step}: loss {l:.4f} acc {a:.3f} lambda {lam:.3f} near {n:.4f} {ips:.0f} img/s rss {rss} MiB"
-                   .format(step=step, l=row.get("loss", float("nan")), a=row.get("accuracy", float("nan")),
-                           lam=row.get("lam", 0.0), n=row.get("near_threshold", float("nan")),
-                           ips=row["images_per_s"], rss=row.get("rss_mb", "?")))
+        self.debug(
+            "step {step}: loss {l:.4f} acc {a:.3f} lambda {lam:.3f} near {n:.4f} {ips:.0f} img/s rss {rss} MiB".format(
+                step=step,
+                l=row.get("loss", float("nan")),
+                a=row.get("accuracy", float("nan")),
+                lam=row.get("lam", 0.0),
+                n=row.get("near_threshold", float("nan")),
+                ips=row["images_per_s"],
+                rss=row.get("rss_mb", "?"),
+            )
+        )
         self._window, self._window_n, self._window_images = {}, 0, 0
         self._t0 = time.perf_counter()
 
@@ -204,5 +218,14 @@ def verbosity_from_args(args: Any) -> int:
     return NORMAL
 
 
-__all__ = ["RunLogger", "memory_stats", "read_jsonl", "append_jsonl", "verbosity_from_args", "STEPS_FILE",
-           "QUIET", "NORMAL", "VERBOSE"]
+__all__ = [
+    "RunLogger",
+    "memory_stats",
+    "read_jsonl",
+    "append_jsonl",
+    "verbosity_from_args",
+    "STEPS_FILE",
+    "QUIET",
+    "NORMAL",
+    "VERBOSE",
+]

@@ -81,7 +81,9 @@ def fused_optimizer_kw(params, want: bool) -> dict:
     if not want:
         return {}
     devices = {p.device.type for p in params}
-    ok = devices <= {"cuda"} or (devices <= {"cpu"} and tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4))
+    ok = devices <= {"cuda"} or (
+        devices <= {"cpu"} and tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    )
     if not ok:
         warnings.warn(f"fused optimizer not available for devices {sorted(devices)}; using the default", stacklevel=3)
         return {}

@@ -97,12 +97,16 @@ class EvalGroup:
     def describe(self) -> str:
         """One line with the group's settings as they are now (overrides included) and its note."""
         step = "2.5 eps / steps" if self.alpha == EPS_RULE else f"{self.alpha:g}"
-        text = (f"stochastic models: EoT {self.eot} per gradient, {self.passes} judging pass(es); step {step}; "
-                + ("every attack on every sample" if self.individual else "cascade (worst case only)")
-                + (f"; audit ({self.audit_steps}-step runs)" if self.audit else ""))
+        text = (
+            f"stochastic models: EoT {self.eot} per gradient, {self.passes} judging pass(es); step {step}; "
+            + ("every attack on every sample" if self.individual else "cascade (worst case only)")
+            + (f"; audit ({self.audit_steps}-step runs)" if self.audit else "")
+        )
+
         def fmt(kw: Mapping[str, Any]) -> str:
-            return ", ".join(f"{k}=" + (" ".join(f"{n}:{w:g}" for n, w in v) if k == "members" else f"{v}")
-                             for k, v in kw.items())
+            return ", ".join(
+                f"{k}=" + (" ".join(f"{n}:{w:g}" for n, w in v) if k == "members" else f"{v}") for k, v in kw.items()
+            )
 
         custom = "; ".join(f"{k} ({fmt(v)})" for k, v in self.attack_kw.items())
         if custom:
@@ -147,13 +151,26 @@ class Protocol:
         for k, v in per_group.items():
             if not isinstance(v, Mapping) or set(v) & {"n_samples", "groups"}:
                 raise ConfigError(f"protocol {self.name}: [{k}] must be a table of group settings")
-        unknown = set(ov) - {"eot", "passes", "audit", "audit_steps", "alpha", "attack_kw", "drop", "groups",
-                             "n_samples", "attacks", "individual"}
+        unknown = set(ov) - {
+            "eot",
+            "passes",
+            "audit",
+            "audit_steps",
+            "alpha",
+            "attack_kw",
+            "drop",
+            "groups",
+            "n_samples",
+            "attacks",
+            "individual",
+        }
         if unknown:
-            raise ConfigError(f"protocol {self.name}: unknown override(s) {', '.join(sorted(unknown))} (known: eot, "
-                              "passes, audit, audit_steps, alpha, attack_kw, drop, groups, n_samples, attacks, "
-                              "individual, "
-                              f"or a group name: {', '.join(sorted(names))})")
+            raise ConfigError(
+                f"protocol {self.name}: unknown override(s) {', '.join(sorted(unknown))} (known: eot, "
+                "passes, audit, audit_steps, alpha, attack_kw, drop, groups, n_samples, attacks, "
+                "individual, "
+                f"or a group name: {', '.join(sorted(names))})"
+            )
         n_samples = ov.pop("n_samples", self.n_samples)
         if not isinstance(n_samples, int) or n_samples < 0:
             raise ConfigError(f"protocol {self.name}: n_samples must be an integer >= 0, got {n_samples!r}")
@@ -164,10 +181,12 @@ class Protocol:
         if new_attacks is not None:
             kept = [g.name for g in self.groups if keep is None or g.name in keep]
             if len(kept) != 1:
-                raise ConfigError(f"protocol {self.name}: attacks replaces one group's attack list; give it in a "
-                                  f"group's table ([protocols.{self.name}.GROUP], groups: {', '.join(kept)})")
+                raise ConfigError(
+                    f"protocol {self.name}: attacks replaces one group's attack list; give it in a "
+                    f"group's table ([protocols.{self.name}.GROUP], groups: {', '.join(kept)})"
+                )
         if "alpha" in ov and ov["alpha"] != EPS_RULE and not isinstance(ov["alpha"], (int, float)):
-            raise ConfigError(f"protocol {self.name}: alpha must be a number or \"eps\", got {ov['alpha']!r}")
+            raise ConfigError(f'protocol {self.name}: alpha must be a number or "eps", got {ov["alpha"]!r}')
         if "individual" in ov and not isinstance(ov["individual"], bool):
             raise ConfigError(f"protocol {self.name}: individual must be true or false, got {ov['individual']!r}")
         for key in ("eot", "passes", "audit_steps"):
@@ -200,45 +219,91 @@ class Protocol:
         from .attacks.registry import parse_attacks
         from .errors import SpikeguardError
 
-        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value \
-                or not all(isinstance(a, str) for a in value):
+        if (
+            isinstance(value, str)
+            or not isinstance(value, (list, tuple))
+            or not value
+            or not all(isinstance(a, str) for a in value)
+        ):
             raise ConfigError(f"protocol {self.name}: attacks must be a non-empty list of attack names, got {value!r}")
         out: list[str] = []
         for a in value:
             try:
                 names = parse_attacks(a)
             except SpikeguardError:
-                raise ConfigError(f"protocol {self.name}: unknown attack {a!r} in attacks (see `spikeguard list "
-                                  "attacks`; e.g. fgsm, rfgsm, pgd40, apgd-ce, square)") from None
+                raise ConfigError(
+                    f"protocol {self.name}: unknown attack {a!r} in attacks (see `spikeguard list "
+                    "attacks`; e.g. fgsm, rfgsm, pgd40, apgd-ce, square)"
+                ) from None
             out += [n for n in names if n not in out]
         return tuple(out)
 
 
 PAPER = Protocol(
-    name="paper", tag="P",
+    name="paper",
+    tag="P",
     description="the paper's evaluation: eps 8/255, step 0.01; Noisy-LIF attacked with one noisy pass per gradient "
-                "and judged on one fresh pass (no EoT, as Table 1 appears to have been run); APGD/MTPGD with EoT "
-                "as in Table 3",
+    "and judged on one fresh pass (no EoT, as Table 1 appears to have been run); APGD/MTPGD with EoT "
+    "as in Table 3",
     groups=(
-        EvalGroup("single-pass", ("fgsm", "rfgsm", "pgd7", "pgd10", "pgd20", "pgd40"), eot=1, passes=1, individual=True,
-                  note="As the paper's Table 1 appears to have been run: one noisy pass per gradient, one "
-                       "fresh pass for the verdict, no EoT"),
-        EvalGroup("table3-eot", ("apgd-ce10", "mtpgd10"), eot=8, passes=1, individual=True,
-                  note="As Table 3: EoT for the gradient, one pass for the verdict"),
-    ))
+        EvalGroup(
+            "single-pass",
+            ("fgsm", "rfgsm", "pgd7", "pgd10", "pgd20", "pgd40"),
+            eot=1,
+            passes=1,
+            individual=True,
+            note="As the paper's Table 1 appears to have been run: one noisy pass per gradient, one "
+            "fresh pass for the verdict, no EoT",
+        ),
+        EvalGroup(
+            "table3-eot",
+            ("apgd-ce10", "mtpgd10"),
+            eot=8,
+            passes=1,
+            individual=True,
+            note="As Table 3: EoT for the gradient, one pass for the verdict",
+        ),
+    ),
+)
 
 STRONG = Protocol(
-    name="strong", tag="S",
+    name="strong",
+    tag="S",
     description="a strong evaluation: EoT and several judging passes (mean, 95% interval), adaptive and black-box "
-                "attacks, the noise-free twin and fixed noise, a surrogate-width ensemble, per-sample worst case "
-                "over every attack, and the gradient-masking audit; PGD steps follow eps",
+    "attacks, the noise-free twin and fixed noise, a surrogate-width ensemble, per-sample worst case "
+    "over every attack, and the gradient-masking audit; PGD steps follow eps",
     groups=(
-        EvalGroup("strong", ("fgsm", "rfgsm", "pgd10", "pgd40", "pgd50-r3", "apgd-ce", "apgd-dlr", "mtpgd", "square",
-                             "transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive", "assg", "sa-pgd",
-                             "pdsg", "apgd-t"),
-                  eot=8, passes=8, alpha=EPS_RULE, attack_kw={"sg-ensemble": {"members": WIDTH_SWEEP}}, audit=True,
-                  note="Per-sample worst case over every attack; sg-ensemble sweeps surrogate widths 0.25-2"),
-    ))
+        EvalGroup(
+            "strong",
+            (
+                "fgsm",
+                "rfgsm",
+                "pgd10",
+                "pgd40",
+                "pgd50-r3",
+                "apgd-ce",
+                "apgd-dlr",
+                "mtpgd",
+                "square",
+                "transfer",
+                "noise-free",
+                "fixed-noise",
+                "sg-ensemble",
+                "sg-adaptive",
+                "assg",
+                "sa-pgd",
+                "pdsg",
+                "apgd-t",
+            ),
+            eot=8,
+            passes=8,
+            alpha=EPS_RULE,
+            attack_kw={"sg-ensemble": {"members": WIDTH_SWEEP}},
+            audit=True,
+            note="Per-sample worst case over every attack; sg-ensemble sweeps surrogate widths 0.25-2",
+        ),
+    ),
+)
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (PAPER, STRONG)}
 
@@ -250,5 +315,16 @@ def get_protocol(name: str, overrides: Mapping[str, Any] | None = None) -> Proto
     return PROTOCOLS[name].with_overrides(overrides)
 
 
-__all__ = ["EvalGroup", "Protocol", "PAPER", "STRONG", "PROTOCOLS", "get_protocol", "WIDTH_SWEEP", "width_sweep", "SWEEP_WIDTHS", "PAPER_ALPHA",
-           "EPS_RULE"]
+__all__ = [
+    "EvalGroup",
+    "Protocol",
+    "PAPER",
+    "STRONG",
+    "PROTOCOLS",
+    "get_protocol",
+    "WIDTH_SWEEP",
+    "width_sweep",
+    "SWEEP_WIDTHS",
+    "PAPER_ALPHA",
+    "EPS_RULE",
+]

@@ -67,8 +67,7 @@ def _cuda_devices(device: torch.device | str | None) -> list[int | torch.device]
 
 
 @contextlib.contextmanager
-def seeded_rng(seed: int, device: torch.device | str | None = None,
-               model: nn.Module | None = None) -> Iterator[None]:
+def seeded_rng(seed: int, device: torch.device | str | None = None, model: nn.Module | None = None) -> Iterator[None]:
     """Seed torch (the CPU generator and every CUDA device's), NumPy, ``random`` and, with
     ``model``, every generator its modules hold (:func:`module_generators`, each from ``seed``
     and its position) inside the block; their states outside the block are restored on exit."""
@@ -138,22 +137,31 @@ class Randomness:
         if self.global_rng:
             parts.append("global generators (torch CPU and CUDA, NumPy, random) seeded per pass")
         if not self.controlled:
-            parts.append("some randomness is not repeated by that seeding: clean and attacked images are judged "
-                         "over independent passes (per-sample worst of the pass-averaged rates)")
+            parts.append(
+                "some randomness is not repeated by that seeding: clean and attacked images are judged "
+                "over independent passes (per-sample worst of the pass-averaged rates)"
+            )
         return "; ".join(parts) or "global generators (torch, NumPy, random) seeded per pass"
 
     def to_dict(self) -> dict:
-        return {"stochastic": self.stochastic, "detected": self.detected, "sources": list(self.sources),
-                "generators": list(self.generators), "controlled": self.controlled, "override": self.override,
-                "seeding": self.seeding, "trials": self.trials, "max_difference": self.max_difference}
+        return {
+            "stochastic": self.stochastic,
+            "detected": self.detected,
+            "sources": list(self.sources),
+            "generators": list(self.generators),
+            "controlled": self.controlled,
+            "override": self.override,
+            "seeding": self.seeding,
+            "trials": self.trials,
+            "max_difference": self.max_difference,
+        }
 
 
 def _differ(a: Tensor, b: Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
-def detect_randomness(model: nn.Module, x: Tensor, trials: int = 3, mode: str = "auto",
-                      seed: int = 0) -> Randomness:
+def detect_randomness(model: nn.Module, x: Tensor, trials: int = 3, mode: str = "auto", seed: int = 0) -> Randomness:
     """Run ``model`` ``trials`` times on ``x`` and compare the outputs.
 
     Noisy-LIF noise is recognised from the neurons (``noisy-lif``) and module generators from
@@ -194,8 +202,15 @@ def detect_randomness(model: nn.Module, x: Tensor, trials: int = 3, mode: str = 
         sources.append("uncontrolled")
     detected = bool(sources)
     stochastic = detected if mode == "auto" else mode == "stochastic"
-    return Randomness(stochastic=stochastic, sources=tuple(sources), generators=gens, detected=detected,
-                      override=None if mode == "auto" else mode, trials=trials, max_difference=diff)
+    return Randomness(
+        stochastic=stochastic,
+        sources=tuple(sources),
+        generators=gens,
+        detected=detected,
+        override=None if mode == "auto" else mode,
+        trials=trials,
+        max_difference=diff,
+    )
 
 
 @contextlib.contextmanager
@@ -232,8 +247,9 @@ def declared_randomness(model: nn.Module, mode: str = "auto") -> Randomness:
         raise SpikeguardError(f"randomness mode must be one of {', '.join(MODES)}, got {mode!r}")
     sources = ("noisy-lif",) if is_stochastic(model) else ()
     stochastic = bool(sources) if mode == "auto" else mode == "stochastic"
-    return Randomness(stochastic=stochastic, sources=sources, detected=bool(sources),
-                      override=None if mode == "auto" else mode)
+    return Randomness(
+        stochastic=stochastic, sources=sources, detected=bool(sources), override=None if mode == "auto" else mode
+    )
 
 
 __all__ = ["MODES", "Randomness", "declared_randomness", "detect_randomness", "module_generators", "seeded_rng"]

@@ -79,8 +79,13 @@ class Registry(Generic[T]):
         error: exception type of unknown-name errors (a :class:`SpikeguardError` subclass).
     """
 
-    def __init__(self, kind: str, *, normalize: Callable[[str], str] | None = None,
-                 error: type[SpikeguardError] = UnknownNameError) -> None:
+    def __init__(
+        self,
+        kind: str,
+        *,
+        normalize: Callable[[str], str] | None = None,
+        error: type[SpikeguardError] = UnknownNameError,
+    ) -> None:
         self.kind = kind
         self._normalize = normalize or (lambda s: str(s).strip().lower())
         self._error = error
@@ -88,8 +93,15 @@ class Registry(Generic[T]):
         self._aliases: dict[str, str] = {}
 
     # -- registering ---------------------------------------------------------------------------
-    def add(self, name: str, obj: T, *, aliases: tuple[str, ...] | list[str] = (), description: str | None = None,
-            **meta: Any) -> T:
+    def add(
+        self,
+        name: str,
+        obj: T,
+        *,
+        aliases: tuple[str, ...] | list[str] = (),
+        description: str | None = None,
+        **meta: Any,
+    ) -> T:
         """Register ``obj`` as ``name`` (see :meth:`register`); returns ``obj``.
 
         Raises:
@@ -98,8 +110,9 @@ class Registry(Generic[T]):
         for key in (name, *aliases):
             owner = self._owner(key)
             if owner is not None:
-                raise ValueError(f"{self.kind} {key!r} is registered twice: by {_origin(owner.obj)} and by "
-                                 f"{_origin(obj)}")
+                raise ValueError(
+                    f"{self.kind} {key!r} is registered twice: by {_origin(owner.obj)} and by {_origin(obj)}"
+                )
         if len(set((name, *aliases))) != 1 + len(aliases):
             raise ValueError(f"{self.kind} {name!r}: a name or alias is repeated in {(name, *aliases)}")
         desc = summary(obj) if description is None else description
@@ -107,8 +120,9 @@ class Registry(Generic[T]):
         self._aliases.update({a: name for a in aliases})
         return obj
 
-    def register(self, name: str, *, aliases: tuple[str, ...] | list[str] = (), description: str | None = None,
-                 **meta: Any) -> Callable[[E], E]:
+    def register(
+        self, name: str, *, aliases: tuple[str, ...] | list[str] = (), description: str | None = None, **meta: Any
+    ) -> Callable[[E], E]:
         """Decorator: register the decorated class or function as ``name``.
 
         Args:

@@ -34,12 +34,16 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise SpikeguardError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            why = ("this torch build has no CUDA (torch " + torch.__version__ + ")" if torch.version.cuda is None
-                   else "no CUDA GPU is visible")
+            why = (
+                "this torch build has no CUDA (torch " + torch.__version__ + ")"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible"
+            )
             raise SpikeguardError(f"device {name!r} is not available: {why}; use --device cpu (or auto)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SpikeguardError(f"device {name!r} is not available: this machine has {torch.cuda.device_count()} "
-                                  "CUDA device(s)")
+            raise SpikeguardError(
+                f"device {name!r} is not available: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise SpikeguardError(f"device {name!r} is not available on this machine; use --device cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
@@ -53,8 +57,10 @@ def eps_label(eps: float) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
 
 
-EPS_HELP = ("8/255 or 0.0314 (a fraction of the [0, 1] pixel range; 1.0 = all of it) or 8 (a whole number "
-            "counts pixel levels: 8 = 8/255)")
+EPS_HELP = (
+    "8/255 or 0.0314 (a fraction of the [0, 1] pixel range; 1.0 = all of it) or 8 (a whole number "
+    "counts pixel levels: 8 = 8/255)"
+)
 
 
 def parse_eps(text: str) -> float:

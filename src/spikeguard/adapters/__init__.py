@@ -87,5 +87,13 @@ def base_surrogate(module: nn.Module):
     raise ValueError(f"{type(module).__name__} is not an adapted neuron")
 
 
-__all__ = ["ADAPTERS", "ForeignNeuron", "NeuronAdapter", "SpikeHook", "base_surrogate", "foreign_neurons",
-           "foreign_recording", "foreign_surrogate"]
+__all__ = [
+    "ADAPTERS",
+    "ForeignNeuron",
+    "NeuronAdapter",
+    "SpikeHook",
+    "base_surrogate",
+    "foreign_neurons",
+    "foreign_recording",
+    "foreign_surrogate",
+]

@@ -22,8 +22,7 @@ class SpikeHook(nn.Module):
     neuron: nn.Module
     threshold: Callable[[], Any]
 
-    def __init__(self, original: Callable[[Tensor], Tensor], neuron: nn.Module,
-                 threshold: Callable[[], Any]) -> None:
+    def __init__(self, original: Callable[[Tensor], Tensor], neuron: nn.Module, threshold: Callable[[], Any]) -> None:
         super().__init__()
         # plain attributes, not child modules: the model's module tree stays as it was
         object.__setattr__(self, "original", original)

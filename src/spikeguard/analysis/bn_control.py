@@ -48,15 +48,16 @@ def bn_rescaled(model: nn.Module, k: float, v_threshold: float | None = None) ->
 
 
 @torch.no_grad()
-def _first_step_spikes_and_share(model: nn.Module, images: Tensor, v_threshold: float, delta: float,
-                                 batch_size: int) -> tuple[list[Tensor], float]:
+def _first_step_spikes_and_share(
+    model: nn.Module, images: Tensor, v_threshold: float, delta: float, batch_size: int
+) -> tuple[list[Tensor], float]:
     first: list[list[Tensor]] = []
     near: float = 0
     total = 0
     with noise_enabled(model, False):  # spikes compared without noise; the share is the noise-free twin's
         for i in range(0, len(images), batch_size):
             with record_potentials(model, detach=True) as rec:
-                model(images[i:i + batch_size])
+                model(images[i : i + batch_size])
             pots = rec.potentials
             if not first:
                 first = [[] for _ in pots]
@@ -69,9 +70,19 @@ def _first_step_spikes_and_share(model: nn.Module, images: Tensor, v_threshold: 
     return [torch.cat(s) for s in first], near / total if total else float("nan")
 
 
-def bn_rescale_control(model: nn.Module, images: Tensor, labels: Tensor, k: float = 3.0, *, delta: float = 0.5,
-                       attack: str | None = "pgd10", eps: float = 8 / 255, alpha: float = 0.01, seed: int = 0,
-                       batch_size: int = 128) -> dict:
+def bn_rescale_control(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    k: float = 3.0,
+    *,
+    delta: float = 0.5,
+    attack: str | None = "pgd10",
+    eps: float = 8 / 255,
+    alpha: float = 0.01,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> dict:
     """Share, clean and attacked accuracy of ``model`` and of its BN-rescaled twin.
 
     Args:
@@ -101,20 +112,28 @@ def bn_rescale_control(model: nn.Module, images: Tensor, labels: Tensor, k: floa
     s1, share1 = _first_step_spikes_and_share(twin, images, vth, delta, batch_size)
     same = sum(int((a == b).sum()) for a, b in zip(s0, s1, strict=True))
     count = sum(a.numel() for a in s0)
-    out: dict[str, Any] = {"k": float(k), "delta": float(delta), "share": share0, "share_rescaled": share1,
-           "t0_spikes_equal": same / count if count else float("nan"),
-           "first_layer_t0_equal": float((s0[0] == s1[0]).float().mean()) if s0 else float("nan"),
-           "n_samples": int(len(labels))}
+    out: dict[str, Any] = {
+        "k": float(k),
+        "delta": float(delta),
+        "share": share0,
+        "share_rescaled": share1,
+        "t0_spikes_equal": same / count if count else float("nan"),
+        "first_layer_t0_equal": float((s0[0] == s1[0]).float().mean()) if s0 else float("nan"),
+        "n_samples": int(len(labels)),
+    }
     for key, net in (("", model), ("_rescaled", twin)):
         if attack:
-            rep = evaluate_robustness(net, images, labels, [attack], eps=eps, alpha=alpha, seed=seed,
-                                      batch_size=batch_size)
+            rep = evaluate_robustness(
+                net, images, labels, [attack], eps=eps, alpha=alpha, seed=seed, batch_size=batch_size
+            )
             out[f"clean{key}"] = rep.accuracy("clean")
             out[f"attacked{key}"] = rep.accuracy(rep.ordered_names()[0]) if rep.results else None
         else:
             with torch.inference_mode():
-                hits = sum(int((net(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-                           for i in range(0, len(labels), batch_size))
+                hits = sum(
+                    int((net(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+                    for i in range(0, len(labels), batch_size)
+                )
             out[f"clean{key}"] = hits / max(len(labels), 1)
     if attack:
         out["attack"] = attack

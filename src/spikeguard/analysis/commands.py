@@ -45,30 +45,60 @@ def _tensors(ds: ImageDataset, n: int = 0, device: torch.device | str = "cpu") -
     return sub.float_images().to(device), sub.labels.to(device)
 
 
-def run_membrane(models: Models, ds: ImageDataset, out: str | os.PathLike, *, delta: float = 0.5,
-                 v_threshold: float = 1.0, bins: int = 120, lo: float = -2.0, hi: float = 3.0,
-                 baseline: str | None = None, seed: int = 0, device: torch.device | str = "cpu",
-                 formats: str | Sequence[str] | None = None, title: str = "") -> dict:
+def run_membrane(
+    models: Models,
+    ds: ImageDataset,
+    out: str | os.PathLike,
+    *,
+    delta: float = 0.5,
+    v_threshold: float = 1.0,
+    bins: int = 120,
+    lo: float = -2.0,
+    hi: float = 3.0,
+    baseline: str | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    formats: str | Sequence[str] | None = None,
+    title: str = "",
+) -> dict:
     """Histograms (overall + per layer), near-threshold bars, shares and reductions."""
     _check(models)
     out = ensure_dir(out)
-    hists = {n: _mem.potential_histogram(m, ds, bins, lo, hi, v_threshold, delta, device=device, seed=seed)
-             for n, m in models.items()}
+    hists = {
+        n: _mem.potential_histogram(m, ds, bins, lo, hi, v_threshold, delta, device=device, seed=seed)
+        for n, m in models.items()
+    }
     summary = _mem.membrane_summary(hists, baseline)
     files = _mem.plot_potential_histograms(hists, str(out / "membrane.png"), title, formats=formats)
     files += _mem.plot_layer_histograms(hists, out / "membrane_layers.png", title, formats=formats)
     files += _mem.plot_near_threshold_bars(hists, out / "membrane_near_threshold.png", title, formats=formats)
     _mem.write_membrane_csv(hists, out / "membrane.csv")
-    summary.update(dataset=ds.name, num_samples=len(ds), seed=seed,
-                   files=_paths(files) + [str(out / "membrane.csv"), str(out / "membrane.json")])
+    summary.update(
+        dataset=ds.name,
+        num_samples=len(ds),
+        seed=seed,
+        files=_paths(files) + [str(out / "membrane.csv"), str(out / "membrane.json")],
+    )
     atomic_write_json(out / "membrane.json", summary)
     return summary
 
 
-def run_gradients(models: Models, ds: ImageDataset, out: str | os.PathLike, *, images: int = 6,
-                  indices: Sequence[int] | None = None, n: int = 0, rel_tol: float = 0.01, samples: int = 1,
-                  shared_scale: bool = True, seed: int = 0, device: torch.device | str = "cpu",
-                  formats: str | Sequence[str] | None = None, title: str = "") -> dict:
+def run_gradients(
+    models: Models,
+    ds: ImageDataset,
+    out: str | os.PathLike,
+    *,
+    images: int = 6,
+    indices: Sequence[int] | None = None,
+    n: int = 0,
+    rel_tol: float = 0.01,
+    samples: int = 1,
+    shared_scale: bool = True,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    formats: str | Sequence[str] | None = None,
+    title: str = "",
+) -> dict:
     """Heatmaps of the input gradient (true-class logit and loss) and sparsity over ``n`` images."""
     _check(models)
     out = ensure_dir(out)
@@ -91,37 +121,74 @@ def run_gradients(models: Models, ds: ImageDataset, out: str | os.PathLike, *, i
                 grads[name] = _grad.input_gradients(m, x, y, target, samples)
         what = "true-class logit" if target == "logit" else "cross-entropy loss"
         files += _grad.plot_gradient_heatmaps(
-            x, grads, out / f"gradients_{target}.png", labels=[f"class {c}" for c in names],
-            title=title or f"Input gradient of the {what}", shared_scale=shared_scale, rel_tol=rel_tol,
-            formats=formats)
+            x,
+            grads,
+            out / f"gradients_{target}.png",
+            labels=[f"class {c}" for c in names],
+            title=title or f"Input gradient of the {what}",
+            shared_scale=shared_scale,
+            rel_tol=rel_tol,
+            formats=formats,
+        )
     sub = ds.subset(n, seed) if n and n < len(ds) else ds
-    metrics = {t: {name: _grad.gradient_sparsity(m, sub, t, rel_tol, samples, device=device, seed=seed)
-                   for name, m in models.items()} for t in _grad.TARGETS}
+    metrics = {
+        t: {
+            name: _grad.gradient_sparsity(m, sub, t, rel_tol, samples, device=device, seed=seed)
+            for name, m in models.items()
+        }
+        for t in _grad.TARGETS
+    }
     files += _grad.plot_sparsity_bars(metrics, out / "gradient_sparsity.png", formats=formats)
     names_list = list(models)
     ratios = {}
     if len(names_list) >= 2:
-        ratios = {t: {o: _grad.sparsity_ratio(metrics[t][names_list[0]], metrics[t][o]) for o in names_list[1:]}
-                  for t in _grad.TARGETS}
+        ratios = {
+            t: {o: _grad.sparsity_ratio(metrics[t][names_list[0]], metrics[t][o]) for o in names_list[1:]}
+            for t in _grad.TARGETS
+        }
     lines = ["target,model,near_zero,zero,l1_l2,l1_l2_normalized,gini,all_zero_share,num_samples"]
     for t, per in metrics.items():
         for name, s in per.items():
-            lines.append(f"{t},{name},{s['near_zero']:.6g},{s['zero']:.6g},{s['l1_l2']:.6g},"
-                         f"{s['l1_l2_normalized']:.6g},{s['gini']:.6g},{s['all_zero_share']:.6g},{s['num_samples']}")
+            lines.append(
+                f"{t},{name},{s['near_zero']:.6g},{s['zero']:.6g},{s['l1_l2']:.6g},"
+                f"{s['l1_l2_normalized']:.6g},{s['gini']:.6g},{s['all_zero_share']:.6g},{s['num_samples']}"
+            )
     atomic_write_text(out / "gradients.csv", "\n".join(lines) + "\n")
-    summary = {"analysis": "gradients", "dataset": ds.name, "num_samples": len(sub), "rel_tol": rel_tol,
-               "samples": samples, "heatmap_indices": idx.tolist(), "metrics": metrics,
-               "sparsity_ratio_vs_first": ratios, "baseline": names_list[0],
-               "files": _paths(files) + [str(out / "gradients.csv"), str(out / "gradients.json")]}
+    summary = {
+        "analysis": "gradients",
+        "dataset": ds.name,
+        "num_samples": len(sub),
+        "rel_tol": rel_tol,
+        "samples": samples,
+        "heatmap_indices": idx.tolist(),
+        "metrics": metrics,
+        "sparsity_ratio_vs_first": ratios,
+        "baseline": names_list[0],
+        "files": _paths(files) + [str(out / "gradients.csv"), str(out / "gradients.json")],
+    }
     atomic_write_json(out / "gradients.json", summary)
     return summary
 
 
-def run_landscape(models: Models, ds: ImageDataset, out: str | os.PathLike, *, n: int = 256, steps: int = 21,
-                  span: float = 1.0, eps: float = 8 / 255, alpha: float | None = None, include_bn: bool = False,
-                  line_span: float = 2.0, line_steps: int = 41, seed: int = 0,
-                  device: torch.device | str = "cpu", formats: str | Sequence[str] | None = None,
-                  progress: bool = False, title: str = "") -> dict:
+def run_landscape(
+    models: Models,
+    ds: ImageDataset,
+    out: str | os.PathLike,
+    *,
+    n: int = 256,
+    steps: int = 21,
+    span: float = 1.0,
+    eps: float = 8 / 255,
+    alpha: float | None = None,
+    include_bn: bool = False,
+    line_span: float = 2.0,
+    line_steps: int = 41,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    formats: str | Sequence[str] | None = None,
+    progress: bool = False,
+    title: str = "",
+) -> dict:
     """Parameter-space landscapes on clean and RFGSM data (contour + 3-D) and the input-space line."""
     _check(models)
     out = ensure_dir(out)
@@ -136,31 +203,59 @@ def run_landscape(models: Models, ds: ImageDataset, out: str | os.PathLike, *, n
     files = _land.plot_landscape_contours(surfaces, out / "landscape_contour.png", title=title, formats=formats)
     files += _land.plot_landscape_surfaces(surfaces, out / "landscape_surface.png", title=title, formats=formats)
     files += _land.plot_input_lines(lines, out / "landscape_input.png", formats=formats)
-    summary = {"analysis": "landscape", "dataset": ds.name, "num_samples": int(len(x)), "eps": eps,
-               "eps_label": eps_label(eps), "steps": steps, "span": span, "include_bn": include_bn,
-               "surfaces": {d: {k: s.to_dict() for k, s in per.items()} for d, per in surfaces.items()},
-               "input_line": lines, "files": _paths(files) + [str(out / "landscape.json")]}
+    summary = {
+        "analysis": "landscape",
+        "dataset": ds.name,
+        "num_samples": int(len(x)),
+        "eps": eps,
+        "eps_label": eps_label(eps),
+        "steps": steps,
+        "span": span,
+        "include_bn": include_bn,
+        "surfaces": {d: {k: s.to_dict() for k, s in per.items()} for d, per in surfaces.items()},
+        "input_line": lines,
+        "files": _paths(files) + [str(out / "landscape.json")],
+    }
     atomic_write_json(out / "landscape.json", summary)
     return summary
 
 
-def run_flip(models: Models, ds: ImageDataset | None, out: str | os.PathLike, *,
-             sigmas: Sequence[float] = (0.3, math.sqrt(0.4), 1.0), draws: int = 20000, max_distance: float = 2.5,
-             eps: float = 2 / 255, perturbation: str = "fgsm", noise: str = "fixed", n: int = 0, bins: int = 20,
-             v_threshold: float = 1.0, seed: int = 0, device: torch.device | str = "cpu",
-             formats: str | Sequence[str] | None = None, title: str = "") -> dict:
+def run_flip(
+    models: Models,
+    ds: ImageDataset | None,
+    out: str | os.PathLike,
+    *,
+    sigmas: Sequence[float] = (0.3, math.sqrt(0.4), 1.0),
+    draws: int = 20000,
+    max_distance: float = 2.5,
+    eps: float = 2 / 255,
+    perturbation: str = "fgsm",
+    noise: str = "fixed",
+    n: int = 0,
+    bins: int = 20,
+    v_threshold: float = 1.0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    formats: str | Sequence[str] | None = None,
+    title: str = "",
+) -> dict:
     """Closed form vs Monte Carlo (always) and measured flip rates of ``models`` (if any)."""
     out = ensure_dir(out)
     theory = _flip.flip_theory(sigmas, max_distance, 26, draws, seed)
-    files = _flip.plot_flip_theory(theory, out / "flip_theory.png", title=title, v_threshold=v_threshold,
-                                   formats=formats)
+    files = _flip.plot_flip_theory(
+        theory, out / "flip_theory.png", title=title, v_threshold=v_threshold, formats=formats
+    )
     summary: dict = {"analysis": "flip", "theory": theory}
     if models:
         if ds is None:
             raise ConfigError("measuring flip rates needs test data")
         sub = ds.subset(n, seed) if n and n < len(ds) else ds
-        measured = {name: _flip.measure_flip_rates(m, sub, eps, perturbation, noise, bins, 2.0, v_threshold,
-                                                   seed, device=device) for name, m in models.items()}
+        measured = {
+            name: _flip.measure_flip_rates(
+                m, sub, eps, perturbation, noise, bins, 2.0, v_threshold, seed, device=device
+            )
+            for name, m in models.items()
+        }
         files += _flip.plot_flip_rates(measured, out / "flip_rates.png", title=title, formats=formats)
         names = list(measured)
         summary["measured"] = {k: v.to_dict() for k, v in measured.items()}
@@ -169,7 +264,8 @@ def run_flip(models: Models, ds: ImageDataset | None, out: str | os.PathLike, *,
         if len(names) >= 2:
             b = measured[names[0]].overall_rate
             summary["flip_rate_reduction_vs_first"] = {
-                o: (b - measured[o].overall_rate) / b if b else float("nan") for o in names[1:]}
+                o: (b - measured[o].overall_rate) / b if b else float("nan") for o in names[1:]
+            }
         lines = ["model,bin_lo,bin_hi,neurons,flips,rate"]
         for name, r in measured.items():
             e = list(r.edges) + [math.inf]
@@ -183,10 +279,23 @@ def run_flip(models: Models, ds: ImageDataset | None, out: str | os.PathLike, *,
     return summary
 
 
-def run_jacobian(models: Models, ds: ImageDataset, out: str | os.PathLike, *, n: int = 128, iters: int = 20,
-                 method: str = "auto", projections: int | None = None, attack: str = "fgsm", eps: float = 8 / 255,
-                 steps: int = 10, seed: int = 0, device: torch.device | str = "cpu",
-                 formats: str | Sequence[str] | None = None, title: str = "") -> dict:
+def run_jacobian(
+    models: Models,
+    ds: ImageDataset,
+    out: str | os.PathLike,
+    *,
+    n: int = 128,
+    iters: int = 20,
+    method: str = "auto",
+    projections: int | None = None,
+    attack: str = "fgsm",
+    eps: float = 8 / 255,
+    steps: int = 10,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    formats: str | Sequence[str] | None = None,
+    title: str = "",
+) -> dict:
     """Per-sample Jacobian norms and the first-order bound under ``attack`` at ``eps``."""
     from ..attacks import FGSM, PGD
 
@@ -207,34 +316,54 @@ def run_jacobian(models: Models, ds: ImageDataset, out: str | os.PathLike, *, n:
             checks[name] = _jac.bound_check(m, x, y, atk, iters, seed, method=method)
         summ[name] = _jac.summarize_bound(checks[name]) | {
             "median_frobenius": float(torch.tensor(norms[name]["frobenius"]).median()),
-            "mean_spectral": float(norms[name]["spectral"].mean())}
+            "mean_spectral": float(norms[name]["spectral"].mean()),
+        }
     label = f"{attack.upper()} eps = {eps_label(eps)}"
     files = _jac.plot_jacobian(norms, checks, out / "jacobian.png", title=title, attack_label=label, formats=formats)
     lines = ["model,sample,spectral,frobenius,actual,linear,bound"]
     for name in models:
         for i in range(len(x)):
             c = checks[name]
-            lines.append(f"{name},{i},{norms[name]['spectral'][i]:.6g},{norms[name]['frobenius'][i]:.6g},"
-                         f"{c['actual'][i]:.6g},{c['linear'][i]:.6g},{c['bound'][i]:.6g}")
+            lines.append(
+                f"{name},{i},{norms[name]['spectral'][i]:.6g},{norms[name]['frobenius'][i]:.6g},"
+                f"{c['actual'][i]:.6g},{c['linear'][i]:.6g},{c['bound'][i]:.6g}"
+            )
     atomic_write_text(out / "jacobian.csv", "\n".join(lines) + "\n")
-    summary = {"analysis": "jacobian", "dataset": ds.name, "num_samples": int(len(x)), "attack": label,
-               "method": method, "iters": iters, "projections": projections, "summary": summ,
-               "files": _paths(files) + [str(out / "jacobian.csv"), str(out / "jacobian.json")]}
+    summary = {
+        "analysis": "jacobian",
+        "dataset": ds.name,
+        "num_samples": int(len(x)),
+        "attack": label,
+        "method": method,
+        "iters": iters,
+        "projections": projections,
+        "summary": summ,
+        "files": _paths(files) + [str(out / "jacobian.csv"), str(out / "jacobian.json")],
+    }
     atomic_write_json(out / "jacobian.json", summary)
     return summary
 
 
-def run_sweep(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, attack: str | None = None,
-              lambda_eps: float | None = None, formats: str | Sequence[str] | None = None, title: str = "",
-              reference: str | None = None, merge: bool = False) -> dict:
+def run_sweep(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    attack: str | None = None,
+    lambda_eps: float | None = None,
+    formats: str | Sequence[str] | None = None,
+    title: str = "",
+    reference: str | None = None,
+    merge: bool = False,
+) -> dict:
     """Robust accuracy vs eps and vs lambda_max from result files, plus a Markdown table of every
     (eps, attack) per model with its sample count (``sweep_table.md``; deltas to ``reference`` when
     given). Results of different provenance get rows of their own unless ``merge`` (then
     ``summary["merged"]`` says, per model, which groups share its row)."""
     records, merged = _sweep.split_rows(_sweep.load_sweep_records(paths), merge)
     out = ensure_dir(out)
-    files = _sweep.plot_sweep(records, out / "sweep.png", attack=attack, lambda_eps=lambda_eps, title=title,
-                              formats=formats)
+    files = _sweep.plot_sweep(
+        records, out / "sweep.png", attack=attack, lambda_eps=lambda_eps, title=title, formats=formats
+    )
     _sweep.write_records_csv(records, out / "sweep.csv")
     summary = _sweep.sweep_summary(records, attack)
     summary["table"] = _sweep.accuracy_table(records, reference)

@@ -51,8 +51,9 @@ def flip_probability(distance: np.ndarray | float, sigma: float) -> np.ndarray:
     return 0.5 * np.vectorize(math.erfc)(d / (sigma * math.sqrt(2.0)))
 
 
-def monte_carlo_flip(distances: np.ndarray, sigma: float, draws: int = 20000, seed: int = 0,
-                     v_threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def monte_carlo_flip(
+    distances: np.ndarray, sigma: float, draws: int = 20000, seed: int = 0, v_threshold: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Empirical flip probability of a real ``NoisyLIF`` at ``U = V_th + distance``.
 
     One time step (so the neuron's pre-spike potential equals its input), ``draws``
@@ -71,8 +72,13 @@ def monte_carlo_flip(distances: np.ndarray, sigma: float, draws: int = 20000, se
     return p, np.sqrt(p * (1 - p) / draws)
 
 
-def flip_theory(sigmas: Sequence[float] = (0.3, math.sqrt(0.4), 1.0), max_distance: float = 2.5,
-                points: int = 26, draws: int = 20000, seed: int = 0) -> dict:
+def flip_theory(
+    sigmas: Sequence[float] = (0.3, math.sqrt(0.4), 1.0),
+    max_distance: float = 2.5,
+    points: int = 26,
+    draws: int = 20000,
+    seed: int = 0,
+) -> dict:
     """Closed form vs Monte Carlo for several sigma, on both sides of the threshold.
 
     Returns ``{"distance": [...], "sigmas": {sigma: {"closed_form", "mc_above", "mc_below",
@@ -95,15 +101,29 @@ def flip_theory(sigmas: Sequence[float] = (0.3, math.sqrt(0.4), 1.0), max_distan
         # rare event far in the tail does not count as a many-sigma deviation
         se = np.sqrt(np.maximum(cf * (1 - cf), 1.0 / draws) / draws)
         z = err / se
-        out["sigmas"][f"{s:.4g}"] = {"sigma": s, "closed_form": cf.tolist(), "mc_above": pa.tolist(),
-                                     "mc_below": pb.tolist(), "se_above": sa.tolist(), "se_below": sb.tolist(),
-                                     "max_abs_error": float(err.max()), "max_z": float(z.max())}
+        out["sigmas"][f"{s:.4g}"] = {
+            "sigma": s,
+            "closed_form": cf.tolist(),
+            "mc_above": pa.tolist(),
+            "mc_below": pb.tolist(),
+            "se_above": sa.tolist(),
+            "se_below": sb.tolist(),
+            "max_abs_error": float(err.max()),
+            "max_z": float(z.max()),
+        }
     return out
 
 
-def plot_flip_theory(theory: dict, path: str | os.PathLike, *, title: str = "",
-                     figsize: tuple[float, float] = (9.6, 3.6), dpi: int = 150, v_threshold: float = 1.0,
-                     formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_flip_theory(
+    theory: dict,
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    figsize: tuple[float, float] = (9.6, 3.6),
+    dpi: int = 150,
+    v_threshold: float = 1.0,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """Left: P_flip vs |U - V_th| (lines: Phi, markers: Monte Carlo above/below V_th).
     Right: firing-probability sensitivity dP/dU vs U for the same sigmas."""
     fig, axes = new_figure(figsize, dpi, 1, 2)
@@ -114,11 +134,18 @@ def plot_flip_theory(theory: dict, path: str | os.PathLike, *, title: str = "",
         s = r["sigma"]
         c = color(i)
         ax.plot(dist, r["closed_form"], color=c, label=f"sigma = {s:.3g}: Phi(-|U-V_th|/sigma)")
-        ax.plot(dist, r["mc_above"], "o", color=c, markersize=3.5, mfc="none",
-                label=f"Monte Carlo, U > V_th (max err {r['max_abs_error']:.4f})")
+        ax.plot(
+            dist,
+            r["mc_above"],
+            "o",
+            color=c,
+            markersize=3.5,
+            mfc="none",
+            label=f"Monte Carlo, U > V_th (max err {r['max_abs_error']:.4f})",
+        )
         ax.plot(dist, r["mc_below"], "x", color=c, markersize=3.5)
         z = (u - v_threshold) / s
-        ax2.plot(u, np.exp(-0.5 * z ** 2) / (s * math.sqrt(2 * math.pi)), color=c, label=f"sigma = {s:.3g}")
+        ax2.plot(u, np.exp(-0.5 * z**2) / (s * math.sqrt(2 * math.pi)), color=c, label=f"sigma = {s:.3g}")
     ax.plot([], [], "x", color="grey", label="Monte Carlo, U < V_th")
     ax.set_xlabel("|U - V_th|")
     ax.set_ylabel("P(flip)")
@@ -167,9 +194,15 @@ class FlipMeasurement:
         return {k: self.layer_flips[k] / n for k, n in self.layer_neurons.items() if n}
 
     def to_dict(self) -> dict:
-        return {"edges": self.edges.tolist(), "neurons": self.neurons.tolist(), "flips": self.flips.tolist(),
-                "rates": [None if math.isnan(r) else r for r in self.rates()], "overall_rate": self.overall_rate,
-                "layer_rates": self.layer_rates(), **self.info}
+        return {
+            "edges": self.edges.tolist(),
+            "neurons": self.neurons.tolist(),
+            "flips": self.flips.tolist(),
+            "rates": [None if math.isnan(r) else r for r in self.rates()],
+            "overall_rate": self.overall_rate,
+            "layer_rates": self.layer_rates(),
+            **self.info,
+        }
 
     as_dict = to_dict  # the name before 0.2 (result objects now all use to_dict)
 
@@ -180,8 +213,10 @@ def _spike_outputs(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
     store: dict[str, list[Tensor]] = {}
     handles = []
     for name, m in spiking_neurons(model):
+
         def hook(_mod, _inp, out, name=name):
             store.setdefault(name, []).append(out.detach())
+
         handles.append(m.register_forward_hook(hook))
     try:
         yield store
@@ -199,8 +234,15 @@ def _run(model: nn.Module, x: Tensor, noise: str, seed: int) -> tuple[dict[str, 
     return pots, {k: v[-1] for k, v in spikes.items()}
 
 
-def perturb(model: nn.Module, images: Tensor, labels: Tensor, eps: float, kind: str = "fgsm",
-            noise: str = "fixed", seed: int = 0) -> Tensor:
+def perturb(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    eps: float,
+    kind: str = "fgsm",
+    noise: str = "fixed",
+    seed: int = 0,
+) -> Tensor:
     """``clip(x + eps * s)``: ``s`` = sign of the loss gradient (``fgsm``) or a random sign."""
     if kind not in PERTURBATIONS:
         raise ConfigError(f"unknown perturbation {kind!r}; choose one of {', '.join(PERTURBATIONS)}")
@@ -217,9 +259,19 @@ def perturb(model: nn.Module, images: Tensor, labels: Tensor, eps: float, kind: 
     return (images + eps * s).clamp(0, 1).detach()
 
 
-def measure_flip_rates(model: nn.Module, ds: ImageDataset, eps: float = 2 / 255, perturbation: str = "fgsm",
-                       noise: str = "fixed", bins: int = 20, max_distance: float = 2.0, v_threshold: float = 1.0,
-                       seed: int = 0, batch_size: int = 128, device: torch.device | str = "cpu") -> FlipMeasurement:
+def measure_flip_rates(
+    model: nn.Module,
+    ds: ImageDataset,
+    eps: float = 2 / 255,
+    perturbation: str = "fgsm",
+    noise: str = "fixed",
+    bins: int = 20,
+    max_distance: float = 2.0,
+    v_threshold: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+) -> FlipMeasurement:
     """Flip rate of every neuron-time-step under a small perturbation, binned by clean ``|U - V_th|``.
 
     Args:
@@ -253,14 +305,25 @@ def measure_flip_rates(model: nn.Module, ds: ImageDataset, eps: float = 2 / 255,
             flips += torch.bincount(idx[flip], minlength=bins + 1).numpy()
             res.layer_neurons[name] = res.layer_neurons.get(name, 0) + dist.numel()
             res.layer_flips[name] = res.layer_flips.get(name, 0) + int(flip.sum())
-    res.info = {"eps": eps, "perturbation": perturbation, "noise": noise, "v_threshold": v_threshold,
-                "num_samples": len(ds)}
+    res.info = {
+        "eps": eps,
+        "perturbation": perturbation,
+        "noise": noise,
+        "v_threshold": v_threshold,
+        "num_samples": len(ds),
+    }
     return res
 
 
-def plot_flip_rates(measured: Mapping[str, FlipMeasurement], path: str | os.PathLike, *, title: str = "",
-                    figsize: tuple[float, float] = (9.6, 3.6), dpi: int = 150,
-                    formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_flip_rates(
+    measured: Mapping[str, FlipMeasurement],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    figsize: tuple[float, float] = (9.6, 3.6),
+    dpi: int = 150,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """Left: flip rate vs clean |U - V_th| per model. Right: share of neuron-time-steps per
     distance bin (where the models keep their potentials)."""
     if not measured:
@@ -274,21 +337,42 @@ def plot_flip_rates(measured: Mapping[str, FlipMeasurement], path: str | os.Path
     for i, (m, r) in enumerate(measured.items()):
         rates = r.rates()
         ok = ~np.isnan(rates) & (rates > 0)
-        ax.plot(centers[ok], rates[ok], "o-", color=color(i), markersize=3,
-                label=f"{m}: overall {100 * r.overall_rate:.2f}%")
+        ax.plot(
+            centers[ok],
+            rates[ok],
+            "o-",
+            color=color(i),
+            markersize=3,
+            label=f"{m}: overall {100 * r.overall_rate:.2f}%",
+        )
         share = r.neurons / max(int(r.neurons.sum()), 1)
-        ax2.bar(centers + (i - (len(measured) - 1) / 2) * width / len(measured), share, width / len(measured),
-                color=color(i), label=m)
+        ax2.bar(
+            centers + (i - (len(measured) - 1) / 2) * width / len(measured),
+            share,
+            width / len(measured),
+            color=color(i),
+            label=m,
+        )
     ax.set_yscale("log")
     ax.set_xlabel(f"clean |U - V_th|  (last point: beyond {e[-1]:.3g})", fontsize=8)
     ax.set_ylabel("flip rate of the spike state")
     info = first.info
-    ax.set_title(f"Spike flips under {info.get('perturbation', '')} eps = {255 * info.get('eps', 0):.3g}/255 "
-                 f"(noise {info.get('noise', '')})", fontsize=9)
+    ax.set_title(
+        f"Spike flips under {info.get('perturbation', '')} eps = {255 * info.get('eps', 0):.3g}/255 "
+        f"(noise {info.get('noise', '')})",
+        fontsize=9,
+    )
     ax.legend(fontsize=7)
     top = max(r.neurons[-1] / max(int(r.neurons.sum()), 1) for r in measured.values())
-    ax2.annotate(f"> {e[-1]:g}", (centers[-1], top), xytext=(0, 2), textcoords="offset points",
-                 ha="center", va="bottom", fontsize=7)
+    ax2.annotate(
+        f"> {e[-1]:g}",
+        (centers[-1], top),
+        xytext=(0, 2),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=7,
+    )
     ax2.margins(y=0.08)
     ax2.set_xlabel("clean |U - V_th|", fontsize=8)
     ax2.set_ylabel("share of neuron-time-steps")

@@ -38,8 +38,9 @@ from .plotting import new_figure, save_figure
 TARGETS = ("logit", "loss")
 
 
-def input_gradients(model: nn.Module, images: Tensor, labels: Tensor, target: str = "logit",
-                    samples: int = 1) -> Tensor:
+def input_gradients(
+    model: nn.Module, images: Tensor, labels: Tensor, target: str = "logit", samples: int = 1
+) -> Tensor:
     """Gradient w.r.t. the input of the true-class logit (``target="logit"``) or of the
     per-sample cross-entropy (``"loss"``), ``[B, C, H, W]``.
 
@@ -93,7 +94,7 @@ def sparsity_per_sample(grads: Tensor, rel_tol: float = 0.01) -> dict[str, Tenso
         "near_zero": torch.where(all_zero, torch.ones_like(l1), (a <= rel_tol * mx).double().mean(1)),
         "zero": (a == 0).double().mean(1),
         "l1_l2": ratio,
-        "l1_l2_normalized": ratio / d ** 0.5,
+        "l1_l2_normalized": ratio / d**0.5,
         "gini": torch.where(all_zero, nan, gini(g)),
         "l2": l2,
         "all_zero": all_zero.double(),
@@ -115,9 +116,16 @@ def summarize_sparsity(per_sample: Mapping[str, Tensor]) -> dict[str, float]:
     return out
 
 
-def gradient_sparsity(model: nn.Module, ds: ImageDataset, target: str = "logit", rel_tol: float = 0.01,
-                      samples: int = 1, batch_size: int = 128, device: torch.device | str = "cpu",
-                      seed: int | None = None) -> dict[str, float]:
+def gradient_sparsity(
+    model: nn.Module,
+    ds: ImageDataset,
+    target: str = "logit",
+    rel_tol: float = 0.01,
+    samples: int = 1,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    seed: int | None = None,
+) -> dict[str, float]:
     """Sparsity metrics of the input gradient over a whole split, averaged over samples."""
     parts: dict[str, list[Tensor]] = {}
     ctx = noise_seed(model, seed) if seed is not None else contextlib.nullcontext()
@@ -135,11 +143,15 @@ def gradient_sparsity(model: nn.Module, ds: ImageDataset, target: str = "logit",
 def sparsity_ratio(base: Mapping[str, float], other: Mapping[str, float]) -> dict[str, float]:
     """How much sparser ``other`` is than ``base``: ``other / base`` for ``near_zero`` and
     ``gini`` (>1 = sparser), ``base / other`` for ``l1_l2`` (>1 = sparser)."""
+
     def div(a: float, b: float) -> float:
         return a / b if b else float("nan")
 
-    return {"near_zero": div(other["near_zero"], base["near_zero"]), "gini": div(other["gini"], base["gini"]),
-            "l1_l2": div(base["l1_l2"], other["l1_l2"])}
+    return {
+        "near_zero": div(other["near_zero"], base["near_zero"]),
+        "gini": div(other["gini"], base["gini"]),
+        "l1_l2": div(base["l1_l2"], other["l1_l2"]),
+    }
 
 
 def _heat(g: Tensor) -> np.ndarray:
@@ -147,10 +159,19 @@ def _heat(g: Tensor) -> np.ndarray:
     return g.detach().float().sum(0).cpu().numpy()
 
 
-def plot_gradient_heatmaps(images: Tensor, grads: Mapping[str, Tensor], path: str | os.PathLike, *,
-                           labels: Sequence[str] | None = None, title: str = "", shared_scale: bool = True,
-                           rel_tol: float = 0.01, cell: float = 1.6, dpi: int = 150,
-                           formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_gradient_heatmaps(
+    images: Tensor,
+    grads: Mapping[str, Tensor],
+    path: str | os.PathLike,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+    shared_scale: bool = True,
+    rel_tol: float = 0.01,
+    cell: float = 1.6,
+    dpi: int = 150,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """Rows = images; columns = the image, then one signed gradient heatmap per model.
 
     ``shared_scale``: one symmetric colour range per row (magnitudes comparable across
@@ -201,9 +222,15 @@ def plot_gradient_heatmaps(images: Tensor, grads: Mapping[str, Tensor], path: st
     return save_figure(fig, path, formats)
 
 
-def plot_sparsity_bars(summaries: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | os.PathLike, *,
-                       title: str = "", figsize: tuple[float, float] = (7.2, 2.8), dpi: int = 150,
-                       formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_sparsity_bars(
+    summaries: Mapping[str, Mapping[str, Mapping[str, float]]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    figsize: tuple[float, float] = (7.2, 2.8),
+    dpi: int = 150,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """Bars of near-zero share, normalised L1/L2 and Gini; ``summaries[target][model] -> metrics``."""
     from .plotting import color
 
@@ -213,9 +240,11 @@ def plot_sparsity_bars(summaries: Mapping[str, Mapping[str, Mapping[str, float]]
     models: list[str] = []
     for t in targets:
         models += [m for m in summaries[t] if m not in models]
-    metrics = [("near_zero", "near-zero share (higher = sparser)"),
-               ("l1_l2_normalized", "L1 / (L2 sqrt(d)) (lower = sparser)"),
-               ("gini", "Gini index (higher = sparser)")]
+    metrics = [
+        ("near_zero", "near-zero share (higher = sparser)"),
+        ("l1_l2_normalized", "L1 / (L2 sqrt(d)) (lower = sparser)"),
+        ("gini", "Gini index (higher = sparser)"),
+    ]
     fig, axes = new_figure(figsize, dpi, 1, len(metrics))
     width = 0.8 / max(len(models), 1)
     for a, (key, label) in enumerate(metrics):

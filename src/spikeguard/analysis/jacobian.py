@@ -73,7 +73,7 @@ class Linearization:
 
     def __init__(self, model: nn.Module, x: Tensor, seed: int | None = 0, jvp: bool = False) -> None:
         self.x = x.detach().clone().requires_grad_(True)
-        with _noise(model, seed), (_loop_backend(model) if jvp else contextlib.nullcontext()):
+        with _noise(model, seed), _loop_backend(model) if jvp else contextlib.nullcontext():
             self.out = model(self.x)
         if self.out.dim() != 2:
             raise ConfigError(f"expected logits [B, K], got shape {tuple(self.out.shape)}")
@@ -117,8 +117,9 @@ def _gram_spectral(lin: Linearization) -> Tensor:
     return torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0).sqrt().float()
 
 
-def spectral_norm(model: nn.Module, x: Tensor, iters: int = 20, seed: int | None = 0,
-                  tol: float = 1e-4, method: str = "power") -> Tensor:
+def spectral_norm(
+    model: nn.Module, x: Tensor, iters: int = 20, seed: int | None = 0, tol: float = 1e-4, method: str = "power"
+) -> Tensor:
     """Per-sample spectral norm ``||J_x||_2`` ``[B]``.
 
     Args:
@@ -192,19 +193,34 @@ def exact_jacobian(model: nn.Module, x: Tensor, seed: int | None = 0) -> Tensor:
     return torch.stack(rows, 1)
 
 
-def jacobian_norms(model: nn.Module, images: Tensor, iters: int = 20, projections: int | None = None,
-                   seed: int = 0, batch_size: int = 64, method: str = "auto") -> dict[str, np.ndarray]:
+def jacobian_norms(
+    model: nn.Module,
+    images: Tensor,
+    iters: int = 20,
+    projections: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    method: str = "auto",
+) -> dict[str, np.ndarray]:
     """Spectral and Frobenius norms of the input Jacobian for every image (``[N]`` arrays)."""
     spec, frob = [], []
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
+        x = images[i : i + batch_size]
         spec.append(spectral_norm(model, x, iters, seed + i, method=method).cpu())
         frob.append(frobenius_norm(model, x, projections, seed + i).cpu())
     return {"spectral": torch.cat(spec).numpy(), "frobenius": torch.cat(frob).numpy()}
 
 
-def bound_check(model: nn.Module, images: Tensor, labels: Tensor, attack: Callable[[Tensor, Tensor], Tensor],
-                iters: int = 20, seed: int = 0, batch_size: int = 64, method: str = "auto") -> dict[str, np.ndarray]:
+def bound_check(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    attack: Callable[[Tensor, Tensor], Tensor],
+    iters: int = 20,
+    seed: int = 0,
+    batch_size: int = 64,
+    method: str = "auto",
+) -> dict[str, np.ndarray]:
     """Output change under an attack against the first-order prediction and bound, per sample.
 
     Returns arrays ``actual = ||f(x+d) - f(x)||_2``, ``linear = ||J_x d||_2``,
@@ -214,7 +230,7 @@ def bound_check(model: nn.Module, images: Tensor, labels: Tensor, attack: Callab
     keys = ("actual", "linear", "bound", "spectral", "delta_l2", "delta_linf")
     parts: dict[str, list[Tensor]] = {k: [] for k in keys}
     for i in range(0, len(images), batch_size):
-        x, y = images[i:i + batch_size], labels[i:i + batch_size]
+        x, y = images[i : i + batch_size], labels[i : i + batch_size]
         d = (attack(x, y) - x).detach()
         s = seed + i
         with torch.no_grad():
@@ -239,19 +255,29 @@ def summarize_bound(check: Mapping[str, np.ndarray]) -> dict[str, float]:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(b > 0, a / b, np.nan)
     return {
-        "median_actual": float(np.median(a)), "median_linear": float(np.median(lin)),
-        "median_bound": float(np.median(b)), "median_spectral": float(np.median(check["spectral"])),
+        "median_actual": float(np.median(a)),
+        "median_linear": float(np.median(lin)),
+        "median_bound": float(np.median(b)),
+        "median_spectral": float(np.median(check["spectral"])),
         "median_actual_over_bound": float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else float("nan"),
         "share_exceeding_bound": float(np.mean(a > b)),
-        "mean_delta_l2": float(np.mean(check["delta_l2"])), "max_delta_linf": float(np.max(check["delta_linf"])),
+        "mean_delta_l2": float(np.mean(check["delta_l2"])),
+        "max_delta_linf": float(np.max(check["delta_linf"])),
         "num_samples": int(len(a)),
     }
 
 
-def plot_jacobian(norms: Mapping[str, Mapping[str, np.ndarray]], checks: Mapping[str, Mapping[str, np.ndarray]],
-                  path: str | os.PathLike, *, title: str = "", attack_label: str = "attack",
-                  figsize: tuple[float, float] = (9.6, 3.8), dpi: int = 150,
-                  formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_jacobian(
+    norms: Mapping[str, Mapping[str, np.ndarray]],
+    checks: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    attack_label: str = "attack",
+    figsize: tuple[float, float] = (9.6, 3.8),
+    dpi: int = 150,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """Left: per-sample ``||J_x||_2`` distribution per model (log-x histogram).
     Right: actual output change vs the first-order bound ``||J|| ||d||`` (log-log; the line is y = x)."""
     if not norms:
@@ -280,8 +306,7 @@ def plot_jacobian(norms: Mapping[str, Mapping[str, np.ndarray]], checks: Mapping
             a, b = np.asarray(c["actual"]), np.asarray(c["bound"])
             ok = (a > 0) & (b > 0)
             share = float(np.mean(a > b))
-            ax2.scatter(b[ok], a[ok], s=6, alpha=0.5, color=color(i),
-                        label=f"{m}: {100 * share:.0f}% above bound")
+            ax2.scatter(b[ok], a[ok], s=6, alpha=0.5, color=color(i), label=f"{m}: {100 * share:.0f}% above bound")
             if ok.any():
                 lo_all, hi_all = min(lo_all, a[ok].min(), b[ok].min()), max(hi_all, a[ok].max(), b[ok].max())
         if np.isfinite(lo_all):

@@ -46,8 +46,15 @@ from .plotting import color, new_figure, save_figure
 # --------------------------------------------------------------------------------------------
 # RFGSM (Tramer et al., 2018)
 # --------------------------------------------------------------------------------------------
-def rfgsm_examples(model: nn.Module, images: Tensor, labels: Tensor, eps: float = 8 / 255,
-                   alpha: float | None = None, seed: int = 0, batch_size: int = 256) -> Tensor:
+def rfgsm_examples(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    eps: float = 8 / 255,
+    alpha: float | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> Tensor:
     """RFGSM adversarial examples (``alpha`` defaults to ``eps / 2``).
 
     Uses :class:`spikeguard.attacks.RFGSM`, seeded with ``seed`` without disturbing the
@@ -63,7 +70,7 @@ def rfgsm_examples(model: nn.Module, images: Tensor, labels: Tensor, eps: float 
     with torch.random.fork_rng(devices=[]):  # a seeded attack without disturbing the caller's RNG
         torch.manual_seed(seed)
         for i in range(0, len(images), batch_size):
-            out.append(attack(images[i:i + batch_size], labels[i:i + batch_size]))
+            out.append(attack(images[i : i + batch_size], labels[i : i + batch_size]))
     return torch.cat(out)
 
 
@@ -79,14 +86,15 @@ def _filter_norms(t: Tensor) -> Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
-def mean_loss(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 256,
-              seed: int | None = 0) -> tuple[float, float]:
+def mean_loss(
+    model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 256, seed: int | None = 0
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``images`` (noise from ``seed``)."""
     ctx = noise_seed(model, seed) if seed is not None else contextlib.nullcontext()
     total = correct = 0.0
     with torch.no_grad(), ctx:
         for i in range(0, len(images), batch_size):
-            x, y = images[i:i + batch_size], labels[i:i + batch_size]
+            x, y = images[i : i + batch_size], labels[i : i + batch_size]
             logits = model(x)
             total += float(F.cross_entropy(logits.double(), y, reduction="sum"))
             correct += float((logits.argmax(1) == y).sum())
@@ -94,8 +102,9 @@ def mean_loss(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int 
     return total / n, correct / n
 
 
-def landscape_directions(model: nn.Module, images: Tensor, labels: Tensor, seed: int = 0,
-                         include_bn: bool = False, batch_size: int = 256) -> tuple[list[Tensor], list[Tensor], dict]:
+def landscape_directions(
+    model: nn.Module, images: Tensor, labels: Tensor, seed: int = 0, include_bn: bool = False, batch_size: int = 256
+) -> tuple[list[Tensor], list[Tensor], dict]:
     """The two filter-normalised directions ``(d1 = gradient, d2 = random, orthogonal to d1)``.
 
     Returns the directions (one tensor per trainable parameter) and a dict with their
@@ -109,7 +118,7 @@ def landscape_directions(model: nn.Module, images: Tensor, labels: Tensor, seed:
     n = len(images)
     with ctx:
         for i in range(0, n, batch_size):
-            x, y = images[i:i + batch_size], labels[i:i + batch_size]
+            x, y = images[i : i + batch_size], labels[i : i + batch_size]
             loss = F.cross_entropy(model(x), y, reduction="sum") / n
             gs = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
             for acc, g in zip(grads, gs, strict=True):
@@ -143,9 +152,14 @@ def landscape_directions(model: nn.Module, images: Tensor, labels: Tensor, seed:
     dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(d1, d2, strict=True))
     n1 = sum(float(a.double().square().sum()) for a in d1) ** 0.5
     n2 = sum(float(b.double().square().sum()) for b in d2) ** 0.5
-    info = {"cosine_d1_d2": dot / (n1 * n2) if n1 and n2 else float("nan"),
-            "grad_norm": sum(float(g.double().square().sum()) for g in grads) ** 0.5,
-            "norm_d1": n1, "norm_d2": n2, "include_bn": include_bn, "seed": seed}
+    info = {
+        "cosine_d1_d2": dot / (n1 * n2) if n1 and n2 else float("nan"),
+        "grad_norm": sum(float(g.double().square().sum()) for g in grads) ** 0.5,
+        "norm_d1": n1,
+        "norm_d2": n2,
+        "include_bn": include_bn,
+        "seed": seed,
+    }
     return d1, d2, info
 
 
@@ -189,16 +203,26 @@ class Landscape:
             span = float(np.abs(self.alphas).max())
             need = int(math.ceil(2 * span / radius)) + 1
             need += 1 - need % 2
-            warnings.warn(f"loss landscape: no grid point within {radius:g} of the centre (grid spacing "
-                          f"{float(np.diff(np.sort(self.alphas)).min()):.3g}); the mean rise within {radius:g} is "
-                          f"undefined: use --steps {need} or more for --span {span:g}", stacklevel=2)
+            warnings.warn(
+                f"loss landscape: no grid point within {radius:g} of the centre (grid spacing "
+                f"{float(np.diff(np.sort(self.alphas)).min()):.3g}); the mean rise within {radius:g} is "
+                f"undefined: use --steps {need} or more for --span {span:g}",
+                stacklevel=2,
+            )
             return float("nan")
         return float(self.loss[m].mean() - self.center_loss)
 
     def to_dict(self) -> dict:
-        return {"alphas": self.alphas.tolist(), "betas": self.betas.tolist(), "loss": self.loss.tolist(),
-                "accuracy": self.accuracy.tolist(), "center_loss": self.center_loss,
-                "sharpness_0.25": self.sharpness(0.25), "max_loss": float(self.loss.max()), **self.info}
+        return {
+            "alphas": self.alphas.tolist(),
+            "betas": self.betas.tolist(),
+            "loss": self.loss.tolist(),
+            "accuracy": self.accuracy.tolist(),
+            "center_loss": self.center_loss,
+            "sharpness_0.25": self.sharpness(0.25),
+            "max_loss": float(self.loss.max()),
+            **self.info,
+        }
 
     as_dict = to_dict  # the name before 0.2 (result objects now all use to_dict)
 
@@ -217,10 +241,18 @@ def grid(steps: int, span: float) -> np.ndarray:
     return span * np.arange(-h, h + 1, dtype=np.float64) / h
 
 
-def loss_landscape(model: nn.Module, images: Tensor, labels: Tensor, steps: int = 21, span: float = 1.0,
-                   seed: int = 0, include_bn: bool = False, batch_size: int = 256,
-                   directions: tuple[list[Tensor], list[Tensor]] | None = None,
-                   progress: bool = False) -> Landscape:
+def loss_landscape(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    steps: int = 21,
+    span: float = 1.0,
+    seed: int = 0,
+    include_bn: bool = False,
+    batch_size: int = 256,
+    directions: tuple[list[Tensor], list[Tensor]] | None = None,
+    progress: bool = False,
+) -> Landscape:
     """Evaluate ``L(a, b) = loss(w + a d1 + b d2)`` on a ``steps x steps`` grid over ``[-span, span]^2``.
 
     Args:
@@ -262,8 +294,16 @@ def loss_landscape(model: nn.Module, images: Tensor, labels: Tensor, steps: int 
 # --------------------------------------------------------------------------------------------
 # Input space: along the attack direction
 # --------------------------------------------------------------------------------------------
-def input_loss_line(model: nn.Module, images: Tensor, labels: Tensor, eps: float = 8 / 255, span: float = 2.0,
-                    steps: int = 41, seed: int = 0, batch_size: int = 256) -> dict:
+def input_loss_line(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    eps: float = 8 / 255,
+    span: float = 2.0,
+    steps: int = 41,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> dict:
     """Mean loss along ``clip(x + t * sign(grad_x loss))`` and along a random sign direction.
 
     ``t`` runs over ``[-span * eps, span * eps]``; ``t = eps`` on the attack line is FGSM.
@@ -275,14 +315,18 @@ def input_loss_line(model: nn.Module, images: Tensor, labels: Tensor, eps: float
     with noise_seed(model, seed):
         sgn = []
         for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].detach().clone().requires_grad_(True)
-            loss = F.cross_entropy(model(x), labels[i:i + batch_size], reduction="sum")
+            x = images[i : i + batch_size].detach().clone().requires_grad_(True)
+            loss = F.cross_entropy(model(x), labels[i : i + batch_size], reduction="sum")
             (g,) = torch.autograd.grad(loss, x)
             sgn.append(g.sign())
     attack_dir = torch.cat(sgn)
     gen = torch.Generator().manual_seed(seed)
     rand_dir = torch.randint(0, 2, images.shape, generator=gen).to(images.device, images.dtype) * 2 - 1
-    out: dict = {"t": ts.tolist(), "eps": eps, "zero_grad_share": float((attack_dir == 0).flatten(1).all(1).float().mean())}
+    out: dict = {
+        "t": ts.tolist(),
+        "eps": eps,
+        "zero_grad_share": float((attack_dir == 0).flatten(1).all(1).float().mean()),
+    }
     for key, d in (("attack", attack_dir), ("random", rand_dir)):
         ls, accs = [], []
         for t in ts:
@@ -313,9 +357,15 @@ def _model_order(surfaces: Mapping[str, Mapping[str, Landscape]]) -> list[str]:
     return models
 
 
-def plot_landscape_contours(surfaces: Mapping[str, Mapping[str, Landscape]], path: str | os.PathLike, *,
-                            title: str = "", cell: tuple[float, float] = (3.3, 2.9), dpi: int = 150,
-                            formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_landscape_contours(
+    surfaces: Mapping[str, Mapping[str, Landscape]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    cell: tuple[float, float] = (3.3, 2.9),
+    dpi: int = 150,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """Filled contours; ``surfaces[data][model]`` (rows = data such as clean / RFGSM, columns = models).
 
     Levels are log-spaced and shared within a row, so the models in a row are directly
@@ -365,16 +415,27 @@ def plot_landscape_contours(surfaces: Mapping[str, Mapping[str, Landscape]], pat
     return save_figure(fig, path, formats)
 
 
-def plot_landscape_surfaces(surfaces: Mapping[str, Mapping[str, Landscape]], path: str | os.PathLike, *,
-                            title: str = "", cell: tuple[float, float] = (3.6, 3.0), dpi: int = 150,
-                            formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_landscape_surfaces(
+    surfaces: Mapping[str, Mapping[str, Landscape]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    cell: tuple[float, float] = (3.6, 3.0),
+    dpi: int = 150,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """3-D surfaces, same layout as :func:`plot_landscape_contours`; z-range shared within a row."""
     plt_rows = list(surfaces)
     if not plt_rows:
         raise ConfigError("no loss landscapes to plot")
     models = _model_order(surfaces)
-    fig, axes = new_figure((cell[0] * len(models), cell[1] * len(plt_rows) + 0.3), dpi, len(plt_rows), len(models),
-                           subplot_kw={"projection": "3d"})
+    fig, axes = new_figure(
+        (cell[0] * len(models), cell[1] * len(plt_rows) + 0.3),
+        dpi,
+        len(plt_rows),
+        len(models),
+        subplot_kw={"projection": "3d"},
+    )
     for i, r in enumerate(plt_rows):
         present = [surfaces[r][m] for m in models if m in surfaces[r]]
         zmax = max(float(s.loss.max()) for s in present)
@@ -386,8 +447,18 @@ def plot_landscape_surfaces(surfaces: Mapping[str, Mapping[str, Landscape]], pat
                 continue
             s = surfaces[r][m]
             A, B = np.meshgrid(s.alphas, s.betas, indexing="ij")
-            ax.plot_surface(A, B, s.loss, cmap="viridis", vmin=zmin, vmax=zmax, linewidth=0, antialiased=True,
-                            rcount=len(s.alphas), ccount=len(s.betas))
+            ax.plot_surface(
+                A,
+                B,
+                s.loss,
+                cmap="viridis",
+                vmin=zmin,
+                vmax=zmax,
+                linewidth=0,
+                antialiased=True,
+                rcount=len(s.alphas),
+                ccount=len(s.betas),
+            )
             ax.set_zlim(zmin, zmax)
             ax.set_title(f"{m}, {r}", fontsize=8)
             ax.set_xlabel("d1", fontsize=7, labelpad=-6)
@@ -400,9 +471,15 @@ def plot_landscape_surfaces(surfaces: Mapping[str, Mapping[str, Landscape]], pat
     return save_figure(fig, path, formats)
 
 
-def plot_input_lines(lines: Mapping[str, dict], path: str | os.PathLike, *, title: str = "",
-                     figsize: tuple[float, float] = (6.4, 3.6), dpi: int = 150,
-                     formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_input_lines(
+    lines: Mapping[str, dict],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    figsize: tuple[float, float] = (6.4, 3.6),
+    dpi: int = 150,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """Mean loss vs step size ``t`` (in units of eps) along the FGSM direction (solid) and a
     random sign direction (dotted), one colour per model."""
     if not lines:

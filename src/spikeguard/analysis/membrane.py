@@ -73,19 +73,32 @@ class PotentialHistogram:
 
     def to_dict(self) -> dict:
         return {
-            "edges": self.edges.tolist(), "counts": self.counts.tolist(),
+            "edges": self.edges.tolist(),
+            "counts": self.counts.tolist(),
             "layers": {k: v.tolist() for k, v in self.layer_counts.items()},
-            "near_threshold": self.near_threshold, "layer_near_threshold": self.layer_near_threshold(),
-            "total": int(sum(self.total.values())), "v_threshold": self.v_threshold, "delta": self.delta,
+            "near_threshold": self.near_threshold,
+            "layer_near_threshold": self.layer_near_threshold(),
+            "total": int(sum(self.total.values())),
+            "v_threshold": self.v_threshold,
+            "delta": self.delta,
         }
 
     as_dict = to_dict  # the name before 0.2 (result objects now all use to_dict)
 
 
 @torch.no_grad()
-def potential_histogram(model: nn.Module, ds: ImageDataset, bins: int = 120, lo: float = -2.0, hi: float = 3.0,
-                        v_threshold: float = 1.0, delta: float = 0.5, batch_size: int = 256,
-                        device: torch.device | str = "cpu", seed: int | None = None) -> PotentialHistogram:
+def potential_histogram(
+    model: nn.Module,
+    ds: ImageDataset,
+    bins: int = 120,
+    lo: float = -2.0,
+    hi: float = 3.0,
+    v_threshold: float = 1.0,
+    delta: float = 0.5,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int | None = None,
+) -> PotentialHistogram:
     """Histogram the pre-spike potentials of every spiking layer of ``model`` over ``ds``.
 
     Args:
@@ -127,6 +140,7 @@ def near_threshold_reduction(base: PotentialHistogram, other: PotentialHistogram
     ``(share_base - share_other) / share_base`` overall and for every layer both have
     (0.4 = "40% fewer threshold-neighbouring potentials", the paper's claim for TGO).
     """
+
     def rel(a: float, b: float) -> float:
         return (a - b) / a if a > 0 else float("nan")
 
@@ -150,9 +164,19 @@ def membrane_summary(hists: Mapping[str, PotentialHistogram], baseline: str | No
         raise ConfigError(f"baseline {base!r} is not one of {', '.join(names)}")
     first = hists[names[0]]
     out: dict = {
-        "analysis": "membrane", "v_threshold": first.v_threshold, "delta": first.delta, "baseline": base,
-        "models": {n: {"near_threshold": h.near_threshold, "layer_near_threshold": h.layer_near_threshold(),
-                       "num_potentials": h.num_potentials, "histogram": h.to_dict()} for n, h in hists.items()},
+        "analysis": "membrane",
+        "v_threshold": first.v_threshold,
+        "delta": first.delta,
+        "baseline": base,
+        "models": {
+            n: {
+                "near_threshold": h.near_threshold,
+                "layer_near_threshold": h.layer_near_threshold(),
+                "num_potentials": h.num_potentials,
+                "histogram": h.to_dict(),
+            }
+            for n, h in hists.items()
+        },
         "reduction_vs_baseline": {n: near_threshold_reduction(hists[base], h) for n, h in hists.items() if n != base},
     }
     return out
@@ -173,8 +197,14 @@ def _draw_hist(ax, hists: Mapping[str, PotentialHistogram], layer: str | None, l
         if layer is not None and layer not in h.layer_counts:
             continue
         share = h.near_threshold if layer is None else h.layer_near_threshold()[layer]
-        ax.stairs(h.density(layer), h.edges, baseline=None, label=f"{label} ({100 * share:.1f}% near)", linewidth=1.4,
-                  color=color(i))
+        ax.stairs(
+            h.density(layer),
+            h.edges,
+            baseline=None,
+            label=f"{label} ({100 * share:.1f}% near)",
+            linewidth=1.4,
+            color=color(i),
+        )
     first = next(iter(hists.values()))
     vt, d = first.v_threshold, first.delta
     ax.axvspan(vt - d, vt + d, color="grey", alpha=0.15, lw=0)
@@ -184,9 +214,16 @@ def _draw_hist(ax, hists: Mapping[str, PotentialHistogram], layer: str | None, l
     ax.set_xlim(first.edges[0], first.edges[-1])
 
 
-def plot_potential_histograms(hists: dict[str, PotentialHistogram], path: str, title: str = "", *,
-                              log: bool = True, figsize: tuple[float, float] = (6.4, 4.0), dpi: int = 150,
-                              formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_potential_histograms(
+    hists: dict[str, PotentialHistogram],
+    path: str,
+    title: str = "",
+    *,
+    log: bool = True,
+    figsize: tuple[float, float] = (6.4, 4.0),
+    dpi: int = 150,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """Overlay the overall histograms of several models (densities), with V_th and the delta band.
 
     The legend gives each model's near-threshold share and, for two or more models, the
@@ -214,9 +251,17 @@ def plot_potential_histograms(hists: dict[str, PotentialHistogram], path: str, t
     return save_figure(fig, path, formats)
 
 
-def plot_layer_histograms(hists: Mapping[str, PotentialHistogram], path: str | os.PathLike, title: str = "", *,
-                          log: bool = True, panel_size: tuple[float, float] = (3.6, 2.8), dpi: int = 150,
-                          max_cols: int = 4, formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_layer_histograms(
+    hists: Mapping[str, PotentialHistogram],
+    path: str | os.PathLike,
+    title: str = "",
+    *,
+    log: bool = True,
+    panel_size: tuple[float, float] = (3.6, 2.8),
+    dpi: int = 150,
+    max_cols: int = 4,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """One panel per spiking layer plus an "all layers" panel, models overlaid.
 
     Layers are matched by name across models (same architecture); a layer a model lacks is
@@ -247,14 +292,23 @@ def plot_layer_histograms(hists: Mapping[str, PotentialHistogram], path: str | o
         if k // ncols == nrows - 1 or k + ncols >= len(panels):
             ax.set_xlabel("U", fontsize=8)
     first = next(iter(hists.values()))
-    fig.suptitle((title or "Pre-spike potentials per layer")
-                 + f"  (dashed: V_th = {first.v_threshold:g}, band: |U - V_th| < {first.delta:g})", fontsize=10)
+    fig.suptitle(
+        (title or "Pre-spike potentials per layer")
+        + f"  (dashed: V_th = {first.v_threshold:g}, band: |U - V_th| < {first.delta:g})",
+        fontsize=10,
+    )
     return save_figure(fig, path, formats)
 
 
-def plot_near_threshold_bars(hists: Mapping[str, PotentialHistogram], path: str | os.PathLike, title: str = "", *,
-                             figsize: tuple[float, float] = (6.4, 3.6), dpi: int = 150,
-                             formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_near_threshold_bars(
+    hists: Mapping[str, PotentialHistogram],
+    path: str | os.PathLike,
+    title: str = "",
+    *,
+    figsize: tuple[float, float] = (6.4, 3.6),
+    dpi: int = 150,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """Grouped bars: near-threshold share per layer and overall, one bar per model."""
     if not hists:
         raise ConfigError("no histograms to plot")

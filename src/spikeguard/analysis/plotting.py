@@ -52,8 +52,9 @@ def parse_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(["png"] + [f for f in FORMATS[1:] if f in items])
 
 
-def new_figure(figsize: tuple[float, float], dpi: int = 150, nrows: int = 1, ncols: int = 1,
-               **kw: Any) -> tuple[Any, Any]:
+def new_figure(
+    figsize: tuple[float, float], dpi: int = 150, nrows: int = 1, ncols: int = 1, **kw: Any
+) -> tuple[Any, Any]:
     """``plt.subplots`` with constrained layout (labels never clipped, pixel size fixed)."""
     plt = pyplot()
     kw.setdefault("layout", "constrained")

@@ -65,8 +65,9 @@ AnalysisFn = Callable[[AnalysisContext], dict]
 ANALYSES: Registry[AnalysisFn] = Registry("analysis")
 
 
-def register_analysis(name: str, *, models: bool = True, files: bool = False, in_all: bool = False,
-                      description: str | None = None) -> Callable[[AnalysisFn], AnalysisFn]:
+def register_analysis(
+    name: str, *, models: bool = True, files: bool = False, in_all: bool = False, description: str | None = None
+) -> Callable[[AnalysisFn], AnalysisFn]:
     """Decorator: make ``fn(ctx: AnalysisContext) -> dict`` runnable as ``spikeguard analyze NAME``.
 
     Args:

@@ -76,8 +76,11 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], pct_cols: Sequence[int] = ()) -> str:
     """An HTML table; the first column is left-aligned; ``pct_cols`` are shown as percentages."""
-    out = ["<table><tr>" + "".join(f"<th{' class=l' if i == 0 else ''}>{_e(h)}</th>" for i, h in enumerate(header))
-           + "</tr>"]
+    out = [
+        "<table><tr>"
+        + "".join(f"<th{' class=l' if i == 0 else ''}>{_e(h)}</th>" for i, h in enumerate(header))
+        + "</tr>"
+    ]
     for r in rows:
         cells = []
         for i, v in enumerate(r):
@@ -89,8 +92,10 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], pct_cols: Sequen
 
 def _img_tag(data: bytes, caption: str) -> str:
     b64 = base64.b64encode(data).decode("ascii")
-    return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
 
 
 def _fig_bytes(fig: Any) -> bytes:
@@ -113,15 +118,20 @@ def _read_json(path: Path) -> Any:
 def _config_section(cfg: dict) -> str:
     c = cfg.get("config", cfg)
     rows = []
-    for sect, keys in (("data", ("name", "subset", "test_subset", "augment")),
-                       ("model", ("name", "T", "num_classes")),
-                       ("neuron", ("kind", "v_threshold", "decay", "surrogate", "sigma")),
-                       ("tgo", ("enabled", "delta", "lambda_max", "schedule")),
-                       ("optim", ("epochs", "lr", "batch_size", "schedule"))):
+    for sect, keys in (
+        ("data", ("name", "subset", "test_subset", "augment")),
+        ("model", ("name", "T", "num_classes")),
+        ("neuron", ("kind", "v_threshold", "decay", "surrogate", "sigma")),
+        ("tgo", ("enabled", "delta", "lambda_max", "schedule")),
+        ("optim", ("epochs", "lr", "batch_size", "schedule")),
+    ):
         d = c.get(sect)
         if isinstance(d, dict):
-            rows += [(f"{sect}.{k}", "0 (from the data)" if (sect, k) == ("model", "num_classes") and d[k] == 0
-                      else d[k]) for k in keys if k in d]
+            rows += [
+                (f"{sect}.{k}", "0 (from the data)" if (sect, k) == ("model", "num_classes") and d[k] == 0 else d[k])
+                for k in keys
+                if k in d
+            ]
     for k in ("strategy", "seed"):
         if k in c:
             rows.append((k, c[k]))
@@ -142,8 +152,12 @@ def _log_section(path: Path) -> str:
     if not rows:
         return ""
     ep = [r.get("epoch", i + 1) for i, r in enumerate(rows)]
-    panels = [("loss", ("loss", "task_loss")), ("accuracy", ("accuracy", "test_accuracy")),
-              ("near-threshold share", ("near_threshold",)), ("lambda", ("lam",))]
+    panels = [
+        ("loss", ("loss", "task_loss")),
+        ("accuracy", ("accuracy", "test_accuracy")),
+        ("near-threshold share", ("near_threshold",)),
+        ("lambda", ("lam",)),
+    ]
     panels = [(t, ks) for t, ks in panels if any(k in r for r in rows for k in ks)]
     if not panels:
         return ""
@@ -159,17 +173,23 @@ def _log_section(path: Path) -> str:
         if len(keys) > 1:
             ax.legend(fontsize=6)
     last = rows[-1]
-    summary = ", ".join(f"{k} {_fmt(last[k])}" for k in ("loss", "accuracy", "near_threshold", "lam")
-                        if isinstance(last.get(k), (int, float)))
-    return f"<h3>Training log</h3><p>{len(rows)} epochs; last: {summary}</p>" + \
-        _img_tag(_fig_bytes(fig), f"{path.name}: training curves")
+    summary = ", ".join(
+        f"{k} {_fmt(last[k])}"
+        for k in ("loss", "accuracy", "near_threshold", "lam")
+        if isinstance(last.get(k), (int, float))
+    )
+    return f"<h3>Training log</h3><p>{len(rows)} epochs; last: {summary}</p>" + _img_tag(
+        _fig_bytes(fig), f"{path.name}: training curves"
+    )
 
 
-CLEAN_NOTE = ("Clean accuracy can differ between rows of the same weights because each source measures it "
-              "its own way: the demo (protocol demo-stream) averages 8 passes with fresh noise over its 360 "
-              "images; training's results.json (test_accuracy) uses eval.passes passes over the whole test "
-              "split; an evaluation judges each of its n samples per pass under common random numbers. Rows of "
-              "different provenance (command, attacks, n, passes, seed, weights) are therefore never merged.")
+CLEAN_NOTE = (
+    "Clean accuracy can differ between rows of the same weights because each source measures it "
+    "its own way: the demo (protocol demo-stream) averages 8 passes with fresh noise over its 360 "
+    "images; training's results.json (test_accuracy) uses eval.passes passes over the whole test "
+    "split; an evaluation judges each of its n samples per pass under common random numbers. Rows of "
+    "different provenance (command, attacks, n, passes, seed, weights) are therefore never merged."
+)
 
 
 def _eval_section(records: list[_sweep.SweepRecord], title: str) -> str:
@@ -208,10 +228,19 @@ def evaluation_rows(doc: Any, path: Path, run: Path) -> list[list[Any]]:
             where = str(path.relative_to(run))
         except ValueError:
             where = str(path)
-        rows.append([where, str(prov.get("date") or "")[:16].replace("T", " "), d.get("label") or d.get("model"),
-                     prov.get("command"), rep.get("n_samples", prov.get("n_samples")),
-                     eps_label(eps) if eps is not None else None, len(attacks), _sweep._acc(rep.get("clean")),
-                     _sweep._acc(rep.get("worst_case"))])
+        rows.append(
+            [
+                where,
+                str(prov.get("date") or "")[:16].replace("T", " "),
+                d.get("label") or d.get("model"),
+                prov.get("command"),
+                rep.get("n_samples", prov.get("n_samples")),
+                eps_label(eps) if eps is not None else None,
+                len(attacks),
+                _sweep._acc(rep.get("clean")),
+                _sweep._acc(rep.get("worst_case")),
+            ]
+        )
     return rows
 
 
@@ -220,58 +249,124 @@ def _evaluations_section(rows: list[list[Any]]) -> str:
     if not rows:
         return ""
     rows = sorted(rows, key=lambda r: (r[1] or "", r[0]))
-    return (f"<h3>Evaluations ({len(rows)})</h3><div class=tw>"
-            + table(["file", "date (UTC)", "model", "command", "n", "eps", "attacks", "clean", "worst case"], rows,
-                    pct_cols=(7, 8))
-            + '</div><p class="meta">worst case: per sample over the attacks of that evaluation only.</p>')
+    return (
+        f"<h3>Evaluations ({len(rows)})</h3><div class=tw>"
+        + table(
+            ["file", "date (UTC)", "model", "command", "n", "eps", "attacks", "clean", "worst case"],
+            rows,
+            pct_cols=(7, 8),
+        )
+        + '</div><p class="meta">worst case: per sample over the attacks of that evaluation only.</p>'
+    )
 
 
 def _analysis_section(kind: str, doc: dict) -> str:
     if kind == "membrane":
-        rows = [[n, m.get("near_threshold"), doc.get("reduction_vs_baseline", {}).get(n, {}).get("overall"),
-                 m.get("num_potentials")] for n, m in doc.get("models", {}).items()]
-        out = (f"<h3>Membrane potentials (|U - V_th| &lt; {_fmt(doc.get('delta'))})</h3>"
-               + table(["model", "near-threshold share", f"reduction vs {doc.get('baseline')}", "potentials"], rows,
-                       pct_cols=(1, 2)))
-        layers = list(dict.fromkeys(k for m in doc.get("models", {}).values() for k in m.get("layer_near_threshold", {})))
+        rows = [
+            [
+                n,
+                m.get("near_threshold"),
+                doc.get("reduction_vs_baseline", {}).get(n, {}).get("overall"),
+                m.get("num_potentials"),
+            ]
+            for n, m in doc.get("models", {}).items()
+        ]
+        out = f"<h3>Membrane potentials (|U - V_th| &lt; {_fmt(doc.get('delta'))})</h3>" + table(
+            ["model", "near-threshold share", f"reduction vs {doc.get('baseline')}", "potentials"],
+            rows,
+            pct_cols=(1, 2),
+        )
+        layers = list(
+            dict.fromkeys(k for m in doc.get("models", {}).values() for k in m.get("layer_near_threshold", {}))
+        )
         if layers:
-            out += table(["model"] + layers, [[n] + [m.get("layer_near_threshold", {}).get(k) for k in layers]
-                                              for n, m in doc["models"].items()], pct_cols=range(1, len(layers) + 1))
+            out += table(
+                ["model"] + layers,
+                [[n] + [m.get("layer_near_threshold", {}).get(k) for k in layers] for n, m in doc["models"].items()],
+                pct_cols=range(1, len(layers) + 1),
+            )
         return out
     if kind == "gradients":
         rows = []
         for t, per in doc.get("metrics", {}).items():
             for n, s in per.items():
-                rows.append([f"{n} (d {t})", s.get("near_zero"), s.get("l1_l2"), s.get("l1_l2_normalized"),
-                             s.get("gini"), s.get("all_zero_share")])
-        return ("<h3>Input-gradient sparsity</h3>"
-                + table(["model (target)", "near-zero share", "L1/L2", "L1/(L2 sqrt d)", "Gini", "all-zero samples"],
-                        rows, pct_cols=(1, 5)))
+                rows.append(
+                    [
+                        f"{n} (d {t})",
+                        s.get("near_zero"),
+                        s.get("l1_l2"),
+                        s.get("l1_l2_normalized"),
+                        s.get("gini"),
+                        s.get("all_zero_share"),
+                    ]
+                )
+        return "<h3>Input-gradient sparsity</h3>" + table(
+            ["model (target)", "near-zero share", "L1/L2", "L1/(L2 sqrt d)", "Gini", "all-zero samples"],
+            rows,
+            pct_cols=(1, 5),
+        )
     if kind == "flip":
         out = "<h3>Spike flips</h3>"
         th = doc.get("theory", {}).get("sigmas", {})
         if th:
-            out += table(["sigma", "max |MC - Phi|", "max error / s.e."],
-                         [[s, r.get("max_abs_error"), r.get("max_z")] for s, r in th.items()])
+            out += table(
+                ["sigma", "max |MC - Phi|", "max error / s.e."],
+                [[s, r.get("max_abs_error"), r.get("max_z")] for s, r in th.items()],
+            )
         meas = doc.get("measured", {})
         if meas:
             red = doc.get("flip_rate_reduction_vs_first", {})
-            out += table(["model", "flip rate", "reduction vs first", "perturbation", "eps", "noise"],
-                         [[n, r.get("overall_rate"), red.get(n), r.get("perturbation"),
-                           eps_label(r.get("eps", 0.0)), r.get("noise")] for n, r in meas.items()], pct_cols=(1, 2))
+            out += table(
+                ["model", "flip rate", "reduction vs first", "perturbation", "eps", "noise"],
+                [
+                    [
+                        n,
+                        r.get("overall_rate"),
+                        red.get(n),
+                        r.get("perturbation"),
+                        eps_label(r.get("eps", 0.0)),
+                        r.get("noise"),
+                    ]
+                    for n, r in meas.items()
+                ],
+                pct_cols=(1, 2),
+            )
         return out
     if kind == "jacobian":
-        rows = [[n, s.get("median_spectral"), s.get("median_frobenius"), s.get("median_actual"),
-                 s.get("median_linear"), s.get("median_bound"), s.get("share_exceeding_bound")]
-                for n, s in doc.get("summary", {}).items()]
-        return (f"<h3>Input Jacobian ({_e(doc.get('attack', ''))})</h3>"
-                + table(["model", "median ||J||_2", "median ||J||_F", "median ||f(x+d)-f(x)||", "median ||J d||",
-                         "median bound", "share above bound"], rows, pct_cols=(6,)))
+        rows = [
+            [
+                n,
+                s.get("median_spectral"),
+                s.get("median_frobenius"),
+                s.get("median_actual"),
+                s.get("median_linear"),
+                s.get("median_bound"),
+                s.get("share_exceeding_bound"),
+            ]
+            for n, s in doc.get("summary", {}).items()
+        ]
+        return f"<h3>Input Jacobian ({_e(doc.get('attack', ''))})</h3>" + table(
+            [
+                "model",
+                "median ||J||_2",
+                "median ||J||_F",
+                "median ||f(x+d)-f(x)||",
+                "median ||J d||",
+                "median bound",
+                "share above bound",
+            ],
+            rows,
+            pct_cols=(6,),
+        )
     if kind == "landscape":
-        rows = [[f"{n} [{d}]", s.get("center_loss"), s.get("sharpness_0.25"), s.get("max_loss")]
-                for d, per in doc.get("surfaces", {}).items() for n, s in per.items()]
-        return ("<h3>Loss landscape</h3>"
-                + table(["model [data]", "loss at (0,0)", "mean rise within 0.25", "max loss on grid"], rows))
+        rows = [
+            [f"{n} [{d}]", s.get("center_loss"), s.get("sharpness_0.25"), s.get("max_loss")]
+            for d, per in doc.get("surfaces", {}).items()
+            for n, s in per.items()
+        ]
+        return "<h3>Loss landscape</h3>" + table(
+            ["model [data]", "loss at (0,0)", "mean rise within 0.25", "max loss on grid"], rows
+        )
     return ""
 
 
@@ -305,19 +400,33 @@ def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str,
                 parts.append(_analysis_section(kind, doc))
             continue
         if isinstance(doc, dict) and "test_accuracy" in doc:
-            parts.append(f"<h3>{_e(f.name)}</h3>" + table(
-                ["metric", "value"],
-                [[k, f"{100 * doc[k]:.2f}%" if k == "test_accuracy" and isinstance(doc[k], (int, float)) else doc[k]]
-                 for k in ("test_accuracy", "test_samples", "epochs", "train_seconds", "param_count", "device")
-                 if k in doc]))
+            parts.append(
+                f"<h3>{_e(f.name)}</h3>"
+                + table(
+                    ["metric", "value"],
+                    [
+                        [
+                            k,
+                            f"{100 * doc[k]:.2f}%"
+                            if k == "test_accuracy" and isinstance(doc[k], (int, float))
+                            else doc[k],
+                        ]
+                        for k in ("test_accuracy", "test_samples", "epochs", "train_seconds", "param_count", "device")
+                        if k in doc
+                    ],
+                )
+            )
         recs = _sweep.parse_evaluation(doc, f)
         if recs:
             records += recs
             evaluations += evaluation_rows(doc, f, run)
             parts.append(_eval_section(recs, f"Accuracy ({f.name})"))
             if isinstance(doc, dict) and isinstance(doc.get("models"), dict):
-                nt = [[n, m.get("near_threshold")] for n, m in doc["models"].items() if isinstance(m, dict)
-                      and "near_threshold" in m]
+                nt = [
+                    [n, m.get("near_threshold")]
+                    for n, m in doc["models"].items()
+                    if isinstance(m, dict) and "near_threshold" in m
+                ]
                 if nt:
                     parts.append(table(["model", "near-threshold share"], nt, pct_cols=(1,)))
     # evaluations written into sub-folders (``spikeguard evaluate``'s default RUN/evaluation/, or
@@ -346,13 +455,16 @@ def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str,
                 continue
             parts.append(_img_tag(p.read_bytes(), str(p.relative_to(run))))
     if len(parts) == 1:
-        parts.append('<p class="note">nothing recognised in this folder (no config.json, log.jsonl, JSON results '
-                     'or PNG figures)</p>')
+        parts.append(
+            '<p class="note">nothing recognised in this folder (no config.json, log.jsonl, JSON results '
+            "or PNG figures)</p>"
+        )
     return "\n".join(parts), records
 
 
-def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str = "spikeguard report",
-                 preface: str = "") -> Path:
+def build_report(
+    runs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str = "spikeguard report", preface: str = ""
+) -> Path:
     """Write the HTML report for ``runs`` to ``out`` (atomically) and return its path.
 
     ``preface``: HTML placed before the overview (e.g. a study's comparison tables, built with
@@ -375,19 +487,28 @@ def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, titl
         s, recs = _run_section(d, i, inside)
         sections.append(s)
         # a record named after its own run folder needs no prefix to tell it from the other runs'
-        all_records += [_sweep.SweepRecord(**{**r.__dict__, "model": f"{d.name}/{r.model}"
-                                              if len(dirs) > 1 and r.model != d.name else r.model})
-                        for r in recs]
+        all_records += [
+            _sweep.SweepRecord(
+                **{**r.__dict__, "model": f"{d.name}/{r.model}" if len(dirs) > 1 and r.model != d.name else r.model}
+            )
+            for r in recs
+        ]
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     toc = "".join(f'<li><a href="#run{i}">{_e(d.name or str(d))}</a></li>' for i, d in enumerate(dirs))
     overview = ""
     if all_records:
-        overview = (_eval_section(all_records, "Overview: accuracy of every model found")
-                    + f'<p class="meta">n: test samples behind the row. {_e(CLEAN_NOTE)}</p>')
-    body = (f"<h1>{_e(title)}</h1><p class=meta>generated {now} by spikeguard {__version__}; "
-            f"{len(dirs)} run folder(s)</p><ul>{toc}</ul>{preface}{overview}" + "\n".join(sections))
-    doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-           f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-           f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n")
+        overview = (
+            _eval_section(all_records, "Overview: accuracy of every model found")
+            + f'<p class="meta">n: test samples behind the row. {_e(CLEAN_NOTE)}</p>'
+        )
+    body = (
+        f"<h1>{_e(title)}</h1><p class=meta>generated {now} by spikeguard {__version__}; "
+        f"{len(dirs)} run folder(s)</p><ul>{toc}</ul>{preface}{overview}" + "\n".join(sections)
+    )
+    doc = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+    )
     atomic_write_text(out, doc)
     return Path(out)

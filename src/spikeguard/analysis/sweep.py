@@ -100,7 +100,8 @@ def attacks_label(prov: Mapping) -> str:
         return f"{prov.get('study_protocol') or '?'}/{prov['study_group']}"
     cmd = str(prov.get("command") or "").split()
     suite = next((cmd[i + 1] for i, t in enumerate(cmd[:-1]) if t == "--suite"), None) or next(
-        (t.split("=", 1)[1] for t in cmd if t.startswith("--suite=")), None)
+        (t.split("=", 1)[1] for t in cmd if t.startswith("--suite=")), None
+    )
     if suite and not any(t == "--attacks" or t.startswith("--attacks=") for t in cmd):
         return f"suite {suite}"
     attacks = [str(a) for a in prov.get("attacks") or []]
@@ -146,8 +147,11 @@ def records_of_document(doc: Mapping, src: str) -> list[SweepRecord]:
     rep = doc.get("report") or {}
     run = _run_folder(prov.get("checkpoint"))
     # a writer's display label (a study's "vanilla [paper]") names the row; else the evaluated model
-    name = (doc.get("label") if isinstance(doc.get("label"), str) and doc.get("label") else None) or doc.get("model") \
+    name = (
+        (doc.get("label") if isinstance(doc.get("label"), str) and doc.get("label") else None)
+        or doc.get("model")
         or (run.resolve().name if run is not None else Path(src).parent.name or Path(src).stem)
+    )
     lam = doc.get("lambda_max")
     lam = float(lam) if isinstance(lam, (int, float)) else _lambda_of_run(run)
     eps = _eps(rep.get("eps"))
@@ -185,8 +189,12 @@ def load_sweep_records(paths: Iterable[str | os.PathLike]) -> list[SweepRecord]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            files += sorted(f for pat in ("*.json", "*/*.json") for f in p.glob(pat)
-                            if f.name != "config.json" and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            files += sorted(
+                f
+                for pat in ("*.json", "*/*.json")
+                for f in p.glob(pat)
+                if f.name != "config.json" and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
         elif p.is_file():
             files.append(p)
         else:
@@ -200,8 +208,10 @@ def load_sweep_records(paths: Iterable[str | os.PathLike]) -> list[SweepRecord]:
             raise DataError(f"{f} is not valid JSON ({e})") from None
         recs = parse_evaluation(doc, f)
         if not recs and any(Path(x) == f for x in paths):
-            raise DataError(f"{f} is not a spikeguard result file (schema {doc.get('schema') if isinstance(doc, dict) else None!r}; "
-                            "see docs/evaluation.md, 'Result files')")
+            raise DataError(
+                f"{f} is not a spikeguard result file (schema {doc.get('schema') if isinstance(doc, dict) else None!r}; "
+                "see docs/evaluation.md, 'Result files')"
+            )
         records += recs
     if not records:
         raise DataError("no robust-accuracy numbers found in the given files")
@@ -212,11 +222,26 @@ def write_records_csv(records: Sequence[SweepRecord], path: str | os.PathLike) -
     """All records as CSV."""
     lines = ["model,attack,eps,eps_label,accuracy,clean,lambda_max,n_samples,group,source"]
     for r in records:
+
         def f(v: float | None) -> str:
             return "" if v is None else f"{v:.6g}"
-        lines.append(",".join([_csv(r.model), _csv(r.attack), f"{r.eps:.6g}", eps_label(r.eps), f(r.accuracy),
-                               f(r.clean), f(r.lambda_max), "" if r.n_samples is None else str(r.n_samples),
-                               _csv(r.group), _csv(r.source)]))
+
+        lines.append(
+            ",".join(
+                [
+                    _csv(r.model),
+                    _csv(r.attack),
+                    f"{r.eps:.6g}",
+                    eps_label(r.eps),
+                    f(r.accuracy),
+                    f(r.clean),
+                    f(r.lambda_max),
+                    "" if r.n_samples is None else str(r.n_samples),
+                    _csv(r.group),
+                    _csv(r.source),
+                ]
+            )
+        )
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -281,8 +306,9 @@ def series_name(model: str) -> str:
     return _LAMBDA_TOKEN.sub("", model) or model
 
 
-def lambda_curves(records: Sequence[SweepRecord], eps: float, attack: str | None = None
-                  ) -> dict[str, dict[str, list[tuple[float, float]]]]:
+def lambda_curves(
+    records: Sequence[SweepRecord], eps: float, attack: str | None = None
+) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """Per series, ``{"robust": [(lambda_max, acc)], "clean": [...]}`` at budget ``eps``."""
     with_lam = [r for r in records if r.lambda_max is not None and abs(r.eps - eps) < 1e-6]
     out: dict[str, dict[str, list[tuple[float, float]]]] = {}
@@ -300,10 +326,18 @@ def lambda_curves(records: Sequence[SweepRecord], eps: float, attack: str | None
     return out
 
 
-def plot_sweep(records: Sequence[SweepRecord], path: str | os.PathLike, *, attack: str | None = None,
-               lambda_eps: float | None = None, include_clean: bool = True, title: str = "",
-               figsize: tuple[float, float] = (9.6, 3.6), dpi: int = 150,
-               formats: str | Sequence[str] | None = None) -> list[Path]:
+def plot_sweep(
+    records: Sequence[SweepRecord],
+    path: str | os.PathLike,
+    *,
+    attack: str | None = None,
+    lambda_eps: float | None = None,
+    include_clean: bool = True,
+    title: str = "",
+    figsize: tuple[float, float] = (9.6, 3.6),
+    dpi: int = 150,
+    formats: str | Sequence[str] | None = None,
+) -> list[Path]:
     """Fig. 3 layout: (a) robust accuracy vs eps per model; (b) accuracy vs lambda_max.
 
     Panel (b) appears when the records carry two or more lambda_max values; it uses ``lambda_eps`` (default:
@@ -313,8 +347,9 @@ def plot_sweep(records: Sequence[SweepRecord], path: str | os.PathLike, *, attac
         raise ConfigError("no records to plot")
     curves = select_curve(records, attack)
     if not curves:
-        raise ConfigError(f"no records for attack {attack!r}; attacks present: "
-                          f"{', '.join(sorted({r.attack for r in records}))}")
+        raise ConfigError(
+            f"no records for attack {attack!r}; attacks present: {', '.join(sorted({r.attack for r in records}))}"
+        )
     lam_recs = [r for r in records if r.lambda_max is not None]
     if len({r.lambda_max for r in lam_recs}) < 2:
         lam_recs = []  # one lambda_max is not a sweep
@@ -342,8 +377,14 @@ def plot_sweep(records: Sequence[SweepRecord], path: str | os.PathLike, *, attac
         for i, (s, c) in enumerate(lc.items()):
             for key, style, size in (("robust", "o-", 4), ("clean", "s--", 3.5)):
                 if c[key]:
-                    ax2.plot([lam for lam, _ in c[key]], [100 * a for _, a in c[key]], style, color=color(i),
-                             label=f"{s}: {key}", markersize=size)
+                    ax2.plot(
+                        [lam for lam, _ in c[key]],
+                        [100 * a for _, a in c[key]],
+                        style,
+                        color=color(i),
+                        label=f"{s}: {key}",
+                        markersize=size,
+                    )
         ax2.set_xlabel("lambda_max")
         ax2.set_ylabel("accuracy (%)")
         ax2.set_title(f"(b) accuracy vs lambda_max at eps = {eps_label(e)}", fontsize=9)
@@ -359,8 +400,7 @@ def _short(group: str) -> str:
     return ", ".join(p for p in group.split(", ") if not p.startswith("weights "))
 
 
-def split_rows(records: Sequence[SweepRecord], merge: bool = False
-               ) -> tuple[list[SweepRecord], dict[str, list[str]]]:
+def split_rows(records: Sequence[SweepRecord], merge: bool = False) -> tuple[list[SweepRecord], dict[str, list[str]]]:
     """One table row per (model, provenance group); returns the relabelled records and what was merged.
 
     A model measured under one group keeps its name; one measured under several (say, the
@@ -378,8 +418,12 @@ def split_rows(records: Sequence[SweepRecord], merge: bool = False
         merged = {m: g for m, g in groups.items() if len(g) > 1}
         # a merged row keeps one worst-case column per evaluation: a worst case is per-sample over
         # one evaluation's attacks, and one group's number must not stand for another's
-        out = [SweepRecord(**{**asdict(r), "attack": f"{WORST} [{_short(r.group)}]"})
-               if r.attack == WORST and r.model in merged else r for r in records]
+        out = [
+            SweepRecord(**{**asdict(r), "attack": f"{WORST} [{_short(r.group)}]"})
+            if r.attack == WORST and r.model in merged
+            else r
+            for r in records
+        ]
         return out, merged
     label: dict[tuple[str, str], str] = {}
     for m, gs in groups.items():
@@ -434,8 +478,10 @@ class AccuracyGrid:
             counts.setdefault(r.model, set()).add(r.n_samples)
             if r.group not in grid.groups.setdefault(r.model, []):
                 grid.groups[r.model].append(r.group)
-        grid.n = {m: ", ".join(str(v) if v is not None else "?" for v in sorted(c, key=lambda v: (v is None, v or 0)))
-                  for m, c in counts.items()}
+        grid.n = {
+            m: ", ".join(str(v) if v is not None else "?" for v in sorted(c, key=lambda v: (v is None, v or 0)))
+            for m, c in counts.items()
+        }
         return grid
 
 
@@ -450,8 +496,11 @@ def accuracy_table(records: Sequence[SweepRecord], reference: str | None = None)
     row without one shows no delta.
     """
     g = AccuracyGrid.of(records)
-    if reference is not None and reference not in g.models and not any(m.startswith(reference + " [")
-                                                                        for m in g.models):
+    if (
+        reference is not None
+        and reference not in g.models
+        and not any(m.startswith(reference + " [") for m in g.models)
+    ):
         raise ConfigError(f"reference model {reference!r} is not among the models {g.models}")
 
     def fmt(v: float | None, ref: float | None) -> str:
@@ -473,7 +522,12 @@ def accuracy_table(records: Sequence[SweepRecord], reference: str | None = None)
 
 def sweep_summary(records: Sequence[SweepRecord], attack: str | None = None) -> dict:
     """JSON-ready: the records and the per-model curves."""
-    return {"analysis": "sweep", "attack": attack or "worst",
-            "curves": {m: [{"eps": e, "eps_label": eps_label(e), "accuracy": a} for e, a in pts]
-                       for m, pts in select_curve(records, attack).items()},
-            "records": [asdict(r) for r in records]}
+    return {
+        "analysis": "sweep",
+        "attack": attack or "worst",
+        "curves": {
+            m: [{"eps": e, "eps_label": eps_label(e), "accuracy": a} for e, a in pts]
+            for m, pts in select_curve(records, attack).items()
+        },
+        "records": [asdict(r) for r in records],
+    }

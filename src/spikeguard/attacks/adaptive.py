@@ -91,8 +91,9 @@ def attack_surrogate(model: nn.Module, surrogate: str | Surrogate, width: float 
     sg = surrogate if isinstance(surrogate, Surrogate) else Surrogate(surrogate, width)
     mods = [m for _, m in spiking_neurons(model)]
     if not mods and not foreign_neurons(model):
-        raise SpikeguardError("surrogate-gradient attacks need a model with spiking neurons (spikeguard, "
-                              "SpikingJelly or snnTorch)")
+        raise SpikeguardError(
+            "surrogate-gradient attacks need a model with spiking neurons (spikeguard, SpikingJelly or snnTorch)"
+        )
     saved = [(m.surrogate, getattr(m, "noisy_grad", None)) for m in mods]
     try:
         for m in mods:
@@ -127,24 +128,40 @@ class Transfer(Attack):
     uses_step_size = True
 
     @classmethod
-    def build(cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0,
-              **kw) -> Attack:
+    def build(
+        cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0, **kw
+    ) -> Attack:
         """PGD-20 from ``source``, or from the target's noise-free twin when there is none."""
         if source is None:
             if not is_stochastic(model):
-                raise SpikeguardError("the transfer attack needs a source model (--source RUN_DIR) for a "
-                                      "deterministic target; its noise-free twin would be the target itself")
+                raise SpikeguardError(
+                    "the transfer attack needs a source model (--source RUN_DIR) for a "
+                    "deterministic target; its noise-free twin would be the target itself"
+                )
             return NoiseFreeTransfer(model, eps, **kw)
         src_eot = eot if is_stochastic(source) else 1
         return Transfer(model, source, eps, **(dict(steps=20) | kw | dict(eot=src_eot)))
 
-    def __init__(self, model: nn.Module, source: nn.Module, eps: float = 8 / 255, alpha: float = 0.01,
-                 steps: int = 20, restarts: int = 1, attack: Attack | None = None, **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        source: nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 0.01,
+        steps: int = 20,
+        restarts: int = 1,
+        attack: Attack | None = None,
+        **kw,
+    ) -> None:
         super().__init__(model, eps, **kw)
         self.source = source
-        self.inner = attack if attack is not None else PGD(source, eps, alpha=alpha, steps=steps,
-                                                           restarts=restarts, eot=self.eot,
-                                                           eot_batched=self.eot_batched)
+        self.inner = (
+            attack
+            if attack is not None
+            else PGD(
+                source, eps, alpha=alpha, steps=steps, restarts=restarts, eot=self.eot, eot_batched=self.eot_batched
+            )
+        )
         if abs(self.inner.eps - self.eps) > 1e-12:
             raise SpikeguardError(f"the source attack's eps {self.inner.eps:.4g} differs from {self.eps:.4g}")
 
@@ -163,12 +180,14 @@ class NoiseFreeTransfer(Transfer):
     requires = ("switchable-noise",)
 
     @classmethod
-    def build(cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0,
-              **kw) -> Attack:
+    def build(
+        cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0, **kw
+    ) -> Attack:
         return cls(model, eps, **kw)
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 20,
-                 restarts: int = 1, **kw) -> None:
+    def __init__(
+        self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 20, restarts: int = 1, **kw
+    ) -> None:
         kw["eot"] = 1  # the twin is deterministic: more passes would repeat the same one
         super().__init__(model, NoiseFreeTwin(model), eps, alpha=alpha, steps=steps, restarts=restarts, **kw)
 
@@ -194,12 +213,21 @@ class FixedNoise(Attack):
     uses_step_size = True
 
     @classmethod
-    def build(cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0,
-              **kw) -> Attack:
+    def build(
+        cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0, **kw
+    ) -> Attack:
         return cls(model, eps, **(dict(seed=seed) | kw))
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 20,
-                 restarts: int = 1, seed: int = 0, **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 0.01,
+        steps: int = 20,
+        restarts: int = 1,
+        seed: int = 0,
+        **kw,
+    ) -> None:
         kw["eot"] = 1  # the noise is fixed: every pass would be the same
         super().__init__(model, eps, **kw)
         self.alpha = check_eps(alpha, "alpha")
@@ -232,8 +260,9 @@ class FixedNoise(Attack):
 ENSEMBLE_WIDTHS: tuple[float, ...] = (0.5, 1.0, 2.0)
 
 
-def default_ensemble(widths: Sequence[float] = ENSEMBLE_WIDTHS,
-                     kind_widths: Mapping[str, Sequence[float]] | None = None) -> tuple[tuple[str, float], ...]:
+def default_ensemble(
+    widths: Sequence[float] = ENSEMBLE_WIDTHS, kind_widths: Mapping[str, Sequence[float]] | None = None
+) -> tuple[tuple[str, float], ...]:
     """``(surrogate, width)`` members: every registered surrogate kind at ``widths`` (``kind_widths``
     per kind where given)."""
     from ..neurons.surrogate import surrogate_members
@@ -265,10 +294,19 @@ class SurrogateEnsemble(Attack):
     iterative = True
     uses_step_size = True
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 10,
-                 members: Sequence[tuple[str, float]] | None = None, restarts: int = 1, loss: str = "ce",
-                 widths: Sequence[float] = ENSEMBLE_WIDTHS, kind_widths: Mapping[str, Sequence[float]] | None = None,
-                 **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 0.01,
+        steps: int = 10,
+        members: Sequence[tuple[str, float]] | None = None,
+        restarts: int = 1,
+        loss: str = "ce",
+        widths: Sequence[float] = ENSEMBLE_WIDTHS,
+        kind_widths: Mapping[str, Sequence[float]] | None = None,
+        **kw,
+    ) -> None:
         super().__init__(model, eps, **kw)
         if members is None:
             members = default_ensemble(widths, kind_widths)
@@ -278,8 +316,16 @@ class SurrogateEnsemble(Attack):
             self.members = [Surrogate(n, float(w)) for n, w in members]
         except ValueError as e:
             raise SpikeguardError(str(e)) from None
-        self.pgd = PGD(model, eps, alpha=alpha, steps=steps, restarts=restarts, loss=loss, eot=self.eot,
-                       eot_batched=self.eot_batched)
+        self.pgd = PGD(
+            model,
+            eps,
+            alpha=alpha,
+            steps=steps,
+            restarts=restarts,
+            loss=loss,
+            eot=self.eot,
+            eot_batched=self.eot_batched,
+        )
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         best, best_score = None, None
@@ -295,8 +341,15 @@ class SurrogateEnsemble(Attack):
 
     def settings(self) -> dict:
         members = "[" + ",".join(f"{m.name}:{m.width:g}" for m in self.members) + "]"
-        return {"eps": self.eps, "alpha": self.pgd.alpha, "steps": self.pgd.steps, "members": members,
-                "restarts": self.pgd.restarts, "loss": self.pgd.loss, "eot": self.eot}
+        return {
+            "eps": self.eps,
+            "alpha": self.pgd.alpha,
+            "steps": self.pgd.steps,
+            "members": members,
+            "restarts": self.pgd.restarts,
+            "loss": self.pgd.loss,
+            "eot": self.eot,
+        }
 
 
 @register_attack("sg-adaptive")
@@ -321,16 +374,26 @@ class AdaptiveSurrogate(Attack):
     iterative = True
     uses_step_size = True
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 20,
-                 surrogate: str | None = None, widths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
-                 random_start: bool = True, **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 0.01,
+        steps: int = 20,
+        surrogate: str | None = None,
+        widths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
+        random_start: bool = True,
+        **kw,
+    ) -> None:
         super().__init__(model, eps, **kw)
         from ..adapters import base_surrogate, foreign_neurons
 
         neurons = spiking_neurons(model)
         foreign = foreign_neurons(model)
         if not neurons and not foreign:
-            raise SpikeguardError("sg-adaptive needs a model with spiking neurons (spikeguard, SpikingJelly or snnTorch)")
+            raise SpikeguardError(
+                "sg-adaptive needs a model with spiking neurons (spikeguard, SpikingJelly or snnTorch)"
+            )
         base = neurons[0][1].surrogate if neurons else base_surrogate(foreign[0].module)
         family = surrogate or base.name
         if not widths:
@@ -355,7 +418,7 @@ class AdaptiveSurrogate(Attack):
                 with attack_surrogate(self.model, sg):
                     grad, _ = self.input_grad(adv, labels)
                 steps.append(self.project(adv + self.alpha * grad.sign(), images))
-            cand = torch.stack(steps)                                          # [n, B, ...]
+            cand = torch.stack(steps)  # [n, B, ...]
             scores = _restart_score(self.logits(cand.flatten(0, 1)), labels.repeat(n), ce_loss).view(n, b)
             pick = scores.argmax(0)
             adv = cand[pick, torch.arange(b, device=images.device)]
@@ -365,5 +428,11 @@ class AdaptiveSurrogate(Attack):
 
     def settings(self) -> dict:
         widths = "[" + ",".join(f"{c.width:g}" for c in self.candidates) + "]"
-        return {"eps": self.eps, "alpha": self.alpha, "steps": self.steps, "surrogate": self.candidates[0].name,
-                "widths": widths, "eot": self.eot}
+        return {
+            "eps": self.eps,
+            "alpha": self.alpha,
+            "steps": self.steps,
+            "surrogate": self.candidates[0].name,
+            "widths": widths,
+            "eot": self.eot,
+        }

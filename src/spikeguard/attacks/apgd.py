@@ -38,8 +38,13 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return sorted({max(1, math.ceil(q * steps - 1e-9)) for q in p[1:] if q <= 1.0 + 1e-12})
 
 
-@register_attack("apgd", pattern=r"apgd-(?P<loss>ce|dlr)(?P<steps>\d+)?", aliases={"apgd": "apgd-ce"},
-                 defaults={"steps": 50}, example="apgd-ceK, apgd-dlrK")
+@register_attack(
+    "apgd",
+    pattern=r"apgd-(?P<loss>ce|dlr)(?P<steps>\d+)?",
+    aliases={"apgd": "apgd-ce"},
+    defaults={"steps": 50},
+    example="apgd-ceK, apgd-dlrK",
+)
 class APGD(Attack):
     """Auto-PGD with step-size halving at checkpoints, momentum and restarts.
 
@@ -60,8 +65,17 @@ class APGD(Attack):
         # APGD-CE columns before APGD-DLR ones, each by steps
         return 3 + (args.get("loss", "ce") == "dlr"), args.get("steps", 0)
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, steps: int = 100, loss: str = "ce",
-                 restarts: int = 1, rho: float = 0.75, momentum: float = 0.75, **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 8 / 255,
+        steps: int = 100,
+        loss: str = "ce",
+        restarts: int = 1,
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        **kw,
+    ) -> None:
         super().__init__(model, eps, **kw)
         if int(steps) < 1 or int(restarts) < 1:
             raise SpikeguardError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
@@ -82,7 +96,7 @@ class APGD(Attack):
         x = self.uniform_start(images)
         grad, loss, logits = self.loss_grad(x, labels, self.loss_fn)
         fooled = margin_loss(logits, labels) > 0
-        out = x.clone()                       # misclassifying iterate, where one was met
+        out = x.clone()  # misclassifying iterate, where one was met
         x_best, best_loss, grad_best = x.clone(), loss.clone(), grad.clone()
         eta = torch.full((b,), 2.0 * self.eps, device=images.device, dtype=images.dtype)
         x_prev = x.clone()
@@ -114,7 +128,7 @@ class APGD(Attack):
                     halve = too_few | stalled
                     eta[halve] /= 2.0
                     x[halve], grad[halve] = x_best[halve], grad_best[halve]
-                    x_prev[halve] = x[halve]      # no momentum across a restart from the best point
+                    x_prev[halve] = x[halve]  # no momentum across a restart from the best point
                     halved_at_check = halve
                     best_at_check = best_loss.clone()
                     successes.zero_()
@@ -137,8 +151,9 @@ def dlr_targeted_loss(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor
     return -(zy - zt) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 
-@register_attack("apgd-t", pattern=r"apgd-t(?P<steps>\d+)?", aliases={"apgdt": "apgd-t"}, defaults={"steps": 100},
-                 example="apgd-tK")
+@register_attack(
+    "apgd-t", pattern=r"apgd-t(?P<steps>\d+)?", aliases={"apgdt": "apgd-t"}, defaults={"steps": 100}, example="apgd-tK"
+)
 class APGDT(APGD):
     """Targeted APGD (AutoAttack's APGD-T): one APGD run with the targeted DLR loss per target
     class, the ``n_targets`` classes the clean input ranks highest after its label; per sample
@@ -157,8 +172,9 @@ class APGDT(APGD):
     def table_key(cls, args: dict) -> tuple | None:
         return 4.5, args.get("steps", 0)  # after APGD-CE/DLR, before MTPGD
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, steps: int = 100, n_targets: int = 9,
-                 restarts: int = 1, **kw) -> None:
+    def __init__(
+        self, model: nn.Module, eps: float = 8 / 255, steps: int = 100, n_targets: int = 9, restarts: int = 1, **kw
+    ) -> None:
         super().__init__(model, eps, steps=steps, loss="dlr", restarts=restarts, **kw)
         if int(n_targets) < 1:
             raise SpikeguardError(f"n_targets must be >= 1, got {n_targets}")

@@ -68,9 +68,20 @@ class ASSG(Attack):
     iterative = True
     uses_step_size = True
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 10,
-                 random_start: bool = True, vanishing: float = 0.85, relax: float = 1.5, beta_m: float = 0.9,
-                 beta_d: float = 0.9, loss: str = "ce", **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 0.01,
+        steps: int = 10,
+        random_start: bool = True,
+        vanishing: float = 0.85,
+        relax: float = 1.5,
+        beta_m: float = 0.9,
+        beta_d: float = 0.9,
+        loss: str = "ce",
+        **kw,
+    ) -> None:
         super().__init__(model, eps, **kw)
         check_spiking(model, "assg")
         self.alpha = check_eps(alpha, "alpha")
@@ -78,7 +89,12 @@ class ASSG(Attack):
             raise SpikeguardError(f"steps must be >= 1, got {steps}")
         self.steps, self.random_start = int(steps), bool(random_start)
         assg_rule(vanishing, relax, beta_m, beta_d)  # validate now, not at the first call
-        self.vanishing, self.relax, self.beta_m, self.beta_d = float(vanishing), float(relax), float(beta_m), float(beta_d)
+        self.vanishing, self.relax, self.beta_m, self.beta_d = (
+            float(vanishing),
+            float(relax),
+            float(beta_m),
+            float(beta_d),
+        )
         self.loss = loss
         self.loss_fn = get_loss(loss)
 

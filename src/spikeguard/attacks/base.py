@@ -27,8 +27,10 @@ def check_eps(eps: float, name: str = "eps") -> float:
     """Validate a perturbation budget on the [0, 1] pixel scale."""
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0 or eps > 1:
-        raise SpikeguardError(f"{name} {eps:.6g} is outside [0, 1] (pixel scale; 8/255 = {8/255:.4f}; a decimal "
-                              f"is a fraction of the range, a whole number counts pixel levels: 8 = 8/255)")
+        raise SpikeguardError(
+            f"{name} {eps:.6g} is outside [0, 1] (pixel scale; 8/255 = {8 / 255:.4f}; a decimal "
+            f"is a fraction of the range, a whole number counts pixel levels: 8 = 8/255)"
+        )
     return eps
 
 
@@ -43,7 +45,8 @@ def check_batch(images: Tensor, labels: Tensor) -> None:
     if images.min() < 0 or images.max() > 1:
         raise SpikeguardError(
             f"images must lie in [0, 1] (normalisation belongs inside the model), got range "
-            f"[{float(images.min()):.3g}, {float(images.max()):.3g}]")
+            f"[{float(images.min()):.3g}, {float(images.max()):.3g}]"
+        )
 
 
 def ce_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -162,8 +165,9 @@ class Attack:
         """A uniform random point of the eps-ball around ``images`` (clipped to [0, 1])."""
         return self.project(images + torch.empty_like(images).uniform_(-self.eps, self.eps), images)
 
-    def input_grad(self, x: Tensor, labels: Tensor,
-                   loss_fn: Callable[[Tensor, Tensor], Tensor] = ce_loss) -> tuple[Tensor, Tensor]:
+    def input_grad(
+        self, x: Tensor, labels: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor] = ce_loss
+    ) -> tuple[Tensor, Tensor]:
         """Gradient of the summed per-sample loss w.r.t. ``x``, averaged over ``eot`` passes.
 
         Returns ``(grad [B, ...], per-sample loss [B])`` (loss averaged over the passes).
@@ -171,8 +175,9 @@ class Attack:
         grad, loss, _ = self.loss_grad(x, labels, loss_fn)
         return grad, loss
 
-    def loss_grad(self, x: Tensor, labels: Tensor,
-                  loss_fn: Callable[[Tensor, Tensor], Tensor] = ce_loss) -> tuple[Tensor, Tensor, Tensor]:
+    def loss_grad(
+        self, x: Tensor, labels: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor] = ce_loss
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Like :meth:`input_grad`, and also the logits averaged over the ``eot`` passes.
 
         Returns ``(grad [B, ...], per-sample loss [B], mean logits [B, K])``; the logits come
@@ -210,8 +215,9 @@ class Attack:
 
     # -- construction by name and per-pass evaluation (the registry and the engine call these) --
     @classmethod
-    def build(cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0,
-              **kw: Any) -> Attack:
+    def build(
+        cls, model: nn.Module, eps: float, *, eot: int = 1, source: nn.Module | None = None, seed: int = 0, **kw: Any
+    ) -> Attack:
         """Construct from the registry's shared settings; an attack that needs ``source`` or
         ``seed`` overrides this (the default ignores both)."""
         return cls(model, eps, eot=eot, **kw)
@@ -222,8 +228,9 @@ class Attack:
         implying constructor arguments ``args`` (None: not a paper column, listed after them)."""
         return None if cls.table_rank is None else (cls.table_rank, args.get("steps", 0))
 
-    def per_pass(self, images: Tensor, labels: Tensor, passes: int,
-                 seed: int | None) -> Iterator[tuple[Tensor, Sequence[int] | None, nn.Module | None]]:
+    def per_pass(
+        self, images: Tensor, labels: Tensor, passes: int, seed: int | None
+    ) -> Iterator[tuple[Tensor, Sequence[int] | None, nn.Module | None]]:
         """The adversarial batches the evaluation judges, as ``(adv, passes judged, judge model)``.
 
         Default: one call, judged on every evaluation pass (``None``) by the evaluated model
@@ -253,8 +260,13 @@ class Attack:
         return f"{type(self).__name__}(" + ", ".join(f"{k}={fmt(v)}" for k, v in self.settings().items()) + ")"
 
 
-def best_of_restarts(run_once: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]], images: Tensor,
-                     labels: Tensor, restarts: int, batched: bool | None = None) -> Tensor:
+def best_of_restarts(
+    run_once: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]],
+    images: Tensor,
+    labels: Tensor,
+    restarts: int,
+    batched: bool | None = None,
+) -> Tensor:
     """Call ``run_once`` ``restarts`` times; per sample keep the run with the highest score.
 
     ``batched`` (default: the attack's ``batch_restarts`` attribute, False): run all restarts

@@ -60,8 +60,15 @@ class EventAttack(Attack):
     threat = "white-box"
     requires = ("event-frames",)
 
-    def __init__(self, model: nn.Module, eps: float = 1.0, k: int = 50, norm: str | None = None, eot: int = 1,
-                 eot_batched: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 1.0,
+        k: int = 50,
+        norm: str | None = None,
+        eot: int = 1,
+        eot_batched: bool = True,
+    ) -> None:
         super().__init__(model, 1.0, eot=eot, eot_batched=eot_batched)
         from ..data.event_frames import FrameNorm
 
@@ -70,8 +77,10 @@ class EventAttack(Attack):
         self.k = int(k)
         spec = norm or model_frame_norm(model)
         if not spec:
-            raise SpikeguardError(f"{type(self).__name__} needs event frames: the model was not built for an event "
-                                  f"data set (no frame_norm); pass norm='clip:4' or similar")
+            raise SpikeguardError(
+                f"{type(self).__name__} needs event frames: the model was not built for an event "
+                f"data set (no frame_norm); pass norm='clip:4' or similar"
+            )
         self.norm = FrameNorm.parse(spec)
         self.last_l0: Tensor | None = None
         self.last_fooled: Tensor | None = None
@@ -80,8 +89,10 @@ class EventAttack(Attack):
         """Count levels of ``images``; an error if they are not on the event lattice."""
         lv = self.norm.decode(images)
         if (self.norm.encode(lv) - images).abs().max() > 1e-5:
-            raise SpikeguardError(f"{type(self).__name__}: the input is not on the {self.norm.spec} event lattice "
-                                  f"(attack clean event frames, not already perturbed ones)")
+            raise SpikeguardError(
+                f"{type(self).__name__}: the input is not on the {self.norm.spec} event lattice "
+                f"(attack clean event frames, not already perturbed ones)"
+            )
         return lv
 
     def step_values(self, levels: Tensor) -> tuple[Tensor, Tensor]:
@@ -106,8 +117,16 @@ class EventFlip(EventAttack):
 
     name = "event-flip"
 
-    def __init__(self, model: nn.Module, eps: float = 1.0, k: int = 50, norm: str | None = None,
-                 growth: float = 0.25, max_steps: int | None = None, **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 1.0,
+        k: int = 50,
+        norm: str | None = None,
+        growth: float = 0.25,
+        max_steps: int | None = None,
+        **kw,
+    ) -> None:
         super().__init__(model, eps, k, norm, **kw)
         if not growth > 0:
             raise SpikeguardError(f"growth must be > 0, got {growth}")
@@ -190,8 +209,9 @@ class RandomFlip(EventAttack):
 
     name = "random-flip"
 
-    def __init__(self, model: nn.Module, eps: float = 1.0, k: int = 50, norm: str | None = None, trials: int = 10,
-                 **kw) -> None:
+    def __init__(
+        self, model: nn.Module, eps: float = 1.0, k: int = 50, norm: str | None = None, trials: int = 10, **kw
+    ) -> None:
         super().__init__(model, eps, k, norm, **kw)
         if int(trials) < 1:
             raise SpikeguardError(f"trials must be >= 1, got {trials}")
@@ -235,8 +255,18 @@ class EventSTE(EventAttack):
 
     name = "event-ste"
 
-    def __init__(self, model: nn.Module, eps: float = 1.0, k: int = 50, norm: str | None = None, steps: int = 50,
-                 lr: float = 0.2, sparsity: float = 1e-3, target: str = "second", **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 1.0,
+        k: int = 50,
+        norm: str | None = None,
+        steps: int = 50,
+        lr: float = 0.2,
+        sparsity: float = 1e-3,
+        target: str = "second",
+        **kw,
+    ) -> None:
         super().__init__(model, eps, k, norm, **kw)
         if int(steps) < 1 or not lr > 0 or sparsity < 0 or target not in ("second", "random"):
             raise SpikeguardError("event-ste needs steps >= 1, lr > 0, sparsity >= 0, target 'second' or 'random'")

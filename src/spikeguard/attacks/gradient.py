@@ -48,8 +48,9 @@ class RFGSM(Attack):
         return self.project(start + (self.eps - self.alpha) * grad.sign(), images)
 
 
-@register_attack("pgd", pattern=r"pgd(?P<steps>\d+)?(?:-r(?P<restarts>\d+))?", aliases={"pgd": "pgd10"},
-                 example="pgdK, pgdK-rR")
+@register_attack(
+    "pgd", pattern=r"pgd(?P<steps>\d+)?(?:-r(?P<restarts>\d+))?", aliases={"pgd": "pgd10"}, example="pgdK, pgdK-rR"
+)
 class PGD(Attack):
     """Projected Gradient Descent (Madry et al., 2018) with random start and restarts.
 
@@ -72,8 +73,17 @@ class PGD(Attack):
         # restarted PGD is not one of the paper's PGD-k columns
         return None if args.get("restarts", 1) > 1 else super().table_key(args)
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 10,
-                 random_start: bool = True, restarts: int = 1, loss: str = "ce", **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 0.01,
+        steps: int = 10,
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str = "ce",
+        **kw,
+    ) -> None:
         super().__init__(model, eps, **kw)
         self.alpha = check_eps(alpha, "alpha")
         if int(steps) < 1 or int(restarts) < 1:
@@ -125,8 +135,17 @@ class MTPGD(Attack):
     iterative = True
     uses_step_size = True
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 20,
-                 n_targets: int = 9, momentum: float = 0.9, random_start: bool = True, **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 0.01,
+        steps: int = 20,
+        n_targets: int = 9,
+        momentum: float = 0.9,
+        random_start: bool = True,
+        **kw,
+    ) -> None:
         super().__init__(model, eps, **kw)
         self.alpha = check_eps(alpha, "alpha")
         if int(steps) < 1 or int(n_targets) < 1:

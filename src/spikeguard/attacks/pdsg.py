@@ -33,8 +33,17 @@ class PDSG(Attack):
     iterative = True
     uses_step_size = True
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 0.01, steps: int = 10,
-                 random_start: bool = True, shift: float = 0.5, loss: str = "ce", **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 0.01,
+        steps: int = 10,
+        random_start: bool = True,
+        shift: float = 0.5,
+        loss: str = "ce",
+        **kw,
+    ) -> None:
         super().__init__(model, eps, **kw)
         check_spiking(model, "pdsg")
         self.alpha = check_eps(alpha, "alpha")

@@ -58,7 +58,16 @@ PAPER_SUITE: tuple[str, ...] = ("fgsm", "rfgsm", "pgd7", "pgd10", "pgd20", "pgd4
 #: Everything: the paper's attacks, longer/restarted PGD, APGD-DLR, black-box, transfer and
 #: the SNN-adaptive attacks (those whose needs the model does not meet are skipped with a reason).
 STRONG_SUITE: tuple[str, ...] = PAPER_SUITE + (
-    "pgd50-r3", "apgd-dlr", "square", "transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive", "apgd-t")
+    "pgd50-r3",
+    "apgd-dlr",
+    "square",
+    "transfer",
+    "noise-free",
+    "fixed-noise",
+    "sg-ensemble",
+    "sg-adaptive",
+    "apgd-t",
+)
 
 SUITES: dict[str, tuple[str, ...]] = {"paper": PAPER_SUITE, "strong": STRONG_SUITE}
 
@@ -100,8 +109,14 @@ ATTACKS: Registry[AttackSpec] = Registry("attack", error=SpikeguardError)
 _ALIASES: dict[str, str] = {}
 
 
-def register_attack(name: str, pattern: str | None = None, *, aliases: Mapping[str, str] | Sequence[str] = (),
-                    defaults: Mapping[str, Any] | None = None, example: str | None = None) -> Callable[[type], type]:
+def register_attack(
+    name: str,
+    pattern: str | None = None,
+    *,
+    aliases: Mapping[str, str] | Sequence[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    example: str | None = None,
+) -> Callable[[type], type]:
     """Class decorator: make ``cls`` buildable by :func:`build_attack` as ``name``.
 
     Args:
@@ -157,8 +172,10 @@ def resolve(name: str) -> tuple[str, AttackSpec, dict[str, Any]]:
         args = spec.match(n)
         if args is not None:
             return n, spec, args
-    raise SpikeguardError(f"unknown attack {name!r}; known: {', '.join(list_attacks())} "
-                          f"(K, R, Q are integers, e.g. pgd20, pgd50-r5, apgd-ce100, square2000)")
+    raise SpikeguardError(
+        f"unknown attack {name!r}; known: {', '.join(list_attacks())} "
+        f"(K, R, Q are integers, e.g. pgd20, pgd50-r5, apgd-ce100, square2000)"
+    )
 
 
 def normalize_name(name: str) -> str:
@@ -198,8 +215,9 @@ def parse_alpha(text: str | float | None, default: float | str = PAPER_ALPHA) ->
         try:
             value = float(t)
         except ValueError:
-            raise SpikeguardError(f"step size must be a number, 'eps' (2.5 * eps / steps) or 'paper' (0.01), "
-                                  f"got {text!r}") from None
+            raise SpikeguardError(
+                f"step size must be a number, 'eps' (2.5 * eps / steps) or 'paper' (0.01), got {text!r}"
+            ) from None
     if not 0.0 < value <= 1.0:
         raise SpikeguardError(f"step size must be in (0, 1], got {value}")
     return value
@@ -217,14 +235,25 @@ def step_size(alpha: float | str, eps: float, steps: int) -> float:
 def describe_step_size(alpha: float | str) -> dict[str, Any]:
     """The step-size rule as recorded in a result."""
     if alpha == EPS_RULE:
-        return {"rule": "eps", "alpha": f"{EPS_RULE_FACTOR:g} * eps / steps",
-                "note": "each attack's step size follows eps and its own step count, so it can reach the eps boundary"}
+        return {
+            "rule": "eps",
+            "alpha": f"{EPS_RULE_FACTOR:g} * eps / steps",
+            "note": "each attack's step size follows eps and its own step count, so it can reach the eps boundary",
+        }
     note = "the paper's fixed step size, whatever eps is" if float(alpha) == PAPER_ALPHA else "a fixed step size"
     return {"rule": "fixed", "alpha": float(alpha), "note": note}
 
 
-def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, eot: int = 1, alpha: float | str = PAPER_ALPHA,
-                 source: nn.Module | None = None, seed: int = 0, **overrides: Any) -> Attack:
+def build_attack(
+    name: str,
+    model: nn.Module,
+    eps: float = 8 / 255,
+    eot: int = 1,
+    alpha: float | str = PAPER_ALPHA,
+    source: nn.Module | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> Attack:
     """Build the attack called ``name`` on ``model``.
 
     Args:

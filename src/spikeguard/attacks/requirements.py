@@ -40,25 +40,38 @@ def model_traits(model: nn.Module, stochastic: bool, source: nn.Module | None = 
     from ..neurons import is_stochastic, spiking_neurons
     from .events import model_frame_norm
 
-    return ModelTraits(stochastic=bool(stochastic), switchable_noise=is_stochastic(model),
-                       surrogate_neurons=len(spiking_neurons(model)) + len(foreign_neurons(model)),
-                       has_source=source is not None, event_frames=bool(model_frame_norm(model)))
+    return ModelTraits(
+        stochastic=bool(stochastic),
+        switchable_noise=is_stochastic(model),
+        surrogate_neurons=len(spiking_neurons(model)) + len(foreign_neurons(model)),
+        has_source=source is not None,
+        event_frames=bool(model_frame_norm(model)),
+    )
 
 
 #: requirement -> (test on the model's traits, reason given when it fails)
 REQUIREMENTS: dict[str, tuple[Callable[[ModelTraits], bool], str]] = {
-    "surrogate": (lambda t: t.surrogate_neurons > 0,
-                  "needs spiking neurons whose surrogate gradient it can swap (spikeguard, SpikingJelly or "
-                  "snnTorch neurons); the model has none"),
-    "fixable-noise": (lambda t: t.stochastic,
-                      "needs a stochastic model whose noise it can fix; no randomness was found (or "
-                      "--deterministic was given)"),
-    "switchable-noise": (lambda t: t.switchable_noise and t.stochastic,
-                         "needs Noisy-LIF noise it can switch off (a noise-free twin); the model has none"),
-    "source": (lambda t: t.has_source or (t.switchable_noise and t.stochastic),
-               "needs a source model (--source RUN_DIR), or Noisy-LIF noise to build the noise-free twin from"),
-    "event-frames": (lambda t: t.event_frames,
-                     "needs a model on event frame sequences (built for an event data set); this one takes images"),
+    "surrogate": (
+        lambda t: t.surrogate_neurons > 0,
+        "needs spiking neurons whose surrogate gradient it can swap (spikeguard, SpikingJelly or "
+        "snnTorch neurons); the model has none",
+    ),
+    "fixable-noise": (
+        lambda t: t.stochastic,
+        "needs a stochastic model whose noise it can fix; no randomness was found (or --deterministic was given)",
+    ),
+    "switchable-noise": (
+        lambda t: t.switchable_noise and t.stochastic,
+        "needs Noisy-LIF noise it can switch off (a noise-free twin); the model has none",
+    ),
+    "source": (
+        lambda t: t.has_source or (t.switchable_noise and t.stochastic),
+        "needs a source model (--source RUN_DIR), or Noisy-LIF noise to build the noise-free twin from",
+    ),
+    "event-frames": (
+        lambda t: t.event_frames,
+        "needs a model on event frame sequences (built for an event data set); this one takes images",
+    ),
 }
 
 

@@ -33,8 +33,9 @@ def l1_normalised(g: Tensor) -> Tensor:
     return g / (scale + 1e-12)
 
 
-def sapgd_direction(m: Tensor | None, v: Tensor | None, grad: Tensor, mu: float, nu: float
-                    ) -> tuple[Tensor, Tensor, Tensor]:
+def sapgd_direction(
+    m: Tensor | None, v: Tensor | None, grad: Tensor, mu: float, nu: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """One update of the momentum ``m`` and second moment ``v`` (None: the first step);
     returns ``(m, v, m / sqrt(v))``."""
     g1 = l1_normalised(grad)
@@ -74,9 +75,22 @@ class SAPGD(Attack):
     requires: tuple[str, ...] = ("surrogate",)
     iterative = True
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, steps: int = 50, assg: bool = True,
-                 mu: float = 0.5, nu: float = 0.8, vanishing: float = 0.85, relax: float = 1.5, beta_m: float = 0.9,
-                 beta_d: float = 0.9, random_start: bool = True, loss: str = "ce", **kw) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 8 / 255,
+        steps: int = 50,
+        assg: bool = True,
+        mu: float = 0.5,
+        nu: float = 0.8,
+        vanishing: float = 0.85,
+        relax: float = 1.5,
+        beta_m: float = 0.9,
+        beta_d: float = 0.9,
+        random_start: bool = True,
+        loss: str = "ce",
+        **kw,
+    ) -> None:
         super().__init__(model, eps, **kw)
         if int(steps) < 1:
             raise SpikeguardError(f"steps must be >= 1, got {steps}")
@@ -89,7 +103,12 @@ class SAPGD(Attack):
             assg_rule(vanishing, relax, beta_m, beta_d)
         else:
             self.requires = ()  # plain surrogate gradients: any differentiable model
-        self.vanishing, self.relax, self.beta_m, self.beta_d = float(vanishing), float(relax), float(beta_m), float(beta_d)
+        self.vanishing, self.relax, self.beta_m, self.beta_d = (
+            float(vanishing),
+            float(relax),
+            float(beta_m),
+            float(beta_d),
+        )
         self.loss = loss
         self.loss_fn = get_loss(loss)
 

@@ -44,8 +44,9 @@ class Square(Attack):
     name = "square"
     threat = "black-box"
 
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, queries: int = 1000, p_init: float = 0.8,
-                 restarts: int = 1, **kw) -> None:
+    def __init__(
+        self, model: nn.Module, eps: float = 8 / 255, queries: int = 1000, p_init: float = 0.8, restarts: int = 1, **kw
+    ) -> None:
         super().__init__(model, eps, **kw)
         if int(queries) < 1 or int(restarts) < 1:
             raise SpikeguardError(f"queries and restarts must be >= 1, got {queries}, {restarts}")

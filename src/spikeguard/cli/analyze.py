@@ -78,77 +78,142 @@ def _ints(text: str) -> list[int]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "analyze", help="figures + numbers: membrane potentials, gradient sparsity, loss landscapes, flips, "
-                        "Jacobian bound, accuracy sweeps",
+        "analyze",
+        help="figures + numbers: membrane potentials, gradient sparsity, loss landscapes, flips, "
+        "Jacobian bound, accuracy sweeps",
         description="Produce the paper's analyses for your own checkpoints: pre-spike potential histograms and "
-                    "near-threshold shares (membrane), input-gradient heatmaps and sparsity (gradients), loss "
-                    "landscapes on clean and RFGSM data (landscape), spike-flip theory and measured flip rates "
-                    "(flip), input-Jacobian norms vs the first-order bound (jacobian), robust accuracy vs eps and "
-                    "lambda_max from evaluation JSONs (sweep), or everything but sweep (all).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "near-threshold shares (membrane), input-gradient heatmaps and sparsity (gradients), loss "
+        "landscapes on clean and RFGSM data (landscape), spike-flip theory and measured flip rates "
+        "(flip), input-Jacobian norms vs the first-order bound (jacobian), robust accuracy vs eps and "
+        "lambda_max from evaluation JSONs (sweep), or everything but sweep (all).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("what", choices=[*ANALYSES.names(), "all"], help="which analysis")
     p.add_argument("files", nargs="*", metavar="JSON", help="sweep only: evaluation JSON files or folders")
     g = p.add_argument_group("models and data")
-    g.add_argument("-k", "--checkpoint", action="append", default=[], metavar="[NAME=]RUN",
-                   help="a run folder to analyse (repeatable; the first is the baseline)")
+    g.add_argument(
+        "-k",
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="[NAME=]RUN",
+        help="a run folder to analyse (repeatable; the first is the baseline)",
+    )
     g.add_argument("--dataset", help="dataset name (default: the first run's)")
     g.add_argument("--data-root", help="dataset root (default: the first run's, then $SPIKEGUARD_DATA, ./data)")
-    g.add_argument("--n", type=nonneg_int, default=None,
-                   help="test images to use, 0 = all (defaults: membrane/flip/gradients 0 up to 1000, "
-                        "landscape 256, jacobian 128)")
-    g.add_argument("--device", default="auto", metavar="DEVICE",
-                   help="auto, cpu, cuda, cuda:1 ... (default auto); an unavailable device is a one-line error")
+    g.add_argument(
+        "--n",
+        type=nonneg_int,
+        default=None,
+        help="test images to use, 0 = all (defaults: membrane/flip/gradients 0 up to 1000, "
+        "landscape 256, jacobian 128)",
+    )
+    g.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="auto, cpu, cuda, cuda:1 ... (default auto); an unavailable device is a one-line error",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed for subsets, noise draws, random directions (default 0)")
     o = p.add_argument_group("output")
-    o.add_argument("--out", "-o", default=None, metavar="DIR",
-                   help="output folder (default: a new folder runs/analysis/<UTC time>-<what>)")
+    o.add_argument(
+        "--out",
+        "-o",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: a new folder runs/analysis/<UTC time>-<what>)",
+    )
     o.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     o.add_argument("--format", default="png", help="figure formats: png plus any of svg,pdf (default png)")
     o.add_argument("--title", default="", help="figure title prefix")
     o.add_argument("--no-progress", action="store_true", help="hide progress bars")
     m = p.add_argument_group("membrane")
-    m.add_argument("--delta", type=_pos_float, default=None, help="near-threshold band half-width (default: the "
-                   "first run's tgo.delta, else 0.5)")
+    m.add_argument(
+        "--delta",
+        type=_pos_float,
+        default=None,
+        help="near-threshold band half-width (default: the first run's tgo.delta, else 0.5)",
+    )
     m.add_argument("--bins", type=positive_int, default=120, help="histogram bins (default 120)")
-    m.add_argument("--range", dest="hist_range", type=_floats_signed, default=(-2.0, 3.0), metavar="LO,HI",
-                   help="histogram range (default -2,3)")
+    m.add_argument(
+        "--range",
+        dest="hist_range",
+        type=_floats_signed,
+        default=(-2.0, 3.0),
+        metavar="LO,HI",
+        help="histogram range (default -2,3)",
+    )
     gr = p.add_argument_group("gradients")
     gr.add_argument("--images", type=positive_int, default=6, help="heatmap rows (default 6: one per class)")
     gr.add_argument("--index", type=_ints, default=None, help="explicit test-image indices for the heatmaps")
     gr.add_argument("--rel-tol", type=float, default=0.01, help="near-zero: |g| <= rel_tol * max|g| (default 0.01)")
-    gr.add_argument("--grad-samples", type=positive_int, default=1,
-                    help="average the gradient over this many noise draws (default 1)")
+    gr.add_argument(
+        "--grad-samples",
+        type=positive_int,
+        default=1,
+        help="average the gradient over this many noise draws (default 1)",
+    )
     gr.add_argument("--cell-scale", action="store_true", help="one colour range per heatmap instead of per row")
     la = p.add_argument_group("landscape")
     la.add_argument("--steps", type=positive_int, default=21, help="grid points per axis (odd; default 21)")
-    la.add_argument("--span", type=_pos_float, default=1.0, help="grid half-width in filter-normalised units (default 1)")
+    la.add_argument(
+        "--span", type=_pos_float, default=1.0, help="grid half-width in filter-normalised units (default 1)"
+    )
     la.add_argument("--eps", type=_eps, default=8 / 255, help="RFGSM / attack budget (default 8/255)")
     la.add_argument("--rfgsm-alpha", type=_eps, default=None, help="RFGSM random step (default eps/2)")
     la.add_argument("--include-bn", action="store_true", help="also move biases and BatchNorm affine parameters")
     fl = p.add_argument_group("flip")
-    fl.add_argument("--sigmas", type=_floats, default=[0.3, math.sqrt(0.4), 1.0], help="noise stds (default 0.3,0.632,1)")
+    fl.add_argument(
+        "--sigmas", type=_floats, default=[0.3, math.sqrt(0.4), 1.0], help="noise stds (default 0.3,0.632,1)"
+    )
     fl.add_argument("--draws", type=positive_int, default=20000, help="Monte-Carlo draws per point (default 20000)")
     fl.add_argument("--flip-eps", type=_eps, default=2 / 255, help="perturbation for measured flips (default 2/255)")
     fl.add_argument("--perturbation", choices=("fgsm", "random"), default="fgsm", help="measured-flip perturbation")
-    fl.add_argument("--noise", choices=("fixed", "off"), default="fixed",
-                    help="Noisy-LIF noise in the measured-flip passes: same draws in both (fixed) or off")
+    fl.add_argument(
+        "--noise",
+        choices=("fixed", "off"),
+        default="fixed",
+        help="Noisy-LIF noise in the measured-flip passes: same draws in both (fixed) or off",
+    )
     ja = p.add_argument_group("jacobian")
     ja.add_argument("--iters", type=positive_int, default=20, help="power-iteration steps (default 20)")
-    ja.add_argument("--method", choices=("auto", "power", "gram"), default="auto",
-                    help="spectral norm: power iteration, exact Gram matrix, or auto (default)")
-    ja.add_argument("--projections", type=positive_int, default=None,
-                    help="estimate the Frobenius norm from this many random projections (default: exact)")
-    ja.add_argument("--attack", choices=("fgsm", "pgd"), default="fgsm", help="attack for the bound check (default fgsm)")
+    ja.add_argument(
+        "--method",
+        choices=("auto", "power", "gram"),
+        default="auto",
+        help="spectral norm: power iteration, exact Gram matrix, or auto (default)",
+    )
+    ja.add_argument(
+        "--projections",
+        type=positive_int,
+        default=None,
+        help="estimate the Frobenius norm from this many random projections (default: exact)",
+    )
+    ja.add_argument(
+        "--attack", choices=("fgsm", "pgd"), default="fgsm", help="attack for the bound check (default fgsm)"
+    )
     sw = p.add_argument_group("sweep")
-    sw.add_argument("--sweep-attack", default=None, metavar="NAME",
-                    help="attack to plot (default: each evaluation's per-sample worst case where it has one, else the "
-                         "lowest per-attack accuracy of one evaluation)")
+    sw.add_argument(
+        "--sweep-attack",
+        default=None,
+        metavar="NAME",
+        help="attack to plot (default: each evaluation's per-sample worst case where it has one, else the "
+        "lowest per-attack accuracy of one evaluation)",
+    )
     sw.add_argument("--lambda-eps", type=_eps, default=None, help="budget of the lambda_max panel (default ~8/255)")
-    sw.add_argument("--reference", default=None, metavar="MODEL",
-                    help="model name the table's deltas are taken against (default: no deltas)")
-    sw.add_argument("--merge", action="store_true",
-                    help="put results of different provenance for one model into one row (the table then lists "
-                         "what each merged row combines)")
+    sw.add_argument(
+        "--reference",
+        default=None,
+        metavar="MODEL",
+        help="model name the table's deltas are taken against (default: no deltas)",
+    )
+    sw.add_argument(
+        "--merge",
+        action="store_true",
+        help="put results of different provenance for one model into one row (the table then lists "
+        "what each merged row combines)",
+    )
     p.set_defaults(func=run)
 
 
@@ -167,6 +232,7 @@ def load_models(specs: list[str], device: str = "cpu") -> tuple[dict, list]:
     from ..errors import ConfigError
 
     from ..checkpoint import load_run
+
     models, runs = {}, []
     for spec in specs:
         name, path = None, spec
@@ -257,14 +323,21 @@ def _add_provenance(path: Path, res: dict, args: argparse.Namespace, runs: list,
     from ..io import atomic_write_json
 
     res["provenance"] = {
-        "command": command_line(args.argv), "checkpoints": {str(r.path): checkpoint_id(r.path) for r in runs},
-        "inputs": [str(f) for f in args.files], "dataset": getattr(ds, "name", None),
-        "n_samples": res.get("num_samples", args.n), "seed": args.seed, "software": software(), "date": now_utc()}
+        "command": command_line(args.argv),
+        "checkpoints": {str(r.path): checkpoint_id(r.path) for r in runs},
+        "inputs": [str(f) for f in args.files],
+        "dataset": getattr(ds, "name", None),
+        "n_samples": res.get("num_samples", args.n),
+        "seed": args.seed,
+        "software": software(),
+        "date": now_utc(),
+    }
     atomic_write_json(path, res)
 
 
-def _analyses(args: argparse.Namespace, todo: list[str], models: dict, runs: list, out: Path, device, formats,
-              t0: float) -> None:
+def _analyses(
+    args: argparse.Namespace, todo: list[str], models: dict, runs: list, out: Path, device, formats, t0: float
+) -> None:
     import torch
 
     ds = _load_data(args, runs) if models else None
@@ -282,6 +355,7 @@ def _analyses(args: argparse.Namespace, todo: list[str], models: dict, runs: lis
 
 # -- the built-in analyses: each turns the command line into one ``analysis.commands.run_*`` call --
 
+
 @register_analysis("membrane", in_all=True)
 def _membrane(ctx: AnalysisContext) -> dict:
     """Histograms (overall + per layer), near-threshold bars, shares and reductions."""
@@ -289,8 +363,18 @@ def _membrane(ctx: AnalysisContext) -> dict:
 
     a = ctx.args
     sub = ctx.data.subset(ctx.n_or(0), a.seed) if ctx.n_or(0) else ctx.data
-    return C.run_membrane(ctx.models, sub, ctx.out, delta=ctx.delta, v_threshold=ctx.v_threshold, bins=a.bins,
-                          lo=a.hist_range[0], hi=a.hist_range[1], device=ctx.device, **ctx.common)
+    return C.run_membrane(
+        ctx.models,
+        sub,
+        ctx.out,
+        delta=ctx.delta,
+        v_threshold=ctx.v_threshold,
+        bins=a.bins,
+        lo=a.hist_range[0],
+        hi=a.hist_range[1],
+        device=ctx.device,
+        **ctx.common,
+    )
 
 
 @register_analysis("gradients", in_all=True)
@@ -299,9 +383,19 @@ def _gradients(ctx: AnalysisContext) -> dict:
     from ..analysis import commands as C
 
     a = ctx.args
-    return C.run_gradients(ctx.models, ctx.data, ctx.out, images=a.images, indices=a.index, n=ctx.n_or(1000),
-                           rel_tol=a.rel_tol, samples=a.grad_samples, shared_scale=not a.cell_scale,
-                           device=ctx.device, **ctx.common)
+    return C.run_gradients(
+        ctx.models,
+        ctx.data,
+        ctx.out,
+        images=a.images,
+        indices=a.index,
+        n=ctx.n_or(1000),
+        rel_tol=a.rel_tol,
+        samples=a.grad_samples,
+        shared_scale=not a.cell_scale,
+        device=ctx.device,
+        **ctx.common,
+    )
 
 
 @register_analysis("landscape", in_all=True)
@@ -310,9 +404,20 @@ def _landscape(ctx: AnalysisContext) -> dict:
     from ..analysis import commands as C
 
     a = ctx.args
-    return C.run_landscape(ctx.models, ctx.data, ctx.out, n=ctx.n_or(256), steps=a.steps, span=a.span, eps=a.eps,
-                           alpha=a.rfgsm_alpha, include_bn=a.include_bn, device=ctx.device,
-                           progress=not a.no_progress, **ctx.common)
+    return C.run_landscape(
+        ctx.models,
+        ctx.data,
+        ctx.out,
+        n=ctx.n_or(256),
+        steps=a.steps,
+        span=a.span,
+        eps=a.eps,
+        alpha=a.rfgsm_alpha,
+        include_bn=a.include_bn,
+        device=ctx.device,
+        progress=not a.no_progress,
+        **ctx.common,
+    )
 
 
 @register_analysis("flip", models=False, in_all=True)
@@ -321,9 +426,20 @@ def _flip(ctx: AnalysisContext) -> dict:
     from ..analysis import commands as C
 
     a = ctx.args
-    return C.run_flip(ctx.models, ctx.data, ctx.out, sigmas=a.sigmas, draws=a.draws, eps=a.flip_eps,
-                      perturbation=a.perturbation, noise=a.noise, n=ctx.n_or(1000), v_threshold=ctx.v_threshold,
-                      device=ctx.device, **ctx.common)
+    return C.run_flip(
+        ctx.models,
+        ctx.data,
+        ctx.out,
+        sigmas=a.sigmas,
+        draws=a.draws,
+        eps=a.flip_eps,
+        perturbation=a.perturbation,
+        noise=a.noise,
+        n=ctx.n_or(1000),
+        v_threshold=ctx.v_threshold,
+        device=ctx.device,
+        **ctx.common,
+    )
 
 
 @register_analysis("jacobian", in_all=True)
@@ -332,8 +448,19 @@ def _jacobian(ctx: AnalysisContext) -> dict:
     from ..analysis import commands as C
 
     a = ctx.args
-    return C.run_jacobian(ctx.models, ctx.data, ctx.out, n=ctx.n_or(128), iters=a.iters, method=a.method,
-                          projections=a.projections, attack=a.attack, eps=a.eps, device=ctx.device, **ctx.common)
+    return C.run_jacobian(
+        ctx.models,
+        ctx.data,
+        ctx.out,
+        n=ctx.n_or(128),
+        iters=a.iters,
+        method=a.method,
+        projections=a.projections,
+        attack=a.attack,
+        eps=a.eps,
+        device=ctx.device,
+        **ctx.common,
+    )
 
 
 @register_analysis("sweep", models=False, files=True)
@@ -343,8 +470,16 @@ def _sweep(ctx: AnalysisContext) -> dict:
     from ..analysis import commands as C
 
     a = ctx.args
-    return C.run_sweep(ctx.files, ctx.out, attack=a.sweep_attack, lambda_eps=a.lambda_eps, formats=ctx.formats,
-                       title=a.title, reference=a.reference, merge=a.merge)
+    return C.run_sweep(
+        ctx.files,
+        ctx.out,
+        attack=a.sweep_attack,
+        lambda_eps=a.lambda_eps,
+        formats=ctx.formats,
+        title=a.title,
+        reference=a.reference,
+        merge=a.merge,
+    )
 
 
 def _report(res: dict, t0: float) -> None:
@@ -361,18 +496,24 @@ def _report(res: dict, t0: float) -> None:
     elif kind == "landscape":
         for d, per in res["surfaces"].items():
             for n, s in per.items():
-                print(f"{n} [{d}]: loss(0,0) {s['center_loss']:.4f}, max {s['max_loss']:.3g}, "
-                      f"mean rise within 0.25: {s['sharpness_0.25']:.4g}")
+                print(
+                    f"{n} [{d}]: loss(0,0) {s['center_loss']:.4f}, max {s['max_loss']:.3g}, "
+                    f"mean rise within 0.25: {s['sharpness_0.25']:.4g}"
+                )
     elif kind == "flip":
         for s, r in res["theory"]["sigmas"].items():
             print(f"sigma {s}: Monte Carlo vs Phi, max |error| {r['max_abs_error']:.4f} ({r['max_z']:.1f} s.e.)")
         for n, r in res.get("measured", {}).items():
-            print(f"{n}: flip rate {100 * r['overall_rate']:.3f}% under {r['perturbation']} "
-                  f"eps={255 * r['eps']:.3g}/255 (noise {r['noise']})")
+            print(
+                f"{n}: flip rate {100 * r['overall_rate']:.3f}% under {r['perturbation']} "
+                f"eps={255 * r['eps']:.3g}/255 (noise {r['noise']})"
+            )
     elif kind == "jacobian":
         for n, s in res["summary"].items():
-            print(f"{n}: median ||J||_2 {s['median_spectral']:.4g}, median change {s['median_actual']:.4g} vs bound "
-                  f"{s['median_bound']:.4g}; {100 * s['share_exceeding_bound']:.0f}% of samples above the bound")
+            print(
+                f"{n}: median ||J||_2 {s['median_spectral']:.4g}, median change {s['median_actual']:.4g} vs bound "
+                f"{s['median_bound']:.4g}; {100 * s['share_exceeding_bound']:.0f}% of samples above the bound"
+            )
     elif kind == "sweep":
         for m, pts in res["curves"].items():
             print(f"{m}: " + ", ".join(f"{p['eps_label']}: {100 * p['accuracy']:.1f}%" for p in pts))

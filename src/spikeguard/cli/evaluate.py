@@ -57,40 +57,77 @@ progress shows samples done per attack and batch, rate and ETA. Typical costs: d
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="attack a trained run with the attack suite; per-attack and worst-case robust accuracy",
+        "evaluate",
+        help="attack a trained run with the attack suite; per-attack and worst-case robust accuracy",
         description="Evaluate a trained spikeguard run against a suite of L-inf attacks (gradient, adaptive, "
-                    "black-box, transfer), judging stochastic models over several passes, and report each "
-                    "attack's robust accuracy and the per-sample worst case; --audit adds the gradient-masking "
-                    "sanity checks.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "black-box, transfer), judging stochastic models over several passes, and report each "
+        "attack's robust accuracy and the per-sample worst case; --audit adds the gradient-masking "
+        "sanity checks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_common_args(p)
     p.add_argument("--attacks", default="", metavar="LIST", help="comma-separated attack names (see below)")
-    p.add_argument("--suite", choices=("paper", "strong"), default=None,
-                   help="attack preset (default: paper when --attacks is not given)")
-    p.add_argument("--alpha", default=None, metavar="STEP",
-                   help="step size of the PGD-type attacks: a number, 'eps' (2.5 * eps / steps) or 'paper' (0.01); "
-                        "default: 'eps' with --suite strong, else 0.01")
-    p.add_argument("--source", metavar="RUN_DIR", default=None,
-                   help="source model of the transfer attack (default: the target's noise-free twin)")
-    p.add_argument("--square-queries", type=positive_int, default=None, metavar="Q",
-                   help="queries of 'square' (default 1000; 'squareQ' names set it per attack)")
+    p.add_argument(
+        "--suite",
+        choices=("paper", "strong"),
+        default=None,
+        help="attack preset (default: paper when --attacks is not given)",
+    )
+    p.add_argument(
+        "--alpha",
+        default=None,
+        metavar="STEP",
+        help="step size of the PGD-type attacks: a number, 'eps' (2.5 * eps / steps) or 'paper' (0.01); "
+        "default: 'eps' with --suite strong, else 0.01",
+    )
+    p.add_argument(
+        "--source",
+        metavar="RUN_DIR",
+        default=None,
+        help="source model of the transfer attack (default: the target's noise-free twin)",
+    )
+    p.add_argument(
+        "--square-queries",
+        type=positive_int,
+        default=None,
+        metavar="Q",
+        help="queries of 'square' (default 1000; 'squareQ' names set it per attack)",
+    )
     p.add_argument("--audit", action="store_true", help="also run the audit (reuses this evaluation's attacks)")
-    p.add_argument("--audit-steps", type=positive_int, default=10, help="PGD steps of the audit's own runs (default 10)")
-    p.add_argument("--individual", action="store_true",
-                   help="run every attack on every sample and report each attack's accuracy (default: the cascade, "
-                        "cheap to expensive, each attack only on the samples still robust: the same worst case at a "
-                        "fraction of the cost; --suite paper always runs individually)")
+    p.add_argument(
+        "--audit-steps", type=positive_int, default=10, help="PGD steps of the audit's own runs (default 10)"
+    )
+    p.add_argument(
+        "--individual",
+        action="store_true",
+        help="run every attack on every sample and report each attack's accuracy (default: the cascade, "
+        "cheap to expensive, each attack only on the samples still robust: the same worst case at a "
+        "fraction of the cost; --suite paper always runs individually)",
+    )
     p.add_argument("--no-per-sample", action="store_true", help="leave the per-sample results out of the JSON")
-    p.add_argument("--event-ks", default="", metavar="LIST",
-                   help="event data only: also measure the event-flip attack (and the random-flip baseline) at "
-                        "these budgets k of flipped event cells, e.g. 1,5,20,50 (success rate over originally "
-                        "correct samples, accuracy vs k), and what rounding PGD-10 back to events leaves")
-    p.add_argument("--distributed", type=positive_int, default=None, metavar="N",
-                   help="shard the batches over N local processes (under torchrun: over its processes); the "
-                        "result is identical to one process")
-    p.add_argument("--restart", action="store_true",
-                   help="ignore the per-batch journal of an interrupted run with the same settings (default: "
-                        "finished batches are reused)")
+    p.add_argument(
+        "--event-ks",
+        default="",
+        metavar="LIST",
+        help="event data only: also measure the event-flip attack (and the random-flip baseline) at "
+        "these budgets k of flipped event cells, e.g. 1,5,20,50 (success rate over originally "
+        "correct samples, accuracy vs k), and what rounding PGD-10 back to events leaves",
+    )
+    p.add_argument(
+        "--distributed",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="shard the batches over N local processes (under torchrun: over its processes); the "
+        "result is identical to one process",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore the per-batch journal of an interrupted run with the same settings (default: "
+        "finished batches are reused)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     p.add_argument("--verbose", "-v", action="store_true", help="also print setup details")
     p.set_defaults(func=run)
@@ -100,43 +137,84 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``evaluate`` and ``audit``."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="RUN_DIR", help="run folder (or its model.safetensors)")
-    src.add_argument("--model-file", metavar="FILE.py:FN",
-                     help="any classifier: FN() from FILE.py (or package.module:FN) returns an nn.Module taking images "
-                          "in [0, 1]; needs --data (see docs/evaluation.md, 'Evaluate your own model')")
-    p.add_argument("--weights", metavar="FILE", default=None,
-                   help="weights for --model-file: .safetensors or a torch.save-d state_dict (read weights_only)")
+    src.add_argument(
+        "--model-file",
+        metavar="FILE.py:FN",
+        help="any classifier: FN() from FILE.py (or package.module:FN) returns an nn.Module taking images "
+        "in [0, 1]; needs --data (see docs/evaluation.md, 'Evaluate your own model')",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        default=None,
+        help="weights for --model-file: .safetensors or a torch.save-d state_dict (read weights_only)",
+    )
     rnd = p.add_mutually_exclusive_group()
-    rnd.add_argument("--deterministic", dest="randomness", action="store_const", const="deterministic",
-                     help="treat the model as deterministic whatever the randomness detection finds")
-    rnd.add_argument("--stochastic", dest="randomness", action="store_const", const="stochastic",
-                     help="treat the model as stochastic (EoT, several passes) whatever the detection finds")
+    rnd.add_argument(
+        "--deterministic",
+        dest="randomness",
+        action="store_const",
+        const="deterministic",
+        help="treat the model as deterministic whatever the randomness detection finds",
+    )
+    rnd.add_argument(
+        "--stochastic",
+        dest="randomness",
+        action="store_const",
+        const="stochastic",
+        help="treat the model as stochastic (EoT, several passes) whatever the detection finds",
+    )
     p.set_defaults(randomness="auto")
     p.add_argument("--eps", default="8/255", help=f"L-inf budget: {EPS_HELP} (default 8/255)")
-    p.add_argument("--eot", type=positive_int, default=8,
-                   help="EoT passes per attack gradient for stochastic models (default 8; 1 for deterministic ones)")
-    p.add_argument("--passes", type=positive_int, default=8,
-                   help="evaluation passes for stochastic models (default 8; 1 for deterministic ones)")
-    p.add_argument("--n-samples", type=nonneg_int, default=0,
-                   help="class-balanced test subset size, 0 = the whole test split (default 0)")
+    p.add_argument(
+        "--eot",
+        type=positive_int,
+        default=8,
+        help="EoT passes per attack gradient for stochastic models (default 8; 1 for deterministic ones)",
+    )
+    p.add_argument(
+        "--passes",
+        type=positive_int,
+        default=8,
+        help="evaluation passes for stochastic models (default 8; 1 for deterministic ones)",
+    )
+    p.add_argument(
+        "--n-samples",
+        type=nonneg_int,
+        default=0,
+        help="class-balanced test subset size, 0 = the whole test split (default 0)",
+    )
     p.add_argument("--split", choices=("test", "train"), default="test", help="data split (default test)")
-    p.add_argument("--data", default=None, metavar="NAME",
-                   help="dataset name (default: the run's data.name; required with --model-file)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="NAME",
+        help="dataset name (default: the run's data.name; required with --model-file)",
+    )
     p.add_argument("--data-root", default=None, metavar="PATH", help="dataset root (default: the run's data.root)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="images per attack batch (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset, random starts and noise (default 0)")
     add_device_arg(p)
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads, 0 = torch's default")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder (default: a new folder RUN_DIR/evaluation/<UTC time>-<what>-eps<k>)")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: a new folder RUN_DIR/evaluation/<UTC time>-<what>-eps<k>)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a result already in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
     """``--device`` of every command that computes."""
-    p.add_argument("--device", default=default, metavar="DEVICE",
-                   help="auto, cpu, cuda, cuda:1 ... (default " + (default or "the config's device") + "); an "
-                        "unavailable device is a one-line error")
+    p.add_argument(
+        "--device",
+        default=default,
+        metavar="DEVICE",
+        help="auto, cpu, cuda, cuda:1 ... (default " + (default or "the config's device") + "); an "
+        "unavailable device is a one-line error",
+    )
 
 
 def parse_eps_arg(text: str) -> float:
@@ -186,15 +264,18 @@ def load_target(args: argparse.Namespace):
         options = dict(d.options) if name == d.name else {}  # e.g. an event data set's frame settings
     model = run.model
     model.eval()  # BatchNorm in inference mode; Noisy-LIF noise stays on (it is not tied to the mode)
-    ds = load_dataset(name, args.split, root=root, cache_dir=cache, subset=args.n_samples, seed=args.seed,
-                      verify=verify, **options)
+    ds = load_dataset(
+        name, args.split, root=root, cache_dir=cache, subset=args.n_samples, seed=args.seed, verify=verify, **options
+    )
     x, y = ds.float_images(), ds.labels
     try:
         with torch.inference_mode():
             out = model(x[:1].to(device))
     except (RuntimeError, ValueError) as e:
-        raise DataError(f"dataset {name!r} (images {tuple(x.shape[1:])}) does not fit the model of "
-                        f"{args.checkpoint or args.model_file}: {str(e).splitlines()[0]}") from None
+        raise DataError(
+            f"dataset {name!r} (images {tuple(x.shape[1:])}) does not fit the model of "
+            f"{args.checkpoint or args.model_file}: {str(e).splitlines()[0]}"
+        ) from None
     if int(y.max()) >= out.shape[1]:
         raise DataError(f"dataset {name!r} has labels up to {int(y.max())} but the model has {out.shape[1]} classes")
     info = {"name": name, "split": args.split, "root": root, "n_samples": len(y), "seed": args.seed}
@@ -213,8 +294,9 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
-def result_dir(args: argparse.Namespace, run, what: str, eps: float, result: str, ctx=None,
-               journal_name: str | None = None) -> tuple[Path, bool]:
+def result_dir(
+    args: argparse.Namespace, run, what: str, eps: float, result: str, ctx=None, journal_name: str | None = None
+) -> tuple[Path, bool]:
     """``(folder, created)``: the output folder of one evaluation or audit, never one holding a result.
 
     ``--out DIR`` is used as given (a ``result`` file already there is an error unless
@@ -233,8 +315,11 @@ def result_dir(args: argparse.Namespace, run, what: str, eps: float, result: str
             chosen = (str(ensure_dir(args.out)), not existed)
         else:
             parent = Path(run.path) / "evaluation"
-            unfinished = [j.parent for j in sorted(parent.glob(f"*/{journal_name}")) if journal_name
-                          and not (j.parent / result).exists()]
+            unfinished = [
+                j.parent
+                for j in sorted(parent.glob(f"*/{journal_name}"))
+                if journal_name and not (j.parent / result).exists()
+            ]
             if unfinished:
                 chosen = (str(unfinished[-1]), False)
             else:
@@ -324,8 +409,9 @@ def stop_on_signals(args: argparse.Namespace) -> Iterator[None]:
         yield
     except _Stopped as e:
         name = signal.Signals(e.signum).name
-        raise Interrupted(f"stopped by {name}; the finished batches are kept, resume with: "
-                          f"{resume_command(args.argv)}", e.signum) from None
+        raise Interrupted(
+            f"stopped by {name}; the finished batches are kept, resume with: {resume_command(args.argv)}", e.signum
+        ) from None
     finally:
         for s_, h in old.items():
             signal.signal(s_, h)
@@ -352,11 +438,23 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
     alpha = parse_alpha(args.alpha, SUITE_ALPHA.get(args.suite or ("" if args.attacks else "paper"), PAPER_ALPHA))
     # the journal of finished batches belongs to exactly these settings and weights
     st = Path(getattr(rn, "identity_file", Path(rn.path) / MODEL_FILE)).stat()
-    settings = {"checkpoint": str(Path(rn.path).resolve()), "weights": [st.st_size, st.st_mtime_ns],
-                "model_file": args.model_file, "randomness": args.randomness,
-                "source": str(Path(args.source).resolve()) if args.source else None, "data": info, "attacks": names,
-                "eps": eps, "eot": args.eot, "passes": args.passes, "alpha": alpha, "batch_size": args.batch_size,
-                "seed": args.seed, "attack_kw": kw, "individual": individual}
+    settings = {
+        "checkpoint": str(Path(rn.path).resolve()),
+        "weights": [st.st_size, st.st_mtime_ns],
+        "model_file": args.model_file,
+        "randomness": args.randomness,
+        "source": str(Path(args.source).resolve()) if args.source else None,
+        "data": info,
+        "attacks": names,
+        "eps": eps,
+        "eot": args.eot,
+        "passes": args.passes,
+        "alpha": alpha,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "attack_kw": kw,
+        "individual": individual,
+    }
     jname = f".evaluate-{journal_key(settings)}"
     what = args.suite or ("-".join(names) if len(names) <= 3 else f"{len(names)}attacks")
     out, created = result_dir(args, rn, what, eps, "robustness.json", ctx, jname)
@@ -367,49 +465,113 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
         ctx.barrier()
         n_done = len(read_journal(journal)) if talk else 0
         if talk:
-            print(f"evaluating {rn.path} on {info['name']}/{info['split']} ({len(y)} images): {', '.join(names)}",
-                  file=sys.stderr)
+            print(
+                f"evaluating {rn.path} on {info['name']}/{info['split']} ({len(y)} images): {', '.join(names)}",
+                file=sys.stderr,
+            )
             print(f"output folder: {out}", file=sys.stderr)
             if n_done:
                 print(f"resuming: {n_done} finished batches on record in {journal}", file=sys.stderr)
         if verbose and ctx.is_main:
-            print(f"{ctx.world_size} process(es), {ctx.backend or 'no process group'}, device {device}, journal "
-                  f"{journal}", file=sys.stderr)
+            print(
+                f"{ctx.world_size} process(es), {ctx.backend or 'no process group'}, device {device}, journal "
+                f"{journal}",
+                file=sys.stderr,
+            )
         if talk and not n_done:
             from ..evaluation.progress import suite_cost
 
             b = args.batch_size
             # the event report's attacks (--event-ks) run on every sample after the suite
-            event_names = [f"{a}{k}" for k in _parse_ks(args.event_ks) for a in ("event-flip", "random-flip")] \
-                if args.event_ks else []
-            print(suite_cost(model, names + event_names, x[:b].to(device), y[:b].to(device), len(y), eps=eps, eot=args.eot,
-                             passes=args.passes, alpha=alpha, batch_size=b, source=source, attack_kw=kw,
-                             cascade=not individual).format(), file=sys.stderr)
-        report = evaluate_sharded(model, x, y, names, eps=eps, eot=args.eot, passes=args.passes, alpha=alpha,
-                                  batch_size=args.batch_size, seed=args.seed, source=source, attack_kw=kw,
-                                  device=device, journal=journal, ctx=ctx,
-                                  progress=talk and not args.no_progress, randomness=args.randomness,
-                                  individual=individual)
+            event_names = (
+                [f"{a}{k}" for k in _parse_ks(args.event_ks) for a in ("event-flip", "random-flip")]
+                if args.event_ks
+                else []
+            )
+            print(
+                suite_cost(
+                    model,
+                    names + event_names,
+                    x[:b].to(device),
+                    y[:b].to(device),
+                    len(y),
+                    eps=eps,
+                    eot=args.eot,
+                    passes=args.passes,
+                    alpha=alpha,
+                    batch_size=b,
+                    source=source,
+                    attack_kw=kw,
+                    cascade=not individual,
+                ).format(),
+                file=sys.stderr,
+            )
+        report = evaluate_sharded(
+            model,
+            x,
+            y,
+            names,
+            eps=eps,
+            eot=args.eot,
+            passes=args.passes,
+            alpha=alpha,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            source=source,
+            attack_kw=kw,
+            device=device,
+            journal=journal,
+            ctx=ctx,
+            progress=talk and not args.no_progress,
+            randomness=args.randomness,
+            individual=individual,
+        )
         if not ctx.is_main:
             return 0
-        prov = provenance(command=command_line(args.argv), checkpoint=getattr(rn, "weights", None) or rn.path,
-                          report=report, attacks=names,
-                          data=info, alpha=alpha, batch_size=args.batch_size, source=args.source,
-                          processes=ctx.world_size, randomness=args.randomness,
-                          mode="individual" if individual else "cascade",
-                          # a --model-file model is identified by its weights file
-                          checkpoint_id=checkpoint_id(getattr(rn, "identity_file", None) or rn.path))
-        extra = {"checkpoint": str(rn.path), "model_file": args.model_file, "weights": args.weights,
-                 "source": args.source, "data": info, "command": "evaluate", "processes": ctx.world_size}
+        prov = provenance(
+            command=command_line(args.argv),
+            checkpoint=getattr(rn, "weights", None) or rn.path,
+            report=report,
+            attacks=names,
+            data=info,
+            alpha=alpha,
+            batch_size=args.batch_size,
+            source=args.source,
+            processes=ctx.world_size,
+            randomness=args.randomness,
+            mode="individual" if individual else "cascade",
+            # a --model-file model is identified by its weights file
+            checkpoint_id=checkpoint_id(getattr(rn, "identity_file", None) or rn.path),
+        )
+        extra = {
+            "checkpoint": str(rn.path),
+            "model_file": args.model_file,
+            "weights": args.weights,
+            "source": args.source,
+            "data": info,
+            "command": "evaluate",
+            "processes": ctx.world_size,
+        }
         cfg = getattr(rn, "config", None)  # None for a --model-file model
         lam = cfg.tgo.lambda_max if cfg is not None and cfg.tgo.enabled else None
         if talk:
             print(report.format_table(f"robust accuracy of {rn.path}"))
         if args.audit:
-            audit = audit_robustness(model, x, y, eps=eps, eot=args.eot, passes=args.passes, report=report,
-                                     steps=args.audit_steps, batch_size=args.batch_size, seed=args.seed,
-                                     device=device, progress=talk and not args.no_progress,
-                                     randomness=args.randomness)
+            audit = audit_robustness(
+                model,
+                x,
+                y,
+                eps=eps,
+                eot=args.eot,
+                passes=args.passes,
+                report=report,
+                steps=args.audit_steps,
+                batch_size=args.batch_size,
+                seed=args.seed,
+                device=device,
+                progress=talk and not args.no_progress,
+                randomness=args.randomness,
+            )
             extra["audit"] = audit.to_dict()
             if talk:
                 print()
@@ -418,22 +580,44 @@ def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk:
                 # event data: a frame attack that rounding back to events erases is false robustness
                 from ..evaluation.events import rounding_check
 
-                rc = rounding_check(model, x, y, "pgd10", eps=eps, batch_size=args.batch_size, seed=args.seed,
-                                    eot=args.eot if is_stochastic(model) else 1, alpha=alpha)
+                rc = rounding_check(
+                    model,
+                    x,
+                    y,
+                    "pgd10",
+                    eps=eps,
+                    batch_size=args.batch_size,
+                    seed=args.seed,
+                    eot=args.eot if is_stochastic(model) else 1,
+                    alpha=alpha,
+                )
                 extra["audit"]["event_rounding"] = rc.to_dict()
                 if talk:
-                    print(rc.warning() or f"rounding PGD-10 back to events: success {rc.success_continuous:.1%} on "
-                                          f"frames, {rc.success_rounded:.1%} as events")
+                    print(
+                        rc.warning()
+                        or f"rounding PGD-10 back to events: success {rc.success_continuous:.1%} on "
+                        f"frames, {rc.success_rounded:.1%} as events"
+                    )
         if args.event_ks:  # event data: success rate of the event-stream attacks vs the budget k
             from ..evaluation.events import event_report
 
-            extra["events"], text = event_report(model, x, y, _parse_ks(args.event_ks), eps=eps, eot=args.eot,
-                                                 batch_size=args.batch_size, seed=args.seed, alpha=alpha)
+            extra["events"], text = event_report(
+                model,
+                x,
+                y,
+                _parse_ks(args.event_ks),
+                eps=eps,
+                eot=args.eot,
+                batch_size=args.batch_size,
+                seed=args.seed,
+                alpha=alpha,
+            )
             if talk:
                 print()
                 print(text)
-        path = write_robustness(out / "robustness.json", report, prov, per_sample=not args.no_per_sample,
-                                lambda_max=lam, **extra)
+        path = write_robustness(
+            out / "robustness.json", report, prov, per_sample=not args.no_per_sample, lambda_max=lam, **extra
+        )
         shutil.rmtree(journal, ignore_errors=True)  # the results are safe in robustness.json now
     if talk:
         print(f"\nwrote {path}")

@@ -9,8 +9,18 @@ from pathlib import Path
 
 from ..registry import Registry, RegistryEntry, first_sentence, summary
 
-KINDS = ("models", "attacks", "neurons", "surrogates", "strategies", "schedules", "datasets", "analyses", "checks",
-         "presets")
+KINDS = (
+    "models",
+    "attacks",
+    "neurons",
+    "surrogates",
+    "strategies",
+    "schedules",
+    "datasets",
+    "analyses",
+    "checks",
+    "presets",
+)
 
 EPILOG = """\
 examples:
@@ -28,11 +38,14 @@ function registered by your own module shows up once that module is imported."""
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "list", help="print the registered models, attacks, neurons, training strategies or config presets",
+        "list",
+        help="print the registered models, attacks, neurons, training strategies or config presets",
         description="Print the names accepted by the configs and commands, one per line with a short "
-                    "description: models (model.name), attacks (--attacks), neurons (neuron.kind), "
-                    "strategies (strategy) and presets (TOML files for --config).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "description: models (model.name), attacks (--attacks), neurons (neuron.kind), "
+        "strategies (strategy) and presets (TOML files for --config).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("kind", choices=KINDS, help="which registry to print")
     p.set_defaults(func=run)
 

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="spikeguard",
         description="Adversarially robust spiking neural networks: train SNNs with Threshold Guarding "
-                    "Optimization (TGO) and Noisy-LIF neurons, attack them, and analyse why they hold up.",
+        "Optimization (TGO) and Noisy-LIF neurons, attack them, and analyse why they hold up.",
         epilog="Run 'spikeguard COMMAND --help' for the options of a command.",
     )
     from .. import __version__

@@ -17,10 +17,14 @@ are embedded as base64 PNG, so the single HTML file opens from disk with no serv
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "report", help="one self-contained HTML report (tables + embedded figures) for a set of run folders",
+        "report",
+        help="one self-contained HTML report (tables + embedded figures) for a set of run folders",
         description="Collect the configuration, training curves, accuracy tables, analysis numbers and figures "
-                    "of one or more run folders into a single HTML file that opens in any browser without a "
-                    "server.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "of one or more run folders into a single HTML file that opens in any browser without a "
+        "server.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run / evaluation / analysis folders")
     p.add_argument("--out", "-o", default="report.html", metavar="HTML", help="output file (default report.html)")
     p.add_argument("--title", default="spikeguard report", help="page title")

@@ -38,26 +38,50 @@ OUT/report.html and one folder per run under OUT/runs/. See docs/study.md."""
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "study", help="train several runs, evaluate each under the paper's and a strong protocol, one comparison table",
+        "study",
+        help="train several runs, evaluate each under the paper's and a strong protocol, one comparison table",
         description="Run a study file: train its runs (presets plus overrides), evaluate each under named "
-                    "evaluation protocols, and write one comparison in the paper's Table 1 layout with the "
-                    "near-threshold share, the BN-rescaled control, figures and an HTML report.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "evaluation protocols, and write one comparison in the paper's Table 1 layout with the "
+        "near-threshold share, the BN-rescaled control, figures and an HTML report.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("study", metavar="STUDY_TOML", help="study file (e.g. configs/studies/cpu-digits-smoke.toml)")
-    p.add_argument("--out", "-o", required=True, metavar="DIR",
-                   help="study folder; rerunning with the same folder reuses finished work and resumes the rest")
-    p.add_argument("--budget", metavar="TIME", default=None,
-                   help="wall-clock budget (9m, 1h30m, 540s): the epoch count of every run is chosen from a "
-                        "measured probe epoch so that the study fits, and printed")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override applied to every run, e.g. --set data.root=DATA_ROOT (repeatable)")
+    p.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        metavar="DIR",
+        help="study folder; rerunning with the same folder reuses finished work and resumes the rest",
+    )
+    p.add_argument(
+        "--budget",
+        metavar="TIME",
+        default=None,
+        help="wall-clock budget (9m, 1h30m, 540s): the epoch count of every run is chosen from a "
+        "measured probe epoch so that the study fits, and printed",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override applied to every run, e.g. --set data.root=DATA_ROOT (repeatable)",
+    )
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: each run's config)")
-    p.add_argument("--tables-only", action="store_true",
-                   help="train and attack nothing: write study.md/json, figures and the report from what OUT "
-                        "holds now (an interrupted study, or one still running elsewhere); unfinished runs, eps "
-                        "and groups are listed as not finished")
-    p.add_argument("--overwrite", action="store_true",
-                   help="with --tables-only: replace tables that another study file wrote into OUT (default: refuse)")
+    p.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="train and attack nothing: write study.md/json, figures and the report from what OUT "
+        "holds now (an interrupted study, or one still running elsewhere); unfinished runs, eps "
+        "and groups are listed as not finished",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --tables-only: replace tables that another study file wrote into OUT (default: refuse)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (stage lines are still printed)")
     p.set_defaults(func=run)
@@ -84,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tables_only:
         summarize_study(spec, args.out, report=not args.no_report, log=log)
         return 0
-    run_study(spec, args.out, budget=args.budget, progress=not args.no_progress, log=log,
-              report=not args.no_report)
+    run_study(spec, args.out, budget=args.budget, progress=not args.no_progress, log=log, report=not args.no_report)
     return 0
 
 
@@ -114,12 +137,18 @@ def _refuse_other_study(spec, out: Path) -> None:
     mine = Path(spec.path) if spec.path else None
     # the file is recorded as typed (relative to where the study ran): compare by name, and the
     # resolved path only when both resolve to existing files
-    same_file = file is None or mine is None or Path(file).name == mine.name or (
-        Path(file).is_file() and Path(file).resolve() == mine.resolve())
+    same_file = (
+        file is None
+        or mine is None
+        or Path(file).name == mine.name
+        or (Path(file).is_file() and Path(file).resolve() == mine.resolve())
+    )
     if name == spec.name and same_file:
         return
-    raise ConfigError(f"{out} holds the tables of study {name!r} ({file or 'file not recorded'}), not of "
-                      f"{spec.name!r} ({spec.path}); choose another --out, or pass --overwrite to replace them")
+    raise ConfigError(
+        f"{out} holds the tables of study {name!r} ({file or 'file not recorded'}), not of "
+        f"{spec.name!r} ({spec.path}); choose another --out, or pass --overwrite to replace them"
+    )
 
 
 def rewrite_notes(out: Path, report: bool = True) -> list[str]:

@@ -28,19 +28,30 @@ folder DIR/{train,test}/<class>/*.png; nothing is ever downloaded."""
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a spiking network from a TOML config (BPTT/TET, TGO, Noisy-LIF), with checkpoints",
+        "train",
+        help="train a spiking network from a TOML config (BPTT/TET, TGO, Noisy-LIF), with checkpoints",
         description="Train the experiment described by a TOML config (see configs/paper and configs/cpu): dataset, "
-                    "network, neuron, TGO constraint, training strategy, SGD schedule. Shows a progress bar with "
-                    "loss, accuracy, lambda and the near-threshold share, writes a JSON-lines log, checkpoints "
-                    "(safetensors) and the clean test accuracy. Deterministic on CPU for a given seed; --resume "
-                    "continues exactly where an interrupted run stopped.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", "-c", metavar="TOML", help="experiment config (omit to start from the defaults, "
-                   "or when resuming)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set tgo.lambda_max=0.3 (repeatable)")
-    p.add_argument("--out", "-o", metavar="DIR", help="run folder to create (or to resume); required unless "
-                   "--print-config")
+        "network, neuron, TGO constraint, training strategy, SGD schedule. Shows a progress bar with "
+        "loss, accuracy, lambda and the near-threshold share, writes a JSON-lines log, checkpoints "
+        "(safetensors) and the clean test accuracy. Deterministic on CPU for a given seed; --resume "
+        "continues exactly where an interrupted run stopped.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config", "-c", metavar="TOML", help="experiment config (omit to start from the defaults, or when resuming)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set tgo.lambda_max=0.3 (repeatable)",
+    )
+    p.add_argument(
+        "--out", "-o", metavar="DIR", help="run folder to create (or to resume); required unless --print-config"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar and per-epoch lines")
@@ -55,16 +66,33 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     """Process-count and logging options (shared with ``evaluate``)."""
     from .common import nonneg_int, positive_int
 
-    p.add_argument("--distributed", type=positive_int, default=None, metavar="N",
-                   help="run N processes on this machine (DDP over gloo on CPU, NCCL on GPU); under torchrun "
-                        "(RANK/WORLD_SIZE set) the processes are torchrun's and this flag is not needed")
+    p.add_argument(
+        "--distributed",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="run N processes on this machine (DDP over gloo on CPU, NCCL on GPU); under torchrun "
+        "(RANK/WORLD_SIZE set) the processes are torchrun's and this flag is not needed",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
-    p.add_argument("--verbose", "-v", action="store_true",
-                   help="also print one line per logged step (loss, lambda, throughput, memory) and setup details")
-    p.add_argument("--log-every", type=nonneg_int, default=None, metavar="K",
-                   help="append a line to OUT/steps.jsonl every K steps (default 50; 10 with --verbose; 0 = off)")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)")
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="also print one line per logged step (loss, lambda, throughput, memory) and setup details",
+    )
+    p.add_argument(
+        "--log-every",
+        type=nonneg_int,
+        default=None,
+        metavar="K",
+        help="append a line to OUT/steps.jsonl every K steps (default 50; 10 with --verbose; 0 = off)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)",
+    )
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
@@ -110,14 +138,21 @@ def run(args: argparse.Namespace) -> int:
     created = not Path(args.out).exists()
     try:
         log_every = args.log_every if args.log_every is not None else (10 if verbosity > NORMAL else 50)
-        logger = RunLogger(args.out, verbosity=verbosity if not args.no_progress else min(verbosity, QUIET),
-                           log_every=log_every, tensorboard=args.tensorboard, enabled=ctx.is_main)
+        logger = RunLogger(
+            args.out,
+            verbosity=verbosity if not args.no_progress else min(verbosity, QUIET),
+            log_every=log_every,
+            tensorboard=args.tensorboard,
+            enabled=ctx.is_main,
+        )
         logger.debug(f"spikeguard train: rank {ctx.rank}/{ctx.world_size} ({ctx.backend or 'single process'})")
         # a run that fails before its first checkpoint leaves no folder behind
-        with removed_on_failure(args.out, keep=lambda p: (p / "model.safetensors").exists(),
-                                created=created and ctx.is_main):
-            res = run_experiment(cfg, args.out, resume=args.resume,
-                                 progress=verbosity >= NORMAL and not args.no_progress, logger=logger)
+        with removed_on_failure(
+            args.out, keep=lambda p: (p / "model.safetensors").exists(), created=created and ctx.is_main
+        ):
+            res = run_experiment(
+                cfg, args.out, resume=args.resume, progress=verbosity >= NORMAL and not args.no_progress, logger=logger
+            )
         # every rank is done before any leaves the group: a rank tearing its process group
         # down while a peer still finishes (rank 0 writes the results) can abort the peer
         ctx.barrier()

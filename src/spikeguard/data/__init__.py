@@ -7,7 +7,17 @@ from .digits import load_digits_split
 from .registry import DatasetInfo, dataset_info, default_cache_dir, list_datasets, load_dataset, register_dataset_info
 
 __all__ = [
-    "ImageDataset", "batches", "DatasetInfo", "dataset_info", "register_dataset_info", "random_crop_flip",
-    "load_digits_split", "load_dataset", "list_datasets",
-    "default_cache_dir", "read_cifar_pickle", "verify_md5", "CIFAR10_CLASSES",
+    "ImageDataset",
+    "batches",
+    "DatasetInfo",
+    "dataset_info",
+    "register_dataset_info",
+    "random_crop_flip",
+    "load_digits_split",
+    "load_dataset",
+    "list_datasets",
+    "default_cache_dir",
+    "read_cifar_pickle",
+    "verify_md5",
+    "CIFAR10_CLASSES",
 ]

@@ -34,7 +34,9 @@ class ImageDataset:
         if self.images.dim() != 4:
             raise DataError(f"{self.name}: images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
-            raise DataError(f"{self.name}: {self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
+            raise DataError(
+                f"{self.name}: {self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}"
+            )
         if self.images.is_floating_point() and not torch.isfinite(self.images).all():
             raise DataError(f"{self.name}: images contain NaN or Inf")
         if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
@@ -55,8 +57,9 @@ class ImageDataset:
     def to(self, device: torch.device | str) -> ImageDataset:
         """The same split with images and labels on ``device`` (GPU-resident data: CIFAR-10's
         uint8 training set is 150 MB; batches are then gathered and augmented there)."""
-        return ImageDataset(self.images.to(device), self.labels.to(device), self.classes, self.mean, self.std,
-                            self.name)
+        return ImageDataset(
+            self.images.to(device), self.labels.to(device), self.classes, self.mean, self.std, self.name
+        )
 
     def float_images(self, index: Tensor | slice | None = None) -> Tensor:
         """Images (optionally a selection) as float32 in [0, 1]."""
@@ -71,14 +74,22 @@ class ImageDataset:
         order = torch.randperm(len(self), generator=g)
         # round-robin over classes keeps the subset balanced
         by_class = [order[self.labels[order] == c] for c in range(self.num_classes)]
-        picked = torch.stack([torch.nn.functional.pad(ix, (0, len(self) - len(ix)), value=-1) for ix in by_class], 1).flatten()
+        picked = torch.stack(
+            [torch.nn.functional.pad(ix, (0, len(self) - len(ix)), value=-1) for ix in by_class], 1
+        ).flatten()
         picked = picked[picked >= 0][:n]
         return ImageDataset(self.images[picked], self.labels[picked], self.classes, self.mean, self.std, self.name)
 
 
-def batches(ds: ImageDataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-            augment: Callable[[Tensor, torch.Generator | None], Tensor] | None = None,
-            drop_last: bool = False, device: torch.device | str = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
+def batches(
+    ds: ImageDataset,
+    batch_size: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    augment: Callable[[Tensor, torch.Generator | None], Tensor] | None = None,
+    drop_last: bool = False,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(images float [b, C, H, W] in [0, 1], labels [b])`` batches on ``device``."""
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
@@ -86,7 +97,7 @@ def batches(ds: ImageDataset, batch_size: int, shuffle: bool = False, generator:
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for i in range(0, stop, batch_size):
-        idx = order[i:i + batch_size]
+        idx = order[i : i + batch_size]
         x = ds.float_images(idx).to(device, non_blocking=True)
         y = ds.labels[idx].to(device, non_blocking=True)
         if augment is not None:

@@ -82,8 +82,14 @@ Loader = Callable[[DatasetRequest], ImageDataset]
 DATASET_LOADERS: Registry[Loader] = Registry("dataset", error=DataError)
 
 
-def register_dataset(name: str, *, aliases: tuple[str, ...] = (), info: DatasetInfo | None = None,
-                     options: bool = False, description: str | None = None) -> Callable[[Loader], Loader]:
+def register_dataset(
+    name: str,
+    *,
+    aliases: tuple[str, ...] = (),
+    info: DatasetInfo | None = None,
+    options: bool = False,
+    description: str | None = None,
+) -> Callable[[Loader], Loader]:
     """Decorator: make ``loader(req: DatasetRequest) -> ImageDataset`` loadable as ``name``.
 
     Args:
@@ -113,5 +119,12 @@ def option_datasets() -> list[str]:
     return [e.name for e in DATASET_LOADERS.entries() if e.meta.get("options")]
 
 
-__all__ = ["DatasetInfo", "DatasetRequest", "DATASET_LOADERS", "register_dataset", "dataset_names", "takes_options",
-           "option_datasets"]
+__all__ = [
+    "DatasetInfo",
+    "DatasetRequest",
+    "DATASET_LOADERS",
+    "register_dataset",
+    "dataset_names",
+    "takes_options",
+    "option_datasets",
+]

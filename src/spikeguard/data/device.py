@@ -36,9 +36,18 @@ class DeviceLoader:
         dtype: dtype of the yielded images (float32; bfloat16 halves the bytes for bf16 training).
     """
 
-    def __init__(self, ds: ImageDataset, batch_size: int, device: torch.device | str = "cpu",
-                 augment: bool = True, shuffle: bool = True, drop_last: bool = False, seed: int = 0,
-                 padding: int = 4, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        ds: ImageDataset,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        augment: bool = True,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        padding: int = 4,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         if padding < 0:
@@ -75,7 +84,7 @@ class DeviceLoader:
         ar_h = torch.arange(h, device=self.device)
         ar_w = torch.arange(w, device=self.device)
         for i in range(self.steps):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.images[idx]
             if dy is not None:
                 b = idx.shape[0]

@@ -27,5 +27,4 @@ def load_digits_split(test_size: float = 0.2, split_seed: int = 0) -> tuple[Imag
     tr, te = train_test_split(idx, test_size=test_size, stratify=y.numpy(), random_state=split_seed)
     tr, te = torch.as_tensor(tr), torch.as_tensor(te)
     stats: dict = dict(mean=DIGITS_MEAN, std=DIGITS_STD, classes=DIGITS_CLASSES)
-    return (ImageDataset(x[tr], y[tr], name="digits", **stats),
-            ImageDataset(x[te], y[te], name="digits", **stats))
+    return (ImageDataset(x[tr], y[tr], name="digits", **stats), ImageDataset(x[te], y[te], name="digits", **stats))

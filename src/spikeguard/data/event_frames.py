@@ -56,8 +56,14 @@ def _frame_index(events: np.ndarray, T: int, split_by: str, t_range: tuple[int, 
     return (t - t0) * T // (t1 - t0)
 
 
-def events_to_frames(events: np.ndarray, T: int, sensor_size: tuple[int, int], size: tuple[int, int] | int | None = None,
-                     split_by: str = "number", t_range: tuple[int, int] | None = None) -> np.ndarray:
+def events_to_frames(
+    events: np.ndarray,
+    T: int,
+    sensor_size: tuple[int, int],
+    size: tuple[int, int] | int | None = None,
+    split_by: str = "number",
+    t_range: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Integrate events into ``T`` count frames ``int32 [T, 2, h, w]``.
 
     Args:
@@ -74,8 +80,11 @@ def events_to_frames(events: np.ndarray, T: int, sensor_size: tuple[int, int], s
     if split_by not in SPLITS:
         raise DataError(f"split_by must be one of {', '.join(SPLITS)}, got {split_by!r}")
     H, W = (int(v) for v in sensor_size)
-    h, w = (H, W) if size is None else ((int(size), int(size)) if isinstance(size, (int, np.integer)) else
-                                        tuple(int(v) for v in size))
+    h, w = (
+        (H, W)
+        if size is None
+        else ((int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(v) for v in size))
+    )
     if min(H, W, h, w) < 1:
         raise DataError(f"sensor and frame sizes must be positive, got {sensor_size} -> {size}")
     frames = np.zeros((T, 2, h, w), dtype=np.int32)

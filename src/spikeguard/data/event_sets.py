@@ -45,9 +45,19 @@ from .cifar import CIFAR10_CLASSES
 from .event_frames import SPLITS, FrameNorm, events_to_frames
 from .events import read_events
 
-GESTURE_CLASSES = ["hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise",
-                   "right_arm_counter_clockwise", "left_arm_clockwise", "left_arm_counter_clockwise", "arm_roll",
-                   "air_drums", "air_guitar", "other_gestures"]
+GESTURE_CLASSES = [
+    "hand_clapping",
+    "right_hand_wave",
+    "left_hand_wave",
+    "right_arm_clockwise",
+    "right_arm_counter_clockwise",
+    "left_arm_clockwise",
+    "left_arm_counter_clockwise",
+    "arm_roll",
+    "air_drums",
+    "air_guitar",
+    "other_gestures",
+]
 
 _RECORDINGS = "event camera recordings, integrated into frames (data.options)"
 
@@ -58,8 +68,9 @@ def _event_set(name: str, aliases: tuple[str, ...], description: str = _RECORDIN
 
     def deco(lister):
         def loader(req: DatasetRequest) -> ImageDataset:
-            return load_event_dataset(req.name, req.split, req.root, req.cache_dir, progress=req.progress,
-                                      **req.options)
+            return load_event_dataset(
+                req.name, req.split, req.root, req.cache_dir, progress=req.progress, **req.options
+            )
 
         loader.__doc__ = description
         register_dataset(name, aliases=aliases, options=True, description=description)(loader)
@@ -99,8 +110,9 @@ class EventFrameDataset(ImageDataset):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.images.shape[1] != 2 * self.frames:
-            raise DataError(f"{self.name}: {self.frames} frames need {2 * self.frames} channels, got "
-                            f"{self.images.shape[1]}")
+            raise DataError(
+                f"{self.name}: {self.frames} frames need {2 * self.frames} channels, got {self.images.shape[1]}"
+            )
 
     @property
     def polarities(self) -> int:
@@ -129,8 +141,9 @@ def _options(name: str, given: dict) -> dict:
     opts = dict(_DEFAULTS[name])
     unknown = sorted(set(given) - set(opts) - {"sensor"})
     if unknown:
-        raise DataError(f"unknown option(s) {', '.join(unknown)} for {name}; known: "
-                        f"{', '.join(k for k in opts if k != 'sensor')}")
+        raise DataError(
+            f"unknown option(s) {', '.join(unknown)} for {name}; known: {', '.join(k for k in opts if k != 'sensor')}"
+        )
     opts.update({k: v for k, v in given.items() if v is not None})
     if int(opts["frames"]) < 1 or int(opts["size"]) < 4:
         raise DataError(f"{name}: frames must be >= 1 and size >= 4, got {opts['frames']}, {opts['size']}")
@@ -153,23 +166,35 @@ def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-@_event_set("cifar10-dvs", ("cifar10dvs", "dvs-cifar10"), sensor=(128, 128), frames=10, size=48, split_by="number",
-            norm="clip:4", test_per_class=100, test_split="first")
+@_event_set(
+    "cifar10-dvs",
+    ("cifar10dvs", "dvs-cifar10"),
+    sensor=(128, 128),
+    frames=10,
+    size=48,
+    split_by="number",
+    norm="clip:4",
+    test_per_class=100,
+    test_split="first",
+)
 def _list_cifar10_dvs(root: Path, split: str, opts: dict) -> tuple[list[Sample], list[str]]:
     base = _first_dir(root, ("events_np", "cifar10-dvs/events_np", "cifar10-dvs", "CIFAR10-DVS", ".")) or root
     if (base / "events_np").is_dir():
         base = base / "events_np"
     classes = [c for c in CIFAR10_CLASSES if (base / c).is_dir()]
     if len(classes) != 10:
-        raise DataError(f"cifar10-dvs not found in {root}: expected ROOT/<class>/*.aedat (the 10 CIFAR-10 class "
-                        f"folders, as distributed) or SpikingJelly's ROOT/events_np/<class>/*.npz (set data.root)")
+        raise DataError(
+            f"cifar10-dvs not found in {root}: expected ROOT/<class>/*.aedat (the 10 CIFAR-10 class "
+            f"folders, as distributed) or SpikingJelly's ROOT/events_np/<class>/*.npz (set data.root)"
+        )
     per, where = int(opts["test_per_class"]), opts["test_split"]
     if where not in ("first", "last"):
         raise DataError(f"cifar10-dvs: test_split must be 'first' or 'last', got {where!r}")
     out: list[Sample] = []
     for label, c in enumerate(classes):
-        files = sorted((p for p in (base / c).iterdir() if p.suffix.lower() in (".aedat", ".aedat4", ".npz")),
-                       key=_natural_key)
+        files = sorted(
+            (p for p in (base / c).iterdir() if p.suffix.lower() in (".aedat", ".aedat4", ".npz")), key=_natural_key
+        )
         if len(files) <= per:
             raise DataError(f"{base / c} has {len(files)} recordings, not more than test_per_class = {per}")
         test = files[:per] if where == "first" else files[-per:]
@@ -183,8 +208,10 @@ def _list_nmnist(root: Path, split: str, opts: dict) -> tuple[list[Sample], list
     base = _first_dir(root, ("nmnist", "N-MNIST", ".")) or root
     d = _first_dir(base, ("Train", "train") if split == "train" else ("Test", "test"))
     if d is None:
-        raise DataError(f"nmnist not found in {root}: expected ROOT/Train/<digit>/*.bin and ROOT/Test/<digit>/*.bin "
-                        f"(the official N-MNIST release; set data.root)")
+        raise DataError(
+            f"nmnist not found in {root}: expected ROOT/Train/<digit>/*.bin and ROOT/Test/<digit>/*.bin "
+            f"(the official N-MNIST release; set data.root)"
+        )
     classes = [str(i) for i in range(10)]
     out: list[Sample] = []
     for label, c in enumerate(classes):
@@ -194,14 +221,23 @@ def _list_nmnist(root: Path, split: str, opts: dict) -> tuple[list[Sample], list
     return out, classes
 
 
-@_event_set("dvs-gesture", ("dvs128-gesture", "dvsgesture"), sensor=(128, 128), frames=16, size=32,
-            split_by="number", norm="clip:4")
+@_event_set(
+    "dvs-gesture",
+    ("dvs128-gesture", "dvsgesture"),
+    sensor=(128, 128),
+    frames=16,
+    size=32,
+    split_by="number",
+    norm="clip:4",
+)
 def _list_gesture(root: Path, split: str, opts: dict) -> tuple[list[Sample], list[str]]:
     base = _first_dir(root, ("DvsGesture", "dvs-gesture", ".")) or root
     trials = base / f"trials_to_{split}.txt"
     if not trials.is_file():
-        raise DataError(f"dvs-gesture not found in {root}: expected ROOT/DvsGesture/trials_to_{split}.txt with the "
-                        f"listed user*.aedat and *_labels.csv files (set data.root)")
+        raise DataError(
+            f"dvs-gesture not found in {root}: expected ROOT/DvsGesture/trials_to_{split}.txt with the "
+            f"listed user*.aedat and *_labels.csv files (set data.root)"
+        )
     out: list[Sample] = []
     for name in trials.read_text().split():
         f = base / name
@@ -219,10 +255,18 @@ def _list_gesture(root: Path, split: str, opts: dict) -> tuple[list[Sample], lis
     return out, list(GESTURE_CLASSES)
 
 
-
-_event_set("synthetic-dvs", ("synthetic_dvs",), "synthetic event streams made here (no files needed), integrated "
-           "into frames", frames=8, size=32, split_by="number", norm="clip:4", n_train=1000, n_test=300,
-           canvas=32)(None)
+_event_set(
+    "synthetic-dvs",
+    ("synthetic_dvs",),
+    "synthetic event streams made here (no files needed), integrated into frames",
+    frames=8,
+    size=32,
+    split_by="number",
+    norm="clip:4",
+    n_train=1000,
+    n_test=300,
+    canvas=32,
+)(None)
 
 
 def _streams(samples: list[Sample], progress: bool):
@@ -249,8 +293,9 @@ def _integrate(streams, n: int, opts: dict) -> np.ndarray:
     return out
 
 
-def load_event_dataset(name: str, split: str, root: Path | None, cache_dir: Path | None, progress: bool = False,
-                       **options: Any) -> EventFrameDataset:
+def load_event_dataset(
+    name: str, split: str, root: Path | None, cache_dir: Path | None, progress: bool = False, **options: Any
+) -> EventFrameDataset:
     """One split of an event data set (``load_dataset`` calls this; see the module docstring)."""
     from .registry import _cache_key, _read_cache, _write_cache, default_data_roots
 
@@ -294,9 +339,17 @@ def load_event_dataset(name: str, split: str, root: Path | None, cache_dir: Path
     if hit is None and cache_file is not None:
         _write_cache(cache_file, x, y, classes)
     opts.pop("sensor", None)
-    return EventFrameDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)),
-                             list(classes), (0.0, 0.0), (1.0, 1.0), name=name, frames=T, norm=norm,
-                             options=opts)
+    return EventFrameDataset(
+        torch.from_numpy(np.ascontiguousarray(x)),
+        torch.from_numpy(y.astype(np.int64)),
+        list(classes),
+        (0.0, 0.0),
+        (1.0, 1.0),
+        name=name,
+        frames=T,
+        norm=norm,
+        options=opts,
+    )
 
 
 def event_data_shape(name: str, options: dict | None = None) -> dict:
@@ -306,5 +359,12 @@ def event_data_shape(name: str, options: dict | None = None) -> dict:
     name = DATASET_LOADERS.canonical(str(name).strip().lower())
     opts = _options(name, dict(options or {}))
     classes = {"dvs-gesture": len(GESTURE_CLASSES)}.get(name, 10)
-    return dict(in_channels=2, image_size=int(opts["size"]), num_classes=classes, mean=[0.0, 0.0], std=[1.0, 1.0],
-                frames=int(opts["frames"]), frame_norm=FrameNorm.parse(opts["norm"]).spec)
+    return dict(
+        in_channels=2,
+        image_size=int(opts["size"]),
+        num_classes=classes,
+        mean=[0.0, 0.0],
+        std=[1.0, 1.0],
+        frames=int(opts["frames"]),
+        frame_norm=FrameNorm.parse(opts["norm"]).spec,
+    )

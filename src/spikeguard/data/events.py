@@ -65,7 +65,7 @@ def _skip_header(p: Path, data: bytes, magic: bytes, end_line: bytes | None = No
         first = data[:20].split(b"\n")[0]
         raise DataError(f"{p}: offset 0: bad header {first!r}, expected a line starting with {magic.decode()!r}")
     pos = 0
-    while pos < len(data) and data[pos:pos + 1] == b"#":
+    while pos < len(data) and data[pos : pos + 1] == b"#":
         nl = data.find(b"\n", pos)
         if nl < 0:
             raise DataError(f"{p}: offset {pos}: truncated header (a '#' line without its end)")
@@ -81,14 +81,16 @@ def _skip_header(p: Path, data: bytes, magic: bytes, end_line: bytes | None = No
 # ------------------------------------------------------------------------------------------
 # AEDAT 2.0 (jAER, DVS128)
 
+
 def read_aedat2(path: str | os.PathLike) -> np.ndarray:
     """Read a jAER AEDAT 2.0 file of a DVS128 (128x128), e.g. one CIFAR10-DVS sample."""
     p, data = _read(path)
     start = _skip_header(p, data, b"#!AER-DAT2")
     body = len(data) - start
     if body % 8:
-        raise DataError(f"{p}: offset {start + body - body % 8}: truncated file ({body % 8} trailing bytes of "
-                        f"an 8-byte event)")
+        raise DataError(
+            f"{p}: offset {start + body - body % 8}: truncated file ({body % 8} trailing bytes of an 8-byte event)"
+        )
     raw = np.frombuffer(data, dtype=">u4", offset=start).reshape(-1, 2)
     a = raw[:, 0]
     return make_events(raw[:, 1].astype(np.int64), 127 - ((a >> 8) & 0x7F), 127 - ((a >> 1) & 0x7F), 1 - (a & 1))
@@ -109,9 +111,18 @@ def write_aedat2(path: str | os.PathLike, events: np.ndarray) -> None:
 # ------------------------------------------------------------------------------------------
 # AEDAT 3.1 (cAER, DVS128 Gesture)
 
-_AEDAT3_HEAD_DTYPE = np.dtype([("type", "<i2"), ("source", "<i2"), ("size", "<i4"), ("ts_offset", "<i4"),
-                               ("ts_overflow", "<i4"), ("capacity", "<i4"), ("number", "<i4"),
-                               ("valid", "<i4")])
+_AEDAT3_HEAD_DTYPE = np.dtype(
+    [
+        ("type", "<i2"),
+        ("source", "<i2"),
+        ("size", "<i4"),
+        ("ts_offset", "<i4"),
+        ("ts_overflow", "<i4"),
+        ("capacity", "<i4"),
+        ("number", "<i4"),
+        ("valid", "<i4"),
+    ]
+)
 
 
 def read_aedat3(path: str | os.PathLike) -> np.ndarray:
@@ -125,13 +136,13 @@ def read_aedat3(path: str | os.PathLike) -> np.ndarray:
         h = np.frombuffer(data, dtype=_AEDAT3_HEAD_DTYPE, count=1, offset=pos)[0]
         etype, size, number = int(h["type"]), int(h["size"]), int(h["number"])
         if etype not in _AEDAT3_KNOWN or size <= 0 or number < 0:
-            raise DataError(f"{p}: offset {pos}: unknown packet (type {etype}, event size {size}, "
-                            f"{number} events)")
+            raise DataError(f"{p}: offset {pos}: unknown packet (type {etype}, event size {size}, {number} events)")
         body = pos + _AEDAT3_HEADER
         end = body + size * number
         if end > len(data):
-            raise DataError(f"{p}: offset {pos}: truncated packet ({number} events of {size} bytes, "
-                            f"{len(data) - body} bytes left)")
+            raise DataError(
+                f"{p}: offset {pos}: truncated packet ({number} events of {size} bytes, {len(data) - body} bytes left)"
+            )
         if etype == _AEDAT3_POLARITY:
             if size != 8:
                 raise DataError(f"{p}: offset {pos}: polarity packet with {size}-byte events (expected 8)")
@@ -139,8 +150,9 @@ def read_aedat3(path: str | os.PathLike) -> np.ndarray:
             d = raw[:, 0]
             valid = (d & 1).astype(bool)
             t = raw[:, 1].astype(np.int64) | (np.int64(int(h["ts_overflow"])) << 31)
-            parts.append(make_events(t[valid], ((d >> 17) & 0x7FFF)[valid], ((d >> 2) & 0x7FFF)[valid],
-                                     ((d >> 1) & 1)[valid]))
+            parts.append(
+                make_events(t[valid], ((d >> 17) & 0x7FFF)[valid], ((d >> 2) & 0x7FFF)[valid], ((d >> 1) & 1)[valid])
+            )
         pos = end
     return np.concatenate(parts) if parts else np.empty(0, dtype=EVENT_DTYPE)
 
@@ -150,14 +162,18 @@ def write_aedat3(path: str | os.PathLike, events: np.ndarray, packet_size: int =
     ev = np.asarray(events)
     chunks = [b"#!AER-DAT3.1\r\n#Format: RAW\r\n#!END-HEADER\r\n"]
     for s in range(0, len(ev), packet_size):
-        e = ev[s:s + packet_size]
+        e = ev[s : s + packet_size]
         overflow = (e["t"] >> 31).astype(np.int64)
         for ov in np.unique(overflow):  # one packet per timestamp-overflow value
             sel = e[overflow == ov]
             head = np.zeros(1, dtype=_AEDAT3_HEAD_DTYPE)
             head[0] = (_AEDAT3_POLARITY, 1, 8, 4, int(ov), len(sel), len(sel), len(sel))
-            d = ((sel["x"].astype(np.uint32) << 17) | (sel["y"].astype(np.uint32) << 2)
-                 | (sel["p"].astype(np.uint32) << 1) | np.uint32(1))
+            d = (
+                (sel["x"].astype(np.uint32) << 17)
+                | (sel["y"].astype(np.uint32) << 2)
+                | (sel["p"].astype(np.uint32) << 1)
+                | np.uint32(1)
+            )
             t = (sel["t"] & 0x7FFFFFFF).astype(np.uint32)
             chunks += [head.tobytes(), np.stack([d, t], 1).astype("<u4").tobytes()]
     Path(path).write_bytes(b"".join(chunks))
@@ -166,12 +182,15 @@ def write_aedat3(path: str | os.PathLike, events: np.ndarray, packet_size: int =
 # ------------------------------------------------------------------------------------------
 # N-MNIST binary
 
+
 def read_nmnist(path: str | os.PathLike) -> np.ndarray:
     """Read one N-MNIST ``.bin`` sample (34x34 sensor)."""
     p, data = _read(path)
     if len(data) % 5:
-        raise DataError(f"{p}: offset {len(data) - len(data) % 5}: truncated file ({len(data) % 5} trailing bytes "
-                        f"of a 5-byte event)")
+        raise DataError(
+            f"{p}: offset {len(data) - len(data) % 5}: truncated file ({len(data) % 5} trailing bytes "
+            f"of a 5-byte event)"
+        )
     b = np.frombuffer(data, dtype=np.uint8).reshape(-1, 5).astype(np.int64)
     t = ((b[:, 2] & 0x7F) << 16) | (b[:, 3] << 8) | b[:, 4]
     return make_events(t, b[:, 0], b[:, 1], b[:, 2] >> 7)
@@ -189,6 +208,7 @@ def write_nmnist(path: str | os.PathLike, events: np.ndarray) -> None:
 
 # ------------------------------------------------------------------------------------------
 # .npz and AEDAT 4
+
 
 def read_npz(path: str | os.PathLike) -> np.ndarray:
     """Read ``t, x, y, p`` arrays (SpikingJelly's ``events_np``) or a structured ``events`` array."""
@@ -220,8 +240,9 @@ def read_aedat4(path: str | os.PathLike) -> np.ndarray:
     try:
         import aedat
     except ImportError:
-        raise DataError(f"{path}: reading AEDAT 4 needs the 'aedat' package: pip install 'spikeguard[events]'") \
-            from None
+        raise DataError(
+            f"{path}: reading AEDAT 4 needs the 'aedat' package: pip install 'spikeguard[events]'"
+        ) from None
     p = Path(path)
     parts = []
     try:

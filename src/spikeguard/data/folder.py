@@ -74,8 +74,10 @@ def decode_images(files: list[tuple[Path, int]], progress: bool = False) -> tupl
             h, w = arr.shape[:2]
             x = np.empty((len(files), 3, h, w), dtype=np.uint8)
         elif arr.shape[:2] != x.shape[2:]:
-            raise DataError(f"image {p} is {arr.shape[1]}x{arr.shape[0]}, the others are "
-                            f"{x.shape[3]}x{x.shape[2]} (all images must have one size)")
+            raise DataError(
+                f"image {p} is {arr.shape[1]}x{arr.shape[0]}, the others are "
+                f"{x.shape[3]}x{x.shape[2]} (all images must have one size)"
+            )
         x[i] = arr.transpose(2, 0, 1)
         y[i] = label
     assert x is not None

@@ -65,8 +65,9 @@ def _decode(blob: bytes, where: str) -> np.ndarray:
         raise DataError(f"cannot decode image {where}: {e}") from None
 
 
-def read_parquet_split(path: str | os.PathLike, label_column: str = "label", threads: int = 0,
-                       progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_parquet_split(
+    path: str | os.PathLike, label_column: str = "label", threads: int = 0, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode one parquet split to ``(images uint8 [N, 3, H, W], labels int64 [N], class names)``.
 
     Args:
@@ -86,8 +87,9 @@ def read_parquet_split(path: str | os.PathLike, label_column: str = "label", thr
     names = table.schema.names
     img_col = next((c for c in IMAGE_COLUMNS if c in names), None)
     if img_col is None or label_column not in names:
-        raise DataError(f"{path} has columns {names}; expected an image column ({' or '.join(IMAGE_COLUMNS)}) "
-                        f"and {label_column!r}")
+        raise DataError(
+            f"{path} has columns {names}; expected an image column ({' or '.join(IMAGE_COLUMNS)}) and {label_column!r}"
+        )
     labels = np.asarray(table.column(label_column).to_numpy(zero_copy_only=False), dtype=np.int64)
     col = table.column(img_col).combine_chunks()
     try:
@@ -119,7 +121,7 @@ def read_parquet_split(path: str | os.PathLike, label_column: str = "label", thr
         bar = tqdm(total=n, desc=f"decoding {path.name}", unit="img", leave=False)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, n, 4096):  # chunks: errors surface early, the bar moves
-            list(pool.map(work, it[start:start + 4096]))
+            list(pool.map(work, it[start : start + 4096]))
             if bar is not None:
                 bar.update(min(4096, n - start))
     if bar is not None:

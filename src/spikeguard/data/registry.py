@@ -34,8 +34,17 @@ import torch
 from ..errors import DataError, SpikeguardError
 from .base import ImageDataset
 from .cifar import (
-    CIFAR10_CLASSES, CIFAR10_DIR, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_DIR,
-    CIFAR100_MEAN, CIFAR100_STD, pickle_files, read_cifar_pickle,
+    CIFAR10_CLASSES,
+    CIFAR10_DIR,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_CLASSES,
+    CIFAR100_COARSE_CLASSES,
+    CIFAR100_DIR,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    pickle_files,
+    read_cifar_pickle,
 )
 from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD
 from .folder import decode_images, fingerprint_files, folder_classes, is_image_folder, list_images
@@ -121,14 +130,17 @@ def _has_column(src: Path, column: str) -> bool:
 def _missing(name: str, roots: list[Path]) -> DataError:
     where = ", ".join(str(r) for r in roots)
     if name == "folder":
-        return DataError(f"no image folder found in {where}: expected ROOT/train/<class>/*.jpg and "
-                         f"ROOT/test/<class>/*.jpg (set data.root)")
+        return DataError(
+            f"no image folder found in {where}: expected ROOT/train/<class>/*.jpg and "
+            f"ROOT/test/<class>/*.jpg (set data.root)"
+        )
     pdir = CIFAR10_DIR if name == "cifar10" else CIFAR100_DIR
     archive = "cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz"
     return DataError(
         f"{name} not found in {where}. spikeguard never downloads: extract the official {archive} so that "
         f"ROOT/{pdir}/ exists, or provide an image folder ROOT/{{train,test}}/<class>/*.png, then pass "
-        f"data.root=ROOT (CLI: --set data.root=ROOT) or set SPIKEGUARD_DATA=ROOT")
+        f"data.root=ROOT (CLI: --set data.root=ROOT) or set SPIKEGUARD_DATA=ROOT"
+    )
 
 
 def _cache_key(payload: dict) -> str:
@@ -159,8 +171,9 @@ def _write_cache(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str]) -
         warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
 
 
-def _load_arrays(name: str, split: str, kind: str, src: Path, cache_dir: Path | None, verify: bool,
-                 progress: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _load_arrays(
+    name: str, split: str, kind: str, src: Path, cache_dir: Path | None, verify: bool, progress: bool
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     label = "coarse" if name == "cifar100-coarse" else "fine"
     base = "cifar10" if name == "cifar10" else "cifar100"
     files: list = []
@@ -181,8 +194,9 @@ def _load_arrays(name: str, split: str, kind: str, src: Path, cache_dir: Path | 
         classes = folder_classes(train_dir)
         files = list_images(src / split, classes)
         fp = fingerprint_files(files, src)
-    key = _cache_key({"format": _CACHE_FORMAT, "kind": kind, "name": name, "split": split,
-                      "source": str(src.resolve()), "files": fp})
+    key = _cache_key(
+        {"format": _CACHE_FORMAT, "kind": kind, "name": name, "split": split, "source": str(src.resolve()), "files": fp}
+    )
     cache_file = cache_dir / f"{name}-{split}-{key}.npz" if cache_dir is not None else None
     if cache_file is not None and (hit := _read_cache(cache_file)) is not None:
         return hit
@@ -198,9 +212,17 @@ def _load_arrays(name: str, split: str, kind: str, src: Path, cache_dir: Path | 
     return x, y, classes
 
 
-def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None, subset: int = 0, seed: int = 0,
-                 verify: bool = True, progress: bool = False, **options) -> ImageDataset:
+def load_dataset(
+    name: str,
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    subset: int = 0,
+    seed: int = 0,
+    verify: bool = True,
+    progress: bool = False,
+    **options,
+) -> ImageDataset:
     """Load one split of a dataset as an in-memory :class:`ImageDataset`.
 
     Args:
@@ -234,18 +256,34 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         raise DataError(f"subset must be >= 0, got {subset}")
     entry = DATASET_LOADERS.entry(key)
     if options and not entry.meta.get("options"):
-        raise DataError(f"{key} takes no data options (got {', '.join(sorted(options))}); they are for the event "
-                        f"data sets {', '.join(option_datasets())}")
-    cdir = None if cache_dir == "" else (
-        Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "datasets"
-    req = DatasetRequest(key, str(name).strip().lower(), split, Path(root).expanduser() if root not in (None, "") else None,
-                         cdir, verify, progress, dict(options))
+        raise DataError(
+            f"{key} takes no data options (got {', '.join(sorted(options))}); they are for the event "
+            f"data sets {', '.join(option_datasets())}"
+        )
+    cdir = (
+        None
+        if cache_dir == ""
+        else (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "datasets"
+    )
+    req = DatasetRequest(
+        key,
+        str(name).strip().lower(),
+        split,
+        Path(root).expanduser() if root not in (None, "") else None,
+        cdir,
+        verify,
+        progress,
+        dict(options),
+    )
     ds = entry.obj(req)
     return ds.subset(subset, seed) if subset else ds
 
 
-@register_dataset("digits", info=DatasetInfo("digits", tuple(DIGITS_CLASSES), (1, 8, 8), DIGITS_MEAN, DIGITS_STD),
-                  description=f"{len(DIGITS_CLASSES)} classes, 1x8x8 images")
+@register_dataset(
+    "digits",
+    info=DatasetInfo("digits", tuple(DIGITS_CLASSES), (1, 8, 8), DIGITS_MEAN, DIGITS_STD),
+    description=f"{len(DIGITS_CLASSES)} classes, 1x8x8 images",
+)
 def _load_digits(req: DatasetRequest) -> ImageDataset:
     """The embedded 8x8 digits (scikit-learn's copy of the UCI set)."""
     from .digits import load_digits_split
@@ -265,10 +303,15 @@ def _load_image_set(req: DatasetRequest) -> ImageDataset:
     if found is None:
         raise _missing(key, roots)
     kind, src = found
-    if kind in ("folder", "parquet") and key == "cifar100-coarse" and not (
-            kind == "parquet" and _has_column(src, "coarse_label")):
-        raise DataError(f"{src} has one label set; cifar100-coarse needs the python release or parquet files with coarse_label "
-                        f"({CIFAR100_DIR})")
+    if (
+        kind in ("folder", "parquet")
+        and key == "cifar100-coarse"
+        and not (kind == "parquet" and _has_column(src, "coarse_label"))
+    ):
+        raise DataError(
+            f"{src} has one label set; cifar100-coarse needs the python release or parquet files with coarse_label "
+            f"({CIFAR100_DIR})"
+        )
     x, y, classes = _load_arrays(key, split, kind, src, req.cache_dir, req.verify, req.progress)
 
     info = DATASET_LOADERS.entry(key).meta.get("info")
@@ -280,8 +323,14 @@ def _load_image_set(req: DatasetRequest) -> ImageDataset:
         xf = torch.from_numpy(x).float().div_(255.0)
         mean = tuple(float(v) for v in xf.mean((0, 2, 3)))
         std = tuple(max(float(v), 1e-3) for v in xf.std((0, 2, 3)))
-    return ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)),
-                        list(classes), mean, std, name=key)
+    return ImageDataset(
+        torch.from_numpy(np.ascontiguousarray(x)),
+        torch.from_numpy(y.astype(np.int64)),
+        list(classes),
+        mean,
+        std,
+        name=key,
+    )
 
 
 def _info_text(info: DatasetInfo | None) -> str:
@@ -290,18 +339,33 @@ def _info_text(info: DatasetInfo | None) -> str:
 
 
 for _name, _aliases, _info, _desc in (
-    ("cifar10", ("cifar-10", "cifar10-parquet"),
-     DatasetInfo("cifar10", tuple(CIFAR10_CLASSES), (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD), None),
-    ("cifar100", ("cifar-100", "cifar100-fine", "cifar100-parquet"),
-     DatasetInfo("cifar100", CIFAR100_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD), None),
-    ("cifar100-coarse", ("cifar-100-coarse", "cifar100-coarse-parquet"),
-     DatasetInfo("cifar100-coarse", CIFAR100_COARSE_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD), None),
-    ("folder", ("imagefolder", "image-folder"), None,
-     "an image folder ROOT/{train,test}/<class>/*.png (classes from the sub-folder names)"),
+    (
+        "cifar10",
+        ("cifar-10", "cifar10-parquet"),
+        DatasetInfo("cifar10", tuple(CIFAR10_CLASSES), (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD),
+        None,
+    ),
+    (
+        "cifar100",
+        ("cifar-100", "cifar100-fine", "cifar100-parquet"),
+        DatasetInfo("cifar100", CIFAR100_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD),
+        None,
+    ),
+    (
+        "cifar100-coarse",
+        ("cifar-100-coarse", "cifar100-coarse-parquet"),
+        DatasetInfo("cifar100-coarse", CIFAR100_COARSE_CLASSES, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD),
+        None,
+    ),
+    (
+        "folder",
+        ("imagefolder", "image-folder"),
+        None,
+        "an image folder ROOT/{train,test}/<class>/*.png (classes from the sub-folder names)",
+    ),
 ):
     # the three CIFAR sets and the folder share one loader; each is one registration with its facts
     # (a ``-parquet`` alias names the same data set with the parquet source preferred)
-    register_dataset(_name, aliases=_aliases, info=_info,
-                     description=_desc or _info_text(_info))(_load_image_set)
+    register_dataset(_name, aliases=_aliases, info=_info, description=_desc or _info_text(_info))(_load_image_set)
 
 from . import event_sets as _event_sets  # noqa: E402,F401  (registers the event data sets)

@@ -26,20 +26,29 @@ def _positions(rng: np.random.Generator, n: int, steps: int) -> np.ndarray:
     amp = rng.uniform(1.5, 3.0, size=(n, 1))
     turn = rng.uniform(-0.4, 0.4, size=(n, 1))
     # a triangle: down-right, left, back up-right to the start (N-MNIST's pattern), jittered
-    dirs = np.stack([np.concatenate([np.cos(a), np.sin(a)], 1) for a in
-                     (np.pi / 4 + turn, np.pi + turn, -np.pi / 4 + turn)], 1)  # [n, 3, 2]
+    dirs = np.stack(
+        [np.concatenate([np.cos(a), np.sin(a)], 1) for a in (np.pi / 4 + turn, np.pi + turn, -np.pi / 4 + turn)], 1
+    )  # [n, 3, 2]
     verts = np.concatenate([np.zeros((n, 1, 2)), np.cumsum(amp[:, :, None] * dirs, 1)], 1)
     verts[:, 3] = 0.0  # close the loop
     f = np.arange(1, steps + 1) / steps
     path = [verts[:, :1]]
     for s in range(3):
-        path.append(verts[:, s:s + 1] + f[None, :, None] * (verts[:, s + 1:s + 2] - verts[:, s:s + 1]))
+        path.append(verts[:, s : s + 1] + f[None, :, None] * (verts[:, s + 1 : s + 2] - verts[:, s : s + 1]))
     return np.concatenate(path, 1)
 
 
-def synthetic_dvs_events(images: np.ndarray, canvas: int = 32, seed: int = 0, steps: int = 6,
-                         threshold: tuple[float, float] = (0.2, 0.3), duration: int = 300_000,
-                         noise_rate: float = 0.01, hot_pixels: int = 3, hot_rate: float = 8.0) -> list[np.ndarray]:
+def synthetic_dvs_events(
+    images: np.ndarray,
+    canvas: int = 32,
+    seed: int = 0,
+    steps: int = 6,
+    threshold: tuple[float, float] = (0.2, 0.3),
+    duration: int = 300_000,
+    noise_rate: float = 0.01,
+    hot_pixels: int = 3,
+    hot_rate: float = 8.0,
+) -> list[np.ndarray]:
     """Event streams of the given grayscale images ``[n, h, w]`` in [0, 1] moved along saccades.
 
     Args:
@@ -63,7 +72,7 @@ def synthetic_dvs_events(images: np.ndarray, canvas: int = 32, seed: int = 0, st
     off = rng.integers(-2, 3, size=(n, 2))
     for i in range(n):
         y0, x0 = (canvas - sh) // 2 + off[i, 0], (canvas - sw) // 2 + off[i, 1]
-        base[i, y0:y0 + sh, x0:x0 + sw] = src[i]
+        base[i, y0 : y0 + sh, x0 : x0 + sw] = src[i]
     pos = _positions(rng, n, steps)  # [n, K + 1, 2]
     k_steps = pos.shape[1] - 1
     img = torch.from_numpy(base)[:, None]
@@ -95,16 +104,24 @@ def synthetic_dvs_events(images: np.ndarray, canvas: int = 32, seed: int = 0, st
     n_noise = rng.poisson(noise_rate * 2 * canvas * canvas, size=n)
     s = np.repeat(np.arange(n), n_noise)
     m = len(s)
-    chunks.append((s, rng.integers(0, duration, m), rng.integers(0, canvas, m), rng.integers(0, canvas, m),
-                   rng.integers(0, 2, m).astype(np.uint8)))
+    chunks.append(
+        (
+            s,
+            rng.integers(0, duration, m),
+            rng.integers(0, canvas, m),
+            rng.integers(0, canvas, m),
+            rng.integers(0, 2, m).astype(np.uint8),
+        )
+    )
     # hot pixels: the same few sensor pixels fire in every recording of the split
     hot = np.random.default_rng(seed + 1).integers(0, canvas, size=(hot_pixels, 2))
     for hy, hx in hot:
         c = rng.poisson(hot_rate, size=n)
         s = np.repeat(np.arange(n), c)
         m = len(s)
-        chunks.append((s, rng.integers(0, duration, m), np.full(m, hx), np.full(m, hy),
-                       rng.integers(0, 2, m).astype(np.uint8)))
+        chunks.append(
+            (s, rng.integers(0, duration, m), np.full(m, hx), np.full(m, hy), rng.integers(0, 2, m).astype(np.uint8))
+        )
     s, t, x, y, p = (np.concatenate(a) for a in zip(*chunks, strict=True))
     order = np.lexsort((t, s))
     s, t, x, y, p = s[order], t[order], x[order], y[order], p[order]

@@ -35,9 +35,16 @@ schedule, stats reduction and :class:`DistributedTraining`, the wrapper
 :func:`spikeguard.experiment.run_experiment` puts around a single-process trainer).
 """
 
-
 from .context import (
-    ENV_VARS, DistContext, current, env_world, init_from_env, rank_seed, seed_rank, set_context, shutdown,
+    ENV_VARS,
+    DistContext,
+    current,
+    env_world,
+    init_from_env,
+    rank_seed,
+    seed_rank,
+    set_context,
+    shutdown,
 )
 from .ddp import DistributedModel, DistributedTraining, merge_epoch_stats, prepare_model, reduce_epoch_stats
 from .launch import free_port, launch_local
@@ -45,8 +52,25 @@ from .loader import EpochLoader, ShardWeight, shard_bounds
 from .syncbn import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
-    "DistContext", "current", "init_from_env", "shutdown", "set_context", "env_world", "launch_local", "free_port",
-    "rank_seed", "seed_rank", "ShardWeight", "shard_bounds", "EpochLoader", "SyncBatchNorm", "convert_sync_batchnorm",
-    "DistributedModel", "DistributedTraining", "prepare_model", "reduce_epoch_stats", "merge_epoch_stats",
+    "DistContext",
+    "current",
+    "init_from_env",
+    "shutdown",
+    "set_context",
+    "env_world",
+    "launch_local",
+    "free_port",
+    "rank_seed",
+    "seed_rank",
+    "ShardWeight",
+    "shard_bounds",
+    "EpochLoader",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
+    "DistributedModel",
+    "DistributedTraining",
+    "prepare_model",
+    "reduce_epoch_stats",
+    "merge_epoch_stats",
     "ENV_VARS",
 ]

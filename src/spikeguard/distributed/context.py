@@ -150,8 +150,9 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> DistContex
         return _current
     rank, size, local = world
     if dist.is_initialized():
-        _current = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local,
-                               backend=str(dist.get_backend()))
+        _current = DistContext(
+            rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, backend=str(dist.get_backend())
+        )
         return _current
     use_cuda = device != "cpu" and not device.startswith("cpu") and torch.cuda.is_available()
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -165,12 +166,15 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> DistContex
             raise ConfigError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs are visible")
         torch.cuda.set_device(local)
     try:
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend, init_method="env://", rank=rank, world_size=size, timeout=datetime.timedelta(seconds=timeout_s)
+        )
     except (RuntimeError, ValueError) as e:
-        raise SpikeguardError(f"cannot join the process group ({backend}, rank {rank}/{size} at "
-                              f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): "
-                              f"{str(e).splitlines()[0]}") from None
+        raise SpikeguardError(
+            f"cannot join the process group ({backend}, rank {rank}/{size} at "
+            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): "
+            f"{str(e).splitlines()[0]}"
+        ) from None
     _current = DistContext(rank=rank, world_size=size, local_rank=local, backend=backend)
     return _current
 
@@ -192,6 +196,7 @@ def set_context(ctx: DistContext) -> DistContext:
 
 # ---------------------------------------------------------------------------------------
 # seeding
+
 
 def rank_seed(seed: int, rank: int) -> int:
     """Seed of rank ``rank`` (rank 0 keeps ``seed``, so one process matches a plain run)."""

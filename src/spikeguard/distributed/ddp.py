@@ -83,8 +83,13 @@ class _SyncedSchedule:
         return getattr(self._inner, name)
 
 
-def prepare_model(model: nn.Module, schedule: Any = None, sync_bn: bool = False, ctx: DistContext | None = None,
-                  shard: ShardWeight | None = None) -> tuple[nn.Module, Any]:
+def prepare_model(
+    model: nn.Module,
+    schedule: Any = None,
+    sync_bn: bool = False,
+    ctx: DistContext | None = None,
+    shard: ShardWeight | None = None,
+) -> tuple[nn.Module, Any]:
     """``(model to train, TGO schedule to use)`` for this process group.
 
     One process: ``(model, schedule)`` unchanged. Several: ``model`` wrapped in a
@@ -160,8 +165,15 @@ class DistributedTraining:
         """See :func:`prepare_model`."""
         return prepare_model(model, schedule, sync_bn=self.sync_bn, ctx=self.ctx, shard=self.shard)
 
-    def loader(self, ds: Any, batch_size: int, generator: torch.Generator, augment: Any = None,
-               device: torch.device | str = "cpu", stop: Any = None) -> Any:
+    def loader(
+        self,
+        ds: Any,
+        batch_size: int,
+        generator: torch.Generator,
+        augment: Any = None,
+        device: torch.device | str = "cpu",
+        stop: Any = None,
+    ) -> Any:
         """A factory ``(start, order_state) -> EpochLoader`` of this rank's batches; ``stop()`` is
         agreed by all ranks (any rank stopping stops all at the same batch)."""
         from .loader import EpochLoader
@@ -170,8 +182,18 @@ class DistributedTraining:
         agreed = (lambda: ctx.any(stop())) if stop is not None else None
 
         def make(start: int = 0, order_state: Tensor | None = None) -> EpochLoader:
-            return EpochLoader(ds, batch_size, generator, augment, device, ctx, start=start, order_state=order_state,
-                               stop=agreed, weight=self.shard)
+            return EpochLoader(
+                ds,
+                batch_size,
+                generator,
+                augment,
+                device,
+                ctx,
+                start=start,
+                order_state=order_state,
+                stop=agreed,
+                weight=self.shard,
+            )
 
         return make
 
@@ -198,8 +220,11 @@ class DistributedTraining:
         restore_rng(state.rng, generator)
         seed_rank(seed + int(state.epoch) + 1, self.ctx)
         if self.ctx.is_main:
-            warnings.warn(f"resuming a {len(ranks)}-process run with {self.ctx.world_size} processes: the data "
-                          "order is kept but the per-rank random streams are new", stacklevel=3)
+            warnings.warn(
+                f"resuming a {len(ranks)}-process run with {self.ctx.world_size} processes: the data "
+                "order is kept but the per-rank random streams are new",
+                stacklevel=3,
+            )
 
     def gather_rng(self, generator: torch.Generator, epoch_order: Tensor | None = None) -> list[dict]:
         """Every rank's random streams, rank 0's first (what a checkpoint saves for an exact resume).

@@ -29,8 +29,9 @@ def launch_local(nproc: int, argv: Sequence[str], env: dict[str, str] | None = N
     if nproc < 1:
         raise ConfigError(f"--distributed needs at least 1 process, got {nproc}")
     base = dict(os.environ if env is None else env)
-    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(nproc),
-                LOCAL_WORLD_SIZE=str(nproc))
+    base.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc)
+    )
     # N processes each using every core would oversubscribe the CPU (torchrun sets 1)
     base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     procs: list[subprocess.Popen] = []

@@ -53,10 +53,20 @@ class EpochLoader:
         ``stopped``: the epoch ended early on ``stop``; ``order_state``: see above.
     """
 
-    def __init__(self, ds, batch_size: int, generator: torch.Generator, augment: Callable | None = None,
-                 device: torch.device | str = "cpu", ctx: DistContext | None = None, shuffle: bool = True,
-                 start: int = 0, order_state: Tensor | None = None, stop: Callable[[], bool] | None = None,
-                 weight: ShardWeight | None = None) -> None:
+    def __init__(
+        self,
+        ds,
+        batch_size: int,
+        generator: torch.Generator,
+        augment: Callable | None = None,
+        device: torch.device | str = "cpu",
+        ctx: DistContext | None = None,
+        shuffle: bool = True,
+        start: int = 0,
+        order_state: Tensor | None = None,
+        stop: Callable[[], bool] | None = None,
+        weight: ShardWeight | None = None,
+    ) -> None:
         self.ctx = ctx or current()
         if batch_size < self.ctx.world_size:
             raise ConfigError(f"optim.batch_size {batch_size} is smaller than the {self.ctx.world_size} processes")
@@ -92,7 +102,7 @@ class EpochLoader:
             if self.stop is not None and self.stop():
                 self.stopped = True
                 return
-            idx = self.order[i:min(i + B, self.stop_at)]
+            idx = self.order[i : min(i + B, self.stop_at)]
             if ctx.is_distributed:
                 x = self.ds.float_images(idx)
                 if self.augment is not None:

@@ -86,8 +86,9 @@ def convert_sync_batchnorm(module: nn.Module, shard: ShardWeight | None = None) 
     """
     for name, child in list(module.named_children()):
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, SyncBatchNorm):
-            new = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                child.track_running_stats, shard=shard)
+            new = SyncBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats, shard=shard
+            )
             if child.affine:
                 new.weight, new.bias = child.weight, child.bias
             if child.track_running_stats:

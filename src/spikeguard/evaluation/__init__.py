@@ -20,8 +20,24 @@ from .events import EventCurve, RoundingCheck, event_attack_curve, rounding_chec
 from .stats import mean_ci95, wilson_ci95
 
 __all__ = [
-    "predict", "correct_over_passes", "clean_accuracy", "adversarial_examples", "near_threshold_of",
-    "evaluate_robustness", "evaluate_config_attacks", "RobustnessReport", "AttackResult", "correct_per_pass", "summarize",
-    "audit_robustness", "AuditReport", "Check", "mean_ci95", "wilson_ci95",
-    "event_attack_curve", "rounding_check", "EventCurve", "RoundingCheck",
+    "predict",
+    "correct_over_passes",
+    "clean_accuracy",
+    "adversarial_examples",
+    "near_threshold_of",
+    "evaluate_robustness",
+    "evaluate_config_attacks",
+    "RobustnessReport",
+    "AttackResult",
+    "correct_per_pass",
+    "summarize",
+    "audit_robustness",
+    "AuditReport",
+    "Check",
+    "mean_ci95",
+    "wilson_ci95",
+    "event_attack_curve",
+    "rounding_check",
+    "EventCurve",
+    "RoundingCheck",
 ]

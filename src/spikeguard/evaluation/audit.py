@@ -71,8 +71,13 @@ class Check:
     message: str
 
     def to_dict(self) -> dict:
-        return {"key": self.key, "title": self.title, "status": self.status, "numbers": self.numbers,
-                "message": self.message}
+        return {
+            "key": self.key,
+            "title": self.title,
+            "status": self.status,
+            "numbers": self.numbers,
+            "message": self.message,
+        }
 
 
 @dataclass
@@ -101,9 +106,14 @@ class AuditReport:
         raise KeyError(key)
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "n_warnings": len(self.warnings), "settings": self.settings,
-                "checks": [c.to_dict() for c in self.checks], "seconds": round(self.seconds, 3),
-                "runs": self.runs.to_dict(per_sample=False) if self.runs is not None else None}
+        return {
+            "verdict": self.verdict,
+            "n_warnings": len(self.warnings),
+            "settings": self.settings,
+            "checks": [c.to_dict() for c in self.checks],
+            "seconds": round(self.seconds, 3),
+            "runs": self.runs.to_dict(per_sample=False) if self.runs is not None else None,
+        }
 
     def format(self) -> str:
         lines = [f"robustness audit: {self.verdict}" + (f" ({len(self.warnings)} warnings)" if self.warnings else "")]
@@ -185,12 +195,20 @@ class Paired:
         return cls(a, b, na, nb, mcnemar_exact(na, nb))
 
     def text(self) -> str:
-        return (f"paired on the same samples: {self.a_only} broken by {self.a} only, {self.b_only} by {self.b} only, "
-                f"exact McNemar p = {self.p:.3g}")
+        return (
+            f"paired on the same samples: {self.a_only} broken by {self.a} only, {self.b_only} by {self.b} only, "
+            f"exact McNemar p = {self.p:.3g}"
+        )
 
     def to_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "a_only": self.a_only, "b_only": self.b_only, "p": self.p,
-                "test": "exact McNemar (sign test over samples with several passes)"}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "a_only": self.a_only,
+            "b_only": self.b_only,
+            "p": self.p,
+            "test": "exact McNemar (sign test over samples with several passes)",
+        }
 
 
 CheckFn = Callable[["Results", "AuditSettings"], "Check"]
@@ -200,8 +218,9 @@ CheckFn = Callable[["Results", "AuditSettings"], "Check"]
 AUDIT_CHECKS: Registry[CheckFn] = Registry("audit check")
 
 
-def register_check(key: str, *, order: int = 1000, every_run: bool = False,
-                   description: str | None = None) -> Callable[[CheckFn], CheckFn]:
+def register_check(
+    key: str, *, order: int = 1000, every_run: bool = False, description: str | None = None
+) -> Callable[[CheckFn], CheckFn]:
     """Decorator: run ``check(results, settings) -> Check`` in every audit (report position ``order``).
 
     The check gets the audit's attack results by run name and the :class:`AuditSettings`, and
@@ -215,8 +234,9 @@ def audit_checks() -> list[CheckFn]:
     return [e.obj for e in sorted(AUDIT_CHECKS.entries(), key=lambda e: (e.meta["order"], e.name))]
 
 
-def verdict(key: str, title: str, ok: bool, numbers: dict, passed: str, warned: str,
-            paired: Paired | None = None) -> Check:
+def verdict(
+    key: str, title: str, ok: bool, numbers: dict, passed: str, warned: str, paired: Paired | None = None
+) -> Check:
     """The one PASS/WARN rule: PASS if ``ok``; else WARN, unless the ``paired`` test of the two
     compared attacks does not confirm the difference (p >= :data:`ALPHA_TEST`): then it is within
     noise, and the check passes saying so (noise is not evidence of gradient masking)."""
@@ -226,10 +246,15 @@ def verdict(key: str, title: str, ok: bool, numbers: dict, passed: str, warned: 
     if ok:
         return Check(key, title, PASS, numbers, passed)
     if paired is not None and paired.p >= ALPHA_TEST:
-        return Check(key, title, PASS, numbers | {"within_noise": True},
-                     f"within noise: {warned.split('. ')[0]}, but the paired test does not separate them "
-                     f"({paired.text()} >= {ALPHA_TEST:g}), so this is not evidence of gradient masking; rerun with "
-                     "more --n-samples (or --passes) to resolve it.")
+        return Check(
+            key,
+            title,
+            PASS,
+            numbers | {"within_noise": True},
+            f"within noise: {warned.split('. ')[0]}, but the paired test does not separate them "
+            f"({paired.text()} >= {ALPHA_TEST:g}), so this is not evidence of gradient masking; rerun with "
+            "more --n-samples (or --passes) to resolve it.",
+        )
     return Check(key, title, WARN, numbers, warned)
 
 
@@ -238,24 +263,38 @@ def check_eps_sweep(results: Results, st: AuditSettings) -> Check:
     """PGD accuracy falls monotonically with eps and reaches chance at the largest budget."""
     accs = [results[n].accuracy for n in st.sweep_names]
     chance = 1.0 / max(st.num_classes, 1)
-    rises = [(eps_label(st.sweep[i]), eps_label(st.sweep[i + 1]), accs[i + 1] - accs[i])
-             for i in range(len(accs) - 1) if accs[i + 1] - accs[i] > st.tol]
+    rises = [
+        (eps_label(st.sweep[i]), eps_label(st.sweep[i + 1]), accs[i + 1] - accs[i])
+        for i in range(len(accs) - 1)
+        if accs[i + 1] - accs[i] > st.tol
+    ]
     top_ok = accs[-1] <= chance + st.chance_margin
-    nums = {"eps": [eps_label(e) for e in st.sweep], "accuracy": accs, "chance": chance,
-            "limit_at_max_eps": chance + st.chance_margin, "rises": rises,
-            "attack": f"PGD-{st.steps}, alpha=2.5*eps/{st.steps}", "reach_over_eps": 2.5}
+    nums = {
+        "eps": [eps_label(e) for e in st.sweep],
+        "accuracy": accs,
+        "chance": chance,
+        "limit_at_max_eps": chance + st.chance_margin,
+        "rises": rises,
+        "attack": f"PGD-{st.steps}, alpha=2.5*eps/{st.steps}",
+        "reach_over_eps": 2.5,
+    }
     sweep_txt = ", ".join(f"{eps_label(e)}: {_pts(a)}" for e, a in zip(st.sweep, accs, strict=True))
     why = []
     if rises:
         why.append("accuracy rises with eps (" + "; ".join(f"{a}->{b}: +{100 * d:.1f} pts" for a, b, d in rises) + ")")
     if not top_ok:
         why.append(f"{_pts(accs[-1])} > {_pts(chance + st.chance_margin)} at {eps_label(st.sweep[-1])}")
-    return verdict("eps_sweep", "accuracy falls with eps and reaches chance", not why, nums,
-                   f"PGD-{st.steps} accuracy {sweep_txt}; monotone within {st.tolerance:g} points and "
-                   f"{_pts(accs[-1])} <= {_pts(chance + st.chance_margin)} at {eps_label(st.sweep[-1])}.",
-                   f"PGD-{st.steps} accuracy {sweep_txt}: " + " and ".join(why) + ". Suggests gradient "
-                   "masking/obfuscation (a budget that can erase the image must defeat the model); check the "
-                   "black-box and transfer numbers.")
+    return verdict(
+        "eps_sweep",
+        "accuracy falls with eps and reaches chance",
+        not why,
+        nums,
+        f"PGD-{st.steps} accuracy {sweep_txt}; monotone within {st.tolerance:g} points and "
+        f"{_pts(accs[-1])} <= {_pts(chance + st.chance_margin)} at {eps_label(st.sweep[-1])}.",
+        f"PGD-{st.steps} accuracy {sweep_txt}: " + " and ".join(why) + ". Suggests gradient "
+        "masking/obfuscation (a budget that can erase the image must defeat the model); check the "
+        "black-box and transfer numbers.",
+    )
 
 
 @register_check("iterative", order=20)
@@ -268,16 +307,23 @@ def check_iterative(results: Results, st: AuditSettings) -> Check:
     iters = {n: r.accuracy for n, r in at.items() if r.iterative and r.threat == "white-box" and n not in swept}
     weaker = {n: a for n, a in iters.items() if a > best_single + st.tol}
     nums = {"single_step": singles, "iterative": iters, "weaker_than_single_step": weaker}
-    best_txt = (f" (strongest: {min(iters, key=iters.__getitem__)} {_pts(min(iters.values()))})" if iters else "")
+    best_txt = f" (strongest: {min(iters, key=iters.__getitem__)} {_pts(min(iters.values()))})" if iters else ""
     worst = max(weaker, key=weaker.__getitem__) if weaker else None
     bs = min(singles, key=singles.__getitem__)
-    return verdict("iterative", "iterative attacks beat single-step ones", not weaker, nums,
-                   f"all {len(iters)} iterative attacks <= best single-step {_pts(best_single)} + "
-                   f"{st.tolerance:g} pts{best_txt}.",
-                   "weaker than the best single-step attack (" + _pts(best_single) + "): " +
-                   ", ".join(f"{n} {_pts(a)}" for n, a in weaker.items()) + ". Suggests a masked or noisy loss "
-                   "surface that a single large step jumps over, or a step size too small for the budget.",
-                   Paired.of(bs, at[bs], worst, at[worst]) if worst else None)
+    return verdict(
+        "iterative",
+        "iterative attacks beat single-step ones",
+        not weaker,
+        nums,
+        f"all {len(iters)} iterative attacks <= best single-step {_pts(best_single)} + {st.tolerance:g} pts{best_txt}.",
+        "weaker than the best single-step attack ("
+        + _pts(best_single)
+        + "): "
+        + ", ".join(f"{n} {_pts(a)}" for n, a in weaker.items())
+        + ". Suggests a masked or noisy loss "
+        "surface that a single large step jumps over, or a step size too small for the budget.",
+        Paired.of(bs, at[bs], worst, at[worst]) if worst else None,
+    )
 
 
 @register_check("steps", order=30)
@@ -286,16 +332,27 @@ def check_steps(results: Results, st: AuditSettings) -> Check:
     r1, r2 = results[st.pair[0]], results[st.pair[1]]
     a1, a2 = r1.accuracy, r2.accuracy
     d = a2 - a1
-    nums = {st.pair[0]: a1, st.pair[1]: a2, "difference_points": 100 * d,
-            "ci95": {st.pair[0]: _ci(r1), st.pair[1]: _ci(r2)}}
-    why = ("more steps still lower the accuracy: the attack has not converged; report more steps, restarts or "
-           "APGD" if d < 0 else
-           "more steps raised the accuracy: the numbers are dominated by randomness (the model's noise or the "
-           "random start); use more passes/samples, EoT, or restarts")
-    return verdict("steps", "doubling the steps changes little", abs(d) < st.tol, nums,
-                   f"{st.pair[0]} {_pts(a1)} vs {st.pair[1]} {_pts(a2)}: {100 * d:+.2f} pts (< {st.tolerance:g}).",
-                   f"{st.pair[0]} {_pts(a1)} vs {st.pair[1]} {_pts(a2)}: {100 * d:+.2f} pts. Suggests {why}.",
-                   Paired.of(st.pair[0], r1, st.pair[1], r2))
+    nums = {
+        st.pair[0]: a1,
+        st.pair[1]: a2,
+        "difference_points": 100 * d,
+        "ci95": {st.pair[0]: _ci(r1), st.pair[1]: _ci(r2)},
+    }
+    why = (
+        "more steps still lower the accuracy: the attack has not converged; report more steps, restarts or APGD"
+        if d < 0
+        else "more steps raised the accuracy: the numbers are dominated by randomness (the model's noise or the "
+        "random start); use more passes/samples, EoT, or restarts"
+    )
+    return verdict(
+        "steps",
+        "doubling the steps changes little",
+        abs(d) < st.tol,
+        nums,
+        f"{st.pair[0]} {_pts(a1)} vs {st.pair[1]} {_pts(a2)}: {100 * d:+.2f} pts (< {st.tolerance:g}).",
+        f"{st.pair[0]} {_pts(a1)} vs {st.pair[1]} {_pts(a2)}: {100 * d:+.2f} pts. Suggests {why}.",
+        Paired.of(st.pair[0], r1, st.pair[1], r2),
+    )
 
 
 @register_check("eot", order=40)
@@ -306,14 +363,23 @@ def check_eot(results: Results, st: AuditSettings) -> Check:
         return Check("eot", title, SKIP, {}, "the model is deterministic (no randomness found): EoT does not apply.")
     r0, rk = results[st.eot_pair[0]], results[st.eot_pair[1]]
     a0, ak = r0.accuracy, rk.accuracy
-    nums = {st.eot_pair[0]: a0, st.eot_pair[1]: ak, "difference_points": 100 * (ak - a0),
-            "ci95": {st.eot_pair[0]: _ci(r0), st.eot_pair[1]: _ci(rk)}}
-    return verdict("eot", title, ak <= a0 + st.tol, nums,
-                   f"PGD-{st.steps} with EoT {st.eot_check}: {_pts(ak)} vs without: {_pts(a0)}.",
-                   f"PGD-{st.steps} with EoT {st.eot_check}: {_pts(ak)} > without: {_pts(a0)}. Suggests too few "
-                   "EoT samples or steps for the noise level (averaging over too few passes shrinks the step "
-                   "direction's signal), or noise-driven gradient masking.",
-                   Paired.of(st.eot_pair[1], rk, st.eot_pair[0], r0))
+    nums = {
+        st.eot_pair[0]: a0,
+        st.eot_pair[1]: ak,
+        "difference_points": 100 * (ak - a0),
+        "ci95": {st.eot_pair[0]: _ci(r0), st.eot_pair[1]: _ci(rk)},
+    }
+    return verdict(
+        "eot",
+        title,
+        ak <= a0 + st.tol,
+        nums,
+        f"PGD-{st.steps} with EoT {st.eot_check}: {_pts(ak)} vs without: {_pts(a0)}.",
+        f"PGD-{st.steps} with EoT {st.eot_check}: {_pts(ak)} > without: {_pts(a0)}. Suggests too few "
+        "EoT samples or steps for the noise level (averaging over too few passes shrinks the step "
+        "direction's signal), or noise-driven gradient masking.",
+        Paired.of(st.eot_pair[1], rk, st.eot_pair[0], r0),
+    )
 
 
 @register_check("apgd", order=50)
@@ -323,13 +389,17 @@ def check_apgd(results: Results, st: AuditSettings) -> Check:
     apgds = {n: r.accuracy for n, r in at.items() if r.family == "apgd"}
     pgds = {n: r.accuracy for n, r in at.items() if r.family == "pgd" and r.threat == "white-box"}
     best_apgd, best_pgd = min(apgds, key=apgds.__getitem__), min(pgds, key=pgds.__getitem__)
-    return verdict("apgd", "APGD at least as strong as PGD", apgds[best_apgd] <= pgds[best_pgd] + st.tol,
-                   {"apgd": apgds, "pgd": pgds},
-                   f"best APGD {_pts(apgds[best_apgd])} vs best PGD {_pts(pgds[best_pgd])}.",
-                   f"best APGD {_pts(apgds[best_apgd])} > best PGD {_pts(pgds[best_pgd])}. APGD's step-size control "
-                   "relies on the loss going up; on a noisy or flat surrogate loss it stalls. The reviewers of the "
-                   "paper read this as a sign of masked gradients.",
-                   Paired.of(best_apgd, at[best_apgd], best_pgd, at[best_pgd]))
+    return verdict(
+        "apgd",
+        "APGD at least as strong as PGD",
+        apgds[best_apgd] <= pgds[best_pgd] + st.tol,
+        {"apgd": apgds, "pgd": pgds},
+        f"best APGD {_pts(apgds[best_apgd])} vs best PGD {_pts(pgds[best_pgd])}.",
+        f"best APGD {_pts(apgds[best_apgd])} > best PGD {_pts(pgds[best_pgd])}. APGD's step-size control "
+        "relies on the loss going up; on a noisy or flat surrogate loss it stalls. The reviewers of the "
+        "paper read this as a sign of masked gradients.",
+        Paired.of(best_apgd, at[best_apgd], best_pgd, at[best_pgd]),
+    )
 
 
 @register_check("black_box", order=60)
@@ -340,16 +410,24 @@ def check_black_box(results: Results, st: AuditSettings) -> Check:
     bb = {n: r.accuracy for n, r in at.items() if r.threat in ("black-box", "transfer")}
     best_wb = min(wb, key=wb.__getitem__)
     stronger = {n: a for n, a in bb.items() if a < wb[best_wb] - st.tol}
-    nums = {"white_box_best": wb[best_wb], "white_box_best_attack": best_wb, "black_box_transfer": bb,
-            "stronger_than_white_box": stronger}
+    nums = {
+        "white_box_best": wb[best_wb],
+        "white_box_best_attack": best_wb,
+        "black_box_transfer": bb,
+        "stronger_than_white_box": stronger,
+    }
     best_bb = min(stronger, key=stronger.__getitem__) if stronger else None
-    return verdict("black_box", "black-box/transfer not stronger than white-box", not stronger, nums,
-                   f"best white-box {_pts(wb[best_wb])} ({best_wb}); " + ", ".join(f"{n} {_pts(a)}" for n, a in bb.items())
-                   + ".",
-                   ", ".join(f"{n} {_pts(a)}" for n, a in stronger.items()) + f" beat the best white-box attack "
-                   f"({_pts(wb[best_wb])}). The white-box gradients are uninformative: gradient masking. Trust the "
-                   "worst case, not the white-box numbers.",
-                   Paired.of(best_bb, at[best_bb], best_wb, at[best_wb]) if best_bb else None)
+    return verdict(
+        "black_box",
+        "black-box/transfer not stronger than white-box",
+        not stronger,
+        nums,
+        f"best white-box {_pts(wb[best_wb])} ({best_wb}); " + ", ".join(f"{n} {_pts(a)}" for n, a in bb.items()) + ".",
+        ", ".join(f"{n} {_pts(a)}" for n, a in stronger.items()) + f" beat the best white-box attack "
+        f"({_pts(wb[best_wb])}). The white-box gradients are uninformative: gradient masking. Trust the "
+        "worst case, not the white-box numbers.",
+        Paired.of(best_bb, at[best_bb], best_wb, at[best_wb]) if best_bb else None,
+    )
 
 
 @register_check("zero_grad", order=70)
@@ -357,28 +435,46 @@ def check_zero_grad(results: Results, st: AuditSettings) -> Check:
     """Few samples have an all-zero input gradient (CE and margin loss)."""
     z_ce, z_margin, eot = st.zero_grad
     nums = {"share_ce": z_ce, "share_margin": z_margin, "limit": st.zero_grad_limit, "eot": eot}
-    hint = ("the margin loss's gradient vanishes too: the surrogate gradients are zero (no neuron within the "
-            "surrogate's support), or the model blocks its gradient (rounding, stop-gradient), which no gradient "
-            "attack can get past; use square/transfer or sg-ensemble/sg-adaptive" if z_margin > st.zero_grad_limit
-            else "only the CE gradient vanishes (the softmax saturates in float32): use margin/DLR losses "
-            "(apgd-dlr, mtpgd)")
-    return verdict("zero_grad", "few samples with an all-zero input gradient", max(z_ce, z_margin) <= st.zero_grad_limit,
-                   nums, f"all-zero input gradient: {_pts(z_ce)} (CE), {_pts(z_margin)} (margin loss).",
-                   f"all-zero input gradient: {_pts(z_ce)} (CE), {_pts(z_margin)} (margin loss), limit "
-                   f"{_pts(st.zero_grad_limit)}. Their robustness is unverified: {hint}.")
+    hint = (
+        "the margin loss's gradient vanishes too: the surrogate gradients are zero (no neuron within the "
+        "surrogate's support), or the model blocks its gradient (rounding, stop-gradient), which no gradient "
+        "attack can get past; use square/transfer or sg-ensemble/sg-adaptive"
+        if z_margin > st.zero_grad_limit
+        else "only the CE gradient vanishes (the softmax saturates in float32): use margin/DLR losses (apgd-dlr, mtpgd)"
+    )
+    return verdict(
+        "zero_grad",
+        "few samples with an all-zero input gradient",
+        max(z_ce, z_margin) <= st.zero_grad_limit,
+        nums,
+        f"all-zero input gradient: {_pts(z_ce)} (CE), {_pts(z_margin)} (margin loss).",
+        f"all-zero input gradient: {_pts(z_ce)} (CE), {_pts(z_margin)} (margin loss), limit "
+        f"{_pts(st.zero_grad_limit)}. Their robustness is unverified: {hint}.",
+    )
 
 
 @register_check("budget", order=90, every_run=True)
 def check_budget(results: Results, st: AuditSettings) -> Check:
     """Every attack run stays within ``||x_adv - x||_inf <= eps + 1e-6`` and [0, 1]."""
-    bad = {n: {"max_linf": r.max_linf, "eps": r.eps, "x_min": r.x_min, "x_max": r.x_max}
-           for n, r in results.items() if not r.within_budget}
-    nums = {"attacks_checked": sorted(results), "violations": bad,
-            "max_linf_over_eps": max(r.max_linf - r.eps for r in results.values())}
-    return verdict("budget", "||delta||_inf <= eps and x_adv in [0, 1]", not bad, nums,
-                   f"all {len(results)} attack runs stay within eps + 1e-6 and [0, 1].",
-                   "out of the threat model: " + ", ".join(bad) + ". Their numbers are invalid: a bug in the attack "
-                   "or inputs outside [0, 1].")
+    bad = {
+        n: {"max_linf": r.max_linf, "eps": r.eps, "x_min": r.x_min, "x_max": r.x_max}
+        for n, r in results.items()
+        if not r.within_budget
+    }
+    nums = {
+        "attacks_checked": sorted(results),
+        "violations": bad,
+        "max_linf_over_eps": max(r.max_linf - r.eps for r in results.values()),
+    }
+    return verdict(
+        "budget",
+        "||delta||_inf <= eps and x_adv in [0, 1]",
+        not bad,
+        nums,
+        f"all {len(results)} attack runs stay within eps + 1e-6 and [0, 1].",
+        "out of the threat model: " + ", ".join(bad) + ". Their numbers are invalid: a bug in the attack "
+        "or inputs outside [0, 1].",
+    )
 
 
 @register_check("surrogate", order=80)
@@ -394,20 +490,34 @@ def check_surrogate(results: Results, st: AuditSettings) -> Check:
         return Check("surrogate", title, SKIP, {}, st.surrogate_skip or "no surrogate-width runs.")
     runs = {f"{sg}:{w:g}": results[n] for (sg, w), n in st.surrogate_runs}
     accs = {k: r.accuracy for k, r in runs.items()}
-    best, worst = min(accs, key=accs.__getitem__), max(accs, key=accs.__getitem__)  # best for the attacker: lowest accuracy
+    best, worst = (
+        min(accs, key=accs.__getitem__),
+        max(accs, key=accs.__getitem__),
+    )  # best for the attacker: lowest accuracy
     spread = accs[worst] - accs[best]
-    nums = {"accuracy": accs, "ci95": {k: _ci(r) for k, r in runs.items()}, "spread_points": 100 * spread,
-            "strongest": best, "weakest": worst, "attack": f"PGD-{st.steps}",
-            "alpha": next(iter(runs.values())).settings.get("alpha")}
+    nums = {
+        "accuracy": accs,
+        "ci95": {k: _ci(r) for k, r in runs.items()},
+        "spread_points": 100 * spread,
+        "strongest": best,
+        "weakest": worst,
+        "attack": f"PGD-{st.steps}",
+        "alpha": next(iter(runs.values())).settings.get("alpha"),
+    }
     txt = ", ".join(f"{k} {_pts(a)}" for k, a in accs.items())
-    return verdict("surrogate", title, spread <= st.tol, nums,
-                   f"PGD-{st.steps} at {eps_label(st.eps)} per attack surrogate: {txt}; spread "
-                   f"{100 * spread:.1f} pts (<= {st.tolerance:g}).",
-                   f"PGD-{st.steps} at {eps_label(st.eps)} per attack surrogate: {txt}; the spread {worst} "
-                   f"{_pts(accs[worst])} vs {best} {_pts(accs[best])} is {100 * spread:.1f} pts. The attack's "
-                   "surrogate is a masking knob: a robust accuracy measured with one surrogate is not an upper "
-                   "bound. Trust the per-sample worst over widths (the strong suite's sg-ensemble).",
-                   Paired.of(worst, runs[worst], best, runs[best]))
+    return verdict(
+        "surrogate",
+        title,
+        spread <= st.tol,
+        nums,
+        f"PGD-{st.steps} at {eps_label(st.eps)} per attack surrogate: {txt}; spread "
+        f"{100 * spread:.1f} pts (<= {st.tolerance:g}).",
+        f"PGD-{st.steps} at {eps_label(st.eps)} per attack surrogate: {txt}; the spread {worst} "
+        f"{_pts(accs[worst])} vs {best} {_pts(accs[best])} is {100 * spread:.1f} pts. The attack's "
+        "surrogate is a masking knob: a robust accuracy measured with one surrogate is not an upper "
+        "bound. Trust the per-sample worst over widths (the strong suite's sg-ensemble).",
+        Paired.of(worst, runs[worst], best, runs[best]),
+    )
 
 
 def surrogate_sweep(model: nn.Module) -> list[tuple[str, float]]:
@@ -435,9 +545,19 @@ class AuditPlan:
     surrogate_skip: list[str]
 
 
-def audit_plan(model: nn.Module, eps: float, *, stochastic: bool, eot: int, eot_check: int, steps: int,
-               alpha: float | str, sweep: Sequence[float], square_queries: int,
-               have: Results | None = None) -> AuditPlan:
+def audit_plan(
+    model: nn.Module,
+    eps: float,
+    *,
+    stochastic: bool,
+    eot: int,
+    eot_check: int,
+    steps: int,
+    alpha: float | str,
+    sweep: Sequence[float],
+    square_queries: int,
+    have: Results | None = None,
+) -> AuditPlan:
     """The attacks the audit runs itself (those ``have``, a report's results, do not cover):
     the eps sweep, FGSM, the PGD-k/2k pair, the EoT pair, APGD, Square and the noise-free
     transfer, and one PGD per attack surrogate width (``spikeguard audit`` prices them first)."""
@@ -468,8 +588,9 @@ def audit_plan(model: nn.Module, eps: float, *, stochastic: bool, eot: int, eot_
     if not any(r.threat in ("black-box", "transfer") for r in have.values()):
         runs.append((f"square{square_queries}", Square(model, eps, queries=square_queries, eot=eot)))
         if stochastic and is_stochastic(model):  # Noisy-LIF noise: its noise-free twin is a transfer source
-            runs.append(("noise-free", NoiseFreeTransfer(model, eps, alpha=step_size(alpha, eps, 2 * steps),
-                                                         steps=2 * steps)))
+            runs.append(
+                ("noise-free", NoiseFreeTransfer(model, eps, alpha=step_size(alpha, eps, 2 * steps), steps=2 * steps))
+            )
     # the surrogate check: PGD once per attack surrogate width (a one-member sg-ensemble each)
     sg_skip = unmet(SurrogateEnsemble, model_traits(model, stochastic))
     sg_runs: list[tuple[tuple[str, float], str]] = []
@@ -477,17 +598,39 @@ def audit_plan(model: nn.Module, eps: float, *, stochastic: bool, eot: int, eot_
         for sg, w in surrogate_sweep(model):
             name = f"pgd{steps}-sg-{sg}{w:g}"
             sg_runs.append(((sg, w), name))
-            runs.append((name, SurrogateEnsemble(model, eps, alpha=step_size(alpha, eps, steps), steps=steps,
-                                                 members=[(sg, w)], eot=eot)))
+            runs.append(
+                (
+                    name,
+                    SurrogateEnsemble(
+                        model, eps, alpha=step_size(alpha, eps, steps), steps=steps, members=[(sg, w)], eot=eot
+                    ),
+                )
+            )
     return AuditPlan(runs, sweep, sweep_names, pair, eot_pair, sg_runs, list(sg_skip))
 
 
-def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float = 8 / 255, eot: int = 8,
-                     passes: int = 4, report: RobustnessReport | None = None, steps: int = 10,
-                     alpha: float | str = EPS_RULE, sweep: Sequence[float] = DEFAULT_SWEEP, tolerance: float = 1.0,
-                     chance_margin: float = 0.05, zero_grad_limit: float = 0.01, square_queries: int = 500,
-                     batch_size: int = 128, seed: int = 0, device: torch.device | str | None = None,
-                     progress: bool = False, randomness: str | Randomness = "auto") -> AuditReport:
+def audit_robustness(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    eps: float = 8 / 255,
+    eot: int = 8,
+    passes: int = 4,
+    report: RobustnessReport | None = None,
+    steps: int = 10,
+    alpha: float | str = EPS_RULE,
+    sweep: Sequence[float] = DEFAULT_SWEEP,
+    tolerance: float = 1.0,
+    chance_margin: float = 0.05,
+    zero_grad_limit: float = 0.01,
+    square_queries: int = 500,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    randomness: str | Randomness = "auto",
+) -> AuditReport:
     """Run the sanity checks on ``model`` and ``(images, labels)``.
 
     Args:
@@ -531,30 +674,80 @@ def audit_robustness(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
     have = dict(report.results) if report is not None and not report.cascade else {}
     budget_only = dict(report.results) if report is not None and report.cascade else {}
 
-    plan = audit_plan(model, eps, stochastic=stochastic, eot=eot_used, eot_check=eot_check, steps=steps,
-                      alpha=alpha, sweep=sweep, square_queries=square_queries, have=have)
+    plan = audit_plan(
+        model,
+        eps,
+        stochastic=stochastic,
+        eot=eot_used,
+        eot_check=eot_check,
+        steps=steps,
+        alpha=alpha,
+        sweep=sweep,
+        square_queries=square_queries,
+        have=have,
+    )
     runs, sweep, sweep_names, pair, eot_pair = plan.runs, plan.sweep, plan.sweep_names, plan.pair, plan.eot_pair
     sg_runs, sg_skip = plan.surrogate_runs, plan.surrogate_skip
-    own = evaluate_robustness(model, images, labels, runs, eps=eps, eot=eot_used, passes=passes,
-                              batch_size=batch_size, seed=seed + 1, device=device,
-                              progress="audit" if progress else False,
-                              randomness=randomness)
+    own = evaluate_robustness(
+        model,
+        images,
+        labels,
+        runs,
+        eps=eps,
+        eot=eot_used,
+        passes=passes,
+        batch_size=batch_size,
+        seed=seed + 1,
+        device=device,
+        progress="audit" if progress else False,
+        randomness=randomness,
+    )
     results = {**own.results, **have}  # the report's runs win (the user's settings)
     z_ce, z_margin = zero_gradient_share(model, images, labels, eot=eot_used, batch_size=batch_size, device=device)
-    st = AuditSettings(eps=eps, steps=steps, tolerance=tolerance, chance_margin=chance_margin,
-                       zero_grad_limit=zero_grad_limit, num_classes=own.num_classes or 1, sweep=tuple(sweep),
-                       sweep_names=tuple(sweep_names), pair=pair, eot_pair=eot_pair, eot_check=eot_check,
-                       zero_grad=(z_ce, z_margin, eot_used), surrogate_runs=tuple(sg_runs),
-                       surrogate_skip=("the surrogate-width sweep " + "; ".join(sg_skip) +
-                                       " (a plain nn.Module's gradient has no surrogate to vary)") if sg_skip else "")
+    st = AuditSettings(
+        eps=eps,
+        steps=steps,
+        tolerance=tolerance,
+        chance_margin=chance_margin,
+        zero_grad_limit=zero_grad_limit,
+        num_classes=own.num_classes or 1,
+        sweep=tuple(sweep),
+        sweep_names=tuple(sweep_names),
+        pair=pair,
+        eot_pair=eot_pair,
+        eot_check=eot_check,
+        zero_grad=(z_ce, z_margin, eot_used),
+        surrogate_runs=tuple(sg_runs),
+        surrogate_skip=(
+            "the surrogate-width sweep "
+            + "; ".join(sg_skip)
+            + " (a plain nn.Module's gradient has no surrogate to vary)"
+        )
+        if sg_skip
+        else "",
+    )
     every = {e.obj for e in AUDIT_CHECKS.entries() if e.meta["every_run"]}
     checks = [check({**results, **budget_only} if check in every else results, st) for check in audit_checks()]
-    settings = {"eps": eps, "eps_label": eps_label(eps), "eot": eot_used, "eot_check": eot_check if stochastic else None,
-                "passes": own.passes, "steps": steps, "alpha": alpha, "step_size": describe_step_size(alpha),
-                "sweep": [eps_label(e) for e in sweep], "tolerance_points": tolerance, "chance_margin": chance_margin,
-                "zero_grad_limit": zero_grad_limit, "n_samples": len(labels), "stochastic": stochastic,
-                "randomness": randomness.to_dict(), "used_report": report is not None, "seed": seed,
-                "surrogate_widths": [f"{sg}:{w:g}" for (sg, w), _ in sg_runs]}
+    settings = {
+        "eps": eps,
+        "eps_label": eps_label(eps),
+        "eot": eot_used,
+        "eot_check": eot_check if stochastic else None,
+        "passes": own.passes,
+        "steps": steps,
+        "alpha": alpha,
+        "step_size": describe_step_size(alpha),
+        "sweep": [eps_label(e) for e in sweep],
+        "tolerance_points": tolerance,
+        "chance_margin": chance_margin,
+        "zero_grad_limit": zero_grad_limit,
+        "n_samples": len(labels),
+        "stochastic": stochastic,
+        "randomness": randomness.to_dict(),
+        "used_report": report is not None,
+        "seed": seed,
+        "surrogate_widths": [f"{sg}:{w:g}" for (sg, w), _ in sg_runs],
+    }
     return AuditReport(checks=checks, settings=settings, runs=own, seconds=time.perf_counter() - t0)
 
 
@@ -575,8 +768,14 @@ def _pgd_pair(results: Results, eps: float) -> tuple[str, str] | None:
     return ks[k], ks[2 * k]
 
 
-def zero_gradient_share(model: nn.Module, images: Tensor, labels: Tensor, eot: int = 1, batch_size: int = 128,
-                        device: torch.device | str | None = None) -> tuple[float, float]:
+def zero_gradient_share(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    eot: int = 1,
+    batch_size: int = 128,
+    device: torch.device | str | None = None,
+) -> tuple[float, float]:
     """Share of samples whose input gradient is exactly zero, for the CE and the margin loss.
 
     The gradient is the EoT average over ``eot`` passes (zero only if every pass gives zero).
@@ -586,7 +785,7 @@ def zero_gradient_share(model: nn.Module, images: Tensor, labels: Tensor, eot: i
     probe = Attack(model, eps=0.0, eot=eot)
     zc = zm = 0
     for i in range(0, len(labels), batch_size):
-        x, y = images[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
+        x, y = images[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
         with torch.enable_grad():
             g_ce, _ = probe.input_grad(x, y)
             g_m, _ = probe.input_grad(x, y, margin_loss)

@@ -177,19 +177,40 @@ class AttackResult:
 
     def summary(self, broke: int | None = None) -> dict:
         """JSON-ready summary; in cascade mode no accuracy, but ``cascade: {attacked, broke}``."""
-        head = ({"accuracy": None, "cascade": {"attacked": self.n_attacked, "broke": broke}} if self.cascade
-                else summarize(self.robust))
+        head = (
+            {"accuracy": None, "cascade": {"attacked": self.n_attacked, "broke": broke}}
+            if self.cascade
+            else summarize(self.robust)
+        )
         return head | {
-            "threat": self.threat, "eps": self.eps, "eps_label": eps_label(self.eps), "attack": self.description,
-            "seconds": round(self.seconds, 3), "max_linf": self.max_linf, "x_min": self.x_min, "x_max": self.x_max,
-            "within_budget": self.within_budget, "n_attacked": self.n_attacked, "iterative": self.iterative,
-            "family": self.family, "settings": dict(self.settings), "cost": round(self.cost, 3)}
+            "threat": self.threat,
+            "eps": self.eps,
+            "eps_label": eps_label(self.eps),
+            "attack": self.description,
+            "seconds": round(self.seconds, 3),
+            "max_linf": self.max_linf,
+            "x_min": self.x_min,
+            "x_max": self.x_max,
+            "within_budget": self.within_budget,
+            "n_attacked": self.n_attacked,
+            "iterative": self.iterative,
+            "family": self.family,
+            "settings": dict(self.settings),
+            "cost": round(self.cost, 3),
+        }
 
     def record(self) -> dict:
         """JSON-able record of this result (the journal of sharded evaluation); :meth:`merge` reads it."""
-        return {"robust": _bits(self.robust), "ran": None if self.ran is None else _bits(self.ran[None])[0],
-                "seconds": self.seconds, "max_linf": self.max_linf, "x_min": self.x_min, "x_max": self.x_max,
-                "n_attacked": self.n_attacked, **{k: getattr(self, k) for k in self.SCALARS}}
+        return {
+            "robust": _bits(self.robust),
+            "ran": None if self.ran is None else _bits(self.ran[None])[0],
+            "seconds": self.seconds,
+            "max_linf": self.max_linf,
+            "x_min": self.x_min,
+            "x_max": self.x_max,
+            "n_attacked": self.n_attacked,
+            **{k: getattr(self, k) for k in self.SCALARS},
+        }
 
     @classmethod
     def merge(cls, name: str, parts: Sequence[dict | AttackResult]) -> AttackResult:
@@ -198,12 +219,20 @@ class AttackResult:
         hit = [p for p in recs if p["n_attacked"]]  # parts where nothing was attacked carry no range
         ran = None if recs[0].get("ran") is None else torch.cat([_unbits([p["ran"]])[0] for p in recs])
         first = recs[0]
-        return cls(name=name, robust=torch.cat([_unbits(p["robust"]) for p in recs], 1),
-                   seconds=sum(p["seconds"] for p in recs), max_linf=max((p["max_linf"] for p in hit), default=0.0),
-                   x_min=min((p["x_min"] for p in hit), default=0.0), x_max=max((p["x_max"] for p in hit), default=1.0),
-                   n_attacked=sum(p["n_attacked"] for p in recs), ran=ran,
-                   **{k: (dict(first.get(k) or {}) if k == "settings" else first.get(k, cls._default(k)))  # type: ignore[arg-type]  # SCALARS: each field's own value from the records
-                      for k in cls.SCALARS})
+        return cls(
+            name=name,
+            robust=torch.cat([_unbits(p["robust"]) for p in recs], 1),
+            seconds=sum(p["seconds"] for p in recs),
+            max_linf=max((p["max_linf"] for p in hit), default=0.0),
+            x_min=min((p["x_min"] for p in hit), default=0.0),
+            x_max=max((p["x_max"] for p in hit), default=1.0),
+            n_attacked=sum(p["n_attacked"] for p in recs),
+            ran=ran,
+            **{
+                k: (dict(first.get(k) or {}) if k == "settings" else first.get(k, cls._default(k)))  # type: ignore[arg-type]  # SCALARS: each field's own value from the records
+                for k in cls.SCALARS
+            },
+        )
 
     @staticmethod
     def _default(key: str) -> Any:
@@ -223,9 +252,12 @@ def summarize(robust: Tensor) -> dict:
     per_pass = robust.float().mean(1).tolist()
     mean, ci = mean_ci95(per_pass)
     # accuracies live in [0, 1]; a t-interval over few passes can reach past either end
-    return {"accuracy": mean, "ci95": [max(0.0, ci[0]), min(1.0, ci[1])] if ci else None,
-            "ci95_samples": list(wilson_ci95(mean, robust.shape[1]) or ()) or None,
-            "per_pass": per_pass if len(per_pass) > 1 else None}
+    return {
+        "accuracy": mean,
+        "ci95": [max(0.0, ci[0]), min(1.0, ci[1])] if ci else None,
+        "ci95_samples": list(wilson_ci95(mean, robust.shape[1]) or ()) or None,
+        "per_pass": per_pass if len(per_pass) > 1 else None,
+    }
 
 
 @dataclass
@@ -279,7 +311,7 @@ class RobustnessReport:
         """``[P, n]``: robust on pass p against every attack in ``names`` (default: all run);
         unpaired passes: per sample the rows of the attack with the lowest rate (:func:`worse`)."""
         out = self.clean.clone()
-        for name in (self.results if names is None else names):
+        for name in self.results if names is None else names:
             out = worse(out, self.robust(name), self.paired)
         return out
 
@@ -320,10 +352,19 @@ class RobustnessReport:
         wc_names = list(self.results)
         broke = self.broke_counts()
         doc: dict = {
-            "eps": self.eps, "eps_label": eps_label(self.eps), "n_samples": self.n, "passes": self.passes,
-            "eot": self.eot, "stochastic": self.stochastic, "num_classes": self.num_classes, "seed": self.seed,
-            "seconds": round(self.seconds, 3), "precision": self.precision, "mode": self.mode,
-            "paired_passes": self.paired, "attack_order": wc_names,
+            "eps": self.eps,
+            "eps_label": eps_label(self.eps),
+            "n_samples": self.n,
+            "passes": self.passes,
+            "eot": self.eot,
+            "stochastic": self.stochastic,
+            "num_classes": self.num_classes,
+            "seed": self.seed,
+            "seconds": round(self.seconds, 3),
+            "precision": self.precision,
+            "mode": self.mode,
+            "paired_passes": self.paired,
+            "attack_order": wc_names,
             "clean": summarize(self.clean),
             "attacks": {k: r.summary(broke[k]) for k, r in self.results.items()},
             "worst_case": summarize(self.worst_case()) | {"attacks": wc_names},
@@ -332,9 +373,11 @@ class RobustnessReport:
             "step_size": dict(self.step_size),
         }
         if self.cascade:
-            doc["cascade_note"] = ("cascade: each attack ran only on the samples still robust on some pass after "
-                                   "the attacks before it; per-attack accuracies do not exist, only the worst case "
-                                   "and, per attack, the samples it was run on and broke")
+            doc["cascade_note"] = (
+                "cascade: each attack ran only on the samples still robust on some pass after "
+                "the attacks before it; per-attack accuracies do not exist, only the worst case "
+                "and, per attack, the samples it was run on and broke"
+            )
         fresh = self.fresh_noise_names()
         if len(fresh) < len(wc_names):
             doc["worst_case_fresh_noise"] = summarize(self.worst_case(fresh)) | {"attacks": fresh}
@@ -342,11 +385,14 @@ class RobustnessReport:
         if per_sample:
             doc["per_sample"] = {
                 "note": "fraction of evaluation passes on which each sample was robust (clean: correct); broken_by: "
-                        "the first attack (run order) after which it was robust on no pass",
+                "the first attack (run order) after which it was robust on no pass",
                 "labels": self.labels.tolist() if self.labels is not None else None,
                 "clean": [round(v, 4) for v in self.clean.float().mean(0).tolist()],
-                **({} if self.cascade else
-                   {k: [round(v, 4) for v in self.robust(k).float().mean(0).tolist()] for k in self.results}),
+                **(
+                    {}
+                    if self.cascade
+                    else {k: [round(v, 4) for v in self.robust(k).float().mean(0).tolist()] for k in self.results}
+                ),
                 "worst_case": [round(v, 4) for v in self.worst_case().float().mean(0).tolist()],
                 "broken_by": self.broken_by(),
             }
@@ -421,8 +467,10 @@ class RobustnessReport:
         for k, why in self.skipped.items():
             lines.append(f"(skipped {k}: {why})")
         if self.cascade:
-            lines.append("cascade: each attack ran on the samples still robust after the ones above; per-attack "
-                         "accuracies are not comparable (use --individual for them)")
+            lines.append(
+                "cascade: each attack ran on the samples still robust after the ones above; per-attack "
+                "accuracies are not comparable (use --individual for them)"
+            )
         if not self.stochastic:
             lines.append("* interval over the test samples (Wilson); stochastic models show it over passes")
         return "\n".join(lines)
@@ -449,8 +497,15 @@ def _attack_seed(seed: int, batch_index: int, label: str) -> int:
     return (_batch_seed(seed, batch_index) + zlib.crc32(label.encode("utf-8")) * 104_729) % 2**63
 
 
-def correct_per_pass(model: nn.Module, x: Tensor, y: Tensor, passes: int, seed: int | None,
-                     max_batch: int = 4096, global_rng: bool = False) -> Tensor:
+def correct_per_pass(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    passes: int,
+    seed: int | None,
+    max_batch: int = 4096,
+    global_rng: bool = False,
+) -> Tensor:
     """bool ``[passes, b]``: correct on each of ``passes`` forward passes.
 
     With ``seed`` the randomness is repeatable (same seed and shape, same draws):
@@ -470,7 +525,7 @@ def correct_per_pass(model: nn.Module, x: Tensor, y: Tensor, passes: int, seed: 
             for p in range(passes):
                 ps = pass_seed(seed, p)
                 with seeded_rng(ps, x.device, model), noise_seed(model, ps):
-                    preds = torch.cat([model(x[i:i + max_batch]).argmax(1) for i in range(0, b, max_batch)])
+                    preds = torch.cat([model(x[i : i + max_batch]).argmax(1) for i in range(0, b, max_batch)])
                 out[p] = preds == y
         return out
     ctx = noise_seed(model, seed) if seed is not None else contextlib.nullcontext()
@@ -478,15 +533,16 @@ def correct_per_pass(model: nn.Module, x: Tensor, y: Tensor, passes: int, seed: 
         if passes == 1:
             return (model(x).argmax(1) == y)[None]
         xs = x.expand(passes, *x.shape).reshape(passes * b, *x.shape[1:])
-        preds = torch.cat([model(xs[i:i + max_batch]).argmax(1) for i in range(0, len(xs), max_batch)])
+        preds = torch.cat([model(xs[i : i + max_batch]).argmax(1) for i in range(0, len(xs), max_batch)])
         return preds.view(passes, b) == y[None]
 
 
 AttackLike = str | Attack | tuple[str, Attack]
 
 
-def _build_attacks(model: nn.Module, attacks: Sequence[AttackLike], traits: Any, build: dict,
-                   attack_kw: dict[str, dict] | None) -> tuple[list[tuple[str, Attack]], dict[str, str]]:
+def _build_attacks(
+    model: nn.Module, attacks: Sequence[AttackLike], traits: Any, build: dict, attack_kw: dict[str, dict] | None
+) -> tuple[list[tuple[str, Attack]], dict[str, str]]:
     """``(label, attack)`` pairs to run and ``{label: why}`` of the skipped ones."""
     named: list[tuple[str, Attack]] = []
     skipped: dict[str, str] = {}
@@ -543,15 +599,28 @@ def _judge(model: nn.Module, atk: Attack, bt: _Batch, todo: Tensor, st: dict) ->
         elif bt.es is not None:
             full = bt.x.clone()
             full[idx] = adv
-            hit[rows] = correct_per_pass(model, full, bt.y, bt.n_pass, bt.es, bt.max_eval_batch,
-                                         bt.global_rng)[:, idx].cpu()[rows]
+            hit[rows] = correct_per_pass(model, full, bt.y, bt.n_pass, bt.es, bt.max_eval_batch, bt.global_rng)[
+                :, idx
+            ].cpu()[rows]
         else:
             hit[rows] = correct_per_pass(model, adv, ys, bt.n_pass, None, bt.max_eval_batch).cpu()[rows]
     return hit
 
 
-def _run_batch(model: nn.Module, order: list[tuple[str, Attack]], bt: _Batch, s: int, cascade: bool,
-               paired: bool, seed: int, batch_index: int, robust: dict, ran: dict, stats: dict, bar: Any) -> None:
+def _run_batch(
+    model: nn.Module,
+    order: list[tuple[str, Attack]],
+    bt: _Batch,
+    s: int,
+    cascade: bool,
+    paired: bool,
+    seed: int,
+    batch_index: int,
+    robust: dict,
+    ran: dict,
+    stats: dict,
+    bar: Any,
+) -> None:
     """Every attack of ``order`` on one batch (cascade: each on the samples still robust on some pass)."""
     b = bt.ok.shape[1]
     cum = bt.ok.clone()  # per-pass worst case so far
@@ -572,12 +641,27 @@ def _run_batch(model: nn.Module, order: list[tuple[str, Attack]], bt: _Batch, s:
         bar.step(label, b, attacked=len(todo), seconds=seconds)
 
 
-def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attacks: Sequence[AttackLike], *,
-                        eps: float = 8 / 255, eot: int = 1, passes: int = 1, alpha: float | str = PAPER_ALPHA,
-                        batch_size: int = 128, seed: int = 0, source: nn.Module | None = None,
-                        attack_kw: dict[str, dict] | None = None, device: torch.device | str | None = None,
-                        max_eval_batch: int = 4096, progress: Any = False, first_batch: int = 0,
-                        randomness: str | Randomness = "auto", individual: bool = True) -> RobustnessReport:
+def evaluate_robustness(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    attacks: Sequence[AttackLike],
+    *,
+    eps: float = 8 / 255,
+    eot: int = 1,
+    passes: int = 1,
+    alpha: float | str = PAPER_ALPHA,
+    batch_size: int = 128,
+    seed: int = 0,
+    source: nn.Module | None = None,
+    attack_kw: dict[str, dict] | None = None,
+    device: torch.device | str | None = None,
+    max_eval_batch: int = 4096,
+    progress: Any = False,
+    first_batch: int = 0,
+    randomness: str | Randomness = "auto",
+    individual: bool = True,
+) -> RobustnessReport:
     """Run ``attacks`` on ``(images, labels)`` and judge every sample on every pass.
 
     Args:
@@ -625,7 +709,8 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
     eot_used = eot if stochastic else 1
     # one forward per EoT sample: a model may draw one random transform per batch
     build = dict(eps=eps, eot=eot_used, alpha=alpha, source=source, seed=seed) | (
-        {"eot_batched": False} if global_rng else {})
+        {"eot_batched": False} if global_rng else {}
+    )
     named, skipped = _build_attacks(model, attacks, model_traits(model, stochastic, source), build, attack_kw)
     order = named if individual else cascade_order(named)
 
@@ -656,28 +741,52 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, attack
     if own_bar:
         bar.close()
 
-    report = RobustnessReport(eps=float(eps), eot=eot_used, passes=n_pass, stochastic=stochastic,
-                              num_classes=num_classes or 0, seed=seed, clean=clean, skipped=skipped,
-                              labels=labels.detach().cpu(), precision=current_precision(device),
-                              randomness=randomness.to_dict(), step_size=describe_step_size(alpha),
-                              mode=INDIVIDUAL if individual else CASCADE, paired=paired)
+    report = RobustnessReport(
+        eps=float(eps),
+        eot=eot_used,
+        passes=n_pass,
+        stochastic=stochastic,
+        num_classes=num_classes or 0,
+        seed=seed,
+        clean=clean,
+        skipped=skipped,
+        labels=labels.detach().cpu(),
+        precision=current_precision(device),
+        randomness=randomness.to_dict(),
+        step_size=describe_step_size(alpha),
+        mode=INDIVIDUAL if individual else CASCADE,
+        paired=paired,
+    )
     for label, atk in order:
         st = stats[label]
         if st["n_attacked"] == 0:
             st["x_min"], st["x_max"] = 0.0, 1.0
         report.results[label] = AttackResult(
-            name=label, robust=robust[label], eps=atk.eps, threat=getattr(atk, "threat", "white-box"),
-            description=repr(atk), seconds=st["seconds"], max_linf=st["max_linf"], x_min=st["x_min"],
-            x_max=st["x_max"], n_attacked=st["n_attacked"], iterative=bool(getattr(atk, "iterative", False)),  # type: ignore[arg-type]  # an integer count kept in a float dict
-            family=getattr(atk, "family", None), settings=atk.settings() if hasattr(atk, "settings") else {},
-            ran=None if individual else ran[label], cost=attack_cost(atk))
+            name=label,
+            robust=robust[label],
+            eps=atk.eps,
+            threat=getattr(atk, "threat", "white-box"),
+            description=repr(atk),
+            seconds=st["seconds"],
+            max_linf=st["max_linf"],
+            x_min=st["x_min"],
+            x_max=st["x_max"],
+            n_attacked=st["n_attacked"],
+            iterative=bool(getattr(atk, "iterative", False)),  # type: ignore[arg-type]  # an integer count kept in a float dict
+            family=getattr(atk, "family", None),
+            settings=atk.settings() if hasattr(atk, "settings") else {},
+            ran=None if individual else ran[label],
+            cost=attack_cost(atk),
+        )
     report.seconds = time.perf_counter() - t_start
     return report
 
 
 def _check_inputs(images: Tensor, labels: Tensor, passes: int, eot: int, batch_size: int) -> None:
     if images.dim() != 4 or labels.dim() != 1 or len(images) != len(labels):
-        raise SpikeguardError(f"need images [N, C, H, W] and labels [N], got {tuple(images.shape)} and {tuple(labels.shape)}")
+        raise SpikeguardError(
+            f"need images [N, C, H, W] and labels [N], got {tuple(images.shape)} and {tuple(labels.shape)}"
+        )
     if len(labels) == 0:
         raise SpikeguardError("no samples to evaluate")
     if passes < 1 or eot < 1 or batch_size < 1:
@@ -696,8 +805,9 @@ def _budget(st: dict, adv: Tensor, x: Tensor) -> None:
 DEFAULT_EOT = 8
 
 
-def evaluate_config_attacks(model: nn.Module, test_ds, cfg, out_dir=None, progress: bool = False,
-                            eot: int = DEFAULT_EOT) -> dict:
+def evaluate_config_attacks(
+    model: nn.Module, test_ds, cfg, out_dir=None, progress: bool = False, eot: int = DEFAULT_EOT
+) -> dict:
     """The end-of-training evaluation hook of :func:`spikeguard.experiment.run_experiment`.
 
     Runs ``cfg.eval.attacks`` (names or suite names) at ``cfg.eval.eps`` on ``test_ds``,
@@ -712,17 +822,39 @@ def evaluate_config_attacks(model: nn.Module, test_ds, cfg, out_dir=None, progre
 
     names = parse_attacks(",".join(cfg.eval.attacks))
     eps = check_eps(parse_eps(cfg.eval.eps) if isinstance(cfg.eval.eps, str) else cfg.eval.eps)
-    report = evaluate_robustness(model, test_ds.float_images(), test_ds.labels, names, eps=eps, eot=eot,
-                                 passes=max(1, int(cfg.eval.passes)), batch_size=int(cfg.eval.batch_size),
-                                 seed=int(cfg.seed), progress=progress)
+    report = evaluate_robustness(
+        model,
+        test_ds.float_images(),
+        test_ds.labels,
+        names,
+        eps=eps,
+        eot=eot,
+        passes=max(1, int(cfg.eval.passes)),
+        batch_size=int(cfg.eval.batch_size),
+        seed=int(cfg.seed),
+        progress=progress,
+    )
     summary = report.to_dict(per_sample=False)
     if out_dir is not None:
         from .results import provenance, write_robustness
 
         data = {"name": test_ds.name, "split": "test", "n_samples": len(test_ds)}
-        prov = provenance(command="spikeguard train (eval.attacks)", checkpoint=out_dir, report=report, attacks=names,
-                          data=data, alpha=0.01, batch_size=int(cfg.eval.batch_size))
+        prov = provenance(
+            command="spikeguard train (eval.attacks)",
+            checkpoint=out_dir,
+            report=report,
+            attacks=names,
+            data=data,
+            alpha=0.01,
+            batch_size=int(cfg.eval.batch_size),
+        )
         tgo = getattr(cfg, "tgo", None)
-        write_robustness(Path(out_dir) / "robustness.json", report, prov, command="train (eval.attacks)", data=data,
-                         lambda_max=tgo.lambda_max if tgo is not None and tgo.enabled else None)
+        write_robustness(
+            Path(out_dir) / "robustness.json",
+            report,
+            prov,
+            command="train (eval.attacks)",
+            data=data,
+            lambda_max=tgo.lambda_max if tgo is not None and tgo.enabled else None,
+        )
     return summary

@@ -51,11 +51,17 @@ class EvalProgress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.RESOLUTION, desc=desc, leave=False, dynamic_ncols=True,
-                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+            self._bar = tqdm(
+                total=self.RESOLUTION,
+                desc=desc,
+                leave=False,
+                dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+            )
 
-    def set_attacks(self, labels: Sequence[str], costs: dict[str, float] | None = None,
-                    clean_cost: float = 1 / 3) -> None:
+    def set_attacks(
+        self, labels: Sequence[str], costs: dict[str, float] | None = None, clean_cost: float = 1 / 3
+    ) -> None:
         """The attacks that will run (after skips), in run order, with their cost per sample
         (``costs``, cost rank units; default 1) and the clean judging's (``clean_cost``)."""
         if "clean" not in self.cost:
@@ -80,8 +86,9 @@ class EvalProgress:
             done, left = self.work()
             b, nb = self.batches
             eta = f", ETA {format_seconds(left)}" if left is not None else ""
-            self._bar.set_postfix_str(f"batch {b}/{nb}, {label} {self.done[label]}/{self.n_samples}{eta}",
-                                      refresh=False)
+            self._bar.set_postfix_str(
+                f"batch {b}/{nb}, {label} {self.done[label]}/{self.n_samples}{eta}", refresh=False
+            )
             frac = done / (done + left) if left is not None and done + left > 0 else 0.0
             self._bar.n = min(self.RESOLUTION, int(round(self.RESOLUTION * frac)))
             self._bar.refresh()
@@ -167,11 +174,16 @@ class Cost:
         return self.batches * (self.grad_passes * self.seconds_grad + self.fwd_passes * self.seconds_fwd)
 
     def format(self) -> str:
-        less = ("at most that: in the cascade each attack runs only on the samples still robust after the cheaper "
-                "ones" if self.cascade else "less where samples are misclassified clean (they are not attacked)")
-        return (f"cost estimate: {self.batches} batch(es) of {self.batch} images, each about {self.grad_passes:,} "
-                f"forward+backward and {self.fwd_passes:,} forward passes (measured now: {self.seconds_grad:.3g} s "
-                f"and {self.seconds_fwd:.3g} s per pass): {approximately(self.seconds)} here, {less}")
+        less = (
+            "at most that: in the cascade each attack runs only on the samples still robust after the cheaper ones"
+            if self.cascade
+            else "less where samples are misclassified clean (they are not attacked)"
+        )
+        return (
+            f"cost estimate: {self.batches} batch(es) of {self.batch} images, each about {self.grad_passes:,} "
+            f"forward+backward and {self.fwd_passes:,} forward passes (measured now: {self.seconds_grad:.3g} s "
+            f"and {self.seconds_fwd:.3g} s per pass): {approximately(self.seconds)} here, {less}"
+        )
 
 
 def approximately(s: float) -> str:
@@ -201,8 +213,16 @@ def _time(fn, repeats: int = 2) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def estimate_cost(model: nn.Module, attacks: Sequence[tuple[str, Any]], x: Tensor, y: Tensor, n: int,
-                  batch_size: int, passes: int, cascade: bool = False) -> Cost:
+def estimate_cost(
+    model: nn.Module,
+    attacks: Sequence[tuple[str, Any]],
+    x: Tensor,
+    y: Tensor,
+    n: int,
+    batch_size: int,
+    passes: int,
+    cascade: bool = False,
+) -> Cost:
     """Passes and time of evaluating ``attacks`` (``(label, Attack)``) on ``n`` samples.
 
     ``x, y``: one batch (at most ``batch_size``) on the model's device, used to time one
@@ -228,9 +248,22 @@ def estimate_cost(model: nn.Module, attacks: Sequence[tuple[str, Any]], x: Tenso
     return Cost(b, math.ceil(n / b), g, f, t_grad, t_fwd, per, cascade)
 
 
-def suite_cost(model: nn.Module, names: Sequence[str], x: Tensor, y: Tensor, n: int, *, eps: float, eot: int,
-               passes: int, alpha: float | str, batch_size: int, source: nn.Module | None = None,
-               attack_kw: dict | None = None, cascade: bool = False) -> Cost:
+def suite_cost(
+    model: nn.Module,
+    names: Sequence[str],
+    x: Tensor,
+    y: Tensor,
+    n: int,
+    *,
+    eps: float,
+    eot: int,
+    passes: int,
+    alpha: float | str,
+    batch_size: int,
+    source: nn.Module | None = None,
+    attack_kw: dict | None = None,
+    cascade: bool = False,
+) -> Cost:
     """:func:`estimate_cost` of ``n`` samples for attack names as ``spikeguard evaluate`` takes them
     (attacks that will be skipped on this model are left out); ``x, y``: one batch to time.
     ``cascade``: the estimate is an upper bound (every attack on every sample)."""
@@ -243,8 +276,15 @@ def suite_cost(model: nn.Module, names: Sequence[str], x: Tensor, y: Tensor, n: 
     built = []
     for name in names:
         try:
-            atk = build_attack(name, model, eps=eps, eot=eot if stochastic else 1, alpha=alpha, source=source,
-                               **((attack_kw or {}).get(name, {})))
+            atk = build_attack(
+                name,
+                model,
+                eps=eps,
+                eot=eot if stochastic else 1,
+                alpha=alpha,
+                source=source,
+                **((attack_kw or {}).get(name, {})),
+            )
         except Exception:  # noqa: BLE001 - the evaluation itself reports (or skips) it
             continue
         if unmet(atk, traits):  # skipped by the evaluation: no cost
@@ -253,4 +293,13 @@ def suite_cost(model: nn.Module, names: Sequence[str], x: Tensor, y: Tensor, n: 
     return estimate_cost(model, built, x, y, n, batch_size, passes if stochastic else 1, cascade)
 
 
-__all__ = ["suite_cost", "EvalProgress", "as_progress", "attack_passes", "estimate_cost", "Cost", "format_seconds", "approximately"]
+__all__ = [
+    "suite_cost",
+    "EvalProgress",
+    "as_progress",
+    "attack_passes",
+    "estimate_cost",
+    "Cost",
+    "format_seconds",
+    "approximately",
+]

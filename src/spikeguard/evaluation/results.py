@@ -90,10 +90,21 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def provenance(*, command: str, protocol: str = PROTOCOL_ENGINE, checkpoint: str | os.PathLike | None = None,
-               report: Any = None, attacks: list[str] | None = None, eps: float | None = None,
-               n_samples: int | None = None, seed: int | None = None, passes: int | None = None,
-               eot: int | None = None, data: Mapping | None = None, **extra: Any) -> dict:
+def provenance(
+    *,
+    command: str,
+    protocol: str = PROTOCOL_ENGINE,
+    checkpoint: str | os.PathLike | None = None,
+    report: Any = None,
+    attacks: list[str] | None = None,
+    eps: float | None = None,
+    n_samples: int | None = None,
+    seed: int | None = None,
+    passes: int | None = None,
+    eot: int | None = None,
+    data: Mapping | None = None,
+    **extra: Any,
+) -> dict:
     """The provenance record of one result.
 
     Fields: ``checkpoint`` (path as given), ``checkpoint_id`` (see :func:`checkpoint_id`),
@@ -108,21 +119,40 @@ def provenance(*, command: str, protocol: str = PROTOCOL_ENGINE, checkpoint: str
         seed = report.seed if seed is None else seed
         passes = report.passes if passes is None else passes
         eot = report.eot if eot is None else eot
-    return {"checkpoint": str(checkpoint) if checkpoint is not None else None,
-            "checkpoint_id": checkpoint_id(checkpoint), "command": command, "protocol": protocol,
-            "attacks": list(attacks or []), "eps": eps, "n_samples": n_samples, "seed": seed, "passes": passes,
-            "eot": eot, "data": dict(data) if data is not None else None, "software": software(), "date": now_utc(),
-            **extra}
+    return {
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "checkpoint_id": checkpoint_id(checkpoint),
+        "command": command,
+        "protocol": protocol,
+        "attacks": list(attacks or []),
+        "eps": eps,
+        "n_samples": n_samples,
+        "seed": seed,
+        "passes": passes,
+        "eot": eot,
+        "data": dict(data) if data is not None else None,
+        "software": software(),
+        "date": now_utc(),
+        **extra,
+    }
 
 
-def robustness_document(report: Any, prov: Mapping, *, model: str | None = None, per_sample: bool = True,
-                        **extra: Any) -> dict:
+def robustness_document(
+    report: Any, prov: Mapping, *, model: str | None = None, per_sample: bool = True, **extra: Any
+) -> dict:
     """The current-version document of ``report`` (see the module docstring)."""
     if model is None and prov.get("checkpoint"):
         p = Path(prov["checkpoint"])
         model = (p.parent if p.suffix == ".safetensors" else p).resolve().name
-    return {"schema": SCHEMA, "version": VERSION, "model": model, "provenance": dict(prov),
-            "table": report.table_row(), "report": report.to_dict(per_sample=per_sample), **extra}
+    return {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "model": model,
+        "provenance": dict(prov),
+        "table": report.table_row(),
+        "report": report.to_dict(per_sample=per_sample),
+        **extra,
+    }
 
 
 def write_robustness(path: str | os.PathLike, report: Any, prov: Mapping, **kw: Any) -> Path:
@@ -140,19 +170,30 @@ def write_audit(path: str | os.PathLike, audit: Any, prov: Mapping, **extra: Any
     """Write an :class:`~spikeguard.evaluation.audit.AuditReport` with its provenance, atomically."""
     from ..io import atomic_write_json
 
-    atomic_write_json(path, {"schema": AUDIT_SCHEMA, "version": VERSION, "provenance": dict(prov), **extra,
-                             "audit": audit.to_dict()})
+    atomic_write_json(
+        path, {"schema": AUDIT_SCHEMA, "version": VERSION, "provenance": dict(prov), **extra, "audit": audit.to_dict()}
+    )
     return Path(path)
 
 
 # ------------------------------------------------------------------------------------ reading
 def _v1_provenance(doc: Mapping, rep: Mapping, protocol: str, command: str | None) -> dict:
     data = doc.get("data") if isinstance(doc.get("data"), Mapping) else None
-    return {"checkpoint": doc.get("checkpoint"), "checkpoint_id": None, "command": doc.get("command", command),
-            "protocol": protocol, "attacks": list(rep.get("attacks") or []) if isinstance(rep.get("attacks"), Mapping)
-            else [], "eps": rep.get("eps"), "n_samples": rep.get("n_samples") or (data or {}).get("n_samples"),
-            "seed": rep.get("seed", (data or {}).get("seed")), "passes": rep.get("passes"), "eot": rep.get("eot"),
-            "data": data, "software": None, "date": None}
+    return {
+        "checkpoint": doc.get("checkpoint"),
+        "checkpoint_id": None,
+        "command": doc.get("command", command),
+        "protocol": protocol,
+        "attacks": list(rep.get("attacks") or []) if isinstance(rep.get("attacks"), Mapping) else [],
+        "eps": rep.get("eps"),
+        "n_samples": rep.get("n_samples") or (data or {}).get("n_samples"),
+        "seed": rep.get("seed", (data or {}).get("seed")),
+        "passes": rep.get("passes"),
+        "eot": rep.get("eot"),
+        "data": data,
+        "software": None,
+        "date": None,
+    }
 
 
 def read_results(doc: Any) -> list[dict] | None:
@@ -173,21 +214,30 @@ def read_results(doc: Any) -> list[dict] | None:
 
             v = doc.get("version")
             newer = isinstance(v, int) and v > VERSION
-            raise DataError(f"result schema version {v} is " + ("newer than" if newer else "not one")
-                            + f" this spikeguard reads ({', '.join(map(str, READABLE_VERSIONS))})"
-                            + ("; upgrade spikeguard" if newer else ""))
+            raise DataError(
+                f"result schema version {v} is "
+                + ("newer than" if newer else "not one")
+                + f" this spikeguard reads ({', '.join(map(str, READABLE_VERSIONS))})"
+                + ("; upgrade spikeguard" if newer else "")
+            )
         out = dict(doc)
         if doc.get("version") == 2 and isinstance(doc.get("report"), Mapping):
             out["report"] = {"mode": "individual", **doc["report"]}  # version 2 ran every attack on every sample
         return [out]
-    if schema == DEMO_SCHEMA or (schema is None and isinstance(doc.get("models"), Mapping)
-                                 and isinstance(doc.get("config"), Mapping)):
+    if schema == DEMO_SCHEMA or (
+        schema is None and isinstance(doc.get("models"), Mapping) and isinstance(doc.get("config"), Mapping)
+    ):
         return _demo_documents(doc)
     if schema is None and isinstance(doc.get("report"), Mapping) and isinstance(doc["report"].get("attacks"), Mapping):
         rep = doc["report"]
-        out = {"schema": SCHEMA, "version": 1, "model": None,
-               "provenance": _v1_provenance(doc, rep, PROTOCOL_ENGINE, None),
-               "table": doc.get("table"), "report": rep}
+        out = {
+            "schema": SCHEMA,
+            "version": 1,
+            "model": None,
+            "provenance": _v1_provenance(doc, rep, PROTOCOL_ENGINE, None),
+            "table": doc.get("table"),
+            "report": rep,
+        }
         return [out]
     return None
 
@@ -203,10 +253,18 @@ def _demo_documents(doc: Mapping) -> list[dict]:
             continue
         prov = dict(m.get("provenance") or {})
         if not prov:  # version 1: rebuild what the demo's config says
-            prov = {"checkpoint": None, "checkpoint_id": None, "command": "spikeguard demo",
-                    "protocol": PROTOCOL_DEMO, "n_samples": int(cfg.get("n_test") or 0) or 360,
-                    "seed": cfg.get("seed"), "passes": m.get("passes"), "eot": m.get("eot"), "software": None,
-                    "date": None}
+            prov = {
+                "checkpoint": None,
+                "checkpoint_id": None,
+                "command": "spikeguard demo",
+                "protocol": PROTOCOL_DEMO,
+                "n_samples": int(cfg.get("n_test") or 0) or 360,
+                "seed": cfg.get("seed"),
+                "passes": m.get("passes"),
+                "eot": m.get("eot"),
+                "software": None,
+                "date": None,
+            }
         by_eps: dict[float, dict] = {}
         for attack, per in m["attacks"].items():
             if not isinstance(per, Mapping):
@@ -219,13 +277,40 @@ def _demo_documents(doc: Mapping) -> list[dict]:
                 by_eps.setdefault(e, {})[attack] = {"accuracy": acc}
         lam = cfg.get("lambda_max") if "tgo" in str(name).lower() else None
         for e, attacks in by_eps.items():
-            out.append({"schema": SCHEMA, "version": doc.get("version", 1), "model": str(name),
-                        "provenance": {**prov, "eps": e, "attacks": list(attacks)},
-                        "lambda_max": m.get("lambda_max", lam),
-                        "report": {"eps": e, "n_samples": prov.get("n_samples"), "clean": {"accuracy": m.get("clean")},
-                                   "attacks": attacks}})
+            out.append(
+                {
+                    "schema": SCHEMA,
+                    "version": doc.get("version", 1),
+                    "model": str(name),
+                    "provenance": {**prov, "eps": e, "attacks": list(attacks)},
+                    "lambda_max": m.get("lambda_max", lam),
+                    "report": {
+                        "eps": e,
+                        "n_samples": prov.get("n_samples"),
+                        "clean": {"accuracy": m.get("clean")},
+                        "attacks": attacks,
+                    },
+                }
+            )
     return out
 
 
-__all__ = ["SCHEMA", "VERSION", "READABLE_VERSIONS", "DEMO_SCHEMA", "DEMO_VERSION", "PROTOCOL_ENGINE", "PROTOCOL_DEMO", "checkpoint_id", "command_line",
-           "provenance", "robustness_document", "write_robustness", "write_audit", "AUDIT_SCHEMA", "read_results", "software", "now_utc"]
+__all__ = [
+    "SCHEMA",
+    "VERSION",
+    "READABLE_VERSIONS",
+    "DEMO_SCHEMA",
+    "DEMO_VERSION",
+    "PROTOCOL_ENGINE",
+    "PROTOCOL_DEMO",
+    "checkpoint_id",
+    "command_line",
+    "provenance",
+    "robustness_document",
+    "write_robustness",
+    "write_audit",
+    "AUDIT_SCHEMA",
+    "read_results",
+    "software",
+    "now_utc",
+]

@@ -46,12 +46,24 @@ def journal_key(settings: dict) -> str:
 
 def _encode_batch(bi: int, rep: RobustnessReport) -> dict:
     return {
-        "format": JOURNAL_FORMAT, "batch": bi, "n": rep.n, "num_classes": rep.num_classes,
-        "clean": _bits(rep.clean), "skipped": rep.skipped,
+        "format": JOURNAL_FORMAT,
+        "batch": bi,
+        "n": rep.n,
+        "num_classes": rep.num_classes,
+        "clean": _bits(rep.clean),
+        "skipped": rep.skipped,
         "attacks": {k: r.record() for k, r in rep.results.items()},
-        "meta": {"eps": rep.eps, "eot": rep.eot, "passes": rep.passes, "stochastic": rep.stochastic,
-                 "seed": rep.seed, "randomness": rep.randomness, "step_size": rep.step_size, "mode": rep.mode,
-                 "paired": rep.paired},
+        "meta": {
+            "eps": rep.eps,
+            "eot": rep.eot,
+            "passes": rep.passes,
+            "stochastic": rep.stochastic,
+            "seed": rep.seed,
+            "randomness": rep.randomness,
+            "step_size": rep.step_size,
+            "mode": rep.mode,
+            "paired": rep.paired,
+        },
     }
 
 
@@ -76,21 +88,39 @@ def _merge(records: list[dict], labels: Tensor, seconds: float) -> RobustnessRep
     """One report from per-batch records (in batch order)."""
     first = records[0]
     meta = first["meta"]
-    report = RobustnessReport(eps=float(meta["eps"]), eot=int(meta["eot"]), passes=int(meta["passes"]),
-                              stochastic=bool(meta["stochastic"]), num_classes=int(first["num_classes"]),
-                              seed=int(meta["seed"]), clean=torch.cat([_unbits(r["clean"]) for r in records], 1),
-                              skipped=dict(first.get("skipped") or {}), labels=labels.detach().cpu(),
-                              randomness=dict(meta.get("randomness") or {}), step_size=dict(meta.get("step_size") or {}),
-                              mode=meta.get("mode", "individual"), paired=bool(meta.get("paired", True)))
+    report = RobustnessReport(
+        eps=float(meta["eps"]),
+        eot=int(meta["eot"]),
+        passes=int(meta["passes"]),
+        stochastic=bool(meta["stochastic"]),
+        num_classes=int(first["num_classes"]),
+        seed=int(meta["seed"]),
+        clean=torch.cat([_unbits(r["clean"]) for r in records], 1),
+        skipped=dict(first.get("skipped") or {}),
+        labels=labels.detach().cpu(),
+        randomness=dict(meta.get("randomness") or {}),
+        step_size=dict(meta.get("step_size") or {}),
+        mode=meta.get("mode", "individual"),
+        paired=bool(meta.get("paired", True)),
+    )
     for name in first["attacks"]:
         report.results[name] = AttackResult.merge(name, [r["attacks"][name] for r in records])
     report.seconds = seconds
     return report
 
 
-def evaluate_sharded(model: nn.Module, images: Tensor, labels: Tensor, attacks: Sequence[AttackLike], *,
-                     batch_size: int = 128, journal: str | os.PathLike | None = None, ctx: Any = None,
-                     progress: bool = False, **kw: Any) -> RobustnessReport:
+def evaluate_sharded(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    attacks: Sequence[AttackLike],
+    *,
+    batch_size: int = 128,
+    journal: str | os.PathLike | None = None,
+    ctx: Any = None,
+    progress: bool = False,
+    **kw: Any,
+) -> RobustnessReport:
     """:func:`evaluate_robustness` split over the ranks of ``ctx`` and resumable from ``journal``.
 
     Args:
@@ -120,8 +150,9 @@ def evaluate_sharded(model: nn.Module, images: Tensor, labels: Tensor, attacks: 
     if not isinstance(kw.get("randomness"), Randomness):
         # found once on the first images, so every batch and every rank treats the model alike
         device = kw.get("device") or next((p.device for p in model.parameters()), torch.device("cpu"))
-        kw["randomness"] = detect_randomness(model, images[:8].to(device), mode=kw.get("randomness") or "auto",
-                                             seed=int(kw.get("seed", 0)))
+        kw["randomness"] = detect_randomness(
+            model, images[:8].to(device), mode=kw.get("randomness") or "auto", seed=int(kw.get("seed", 0))
+        )
     done = read_journal(journal) if journal is not None else {}
     done = {b: r for b, r in done.items() if 0 <= b < n_batches and r.get("n") == min(batch_size, n - b * batch_size)}
     todo = [b for b in range(n_batches) if b % ctx.world_size == ctx.rank and b not in done]
@@ -137,13 +168,17 @@ def evaluate_sharded(model: nn.Module, images: Tensor, labels: Tensor, attacks: 
     from .progress import EvalProgress
 
     # one bar over this rank's samples, moving after every attack of every batch
-    bar = EvalProgress(sum(min(n, (b + 1) * batch_size) - b * batch_size for b in todo),
-                       f"evaluate (rank {ctx.rank})" if ctx.is_distributed else "evaluate", enabled=bool(progress and todo))
+    bar = EvalProgress(
+        sum(min(n, (b + 1) * batch_size) - b * batch_size for b in todo),
+        f"evaluate (rank {ctx.rank})" if ctx.is_distributed else "evaluate",
+        enabled=bool(progress and todo),
+    )
     for i, b in enumerate(todo):
         s, e = b * batch_size, min(n, (b + 1) * batch_size)
         bar.batch(i, len(todo))
-        rep = evaluate_robustness(model, images[s:e], labels[s:e], attacks, batch_size=batch_size, first_batch=b,
-                                  progress=bar, **kw)
+        rep = evaluate_robustness(
+            model, images[s:e], labels[s:e], attacks, batch_size=batch_size, first_batch=b, progress=bar, **kw
+        )
         rec = _encode_batch(b, rep)
         if path is not None:
             append_jsonl(path, rec)

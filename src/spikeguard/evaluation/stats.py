@@ -9,9 +9,38 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
 # Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (used if scipy is missing).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t_quantile_975(df: int) -> float:
@@ -141,5 +170,10 @@ def seeds_mean_ci95(values: Sequence[float]) -> dict:
     """
     vals = [float(v) for v in values]
     m, ci = mean_ci95(vals)
-    return {"mean": m, "ci95": list(ci) if ci else None, "n_seeds": len(vals), "per_seed": vals,
-            "method": "t-seeds" if ci else None}
+    return {
+        "mean": m,
+        "ci95": list(ci) if ci else None,
+        "n_seeds": len(vals),
+        "per_seed": vals,
+        "method": "t-seeds" if ci else None,
+    }

@@ -72,8 +72,14 @@ class SpikingModel(nn.Module):
     #: how frame values encode event counts (a FrameNorm spec such as ``"clip:4"``), for event attacks
     frame_norm: str = ""
 
-    def __init__(self, T: int, num_classes: int, in_channels: int,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        T: int,
+        num_classes: int,
+        in_channels: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         if int(T) < 1:
             raise ValueError(f"T must be >= 1, got {T}")
@@ -97,24 +103,29 @@ class SpikingModel(nn.Module):
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
         if frames != self.T:
-            raise ValueError(f"the data has {frames} frames per sample but the model has T = {self.T} time steps; "
-                             f"set model.T = {frames} (event data feeds one frame per step)")
+            raise ValueError(
+                f"the data has {frames} frames per sample but the model has T = {self.T} time steps; "
+                f"set model.T = {frames} (event data feeds one frame per step)"
+            )
         self.frames = frames
         self.frame_norm = str(frame_norm)
 
     def check_input(self, x: Tensor) -> None:
         if self.frames:
             ok = (x.dim() == 4 and x.shape[1] == self.frames * self.in_channels) or (
-                x.dim() == 5 and x.shape[0] == self.frames and x.shape[2] == self.in_channels)
+                x.dim() == 5 and x.shape[0] == self.frames and x.shape[2] == self.in_channels
+            )
             if not ok:
                 raise ValueError(
                     f"{type(self).__name__} expects {self.frames} frames of {self.in_channels} channels: "
                     f"[T={self.frames}, B, {self.in_channels}, H, W] or packed [B, {self.frames * self.in_channels}, "
-                    f"H, W], got shape {tuple(x.shape)}")
+                    f"H, W], got shape {tuple(x.shape)}"
+                )
             return
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"{type(self).__name__} expects images [B, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
+                f"{type(self).__name__} expects images [B, {self.in_channels}, H, W], got shape {tuple(x.shape)}"
+            )
 
     def frame_sequence(self, x: Tensor) -> Tensor:
         """Packed ``[B, T * C, H, W]`` (or already ``[T, B, C, H, W]``) -> ``[T, B, C, H, W]``."""

@@ -18,8 +18,9 @@ from .base import NeuronFactory, SpikingModel
 MODELS: Registry[Callable[..., SpikingModel]] = Registry("model")
 
 
-def register_model(name: str, *, description: str | None = None
-                   ) -> Callable[[Callable[..., SpikingModel]], Callable[..., SpikingModel]]:
+def register_model(
+    name: str, *, description: str | None = None
+) -> Callable[[Callable[..., SpikingModel]], Callable[..., SpikingModel]]:
     """Decorator: register a builder ``fn(num_classes, T, neuron: NeuronFactory, **kw)``."""
     return MODELS.register(name, description=description)
 
@@ -34,8 +35,9 @@ def model_builder(name: str) -> Callable[..., SpikingModel]:
     return MODELS.get(name)
 
 
-def create_model(name: str, num_classes: int = 10, T: int = 4, neuron: str = "lif",
-                 neuron_kw: dict | None = None, **kw) -> SpikingModel:
+def create_model(
+    name: str, num_classes: int = 10, T: int = 4, neuron: str = "lif", neuron_kw: dict | None = None, **kw
+) -> SpikingModel:
     """Build a registered network.
 
     Args:

@@ -18,9 +18,17 @@ class SmallConvSNN(SpikingModel):
     For 8x8 digits: 8x8 -> 8x8 -> pool 4x4 -> 4x4 -> pool 2x2 -> linear.
     """
 
-    def __init__(self, num_classes: int = 10, T: int = 4, in_channels: int = 1, image_size: int = 8,
-                 channels: Sequence[int] = (16, 32, 64), neuron: NeuronFactory | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        T: int = 4,
+        in_channels: int = 1,
+        image_size: int = 8,
+        channels: Sequence[int] = (16, 32, 64),
+        neuron: NeuronFactory | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__(T, num_classes, in_channels, mean, std)
         if image_size % 4:
             raise ValueError(f"SmallConvSNN needs an image size divisible by 4, got {image_size}")
@@ -41,9 +49,17 @@ class SmallConvSNN(SpikingModel):
 class SpikingMLP(SpikingModel):
     """Fully connected SNN: Linear + BatchNorm1d + neuron per hidden layer, linear readout."""
 
-    def __init__(self, num_classes: int = 10, T: int = 4, in_channels: int = 1, image_size: int = 8,
-                 hidden: Sequence[int] = (128, 64), neuron: NeuronFactory | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        T: int = 4,
+        in_channels: int = 1,
+        image_size: int = 8,
+        hidden: Sequence[int] = (128, 64),
+        neuron: NeuronFactory | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__(T, num_classes, in_channels, mean, std)
         neuron = neuron or NeuronFactory("lif")
         dims = [in_channels * image_size * image_size, *hidden]

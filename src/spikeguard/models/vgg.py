@@ -58,10 +58,20 @@ class SpikingVGG(SpikingModel):
         mean, std: input normalisation applied inside the model.
     """
 
-    def __init__(self, num_classes: int = 10, T: int = 8, in_channels: int = 3, image_size: int = 32,
-                 layout: str | Sequence[Item] = "cifar", width: float = 1.0, classifier: str | None = None,
-                 hidden: int | None = None, neuron: NeuronFactory | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        T: int = 8,
+        in_channels: int = 3,
+        image_size: int = 32,
+        layout: str | Sequence[Item] = "cifar",
+        width: float = 1.0,
+        classifier: str | None = None,
+        hidden: int | None = None,
+        neuron: NeuronFactory | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__(T, num_classes, in_channels, mean, std)
         neuron = neuron or NeuronFactory("lif")
         if isinstance(layout, str):
@@ -83,9 +93,11 @@ class SpikingVGG(SpikingModel):
         if hidden is None:
             hidden = 4096 if name == "snn_rat" else 512
         n_pool = sum(1 for it in items if it == "A")
-        if image_size < 2 ** n_pool:
-            raise ValueError(f"image_size {image_size} is smaller than 2^{n_pool} = {2 ** n_pool}, the layout's pools "
-                             f"(a size not divisible by {2 ** n_pool} is floored by them, e.g. 48 -> 1)")
+        if image_size < 2**n_pool:
+            raise ValueError(
+                f"image_size {image_size} is smaller than 2^{n_pool} = {2**n_pool}, the layout's pools "
+                f"(a size not divisible by {2**n_pool} is floored by them, e.g. 48 -> 1)"
+            )
         final = image_size
         for _ in range(n_pool):  # 2x2 average pools floor odd sizes (48 px: 24, 12, 6, 3, 1)
             final //= 2
@@ -107,15 +119,19 @@ class SpikingVGG(SpikingModel):
             body += [MultiStep(*pending, *conv_bn(c, cout)), neuron()]
             pending = []
             c = cout
-        feat = c * final ** 2
+        feat = c * final**2
         pending.append(nn.Flatten())
         if classifier == "linear":
             body.append(MultiStep(*pending, nn.Linear(feat, num_classes)))
         else:
             h = _scaled(hidden, width)
-            body += [MultiStep(*pending, nn.Linear(feat, h)), neuron(),
-                     MultiStep(nn.Linear(h, h)), neuron(),
-                     MultiStep(nn.Linear(h, num_classes))]
+            body += [
+                MultiStep(*pending, nn.Linear(feat, h)),
+                neuron(),
+                MultiStep(nn.Linear(h, h)),
+                neuron(),
+                MultiStep(nn.Linear(h, num_classes)),
+            ]
         self.body = nn.Sequential(*body)
         _init_weights(self)
 

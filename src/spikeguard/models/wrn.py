@@ -38,8 +38,16 @@ class WideBlock(nn.Module):
         learnable_mix: learnable residual weights (SNN-RAT) instead of a plain sum.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, neuron: NeuronFactory, pre_bn: bool = True,
-                 dropout: float = 0.0, learnable_mix: bool = True) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        neuron: NeuronFactory,
+        pre_bn: bool = True,
+        dropout: float = 0.0,
+        learnable_mix: bool = True,
+    ) -> None:
         super().__init__()
         self.pre = MultiStep(nn.BatchNorm2d(cin)) if pre_bn else None
         self.act1 = neuron()
@@ -47,8 +55,9 @@ class WideBlock(nn.Module):
         self.act2 = neuron()
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
         self.conv2 = MultiStep(*layers, _conv3(cout, cout))
-        self.shortcut = (MultiStep(nn.Conv2d(cin, cout, 1, stride=stride, bias=False))
-                         if cin != cout or stride != 1 else None)
+        self.shortcut = (
+            MultiStep(nn.Conv2d(cin, cout, 1, stride=stride, bias=False)) if cin != cout or stride != 1 else None
+        )
         if learnable_mix:
             self.mix = nn.Parameter(torch.full((2,), 0.5))
         else:
@@ -77,10 +86,20 @@ class SpikingWideResNet(SpikingModel):
         mean, std: input normalisation applied inside the model.
     """
 
-    def __init__(self, num_classes: int = 10, T: int = 4, depth: int = 16, widen: int = 4, in_channels: int = 3,
-                 image_size: int = 32, dropout: float = 0.0, learnable_mix: bool = True,
-                 neuron: NeuronFactory | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        T: int = 4,
+        depth: int = 16,
+        widen: int = 4,
+        in_channels: int = 3,
+        image_size: int = 32,
+        dropout: float = 0.0,
+        learnable_mix: bool = True,
+        neuron: NeuronFactory | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__(T, num_classes, in_channels, mean, std)
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}")
@@ -97,9 +116,17 @@ class SpikingWideResNet(SpikingModel):
         cin = widths[0]
         for g, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2), strict=True)):
             for i in range(n):
-                blocks.append(WideBlock(cin, cout, stride if i == 0 else 1, neuron,
-                                        pre_bn=not (g == 0 and i == 0), dropout=dropout,
-                                        learnable_mix=learnable_mix))
+                blocks.append(
+                    WideBlock(
+                        cin,
+                        cout,
+                        stride if i == 0 else 1,
+                        neuron,
+                        pre_bn=not (g == 0 and i == 0),
+                        dropout=dropout,
+                        learnable_mix=learnable_mix,
+                    )
+                )
                 cin = cout
         self.body = nn.Sequential(
             *blocks,

@@ -124,9 +124,16 @@ class StoGLIF(LazyModuleMixin, LIF):
     noise: bool
     noisy_grad: str
 
-    def __init__(self, p_min: float = 0.1, temperature: float = 0.5, gate: bool = True,
-                 sigma: float = 0.0, noisy_grad: str = "surrogate", generator: torch.Generator | None = None,
-                 **kw) -> None:
+    def __init__(
+        self,
+        p_min: float = 0.1,
+        temperature: float = 0.5,
+        gate: bool = True,
+        sigma: float = 0.0,
+        noisy_grad: str = "surrogate",
+        generator: torch.Generator | None = None,
+        **kw,
+    ) -> None:
         if not 0.0 <= p_min <= 1.0:
             raise ValueError(f"p_min must be in [0, 1], got {p_min}")
         if not (temperature > 0 and math.isfinite(temperature)):
@@ -176,8 +183,10 @@ class StoGLIF(LazyModuleMixin, LIF):
         return _StochasticGate.apply(spikes, keep, u, self.temperature)
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f", sigma={self.sigma:.4g}, noise={self.noise}, noisy_grad={self.noisy_grad}"
-                f", p_min={self.p_min}, temperature={self.temperature}")
+        return (
+            super().extra_repr() + f", sigma={self.sigma:.4g}, noise={self.noise}, noisy_grad={self.noisy_grad}"
+            f", p_min={self.p_min}, temperature={self.temperature}"
+        )
 
 
 def stog_neurons(model: nn.Module) -> list[StoGLIF]:
@@ -207,8 +216,11 @@ def gate_prior(model: nn.Module, kind: str = "l2") -> Tensor:
 
 def mean_keep_probability(model: nn.Module) -> float:
     """Mean keep probability over all StoG neurons (nan if there are none)."""
-    ps = [m.keep_probability().detach().flatten() for m in stog_neurons(model)
-          if not isinstance(m.keep, UninitializedParameter)]
+    ps = [
+        m.keep_probability().detach().flatten()
+        for m in stog_neurons(model)
+        if not isinstance(m.keep, UninitializedParameter)
+    ]
     return float(torch.cat(ps).mean()) if ps else float("nan")
 
 
@@ -251,11 +263,15 @@ def materialize_for(model: nn.Module, arch_kw: dict) -> None:
 
     defaults = {}
     with contextlib.suppress(TypeError, ValueError):
-        defaults = {k: p.default for k, p in inspect.signature(type(model)).parameters.items()
-                    if p.default is not inspect.Parameter.empty}
+        defaults = {
+            k: p.default
+            for k, p in inspect.signature(type(model)).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
     channels = arch_kw.get("in_channels", getattr(model, "in_channels", defaults.get("in_channels")))
     size = arch_kw.get("image_size", defaults.get("image_size"))
     if channels is None or size is None:
-        raise ValueError(f"cannot size the DLIF/StoG parameters of {type(model).__name__}: pass in_channels and "
-                         f"image_size")
+        raise ValueError(
+            f"cannot size the DLIF/StoG parameters of {type(model).__name__}: pass in_channels and image_size"
+        )
     materialize(model, (int(channels), int(size), int(size)))

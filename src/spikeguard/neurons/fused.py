@@ -50,9 +50,22 @@ from . import native
 from .native import native_available, native_backward, native_forward  # re-exported
 from .surrogate import Surrogate
 
-__all__ = ["LIFScan", "lif_scan", "scan_forward", "scan_backward", "surrogate_derivative_", "set_kernel",
-           "get_kernel", "kernel_for", "triton_available", "philox_noise_for", "native_available",
-           "native_forward", "native_backward", "KERNELS"]
+__all__ = [
+    "LIFScan",
+    "lif_scan",
+    "scan_forward",
+    "scan_backward",
+    "surrogate_derivative_",
+    "set_kernel",
+    "get_kernel",
+    "kernel_for",
+    "triton_available",
+    "philox_noise_for",
+    "native_available",
+    "native_forward",
+    "native_backward",
+    "KERNELS",
+]
 
 
 def _exact_scale(decay: float) -> bool:
@@ -63,8 +76,9 @@ def _exact_scale(decay: float) -> bool:
     return m == 0.5
 
 
-def scan_forward(x: Tensor, decay: float, v_threshold: float, neg_noise: Tensor | None,
-                 keep_potentials: bool = True) -> tuple[Tensor, Tensor]:
+def scan_forward(
+    x: Tensor, decay: float, v_threshold: float, neg_noise: Tensor | None, keep_potentials: bool = True
+) -> tuple[Tensor, Tensor]:
     """The LIF recurrence without autograd: returns ``(spikes, U)``, both shaped like ``x``.
 
     Args:
@@ -79,7 +93,11 @@ def scan_forward(x: Tensor, decay: float, v_threshold: float, neg_noise: Tensor 
     spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     u_all = torch.empty((steps if keep_potentials else min(steps, 2),) + tuple(rest), dtype=x.dtype, device=x.device)
     keep = torch.empty(rest, dtype=x.dtype, device=x.device)
-    tmp = torch.empty(rest, dtype=x.dtype, device=x.device) if (neg_noise is not None or not _exact_scale(decay)) else None
+    tmp = (
+        torch.empty(rest, dtype=x.dtype, device=x.device)
+        if (neg_noise is not None or not _exact_scale(decay))
+        else None
+    )
     fma = _exact_scale(decay)
     u_all[0].copy_(x[0])
     for t in range(steps):
@@ -110,9 +128,17 @@ def surrogate_derivative_(surrogate: Surrogate, x: Tensor) -> Tensor:
     return surrogate.derivative_(x)
 
 
-def scan_backward(grad_s: Tensor | None, grad_u: Tensor | None, u_all: Tensor, noise: Tensor | None,
-                  decay: float, v_threshold: float, surrogate: Surrogate,
-                  at_noisy: bool, detach_reset: bool) -> Tensor:
+def scan_backward(
+    grad_s: Tensor | None,
+    grad_u: Tensor | None,
+    u_all: Tensor,
+    noise: Tensor | None,
+    decay: float,
+    v_threshold: float,
+    surrogate: Surrogate,
+    at_noisy: bool,
+    detach_reset: bool,
+) -> Tensor:
     """Gradient w.r.t. the layer input from the gradients at the spikes and at ``U``."""
     point = u_all - v_threshold  # U - V_th
     if noise is None:
@@ -151,8 +177,9 @@ def scan_backward(grad_s: Tensor | None, grad_u: Tensor | None, u_all: Tensor, n
 KERNELS = ("auto", "native", "torch", "triton")
 _kernel_choice = os.environ.get("SPIKEGUARD_LIF_KERNEL", "auto")
 if _kernel_choice not in KERNELS:
-    warnings.warn(f"SPIKEGUARD_LIF_KERNEL={_kernel_choice!r} is not one of {KERNELS}; using 'auto'", RuntimeWarning,
-                  stacklevel=1)
+    warnings.warn(
+        f"SPIKEGUARD_LIF_KERNEL={_kernel_choice!r} is not one of {KERNELS}; using 'auto'", RuntimeWarning, stacklevel=1
+    )
     _kernel_choice = "auto"
 _triton: Any = None  # the triton_scan module once imported; False if it cannot be
 _triton_error: str | None = None
@@ -182,6 +209,7 @@ def _triton_module():
     if _triton is None:
         try:
             from . import triton_scan
+
             _triton = triton_scan
         except Exception as e:  # noqa: BLE001 - triton missing or broken: use another kernel
             _triton, _triton_error = False, f"{type(e).__name__}: {e}"
@@ -205,15 +233,22 @@ def kernel_for(x: Tensor, surrogate: Surrogate | None = None) -> str:
                 raise RuntimeError(f"the Triton LIF kernel is unavailable: {_triton_error}")
         elif mod.triton_supports(x, surrogate):
             return "triton"
-    if choice in ("auto", "native") and x.device.type == "cpu" and native.native_supports(surrogate) \
-            and x.dtype in (torch.float32, torch.float64, *_HALF):
+    if (
+        choice in ("auto", "native")
+        and x.device.type == "cpu"
+        and native.native_supports(surrogate)
+        and x.dtype in (torch.float32, torch.float64, *_HALF)
+    ):
         if native_available():
             return "native"
         if choice == "native":
             raise RuntimeError(f"the native LIF kernel is unavailable: {native.native_error()}")
         if not getattr(kernel_for, "warned", False):
-            warnings.warn(f"spikeguard: native LIF kernel unavailable ({native.native_error()}); using torch ops",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"spikeguard: native LIF kernel unavailable ({native.native_error()}); using torch ops",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             kernel_for.warned = True  # type: ignore[attr-defined]
     return "torch"
 
@@ -238,18 +273,21 @@ def philox_noise_for(x: Tensor, sigma: float, generator: torch.Generator | None)
         return None
     gen = generator
     if gen is None:
-        gen = (torch.cuda.default_generators[x.device.index if x.device.index is not None else torch.cuda.current_device()]
-               if x.device.type == "cuda" else torch.default_generator)
+        gen = (
+            torch.cuda.default_generators[x.device.index if x.device.index is not None else torch.cuda.current_device()]
+            if x.device.type == "cuda"
+            else torch.default_generator
+        )
     seed = None
     if gen.device.type == "cuda":
         try:
             offset = gen.get_offset()
             gen.set_offset(offset + 4)
-            seed = (gen.initial_seed() ^ ((offset + 1) * 0x9E3779B97F4A7C15)) & (2 ** 62 - 1)
+            seed = (gen.initial_seed() ^ ((offset + 1) * 0x9E3779B97F4A7C15)) & (2**62 - 1)
         except (AttributeError, RuntimeError):
             seed = None
     if seed is None:
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen, device=gen.device).item())
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item())
     return _triton.PhiloxNoise(seed=seed, sigma=float(sigma))
 
 
@@ -263,7 +301,7 @@ def _materialise(noise, x: Tensor) -> Tensor | None:
         except Exception as e:  # noqa: BLE001
             _triton_failed(e)
     # Triton failed: the same distribution from torch's generator, seeded with the same seed
-    gen = torch.Generator(device=x.device).manual_seed(int(noise.seed) & (2 ** 63 - 1))
+    gen = torch.Generator(device=x.device).manual_seed(int(noise.seed) & (2**63 - 1))
     return torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * noise.sigma
 
 
@@ -276,8 +314,10 @@ def _philox_tensor(mod, noise: NoiseArg, u_all: Tensor) -> Tensor | None:
     try:
         flat = mod.philox_noise(noise, (u_all.shape[0], u_all[0].numel()), u_all.device)
     except Exception as e:
-        raise RuntimeError("the Triton LIF backward failed and the forward's noise cannot be regenerated "
-                           f"without it ({type(e).__name__}: {e}); rerun with set_kernel('torch')") from e
+        raise RuntimeError(
+            "the Triton LIF backward failed and the forward's noise cannot be regenerated "
+            f"without it ({type(e).__name__}: {e}); rerun with set_kernel('torch')"
+        ) from e
     # the kernels count t * N + i over memory order (U's layout, e.g. channels_last steps)
     out = torch.empty_like(u_all)
     out.as_strided((out.numel(),), (1,)).copy_(flat.view(-1))
@@ -299,12 +339,16 @@ def _triton_failed(e: Exception) -> None:
     if _kernel_choice == "triton":
         raise e
     _triton, _triton_error = False, f"{type(e).__name__}: {e}"
-    warnings.warn(f"spikeguard: the Triton LIF kernel failed ({_triton_error[:200]}); using torch ops",
-                  RuntimeWarning, stacklevel=4)
+    warnings.warn(
+        f"spikeguard: the Triton LIF kernel failed ({_triton_error[:200]}); using torch ops",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
-def _run_forward(kernel: str, x: Tensor, decay: float, v_threshold: float, noise: NoiseArg,
-                 keep_potentials: bool) -> tuple[Tensor, Tensor | None, str, NoiseArg]:
+def _run_forward(
+    kernel: str, x: Tensor, decay: float, v_threshold: float, noise: NoiseArg, keep_potentials: bool
+) -> tuple[Tensor, Tensor | None, str, NoiseArg]:
     """``(spikes, U, the kernel that ran, the noise it used)``."""
     if kernel == "triton":
         mod = _triton_module()
@@ -318,11 +362,13 @@ def _run_forward(kernel: str, x: Tensor, decay: float, v_threshold: float, noise
     xw = _widen(x)
     noise = _materialise(noise, xw)
     if kernel == "native":
-        spikes, u_all = native_forward(xw, decay, v_threshold, None if noise is None else noise.to(xw.dtype),
-                                       keep_potentials)
+        spikes, u_all = native_forward(
+            xw, decay, v_threshold, None if noise is None else noise.to(xw.dtype), keep_potentials
+        )
     else:
-        spikes, u_all = scan_forward(xw, decay, v_threshold, None if noise is None else noise.to(xw.dtype).neg(),
-                                     keep_potentials)
+        spikes, u_all = scan_forward(
+            xw, decay, v_threshold, None if noise is None else noise.to(xw.dtype).neg(), keep_potentials
+        )
     return spikes.to(x.dtype), u_all, kernel, noise
 
 
@@ -338,8 +384,16 @@ class LIFScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, noise: NoiseArg, decay: float, v_threshold: float,
-                surrogate: Surrogate, at_noisy: bool, detach_reset: bool) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx,
+        x: Tensor,
+        noise: NoiseArg,
+        decay: float,
+        v_threshold: float,
+        surrogate: Surrogate,
+        at_noisy: bool,
+        detach_reset: bool,
+    ) -> tuple[Tensor, Tensor]:
         kernel = kernel_for(x, surrogate)
         if kernel != "triton":
             noise = _materialise(noise, _widen(x))
@@ -367,8 +421,9 @@ class LIFScan(torch.autograd.Function):
             return (None,) * 7
         if kernel == "triton":
             try:
-                gx = ctx.triton.triton_backward(grad_s, grad_u, u_all, noise, decay, v_threshold, surrogate,
-                                                at_noisy, detach_reset, out_dtype=dtype)
+                gx = ctx.triton.triton_backward(
+                    grad_s, grad_u, u_all, noise, decay, v_threshold, surrogate, at_noisy, detach_reset, out_dtype=dtype
+                )
                 return (gx,) + (None,) * 6
             except Exception as e:  # noqa: BLE001 - same numbers from the torch ops (below)
                 _triton_failed(e)
@@ -383,9 +438,16 @@ class LIFScan(torch.autograd.Function):
 
 
 @_eager
-def lif_scan(x: Tensor, noise: NoiseArg, decay: float, v_threshold: float, surrogate: Surrogate,
-             at_noisy: bool = True, detach_reset: bool = False,
-             need_potentials: bool = True) -> tuple[Tensor, Tensor | None]:
+def lif_scan(
+    x: Tensor,
+    noise: NoiseArg,
+    decay: float,
+    v_threshold: float,
+    surrogate: Surrogate,
+    at_noisy: bool = True,
+    detach_reset: bool = False,
+    need_potentials: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Run the fused LIF scan; returns ``(spikes, U)``, both ``[T, B, ...]`` (``U`` differentiable).
 
     Without autograd (``no_grad``/``inference_mode`` or an input that needs no gradient) the

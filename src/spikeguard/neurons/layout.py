@@ -29,8 +29,12 @@ def empty_steps(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     dtype = dtype or x.dtype
     step = x[0]
     if step.dim() == 4 and not step.is_contiguous() and step.is_contiguous(memory_format=torch.channels_last):
-        flat = torch.empty((x.shape[0] * step.shape[0],) + tuple(step.shape[1:]), dtype=dtype, device=x.device,
-                           memory_format=torch.channels_last)
+        flat = torch.empty(
+            (x.shape[0] * step.shape[0],) + tuple(step.shape[1:]),
+            dtype=dtype,
+            device=x.device,
+            memory_format=torch.channels_last,
+        )
         return flat.view(x.shape)
     return torch.empty(x.shape, dtype=dtype, device=x.device)
 

@@ -143,8 +143,16 @@ class LIF(nn.Module):
         surrogate, at_noisy = self.grad_surrogate()
         if (getattr(self, "backend", None) or _default_backend) == "fused":
             noise = self.fused_noise(x)
-            spikes, u_all = lif_scan(x, noise, self.decay, self.v_threshold, surrogate, at_noisy,
-                                     self.detach_reset, need_potentials=bool(self._recorders))
+            spikes, u_all = lif_scan(
+                x,
+                noise,
+                self.decay,
+                self.v_threshold,
+                surrogate,
+                at_noisy,
+                self.detach_reset,
+                need_potentials=bool(self._recorders),
+            )
             for rec in self._recorders:
                 rec.add(self, u_all)
             return spikes
@@ -182,8 +190,9 @@ class _NoiseSettings(Protocol):
     generator: torch.Generator | None
 
 
-def set_noise(neuron: _NoiseSettings, sigma: float, noise: bool, noisy_grad: str,
-              generator: torch.Generator | None) -> None:
+def set_noise(
+    neuron: _NoiseSettings, sigma: float, noise: bool, noisy_grad: str, generator: torch.Generator | None
+) -> None:
     """Validate and set a noisy neuron's ``sigma``, ``noise`` switch, ``noisy_grad`` and ``generator``."""
     if not (sigma >= 0 and math.isfinite(sigma)):
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")

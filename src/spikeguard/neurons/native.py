@@ -36,8 +36,7 @@ from torch import Tensor
 from .layout import empty_steps, like, step_view
 from .surrogate import Surrogate, surrogate_kind, surrogate_names
 
-__all__ = ["c_source", "native_available", "native_error", "native_supports", "native_forward",
-           "native_backward"]
+__all__ = ["c_source", "native_available", "native_error", "native_supports", "native_forward", "native_backward"]
 
 _C_TEMPLATE = r"""
 #include <math.h>
@@ -133,8 +132,7 @@ _errors: dict[str, str] = {}
 
 def _native_names() -> tuple[str, ...]:
     """Registered surrogates that have C code and a name usable as a C identifier."""
-    return tuple(n for n in surrogate_names()
-                 if surrogate_kind(n).c_code and n.isidentifier() and n.isascii())
+    return tuple(n for n in surrogate_names() if surrogate_kind(n).c_code and n.isidentifier() and n.isascii())
 
 
 def c_source() -> str:
@@ -148,7 +146,8 @@ def c_source() -> str:
 
 def _cache_dir() -> Path:
     root = os.environ.get("SPIKEGUARD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "spikeguard")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "spikeguard"
+    )
     return Path(root) / "kernels"
 
 
@@ -168,8 +167,9 @@ def _build(source: str, names: tuple[str, ...]) -> ctypes.CDLL:
                 src = Path(tmp) / "lif_scan.c"
                 src.write_text(source)
                 out = Path(tmp) / target.name
-                proc = subprocess.run([cc, *flags, str(src), "-o", str(out), "-lm"],
-                                      capture_output=True, text=True, timeout=120)
+                proc = subprocess.run(
+                    [cc, *flags, str(src), "-o", str(out), "-lm"], capture_output=True, text=True, timeout=120
+                )
                 if proc.returncode != 0:
                     last = (proc.stderr or proc.stdout).strip()[-300:]
                     continue
@@ -222,8 +222,9 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def native_forward(x: Tensor, decay: float, v_threshold: float, noise: Tensor | None,
-                   keep_potentials: bool = True) -> tuple[Tensor, Tensor | None]:
+def native_forward(
+    x: Tensor, decay: float, v_threshold: float, noise: Tensor | None, keep_potentials: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """The scan's forward with the C kernel (``noise`` is ``eta`` itself here)."""
     lib = _lib()
     x, xs = step_view(x)
@@ -236,9 +237,17 @@ def native_forward(x: Tensor, decay: float, v_threshold: float, noise: Tensor | 
     return spikes, u_all
 
 
-def native_backward(grad_s: Tensor | None, grad_u: Tensor | None, u_all: Tensor, noise: Tensor | None,
-                    decay: float, v_threshold: float, surrogate: Surrogate, at_noisy: bool,
-                    detach_reset: bool) -> Tensor:
+def native_backward(
+    grad_s: Tensor | None,
+    grad_u: Tensor | None,
+    u_all: Tensor,
+    noise: Tensor | None,
+    decay: float,
+    v_threshold: float,
+    surrogate: Surrogate,
+    at_noisy: bool,
+    detach_reset: bool,
+) -> Tensor:
     """The scan's backward with the C kernel."""
     lib = _lib()
     steps, n = u_all.shape[0], u_all[0].numel()
@@ -246,6 +255,19 @@ def native_backward(grad_s: Tensor | None, grad_u: Tensor | None, u_all: Tensor,
     grad_s, grad_u, noise = like(grad_s, u_all), like(grad_u, u_all), like(noise, u_all)
     suffix = "f32" if u_all.dtype == torch.float32 else "f64"
     fn = getattr(lib, f"lif_bwd_{surrogate.name}_{suffix}")
-    fn(_ptr(grad_s), _ptr(grad_u), u_all.data_ptr(), _ptr(noise), gx.data_ptr(), steps, n, decay, v_threshold,
-       float(surrogate.width), int(at_noisy), int(detach_reset), _threads(n))
+    fn(
+        _ptr(grad_s),
+        _ptr(grad_u),
+        u_all.data_ptr(),
+        _ptr(noise),
+        gx.data_ptr(),
+        steps,
+        n,
+        decay,
+        v_threshold,
+        float(surrogate.width),
+        int(at_noisy),
+        int(detach_reset),
+        _threads(n),
+    )
     return gx

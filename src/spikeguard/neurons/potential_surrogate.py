@@ -38,8 +38,16 @@ from torch import Tensor, nn
 from .fused import set_kernel
 from .recording import record_potentials, spiking_neurons
 
-__all__ = ["FieldSurrogate", "AssgRule", "PdsgRule", "PotentialRule", "atan_derivative", "pdsg_derivative",
-           "assg_scale", "potential_surrogate"]
+__all__ = [
+    "FieldSurrogate",
+    "AssgRule",
+    "PdsgRule",
+    "PotentialRule",
+    "atan_derivative",
+    "pdsg_derivative",
+    "assg_scale",
+    "potential_surrogate",
+]
 
 
 def atan_derivative(x: Tensor, alpha: Tensor | float) -> Tensor:
@@ -157,8 +165,9 @@ class AssgRule(PotentialRule):
 
     name = "assg"
 
-    def __init__(self, vanishing: float = 0.85, relax: float = 1.5, beta_m: float = 0.9, beta_d: float = 0.9,
-                 tiny: float = 1e-4) -> None:
+    def __init__(
+        self, vanishing: float = 0.85, relax: float = 1.5, beta_m: float = 0.9, beta_d: float = 0.9, tiny: float = 1e-4
+    ) -> None:
         self.a = assg_scale(vanishing)
         if relax < 0 or not 0.0 <= beta_m < 1.0 or not 0.0 <= beta_d < 1.0 or tiny <= 0:
             raise ValueError("ASSG needs relax >= 0, running-average coefficients in [0, 1) and tiny > 0")
@@ -277,8 +286,9 @@ def potential_surrogate(model: nn.Module, rule: PotentialRule) -> Iterator[int]:
     own = spiking_neurons(model)
     foreign = foreign_neurons(model)
     if not own and not foreign:
-        raise ValueError("potential-dependent surrogates need a model with spiking neurons (spikeguard, "
-                         "SpikingJelly or snnTorch)")
+        raise ValueError(
+            "potential-dependent surrogates need a model with spiking neurons (spikeguard, SpikingJelly or snnTorch)"
+        )
     mods = {name: m for name, m in own}
     saved = [(m, m.surrogate, m.backend, getattr(m, "noisy_grad", None)) for m in mods.values()]
     fresh = lambda: FieldSurrogate(rule.name, rule.derivative)  # noqa: E731 - one object per neuron call

@@ -41,8 +41,9 @@ class PotentialRecorder:
         on_record: optional callback ``(layer_name, U)`` called on every record.
     """
 
-    def __init__(self, detach: bool = False, keep: bool = True,
-                 on_record: Callable[[str, Tensor], None] | None = None) -> None:
+    def __init__(
+        self, detach: bool = False, keep: bool = True, on_record: Callable[[str, Tensor], None] | None = None
+    ) -> None:
         self.detach = detach
         self.keep = keep
         self.on_record = on_record
@@ -67,8 +68,9 @@ class PotentialRecorder:
 
 
 @contextlib.contextmanager
-def record_potentials(model: nn.Module, detach: bool = False, keep: bool = True,
-                      on_record: Callable[[str, Tensor], None] | None = None) -> Iterator[PotentialRecorder]:
+def record_potentials(
+    model: nn.Module, detach: bool = False, keep: bool = True, on_record: Callable[[str, Tensor], None] | None = None
+) -> Iterator[PotentialRecorder]:
     """Record the pre-spike potentials of every spiking layer of ``model`` inside the block.
 
     SpikingJelly and snnTorch neurons are recorded too (see :mod:`spikeguard.adapters`),
@@ -140,7 +142,9 @@ def _settings(modules: Sequence[nn.Module], values: dict[str, list]) -> Iterator
         yield
 
 
-def use_surrogate(model: nn.Module, surrogate: str | Surrogate, width: float = 1.0) -> contextlib.AbstractContextManager:
+def use_surrogate(
+    model: nn.Module, surrogate: str | Surrogate, width: float = 1.0
+) -> contextlib.AbstractContextManager:
     """Swap every neuron's surrogate gradient inside the block (attack-time surrogate ensembles)."""
     sg = surrogate if isinstance(surrogate, Surrogate) else Surrogate(surrogate, width)
     mods = [m for _, m in spiking_neurons(model)]

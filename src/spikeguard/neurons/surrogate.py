@@ -31,9 +31,21 @@ from ..registry import Registry
 # Triton (optional, the ``gpu`` extra). A surrogate defined elsewhere imports it itself.
 tl: Any = None
 
-__all__ = ["SURROGATE_KINDS", "surrogate_members", "Surrogate", "SurrogateKind", "register_surrogate", "unregister_surrogate", "surrogate_kind",
-           "surrogate_names", "surrogate_aliases", "resolve_surrogate", "SURROGATES", "SpikeFunction", "spike"]
-
+__all__ = [
+    "SURROGATE_KINDS",
+    "surrogate_members",
+    "Surrogate",
+    "SurrogateKind",
+    "register_surrogate",
+    "unregister_surrogate",
+    "surrogate_kind",
+    "surrogate_names",
+    "surrogate_aliases",
+    "resolve_surrogate",
+    "SURROGATES",
+    "SpikeFunction",
+    "spike",
+]
 
 
 class SurrogateKind:
@@ -105,8 +117,9 @@ def surrogate_aliases() -> dict[str, str]:
     return SURROGATE_KINDS.aliases()
 
 
-def surrogate_members(widths: Sequence[float], per_kind: Mapping[str, Sequence[float]] | None = None
-                      ) -> tuple[tuple[str, float], ...]:
+def surrogate_members(
+    widths: Sequence[float], per_kind: Mapping[str, Sequence[float]] | None = None
+) -> tuple[tuple[str, float], ...]:
     """``(surrogate, width)`` pairs of a surrogate sweep: every registered kind at ``widths``.
 
     A kind's widths are ``per_kind[name]`` if given, else its own :attr:`SurrogateKind.sweep_widths`
@@ -122,6 +135,7 @@ def surrogate_members(widths: Sequence[float], per_kind: Mapping[str, Sequence[f
 
 
 # --- the built-in surrogates -----------------------------------------------------------------
+
 
 @register_surrogate
 class Triangle(SurrogateKind):

@@ -40,12 +40,19 @@ from .surrogate import Surrogate, surrogate_kind
 
 _surrogate_module.tl = tl  # the built-in surrogates' Triton expressions read this name
 
-__all__ = ["PhiloxNoise", "triton_forward", "triton_backward", "philox_noise", "triton_supports", "BLOCK",
-           "INTERPRETED"]
+__all__ = [
+    "PhiloxNoise",
+    "triton_forward",
+    "triton_backward",
+    "philox_noise",
+    "triton_supports",
+    "BLOCK",
+    "INTERPRETED",
+]
 
 BLOCK = 1024
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-_LIMIT = 2 ** 31 - 1  # element counters and offsets are int32
+_LIMIT = 2**31 - 1  # element counters and offsets are int32
 
 
 @dataclass(frozen=True)
@@ -65,8 +72,22 @@ def _noise_kernel(OUT, N, TN, seed, sigma, BLOCK_: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(X, xs_t, NOISE, U, S, N, decay, vth, seed, sigma,
-                T: tl.constexpr, NOISE_MODE: tl.constexpr, STORE_U: tl.constexpr, BLOCK_: tl.constexpr):
+def _fwd_kernel(
+    X,
+    xs_t,
+    NOISE,
+    U,
+    S,
+    N,
+    decay,
+    vth,
+    seed,
+    sigma,
+    T: tl.constexpr,
+    NOISE_MODE: tl.constexpr,
+    STORE_U: tl.constexpr,
+    BLOCK_: tl.constexpr,
+):
     offs = tl.program_id(0) * BLOCK_ + tl.arange(0, BLOCK_)
     mask = offs < N
     v = tl.zeros([BLOCK_], dtype=tl.float32)
@@ -86,9 +107,27 @@ def _fwd_kernel(X, xs_t, NOISE, U, S, N, decay, vth, seed, sigma,
 
 
 @triton.jit
-def _bwd_kernel(GS, GU, U, NOISE, GX, N, decay, vth, width, seed, sigma, T: tl.constexpr, SUR: tl.constexpr,
-                NOISE_MODE: tl.constexpr, HAS_GS: tl.constexpr, HAS_GU: tl.constexpr,
-                AT_NOISY: tl.constexpr, DETACH_RESET: tl.constexpr, BLOCK_: tl.constexpr):
+def _bwd_kernel(
+    GS,
+    GU,
+    U,
+    NOISE,
+    GX,
+    N,
+    decay,
+    vth,
+    width,
+    seed,
+    sigma,
+    T: tl.constexpr,
+    SUR: tl.constexpr,
+    NOISE_MODE: tl.constexpr,
+    HAS_GS: tl.constexpr,
+    HAS_GU: tl.constexpr,
+    AT_NOISY: tl.constexpr,
+    DETACH_RESET: tl.constexpr,
+    BLOCK_: tl.constexpr,
+):
     offs = tl.program_id(0) * BLOCK_ + tl.arange(0, BLOCK_)
     mask = offs < N
     acc = tl.zeros([BLOCK_], dtype=tl.float32)
@@ -165,13 +204,13 @@ def philox_noise(noise: PhiloxNoise, shape: torch.Size | tuple, device: torch.de
     tn = out.numel()
     n = tn // shape[0] if shape[0] else 0
     if tn:
-        _noise_kernel[_grid(tn)](out, n, tn, int(noise.seed), float(noise.sigma), BLOCK_=BLOCK,
-                                 enable_fp_fusion=False)
+        _noise_kernel[_grid(tn)](out, n, tn, int(noise.seed), float(noise.sigma), BLOCK_=BLOCK, enable_fp_fusion=False)
     return out
 
 
-def triton_forward(x: Tensor, decay: float, v_threshold: float, noise: Tensor | PhiloxNoise | None,
-                   keep_potentials: bool = True) -> tuple[Tensor, Tensor | None]:
+def triton_forward(
+    x: Tensor, decay: float, v_threshold: float, noise: Tensor | PhiloxNoise | None, keep_potentials: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """The scan's forward: ``(spikes [x.dtype], U [float32] or None)``."""
     x, xs = step_view(x)
     steps, n = x.shape[0], x[0].numel()
@@ -179,25 +218,64 @@ def triton_forward(x: Tensor, decay: float, v_threshold: float, noise: Tensor | 
     u_all = empty_steps(x, torch.float32) if keep_potentials else None
     mode, tensor, seed, sigma = _noise_args(noise, spikes)
     if spikes.numel():
-        _fwd_kernel[_grid(n)](x, xs, tensor if tensor is not None else x, u_all if u_all is not None else spikes,
-                              spikes, n, float(decay), float(v_threshold), seed, sigma,
-                              T=steps, NOISE_MODE=mode, STORE_U=keep_potentials, BLOCK_=BLOCK, enable_fp_fusion=False)
+        _fwd_kernel[_grid(n)](
+            x,
+            xs,
+            tensor if tensor is not None else x,
+            u_all if u_all is not None else spikes,
+            spikes,
+            n,
+            float(decay),
+            float(v_threshold),
+            seed,
+            sigma,
+            T=steps,
+            NOISE_MODE=mode,
+            STORE_U=keep_potentials,
+            BLOCK_=BLOCK,
+            enable_fp_fusion=False,
+        )
     return spikes, u_all
 
 
-def triton_backward(grad_s: Tensor | None, grad_u: Tensor | None, u_all: Tensor, noise: Tensor | PhiloxNoise | None,
-                    decay: float, v_threshold: float, surrogate: Surrogate, at_noisy: bool, detach_reset: bool,
-                    out_dtype: torch.dtype = torch.float32) -> Tensor:
+def triton_backward(
+    grad_s: Tensor | None,
+    grad_u: Tensor | None,
+    u_all: Tensor,
+    noise: Tensor | PhiloxNoise | None,
+    decay: float,
+    v_threshold: float,
+    surrogate: Surrogate,
+    at_noisy: bool,
+    detach_reset: bool,
+    out_dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """The scan's backward: ``dL/dI`` in ``out_dtype`` (the input's dtype)."""
     steps, n = u_all.shape[0], u_all[0].numel()
     gx = torch.empty_like(u_all, dtype=out_dtype)
     grad_s, grad_u = like(grad_s, u_all), like(grad_u, u_all)
     mode, tensor, seed, sigma = _noise_args(noise, u_all)
     if gx.numel():
-        _bwd_kernel[_grid(n)](grad_s if grad_s is not None else u_all, grad_u if grad_u is not None else u_all,
-                              u_all, tensor if tensor is not None else u_all, gx, n, float(decay),
-                              float(v_threshold), float(surrogate.width), seed, sigma, T=steps, SUR=_surrogate_jit(surrogate),
-                              NOISE_MODE=mode, HAS_GS=grad_s is not None, HAS_GU=grad_u is not None,
-                              AT_NOISY=bool(at_noisy), DETACH_RESET=bool(detach_reset), BLOCK_=BLOCK,
-                              enable_fp_fusion=False)
+        _bwd_kernel[_grid(n)](
+            grad_s if grad_s is not None else u_all,
+            grad_u if grad_u is not None else u_all,
+            u_all,
+            tensor if tensor is not None else u_all,
+            gx,
+            n,
+            float(decay),
+            float(v_threshold),
+            float(surrogate.width),
+            seed,
+            sigma,
+            T=steps,
+            SUR=_surrogate_jit(surrogate),
+            NOISE_MODE=mode,
+            HAS_GS=grad_s is not None,
+            HAS_GU=grad_u is not None,
+            AT_NOISY=bool(at_noisy),
+            DETACH_RESET=bool(detach_reset),
+            BLOCK_=BLOCK,
+            enable_fp_fusion=False,
+        )
     return gx

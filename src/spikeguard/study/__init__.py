@@ -59,11 +59,40 @@ Modules: :mod:`~spikeguard.study.spec` (the file, the folder layout), :mod:`~spi
 
 from __future__ import annotations
 
-from .spec import (PLAN_JSON, STUDY_JSON, STUDY_MD, RunSpec, StudySpec, eps_folder, group_result_path, load_study,
-                   parse_duration, pending_work, result_path)
+from .spec import (
+    PLAN_JSON,
+    STUDY_JSON,
+    STUDY_MD,
+    RunSpec,
+    StudySpec,
+    eps_folder,
+    group_result_path,
+    load_study,
+    parse_duration,
+    pending_work,
+    result_path,
+)
 from .stages import plan_epochs, run_study, summarize_study
 from .tables import aggregate, build_rows, format_markdown, plot_study, write_comparison
 
-__all__ = ["RunSpec", "StudySpec", "load_study", "run_study", "summarize_study", "write_comparison", "pending_work",
-           "group_result_path", "result_path", "eps_folder", "plan_epochs", "parse_duration", "build_rows",
-           "aggregate", "format_markdown", "plot_study", "STUDY_JSON", "STUDY_MD", "PLAN_JSON"]
+__all__ = [
+    "RunSpec",
+    "StudySpec",
+    "load_study",
+    "run_study",
+    "summarize_study",
+    "write_comparison",
+    "pending_work",
+    "group_result_path",
+    "result_path",
+    "eps_folder",
+    "plan_epochs",
+    "parse_duration",
+    "build_rows",
+    "aggregate",
+    "format_markdown",
+    "plot_study",
+    "STUDY_JSON",
+    "STUDY_MD",
+    "PLAN_JSON",
+]

@@ -103,11 +103,28 @@ class StudySpec:
         return next((x for x in self.runs if x.row == row and x.seed == seed), None)
 
 
-_TOP = {"name", "description", "seeds", "defaults", "evaluation", "protocols", "control", "calibration", "budget",
-        "runs"}
+_TOP = {
+    "name",
+    "description",
+    "seeds",
+    "defaults",
+    "evaluation",
+    "protocols",
+    "control",
+    "calibration",
+    "budget",
+    "runs",
+}
 _RUN = {"name", "training", "label", "preset", "set", "source", "calibrate", "paper", "baseline"}
-_EVAL = {"protocols": ["paper", "strong"], "n_samples": 1000, "eps": "8/255", "batch_size": 128, "seed": 0,
-         "split": "test", "reference": ""}
+_EVAL = {
+    "protocols": ["paper", "strong"],
+    "n_samples": 1000,
+    "eps": "8/255",
+    "batch_size": 128,
+    "seed": 0,
+    "split": "test",
+    "reference": "",
+}
 _CONTROL = {"k": 3.0, "attack": "pgd10"}
 _BUDGET = {"eval_reserve": 0.3, "probe_images": 0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -119,8 +136,7 @@ def _table(doc: dict, key: str, defaults: dict) -> dict:
         raise ConfigError(f"study: [{key}] must be a table")
     bad = set(t) - set(defaults)
     if bad:
-        raise ConfigError(f"study: unknown key(s) in [{key}]: {', '.join(sorted(bad))} "
-                          f"(known: {', '.join(defaults)})")
+        raise ConfigError(f"study: unknown key(s) in [{key}]: {', '.join(sorted(bad))} (known: {', '.join(defaults)})")
     return {**defaults, **t}
 
 
@@ -137,8 +153,11 @@ def _seeds(doc: dict, defaults: dict) -> list[int] | None:
     seeds = doc.get("seeds", defaults.get("seeds"))
     if seeds is None:
         return None
-    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                            and s >= 0 for s in seeds)):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
         raise ConfigError(f"study: seeds must be a non-empty list of whole numbers >= 0, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"study: seeds {seeds} name a seed twice")
@@ -154,7 +173,7 @@ def _parse_eps(ev: dict) -> None:
     if many and not raw:
         raise ConfigError("study: [evaluation].eps is an empty list")
     vals = []
-    for e in (raw if many else [raw]):
+    for e in raw if many else [raw]:
         try:
             vals.append(float(parse_eps(str(e))) if isinstance(e, str) else float(e))
         except (TypeError, ValueError):
@@ -171,7 +190,9 @@ def _entry(p: Path, i: int, r: Any, defaults: dict, overrides: list[str], study:
         raise ConfigError(f"study: runs[{i}] must be a table")
     bad = set(r) - _RUN
     if bad:
-        raise ConfigError(f"study: runs[{i}] has unknown key(s) {', '.join(sorted(bad))} (known: {', '.join(sorted(_RUN))})")
+        raise ConfigError(
+            f"study: runs[{i}] has unknown key(s) {', '.join(sorted(bad))} (known: {', '.join(sorted(_RUN))})"
+        )
     rname = r.get("name")
     if not isinstance(rname, str) or not _NAME.match(rname):
         raise ConfigError(f"study: runs[{i}].name must be a folder-safe name (letters, digits, . _ -), got {rname!r}")
@@ -187,9 +208,17 @@ def _entry(p: Path, i: int, r: Any, defaults: dict, overrides: list[str], study:
     paper = r.get("paper", {})
     if not isinstance(paper, dict):
         raise ConfigError(f"study: runs[{i}].paper must be a table of column = accuracy (%)")
-    return RunSpec(rname, cfg, str(r.get("training", cfg.strategy.upper())), str(r.get("label", rname)),
-                   str(r.get("source", "")), bool(r.get("calibrate", False)), dict(paper), entry=rname,
-                   baseline=str(r.get("baseline", ""))), r
+    return RunSpec(
+        rname,
+        cfg,
+        str(r.get("training", cfg.strategy.upper())),
+        str(r.get("label", rname)),
+        str(r.get("source", "")),
+        bool(r.get("calibrate", False)),
+        dict(paper),
+        entry=rname,
+        baseline=str(r.get("baseline", "")),
+    ), r
 
 
 def _expand_seeds(entries: list[RunSpec], seeds: list[int] | None) -> list[RunSpec]:
@@ -204,8 +233,20 @@ def _expand_seeds(entries: list[RunSpec], seeds: list[int] | None) -> list[RunSp
             cfg = copy.deepcopy(e.config)
             cfg.seed = int(s)
             cfg.name = f"{e.config.name}-s{s}"
-            out.append(RunSpec(f"{e.name}-s{s}", cfg, e.training, e.label, f"{e.source}-s{s}" if e.source else "",
-                               e.calibrate, dict(e.paper), entry=e.name, seed=int(s), baseline=e.baseline))
+            out.append(
+                RunSpec(
+                    f"{e.name}-s{s}",
+                    cfg,
+                    e.training,
+                    e.label,
+                    f"{e.source}-s{s}" if e.source else "",
+                    e.calibrate,
+                    dict(e.paper),
+                    entry=e.name,
+                    seed=int(s),
+                    baseline=e.baseline,
+                )
+            )
     return out
 
 
@@ -259,10 +300,18 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudySpe
     calibration = doc.get("calibration", {})
     if any(r.calibrate for r in entries):
         settings_from_dict(calibration)  # checked now, used in the calibration stage
-    return StudySpec(name=name, path=p, description=str(doc.get("description", "")),
-                     runs=_expand_seeds(entries, seeds), protocols=protocols, evaluation=ev,
-                     control=_table(doc, "control", _CONTROL), calibration=calibration,
-                     budget=_table(doc, "budget", _BUDGET), seeds=seeds)
+    return StudySpec(
+        name=name,
+        path=p,
+        description=str(doc.get("description", "")),
+        runs=_expand_seeds(entries, seeds),
+        protocols=protocols,
+        evaluation=ev,
+        control=_table(doc, "control", _CONTROL),
+        calibration=calibration,
+        budget=_table(doc, "budget", _BUDGET),
+        seeds=seeds,
+    )
 
 
 def parse_duration(text: str) -> float:
@@ -343,6 +392,10 @@ def pending_work(spec: StudySpec, out: Path) -> list[str]:
             missing.append(f"{r.name}: share and BN control")
         for e in spec.eps_list():
             at = f" at {eps_label(e)}" if spec.eps_folders() else ""
-            missing += [f"{r.name}: {p.name}/{g.name}{at}" for p in spec.protocols for g in p.groups
-                        if not result_path(spec, d, p, g, e).is_file()]
+            missing += [
+                f"{r.name}: {p.name}/{g.name}{at}"
+                for p in spec.protocols
+                for g in p.groups
+                if not result_path(spec, d, p, g, e).is_file()
+            ]
     return missing

@@ -12,8 +12,19 @@ from ..config import ExperimentConfig, config_to_dict
 from ..errors import ConfigError, SpikeguardError
 from ..io import atomic_write_json, ensure_dir
 from ..protocols import Protocol
-from .spec import (PLAN_JSON, Log, RunSpec, StudySpec, apply_plan_and_calibration, calibrated_rows, calibration_dir,
-                   calibration_path, parse_duration, result_path, share_path)
+from .spec import (
+    PLAN_JSON,
+    Log,
+    RunSpec,
+    StudySpec,
+    apply_plan_and_calibration,
+    calibrated_rows,
+    calibration_dir,
+    calibration_path,
+    parse_duration,
+    result_path,
+    share_path,
+)
 from .tables import write_comparison
 
 
@@ -57,8 +68,10 @@ def plan_epochs(spec: StudySpec, out: Path, budget_s: float, log: Log, progress:
     plan_path = out / PLAN_JSON
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text(encoding="utf-8"))
-        log(f"[plan] reusing {plan_path}: {plan['epochs']} epochs per run (chosen for a {plan['budget_s']:.0f} s "
-            "budget when the study first ran)")
+        log(
+            f"[plan] reusing {plan_path}: {plan['epochs']} epochs per run (chosen for a {plan['budget_s']:.0f} s "
+            "budget when the study first ran)"
+        )
         return plan
     t0 = time.perf_counter()
     rows = spec.rows()
@@ -72,13 +85,22 @@ def plan_epochs(spec: StudySpec, out: Path, budget_s: float, log: Log, progress:
     reserve = float(spec.budget["eval_reserve"])
     train_budget = budget_s * (1.0 - reserve) - spent
     epochs = max(1, int(train_budget // total)) if total > 0 else 1
-    plan = {"budget_s": budget_s, "eval_reserve": reserve, "probe_seconds": spent, "seconds_per_epoch": per_epoch,
-            "train_budget_s": train_budget, "epochs": epochs, "estimated_train_s": epochs * total}
+    plan = {
+        "budget_s": budget_s,
+        "eval_reserve": reserve,
+        "probe_seconds": spent,
+        "seconds_per_epoch": per_epoch,
+        "train_budget_s": train_budget,
+        "epochs": epochs,
+        "estimated_train_s": epochs * total,
+    }
     atomic_write_json(plan_path, plan)
-    log(f"[plan] budget {budget_s:.0f} s: probes took {spent:.0f} s, one epoch of every run takes {total:.1f} s "
+    log(
+        f"[plan] budget {budget_s:.0f} s: probes took {spent:.0f} s, one epoch of every run takes {total:.1f} s "
         f"({', '.join(f'{k} {v:.1f} s' for k, v in per_epoch.items())} per seed); {100 * reserve:.0f}% kept for "
         f"evaluation -> {epochs} epochs per run (about {epochs * total:.0f} s of training)"
-        + ("; the budget does not cover one epoch of every run, so 1 is used" if train_budget < total else ""))
+        + ("; the budget does not cover one epoch of every run, so 1 is used" if train_budget < total else "")
+    )
     return plan
 
 
@@ -95,10 +117,17 @@ def _calibrate(spec: StudySpec, out: Path, progress: bool, log: Log) -> dict[str
             log(f"[calibrate] '{row}': reusing {path}: lambda_max {calibrations[row]['lambda_max']:.4g}")
             continue
         base = next(r for r in spec.runs if r.row == row).config
-        log(f"[calibrate] '{row}': lambda_max for a {100 * float(spec.calibration.get('target_reduction', 0.4)):.0f}% "
-            f"near-threshold share cut -> {calibration_dir(spec, out, row)}")
-        calibrations[row] = calibrate_lambda(copy.deepcopy(base), calibration_dir(spec, out, row),
-                                             settings_from_dict(spec.calibration), progress=progress, log=log)
+        log(
+            f"[calibrate] '{row}': lambda_max for a {100 * float(spec.calibration.get('target_reduction', 0.4)):.0f}% "
+            f"near-threshold share cut -> {calibration_dir(spec, out, row)}"
+        )
+        calibrations[row] = calibrate_lambda(
+            copy.deepcopy(base),
+            calibration_dir(spec, out, row),
+            settings_from_dict(spec.calibration),
+            progress=progress,
+            log=log,
+        )
     return calibrations
 
 
@@ -121,15 +150,19 @@ def _train(spec: StudySpec, out: Path, progress: bool, log: Log) -> None:
             # the name is a label (a run trained by `spikeguard train` into this layout is reused)
             diff = [k for k in _config_diff(config_to_dict(r.config), config_to_dict(saved)) if k != "name"]
             if diff:
-                raise ConfigError(f"{d} holds run {r.name!r} with other settings ({', '.join(diff[:5])}); "
-                                  "use another --out or remove that folder")
+                raise ConfigError(
+                    f"{d} holds run {r.name!r} with other settings ({', '.join(diff[:5])}); "
+                    "use another --out or remove that folder"
+                )
         if (d / RESULTS_FILE).is_file():
             log(f"{tag}: finished before, reused")
             continue
         resume = (d / "config.json").is_file()
-        log(f"{tag}: {'resuming' if resume else 'training'} ({r.config.strategy}, {_neuron_text(r.config)}, "
+        log(
+            f"{tag}: {'resuming' if resume else 'training'} ({r.config.strategy}, {_neuron_text(r.config)}, "
             f"TGO {'on, lambda_max ' + format(r.config.tgo.lambda_max, '.4g') if r.config.tgo.enabled else 'off'}, "
-            f"seed {r.config.seed}, {r.config.optim.epochs} epochs)")
+            f"seed {r.config.seed}, {r.config.optim.epochs} epochs)"
+        )
         run_experiment(None if resume else copy.deepcopy(r.config), d, resume=resume, progress=progress)
 
 
@@ -140,8 +173,16 @@ def _eval_images(cfg: ExperimentConfig, ev: dict, n_samples: int | None = None):
 
     d = cfg.data
     n = int(ev["n_samples"]) if not n_samples else int(n_samples)
-    return load_dataset(d.name, ev["split"], root=d.root or None, cache_dir=d.cache_dir or None, subset=n,
-                        seed=int(ev["seed"]), verify=d.verify_md5, **d.options)
+    return load_dataset(
+        d.name,
+        ev["split"],
+        root=d.root or None,
+        cache_dir=d.cache_dir or None,
+        subset=n,
+        seed=int(ev["seed"]),
+        verify=d.verify_md5,
+        **d.options,
+    )
 
 
 def _weights_id(run_dir: Path) -> list:
@@ -149,9 +190,26 @@ def _weights_id(run_dir: Path) -> list:
 
     st = (run_dir / MODEL_FILE).stat()
     return [st.st_size, st.st_mtime_ns]
-def _run_group(model, x, y, group, protocol: Protocol, ev: dict, eps: float, path: Path, run_dir: Path, source,
-               source_name: str, device, log: Log, progress: bool, command: str = "spikeguard study",
-               data_info: dict | None = None) -> dict:
+
+
+def _run_group(
+    model,
+    x,
+    y,
+    group,
+    protocol: Protocol,
+    ev: dict,
+    eps: float,
+    path: Path,
+    run_dir: Path,
+    source,
+    source_name: str,
+    device,
+    log: Log,
+    progress: bool,
+    command: str = "spikeguard study",
+    data_info: dict | None = None,
+) -> dict:
     """One protocol group on one model at one eps through the engine; its JSON is reused when the settings match.
 
     The result is written to ``path`` in the one result schema (``spikeguard.evaluation.results``,
@@ -163,10 +221,22 @@ def _run_group(model, x, y, group, protocol: Protocol, ev: dict, eps: float, pat
     from ..evaluation.sharded import evaluate_sharded, journal_key
 
     eps = float(eps)
-    settings = {"weights": _weights_id(run_dir), "attacks": list(group.attacks), "eps": eps, "eot": group.eot,
-                "passes": group.passes, "alpha": group.alpha, "attack_kw": {k: dict(v) for k, v in group.attack_kw.items()},
-                "n": int(len(y)), "batch_size": int(ev["batch_size"]), "seed": int(ev["seed"]), "source": source_name,
-                "audit": group.audit, "audit_steps": group.audit_steps, "individual": group.individual}
+    settings = {
+        "weights": _weights_id(run_dir),
+        "attacks": list(group.attacks),
+        "eps": eps,
+        "eot": group.eot,
+        "passes": group.passes,
+        "alpha": group.alpha,
+        "attack_kw": {k: dict(v) for k, v in group.attack_kw.items()},
+        "n": int(len(y)),
+        "batch_size": int(ev["batch_size"]),
+        "seed": int(ev["seed"]),
+        "source": source_name,
+        "audit": group.audit,
+        "audit_steps": group.audit_steps,
+        "individual": group.individual,
+    }
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
     folder = ensure_dir(path.parent)
     if path.is_file():
@@ -176,29 +246,72 @@ def _run_group(model, x, y, group, protocol: Protocol, ev: dict, eps: float, pat
             return old
     journal = folder / f".journal-{group.name}-{journal_key(settings)}"
     t0 = time.perf_counter()
-    report = evaluate_sharded(model, x, y, list(group.attacks), eps=eps, eot=group.eot, passes=group.passes,
-                              alpha=group.alpha, batch_size=int(ev["batch_size"]), seed=int(ev["seed"]), source=source,
-                              attack_kw=settings["attack_kw"], device=device, journal=journal, progress=progress,
-                              individual=group.individual)
-    prov = provenance(command=command, checkpoint=run_dir, report=report, data=data_info,
-                      study_protocol=protocol.name, study_group=group.name, device=_device_text(device))
-    doc = robustness_document(report, prov, model=f"{run_dir.name} [{protocol.name}]", per_sample=True,
-                              protocol=protocol.name, group=group.name, note=group.note, settings=settings,
-                              source=source_name or None)
+    report = evaluate_sharded(
+        model,
+        x,
+        y,
+        list(group.attacks),
+        eps=eps,
+        eot=group.eot,
+        passes=group.passes,
+        alpha=group.alpha,
+        batch_size=int(ev["batch_size"]),
+        seed=int(ev["seed"]),
+        source=source,
+        attack_kw=settings["attack_kw"],
+        device=device,
+        journal=journal,
+        progress=progress,
+        individual=group.individual,
+    )
+    prov = provenance(
+        command=command,
+        checkpoint=run_dir,
+        report=report,
+        data=data_info,
+        study_protocol=protocol.name,
+        study_group=group.name,
+        device=_device_text(device),
+    )
+    doc = robustness_document(
+        report,
+        prov,
+        model=f"{run_dir.name} [{protocol.name}]",
+        per_sample=True,
+        protocol=protocol.name,
+        group=group.name,
+        note=group.note,
+        settings=settings,
+        source=source_name or None,
+    )
     _add_fresh_worst_case(doc, report)
     if group.audit:
-        audit = audit_robustness(model, x, y, eps=eps, eot=group.eot, passes=group.passes, report=report,
-                                 steps=group.audit_steps, alpha=group.alpha, batch_size=int(ev["batch_size"]),
-                                 seed=int(ev["seed"]), device=device, progress=progress)
+        audit = audit_robustness(
+            model,
+            x,
+            y,
+            eps=eps,
+            eot=group.eot,
+            passes=group.passes,
+            report=report,
+            steps=group.audit_steps,
+            alpha=group.alpha,
+            batch_size=int(ev["batch_size"]),
+            seed=int(ev["seed"]),
+            device=device,
+            progress=progress,
+        )
         doc["audit"] = audit.to_dict()
     atomic_write_json(path, doc)
     import shutil
 
     shutil.rmtree(journal, ignore_errors=True)
-    log(f"    {protocol.name}/{group.name}: {len(group.attacks)} attacks on {len(y)} images in "
+    log(
+        f"    {protocol.name}/{group.name}: {len(group.attacks)} attacks on {len(y)} images in "
         f"{time.perf_counter() - t0:.1f} s; worst case {100 * report.accuracy('worst_case'):.2f}%"
         + (f"; audit {doc['audit']['verdict']}" if group.audit else "")
-        + (f"; skipped {', '.join(report.skipped)}" if report.skipped else ""))
+        + (f"; skipped {', '.join(report.skipped)}" if report.skipped else "")
+    )
     return doc
 
 
@@ -211,30 +324,47 @@ def _share_and_control(model, ds, x, y, cfg: ExperimentConfig, spec: StudySpec, 
     from ..analysis.membrane import potential_histogram
 
     path = share_path(run_dir)
-    key = {"weights": _weights_id(run_dir), "n": int(len(y)), "seed": int(spec.evaluation["seed"]),
-           "control": dict(spec.control), "delta": cfg.tgo.delta, "eps": float(spec.evaluation["eps"])}
+    key = {
+        "weights": _weights_id(run_dir),
+        "n": int(len(y)),
+        "seed": int(spec.evaluation["seed"]),
+        "control": dict(spec.control),
+        "delta": cfg.tgo.delta,
+        "eps": float(spec.evaluation["eps"]),
+    }
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
         if old.get("key") == key:
             return old
     device = x.device
-    hist = potential_histogram(model, ds, v_threshold=cfg.neuron.v_threshold, delta=cfg.tgo.delta,
-                               batch_size=int(spec.evaluation["batch_size"]), device=device,
-                               seed=int(spec.evaluation["seed"]))
+    hist = potential_histogram(
+        model,
+        ds,
+        v_threshold=cfg.neuron.v_threshold,
+        delta=cfg.tgo.delta,
+        batch_size=int(spec.evaluation["batch_size"]),
+        device=device,
+        seed=int(spec.evaluation["seed"]),
+    )
     doc: dict = {"key": key, "near_threshold": hist.near_threshold, "layer_near_threshold": hist.layer_near_threshold()}
     k = float(spec.control.get("k") or 0)
     if k > 0:
         try:
-            doc["bn_control"] = bn_rescale_control(model, x, y, k, delta=cfg.tgo.delta,
-                                                   attack=spec.control.get("attack") or None,
-                                                   eps=float(spec.evaluation["eps"]), seed=int(spec.evaluation["seed"]),
-                                                   batch_size=int(spec.evaluation["batch_size"]))
+            doc["bn_control"] = bn_rescale_control(
+                model,
+                x,
+                y,
+                k,
+                delta=cfg.tgo.delta,
+                attack=spec.control.get("attack") or None,
+                eps=float(spec.evaluation["eps"]),
+                seed=int(spec.evaluation["seed"]),
+                batch_size=int(spec.evaluation["batch_size"]),
+            )
         except SpikeguardError as e:  # e.g. a model without BatchNorm: the control does not apply
             doc["bn_control"] = {"skipped": str(e)}
     atomic_write_json(path, doc)
     return doc
-
-
 
 
 def _add_fresh_worst_case(doc: dict, report: Any) -> None:
@@ -251,8 +381,9 @@ def _add_fresh_worst_case(doc: dict, report: Any) -> None:
     ps["worst_case_fresh_noise"] = [round(v, 4) for v in report.worst_case(names).float().mean(0).tolist()]
 
 
-def _evaluate_run(spec: StudySpec, out: Path, i: int, r: RunSpec, models: dict, images, n_eval: dict,
-                  progress: bool, log: Log):
+def _evaluate_run(
+    spec: StudySpec, out: Path, i: int, r: RunSpec, models: dict, images, n_eval: dict, progress: bool, log: Log
+):
     """Share, BN control and every protocol group at every eps of one run; returns its device."""
     from ..checkpoint import load_run
     from ..utils import eps_label, resolve_device
@@ -278,11 +409,29 @@ def _evaluate_run(spec: StudySpec, out: Path, i: int, r: RunSpec, models: dict, 
             for g in prot.groups:
                 transfer = "transfer" in g.attacks
                 log(f"{tag}: {prot.name}/{g.name} at eps {eps_label(eps)} ({', '.join(g.attacks)}, {len(yp)} images)")
-                _run_group(model, xp, yp, g, prot, ev, eps, result_path(spec, d, prot, g, eps), d,
-                           source if transfer else None, r.source if transfer else "", device, log, progress,
-                           command=spec.command_text(),
-                           data_info={"name": r.config.data.name, "split": ev["split"], "n_samples": len(yp),
-                                      "seed": int(ev["seed"])})
+                _run_group(
+                    model,
+                    xp,
+                    yp,
+                    g,
+                    prot,
+                    ev,
+                    eps,
+                    result_path(spec, d, prot, g, eps),
+                    d,
+                    source if transfer else None,
+                    r.source if transfer else "",
+                    device,
+                    log,
+                    progress,
+                    command=spec.command_text(),
+                    data_info={
+                        "name": r.config.data.name,
+                        "split": ev["split"],
+                        "n_samples": len(yp),
+                        "seed": int(ev["seed"]),
+                    },
+                )
     return device
 
 
@@ -305,8 +454,14 @@ def _evaluate(spec: StudySpec, out: Path, progress: bool, log: Log) -> tuple[dic
     return n_eval, device
 
 
-def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None = None, progress: bool = True,
-              log: Log = print, report: bool = True) -> dict:
+def run_study(
+    spec: StudySpec,
+    out_dir: str | Path,
+    budget: str | float | None = None,
+    progress: bool = True,
+    log: Log = print,
+    report: bool = True,
+) -> dict:
     """Run every stage of ``spec`` in ``out_dir`` (see :mod:`spikeguard.study`); returns ``study.json``'s content."""
     from ..utils import eps_label
 
@@ -314,8 +469,10 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
     t0 = time.perf_counter()
     n_stages = 5
     seeds = f", seeds {spec.seeds}" if spec.seeds else ""
-    log(f"[study {spec.name}] {len(spec.rows())} rows{seeds} ({len(spec.runs)} runs) x protocols "
-        f"{', '.join(p.name for p in spec.protocols)} x eps {', '.join(eps_label(e) for e in spec.eps_list())} -> {out}")
+    log(
+        f"[study {spec.name}] {len(spec.rows())} rows{seeds} ({len(spec.runs)} runs) x protocols "
+        f"{', '.join(p.name for p in spec.protocols)} x eps {', '.join(eps_label(e) for e in spec.eps_list())} -> {out}"
+    )
 
     def stage(k: int, text: str) -> None:  # elapsed time on every stage line: how long each stage took
         log(f"[study] stage {k}/{n_stages} (at {time.perf_counter() - t0:.0f} s): {text}")
@@ -327,14 +484,22 @@ def run_study(spec: StudySpec, out_dir: str | Path, budget: str | float | None =
         plan = plan_epochs(spec, out, budget_s, log, progress)
         apply_plan_and_calibration(spec, plan, None)
     cal_rows = calibrated_rows(spec)
-    stage(2, "calibration" + (f" of lambda_max for {', '.join(cal_rows)} (once per row, for all its seeds)"
-                              if cal_rows else ": none asked for"))
+    stage(
+        2,
+        "calibration"
+        + (
+            f" of lambda_max for {', '.join(cal_rows)} (once per row, for all its seeds)"
+            if cal_rows
+            else ": none asked for"
+        ),
+    )
     calibrations = _calibrate(spec, out, progress, log)
     apply_plan_and_calibration(spec, None, calibrations)
     stage(3, "training")
     _train(spec, out, progress, log)
-    stage(4, f"evaluation ({', '.join(p.name for p in spec.protocols)}, {spec.evaluation['n_samples'] or 'all'} "
-          "images)")
+    stage(
+        4, f"evaluation ({', '.join(p.name for p in spec.protocols)}, {spec.evaluation['n_samples'] or 'all'} images)"
+    )
     n_eval, device = _evaluate(spec, out, progress, log)
     stage(5, "tables, figures and report")
     meta = _meta(spec, n_eval, _device_text(device))
@@ -349,18 +514,27 @@ def _meta(spec: StudySpec, n_eval: dict[str, int], device: str, date: str | None
     from ..utils import eps_label
 
     eps = spec.eps_list()
-    return {"eps": eps[0], "eps_label": eps_label(eps[0]), "eps_list": eps, "eps_labels": [eps_label(e) for e in eps],
-            "seeds": list(spec.seeds) if spec.seeds else None, "n_samples": n_eval.get("study"),
-            "n_per_protocol": {t: n for t, n in n_eval.items() if t != "study"},
-            "date": date or _dt.date.today().isoformat(), "version": __version__, "device": device}
+    return {
+        "eps": eps[0],
+        "eps_label": eps_label(eps[0]),
+        "eps_list": eps,
+        "eps_labels": [eps_label(e) for e in eps],
+        "seeds": list(spec.seeds) if spec.seeds else None,
+        "n_samples": n_eval.get("study"),
+        "n_per_protocol": {t: n for t, n in n_eval.items() if t != "study"},
+        "date": date or _dt.date.today().isoformat(),
+        "version": __version__,
+        "device": device,
+    }
 
 
 def _device_text(device) -> str:
     """``cuda:0 (NVIDIA H200), torch 2.11`` / ``cpu, torch 2.13.0``: where a number was measured."""
     import torch
 
-    name = f" ({torch.cuda.get_device_name(device)})" if device is not None and torch.device(device).type == "cuda" \
-        else ""
+    name = (
+        f" ({torch.cuda.get_device_name(device)})" if device is not None and torch.device(device).type == "cuda" else ""
+    )
     return f"{device}{name}, torch {torch.__version__}"
 
 
@@ -399,8 +573,11 @@ def summarize_study(spec: StudySpec, out_dir: str | Path, report: bool = True, l
         raise ConfigError(f"study folder {out} does not exist")
     plan_path = out / PLAN_JSON
     plan = json.loads(plan_path.read_text(encoding="utf-8")) if plan_path.is_file() else None
-    calibrations = {row: json.loads(calibration_path(spec, out, row).read_text(encoding="utf-8"))
-                    for row in calibrated_rows(spec) if calibration_path(spec, out, row).is_file()}
+    calibrations = {
+        row: json.loads(calibration_path(spec, out, row).read_text(encoding="utf-8"))
+        for row in calibrated_rows(spec)
+        if calibration_path(spec, out, row).is_file()
+    }
     apply_plan_and_calibration(spec, plan, calibrations)
     n_eval, device, date = _read_counts(spec, out)
     meta = _meta(spec, n_eval, f"{device or 'device not recorded'}; tables written with --tables-only", date)

@@ -27,8 +27,12 @@ from .spec import STUDY_JSON, STUDY_MD, Log, RunSpec, StudySpec, pending_work, r
 
 WORST = "worst case"
 FRESH = "worst case, fresh noise"
-HEADERS = {WORST: "worst case incl. FIXED-NOISE", FRESH: "worst case, fresh noise",
-           "TRANSFER": "TRANSFER from source", "NOISE-FREE": "NOISE-FREE twin"}
+HEADERS = {
+    WORST: "worst case incl. FIXED-NOISE",
+    FRESH: "worst case, fresh noise",
+    "TRANSFER": "TRANSFER from source",
+    "NOISE-FREE": "NOISE-FREE twin",
+}
 """``study.md`` headers of columns whose name alone would be ambiguous (see :data:`COLUMN_NOTES`)."""
 
 COLUMN_NOTES = [
@@ -51,7 +55,7 @@ def neuron_text(cfg: ExperimentConfig) -> str:
     if n.kind == "lif":
         return "LIF"
     if n.kind == "noisy_lif":
-        var = n.sigma ** 2
+        var = n.sigma**2
         reading = f"sigma^2={var:.3g}" if abs(var - round(var, 3)) < 1e-9 else f"sigma={n.sigma:.3g}"
         return f"NLIF {reading}" + (", expected grad" if n.noisy_grad == "expected" else "")
     return n.kind
@@ -94,17 +98,34 @@ def _run_row(spec: StudySpec, r: RunSpec, out: Path) -> dict:
     cfg = r.config
     train = _read(run_dir / RESULTS_FILE)
     share = _read(share_path(run_dir))
-    return {"run": r.name, "entry": r.row, "seed": cfg.seed, "training": r.training, "model": r.label,
-            "strategy": cfg.strategy, "neuron": neuron_text(cfg), "tgo": cfg.tgo.enabled,
-            "normalisation": _norm_text(cfg) if cfg.tgo.enabled else None,
-            "lambda_max": cfg.tgo.lambda_max if cfg.tgo.enabled else None,
-            "grad_ratio": _last_log(run_dir).get("grad_ratio"), "epochs": cfg.optim.epochs,
-            "train_seconds": train.get("train_seconds"), "test_accuracy_full": train.get("test_accuracy"),
-            "near_threshold": share.get("near_threshold"), "bn_control": share.get("bn_control"),
-            "source": r.source or None,
-            "source_entry": next((x.row for x in spec.runs if x.name == r.source), None) if r.source else None,
-            "accuracy": {}, "ci95": {}, "ci95_method": {}, "skipped": {}, "audit": None,
-            "paper": dict(r.paper), "_samples": {}, "_labels": {}}
+    return {
+        "run": r.name,
+        "entry": r.row,
+        "seed": cfg.seed,
+        "training": r.training,
+        "model": r.label,
+        "strategy": cfg.strategy,
+        "neuron": neuron_text(cfg),
+        "tgo": cfg.tgo.enabled,
+        "normalisation": _norm_text(cfg) if cfg.tgo.enabled else None,
+        "lambda_max": cfg.tgo.lambda_max if cfg.tgo.enabled else None,
+        "grad_ratio": _last_log(run_dir).get("grad_ratio"),
+        "epochs": cfg.optim.epochs,
+        "train_seconds": train.get("train_seconds"),
+        "test_accuracy_full": train.get("test_accuracy"),
+        "near_threshold": share.get("near_threshold"),
+        "bn_control": share.get("bn_control"),
+        "source": r.source or None,
+        "source_entry": next((x.row for x in spec.runs if x.name == r.source), None) if r.source else None,
+        "accuracy": {},
+        "ci95": {},
+        "ci95_method": {},
+        "skipped": {},
+        "audit": None,
+        "paper": dict(r.paper),
+        "_samples": {},
+        "_labels": {},
+    }
 
 
 def _sample_key(rep: dict, col: str) -> str | None:
@@ -128,8 +149,13 @@ def _group_cells(doc: dict, first: bool, paper: bool) -> dict[str, tuple[float, 
         if (col == "clean" and not first) or (col == WORST and paper):
             continue  # one clean column per protocol (its first group's); the paper reports no worst case
         key = _sample_key(rep, col)
-        src = rep.get("clean") if col == "clean" else rep.get("worst_case") if col == WORST else \
-            (rep.get("attacks") or {}).get(key, {})
+        src = (
+            rep.get("clean")
+            if col == "clean"
+            else rep.get("worst_case")
+            if col == WORST
+            else (rep.get("attacks") or {}).get(key, {})
+        )
         cells[col] = (float(acc), src or {}, key)
     if WORST in cells and _has_known_noise(doc):  # else there is one worst case, shown as before
         fresh = rep.get("worst_case_fresh_noise")
@@ -178,8 +204,10 @@ def _add_group(row: dict, doc: dict, tag: str, first: bool, paper: bool) -> None
     for k, why in (rep.get("skipped") or {}).items():
         row["skipped"][f"{k.upper()} ({tag})"] = why
     if "audit" in doc:
-        row["audit"] = {"verdict": doc["audit"]["verdict"],
-                        "warnings": [c["key"] for c in doc["audit"]["checks"] if c["status"] == "WARN"]}
+        row["audit"] = {
+            "verdict": doc["audit"]["verdict"],
+            "warnings": [c["key"] for c in doc["audit"]["checks"] if c["status"] == "WARN"],
+        }
 
 
 def build_rows(spec: StudySpec, out: Path, eps: float | None = None) -> tuple[list[dict], list[str]]:
@@ -209,8 +237,11 @@ def build_rows(spec: StudySpec, out: Path, eps: float | None = None) -> tuple[li
 
     def key(c: str) -> tuple:  # paper protocol first, then strong; clean, attacks, worst cases
         head, tag = c.rsplit(" (", 1)
-        return order.get(tag.rstrip(")"), 99), 0 if head == "clean" else 2 if head == FRESH else \
-            3 if head == WORST else 1, first[c]
+        return (
+            order.get(tag.rstrip(")"), 99),
+            0 if head == "clean" else 2 if head == FRESH else 3 if head == WORST else 1,
+            first[c],
+        )
 
     columns.sort(key=key)
     _paired_differences(spec, rows)
@@ -274,10 +305,18 @@ def aggregate(spec: StudySpec, rows: list[dict], columns: list[str]) -> list[dic
     out = []
     for entry in spec.rows():
         runs = [r for r in rows if r["entry"] == entry]
-        e: dict[str, Any] = {"entry": entry, "training": runs[0]["training"], "model": runs[0]["model"],
-                             "runs": [r["run"] for r in runs], "seeds": [r["seed"] for r in runs],
-                             "baseline": spec.baseline_of(entry) or None, "source": runs[0]["source_entry"],
-                             "accuracy": {}, "difference": {}, "paper": runs[0]["paper"]}
+        e: dict[str, Any] = {
+            "entry": entry,
+            "training": runs[0]["training"],
+            "model": runs[0]["model"],
+            "runs": [r["run"] for r in runs],
+            "seeds": [r["seed"] for r in runs],
+            "baseline": spec.baseline_of(entry) or None,
+            "source": runs[0]["source_entry"],
+            "accuracy": {},
+            "difference": {},
+            "paper": runs[0]["paper"],
+        }
         for col in columns:
             have = [r for r in runs if col in r["accuracy"]]
             if have:
@@ -286,11 +325,13 @@ def aggregate(spec: StudySpec, rows: list[dict], columns: list[str]) -> list[dic
                 lists = [r["_samples"][col] for r in have if col in r["_samples"]]
                 if len(lists) == len(have) and len({len(v) for v in lists}) == 1:
                     e["accuracy"][col]["ci95_samples"] = sample_accuracy_ci95(
-                        [sum(v) / len(v) for v in zip(*lists, strict=True)])["ci95"]
+                        [sum(v) / len(v) for v in zip(*lists, strict=True)]
+                    )["ci95"]
             diffs = [r for r in runs if col in r.get("difference", {})]
             if diffs:
-                d = _seed_summary([r["difference"][col]["diff"] for r in diffs], diffs[0]["difference"][col]["ci95"],
-                                  low=-1.0)
+                d = _seed_summary(
+                    [r["difference"][col]["diff"] for r in diffs], diffs[0]["difference"][col]["ci95"], low=-1.0
+                )
                 d["seeds"] = [r["seed"] for r in diffs]
                 d["per_seed_ci95"] = [r["difference"][col]["ci95"] for r in diffs]
                 e["difference"][col] = d
@@ -321,14 +362,18 @@ def header(col: str) -> str:
 def _seeds_text(spec: StudySpec, rows: list[dict]) -> str:
     seeds = spec.seeds or sorted({r["seed"] for r in rows})
     if len(seeds) == 1:
-        return (f"1 seed (training seed {seeds[0]}): each cell is the accuracy with its 95% interval over the test "
-                "samples")
-    return (f"{len(seeds)} training seeds ({', '.join(map(str, seeds))}): each cell is the mean over the seeds with "
-            "a 95% Student-t interval over the seeds")
+        return (
+            f"1 seed (training seed {seeds[0]}): each cell is the accuracy with its 95% interval over the test samples"
+        )
+    return (
+        f"{len(seeds)} training seeds ({', '.join(map(str, seeds))}): each cell is the mean over the seeds with "
+        "a 95% Student-t interval over the seeds"
+    )
 
 
-def _eps_section(spec: StudySpec, label: str, entries: list[dict], rows: list[dict], columns: list[str],
-                 meta: dict) -> list[str]:
+def _eps_section(
+    spec: StudySpec, label: str, entries: list[dict], rows: list[dict], columns: list[str], meta: dict
+) -> list[str]:
     """One eps: per protocol, the accuracy table and the paired-difference table."""
     per = meta.get("n_per_protocol", {})
     lines = [f"## eps {label}", ""]
@@ -338,23 +383,39 @@ def _eps_section(spec: StudySpec, label: str, entries: list[dict], rows: list[di
             lines += [f"No result of the {p.name} protocol at eps {label} yet.", ""]
             continue
         n = per.get(p.tag, meta.get("n_samples"))
-        lines += [f"### Accuracy (%), {p.name} protocol ({p.tag}), eps {label}, {n} images", "",
-                  "| training | model | " + " | ".join(header(c) for c in cols) + " |", "|" + "---|" * (len(cols) + 2)]
+        lines += [
+            f"### Accuracy (%), {p.name} protocol ({p.tag}), eps {label}, {n} images",
+            "",
+            "| training | model | " + " | ".join(header(c) for c in cols) + " |",
+            "|" + "---|" * (len(cols) + 2),
+        ]
         for e in entries:
             skipped = {k for r in rows if r["entry"] == e["entry"] for k in r["skipped"]}
-            lines.append(f"| {e['training']} | {e['model']} | " + " | ".join(
-                _cell(e["accuracy"].get(c)) if c in e["accuracy"] else ("skip" if c in skipped else "–")
-                for c in cols) + " |")
+            lines.append(
+                f"| {e['training']} | {e['model']} | "
+                + " | ".join(
+                    _cell(e["accuracy"].get(c)) if c in e["accuracy"] else ("skip" if c in skipped else "–")
+                    for c in cols
+                )
+                + " |"
+            )
         diffs = [e for e in entries if e["baseline"]]
         if diffs:
-            lines += ["", f"Paired difference to the baseline (points; row minus baseline, the same {n} images and "
-                      f"seed, per-sample paired; over seeds as above), eps {label}:", "",
-                      "| model | baseline | " + " | ".join(header(c) for c in cols) + " |",
-                      "|" + "---|" * (len(cols) + 2)]
+            lines += [
+                "",
+                f"Paired difference to the baseline (points; row minus baseline, the same {n} images and "
+                f"seed, per-sample paired; over seeds as above), eps {label}:",
+                "",
+                "| model | baseline | " + " | ".join(header(c) for c in cols) + " |",
+                "|" + "---|" * (len(cols) + 2),
+            ]
             label_of = {x["entry"]: x["model"] for x in entries}
             for e in diffs:
-                lines.append(f"| {e['model']} | {label_of.get(e['baseline'], e['baseline'])} | "
-                             + " | ".join(_cell(e["difference"].get(c), sign=True) for c in cols) + " |")
+                lines.append(
+                    f"| {e['model']} | {label_of.get(e['baseline'], e['baseline'])} | "
+                    + " | ".join(_cell(e["difference"].get(c), sign=True) for c in cols)
+                    + " |"
+                )
         lines.append("")
     return lines
 
@@ -363,24 +424,38 @@ def _share_lines(spec: StudySpec, rows: list[dict]) -> list[str]:
     """The constraint/noise/near-threshold-share table (one line per run)."""
     k = spec.control.get("k")
     att = (spec.control.get("attack") or "").upper() or "attack"
-    lines = ["Constraint, noise and the near-threshold share (|U - V_th| < delta, all layers and steps, as the "
-             "model runs) next to the BN-rescaled control (every BatchNorm scaled by k about V_th: first-step "
-             "spikes unchanged, share falls; a lower share alone is not robustness); the control's attack at the "
-             "first eps:", "",
-             f"| run | model | neuron | normalisation | lambda_max | grad ratio | share | share vs ref | "
-             f"control k={k}: share | control clean | control {att} | {att} (model) | audit |", "|" + "---|" * 13]
+    lines = [
+        "Constraint, noise and the near-threshold share (|U - V_th| < delta, all layers and steps, as the "
+        "model runs) next to the BN-rescaled control (every BatchNorm scaled by k about V_th: first-step "
+        "spikes unchanged, share falls; a lower share alone is not robustness); the control's attack at the "
+        "first eps:",
+        "",
+        f"| run | model | neuron | normalisation | lambda_max | grad ratio | share | share vs ref | "
+        f"control k={k}: share | control clean | control {att} | {att} (model) | audit |",
+        "|" + "---|" * 13,
+    ]
     for r in rows:
         c = r["bn_control"] or {}
         gr = f"{r['grad_ratio']:.3g}" if isinstance(r.get("grad_ratio"), (int, float)) else "–"
-        red = "ref" if r["entry"] == spec.evaluation.get("reference") else \
-            f"{-100 * r['share_reduction']:+.1f}%" if r.get("share_reduction") is not None else "–"
+        red = (
+            "ref"
+            if r["entry"] == spec.evaluation.get("reference")
+            else f"{-100 * r['share_reduction']:+.1f}%"
+            if r.get("share_reduction") is not None
+            else "–"
+        )
         lam = f"{r['lambda_max']:.4g}" if r["lambda_max"] is not None else "–"
-        audit = "–" if not r["audit"] else r["audit"]["verdict"] + (
-            f" ({', '.join(r['audit']['warnings'])})" if r["audit"]["warnings"] else "")
-        lines.append(f"| {r['run']} | {r['model']} ({r['training']}) | {r['neuron']} | {r['normalisation'] or '–'} | "
-                     f"{lam} | {gr} | {_pct(r['near_threshold'])} | {red} | {_pct(c.get('share_rescaled'))} | "
-                     f"{_pct(c.get('clean_rescaled'))} | {_pct(c.get('attacked_rescaled'))} | "
-                     f"{_pct(c.get('attacked'))} | {audit} |")
+        audit = (
+            "–"
+            if not r["audit"]
+            else r["audit"]["verdict"] + (f" ({', '.join(r['audit']['warnings'])})" if r["audit"]["warnings"] else "")
+        )
+        lines.append(
+            f"| {r['run']} | {r['model']} ({r['training']}) | {r['neuron']} | {r['normalisation'] or '–'} | "
+            f"{lam} | {gr} | {_pct(r['near_threshold'])} | {red} | {_pct(c.get('share_rescaled'))} | "
+            f"{_pct(c.get('clean_rescaled'))} | {_pct(c.get('attacked_rescaled'))} | "
+            f"{_pct(c.get('attacked'))} | {audit} |"
+        )
     return lines
 
 
@@ -389,36 +464,52 @@ def _paper_lines(entries: list[dict]) -> list[str]:
     if not paper_rows:
         return []
     pcols = list(dict.fromkeys(k for r in paper_rows for k in r["paper"]))
-    lines = ["", "The paper's numbers for the same rows (%, arXiv 2602.20548, Tables 1 and 3-4; its protocol as far as the text "
-             "says: no EoT in Table 1):", "", "| training | model | " + " | ".join(pcols) + " |",
-             "|" + "---|" * (len(pcols) + 2)]
+    lines = [
+        "",
+        "The paper's numbers for the same rows (%, arXiv 2602.20548, Tables 1 and 3-4; its protocol as far as the text "
+        "says: no EoT in Table 1):",
+        "",
+        "| training | model | " + " | ".join(pcols) + " |",
+        "|" + "---|" * (len(pcols) + 2),
+    ]
     for r in paper_rows:
-        lines.append(f"| {r['training']} | {r['model']} | " +
-                     " | ".join(f"{r['paper'][c]:.2f}" if c in r["paper"] else "–" for c in pcols) + " |")
+        lines.append(
+            f"| {r['training']} | {r['model']} | "
+            + " | ".join(f"{r['paper'][c]:.2f}" if c in r["paper"] else "–" for c in pcols)
+            + " |"
+        )
     return lines
 
 
 def _intro(spec: StudySpec, rows: list[dict], meta: dict, calibrations: dict) -> list[str]:
     ev = spec.evaluation
     per = meta.get("n_per_protocol", {})
-    lines = [f"Robust accuracy at eps {', '.join(meta['eps_labels'])} on class-balanced {ev['split']} images (the "
-             f"same images for every run and seed; image seed {ev['seed']}). Column tags: "
-             + "; ".join(f"**({p.tag})** = `{p.name}` protocol on {per.get(p.tag, meta['n_samples'])} images"
-                         for p in spec.protocols) + f". {_seeds_text(spec, rows)}.", "",
-             "Intervals over test samples: each sample's value is the fraction of judging passes on which it was "
-             "robust; Wilson score interval when every value is 0 or 1 (deterministic models, single passes), else "
-             "a Student-t interval over the samples' pass means (noise and test-set sampling together). Paired "
-             "differences: per sample, row minus baseline on the same images and seed, mean with a paired t "
-             "interval over the samples; over several seeds, the mean of the per-seed differences with a t "
-             "interval over the seeds. An interval over seeds measures how much training seeds disagree on these "
-             "fixed images; the test-sample interval of each seed mean is in study.json (`ci95_samples`)."]
+    lines = [
+        f"Robust accuracy at eps {', '.join(meta['eps_labels'])} on class-balanced {ev['split']} images (the "
+        f"same images for every run and seed; image seed {ev['seed']}). Column tags: "
+        + "; ".join(
+            f"**({p.tag})** = `{p.name}` protocol on {per.get(p.tag, meta['n_samples'])} images" for p in spec.protocols
+        )
+        + f". {_seeds_text(spec, rows)}.",
+        "",
+        "Intervals over test samples: each sample's value is the fraction of judging passes on which it was "
+        "robust; Wilson score interval when every value is 0 or 1 (deterministic models, single passes), else "
+        "a Student-t interval over the samples' pass means (noise and test-set sampling together). Paired "
+        "differences: per sample, row minus baseline on the same images and seed, mean with a paired t "
+        "interval over the samples; over several seeds, the mean of the per-seed differences with a t "
+        "interval over the seeds. An interval over seeds measures how much training seeds disagree on these "
+        "fixed images; the test-sample interval of each seed mean is in study.json (`ci95_samples`).",
+    ]
     refs = {e: spec.baseline_of(e) for e in spec.rows() if spec.baseline_of(e)}
     if refs:
         lines += ["", "Baselines: " + "; ".join(f"{e} vs {b}" for e, b in refs.items()) + "."]
     for row, cal in calibrations.items():
-        lines += ["", f"lambda_max of `{row}` calibrated once ({cal.get('lambda_max', float('nan')):.4g}, target "
-                  f"{100 * float(cal.get('target_reduction', 0)):.0f}% near-threshold share cut) and used for every "
-                  "seed of that row."]
+        lines += [
+            "",
+            f"lambda_max of `{row}` calibrated once ({cal.get('lambda_max', float('nan')):.4g}, target "
+            f"{100 * float(cal.get('target_reduction', 0)):.0f}% near-threshold share cut) and used for every "
+            "seed of that row.",
+        ]
     return lines + [""]
 
 
@@ -429,8 +520,11 @@ def format_markdown(spec: StudySpec, tables: dict[str, dict], meta: dict, calibr
     lines += _intro(spec, first["_rows"], meta, calibrations or {})
     for label, t in tables.items():
         lines += _eps_section(spec, label, t["entries"], t["_rows"], t["columns"], meta)
-    sources = [f"{e['model']} <- {next((x['model'] for x in first['entries'] if x['entry'] == e['source']), '')}"
-               for e in first["entries"] if e["source"]]
+    sources = [
+        f"{e['model']} <- {next((x['model'] for x in first['entries'] if x['entry'] == e['source']), '')}"
+        for e in first["entries"]
+        if e["source"]
+    ]
     lines += ["Columns:"] + [f"- {n}" for n in COLUMN_NOTES]
     if sources:
         lines.append("- TRANSFER sources (row <- source): " + "; ".join(sources) + ".")
@@ -442,11 +536,15 @@ def format_markdown(spec: StudySpec, tables: dict[str, dict], meta: dict, calibr
     skipped = {(k, why) for t in tables.values() for r in t["_rows"] for k, why in r["skipped"].items()}
     if skipped:
         lines += ["", "Skipped (the engine's reasons): " + "; ".join(f"{k}: {why}" for k, why in sorted(skipped)) + "."]
-    lines += ["", "Normalisation = layers/neurons/hinge/potential (see `spikeguard.tgo.constraint`); grad ratio = "
-              "||lambda grad L_mc|| / ||grad L_task|| on one training batch after the last epoch. The eps in a "
-              "protocol's description is its default; the tables' eps is the one evaluated.",
-              "", f"Made by `{spec.command_text()}` ({meta['date']}, spikeguard {meta['version']}, "
-              f"{meta['device']}); every number above is read from the run folders under `runs/`."]
+    lines += [
+        "",
+        "Normalisation = layers/neurons/hinge/potential (see `spikeguard.tgo.constraint`); grad ratio = "
+        "||lambda grad L_mc|| / ||grad L_task|| on one training batch after the last epoch. The eps in a "
+        "protocol's description is its default; the tables' eps is the one evaluated.",
+        "",
+        f"Made by `{spec.command_text()}` ({meta['date']}, spikeguard {meta['version']}, "
+        f"{meta['device']}); every number above is read from the run folders under `runs/`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -461,17 +559,42 @@ def study_html(spec: StudySpec, entries: list[dict], rows: list[dict], columns: 
         return (e["accuracy"].get(c) or {}).get("mean")
 
     tags = "; ".join(f"({p.tag}) = {p.name} protocol" for p in spec.protocols)
-    parts = [f"<h2>Study {html.escape(spec.name)}</h2><p>{html.escape(spec.description)}</p>"
-             f"<p class=meta>Robust accuracy at eps {html.escape(eps_label)}, mean over seeds; column tags: {tags}. "
-             "Intervals, paired differences, other eps, protocols and settings: study.md.</p>",
-             table(["training", "model", *(header(c) for c in columns)],
-                   [[e["training"], e["model"], *(acc(e, c) for c in columns)] for e in entries],
-                   pct_cols=range(2, 2 + len(columns))),
-             table(["run", "neuron", "normalisation", "lambda_max", "grad ratio", "near-threshold share",
-                    f"BN control (k={spec.control.get('k')}) share", "audit"],
-                   [[f"{r['run']} ({r['training']})", r["neuron"], r["normalisation"], r["lambda_max"],
-                     r["grad_ratio"], r["near_threshold"], (r["bn_control"] or {}).get("share_rescaled"),
-                     (r["audit"] or {}).get("verdict")] for r in rows], pct_cols=(5, 6))]
+    parts = [
+        f"<h2>Study {html.escape(spec.name)}</h2><p>{html.escape(spec.description)}</p>"
+        f"<p class=meta>Robust accuracy at eps {html.escape(eps_label)}, mean over seeds; column tags: {tags}. "
+        "Intervals, paired differences, other eps, protocols and settings: study.md.</p>",
+        table(
+            ["training", "model", *(header(c) for c in columns)],
+            [[e["training"], e["model"], *(acc(e, c) for c in columns)] for e in entries],
+            pct_cols=range(2, 2 + len(columns)),
+        ),
+        table(
+            [
+                "run",
+                "neuron",
+                "normalisation",
+                "lambda_max",
+                "grad ratio",
+                "near-threshold share",
+                f"BN control (k={spec.control.get('k')}) share",
+                "audit",
+            ],
+            [
+                [
+                    f"{r['run']} ({r['training']})",
+                    r["neuron"],
+                    r["normalisation"],
+                    r["lambda_max"],
+                    r["grad_ratio"],
+                    r["near_threshold"],
+                    (r["bn_control"] or {}).get("share_rescaled"),
+                    (r["audit"] or {}).get("verdict"),
+                ]
+                for r in rows
+            ],
+            pct_cols=(5, 6),
+        ),
+    ]
     return "\n".join(parts)
 
 
@@ -490,8 +613,9 @@ def plot_study(entries: list[dict], rows: list[dict], columns: list[str], spec: 
         xs = np.arange(len(columns))
         for i, e in enumerate(entries):
             vals = [100 * e["accuracy"][c]["mean"] if c in e["accuracy"] else np.nan for c in columns]
-            ax.bar(xs + (i - (len(entries) - 1) / 2) * w, vals, w, label=f"{e['training']} {e['model']}",
-                   color=color(i))
+            ax.bar(
+                xs + (i - (len(entries) - 1) / 2) * w, vals, w, label=f"{e['training']} {e['model']}", color=color(i)
+            )
         ax.set_xticks(xs, [header(c) for c in columns], rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{spec.name}: accuracy per attack (mean over seeds), (tag) = protocol")
@@ -516,9 +640,17 @@ def _calibration_summary(cal: dict) -> dict:
     return {k: cal[k] for k in ("lambda_max", "reached", "target_reduction", "trials") if k in cal}
 
 
-def write_comparison(spec: StudySpec, out: Path, meta: dict, *, plan: dict | None = None,
-                     calibrations: dict[str, dict] | None = None, report: bool = True, log: Log = print,
-                     t0: float | None = None) -> dict:
+def write_comparison(
+    spec: StudySpec,
+    out: Path,
+    meta: dict,
+    *,
+    plan: dict | None = None,
+    calibrations: dict[str, dict] | None = None,
+    report: bool = True,
+    log: Log = print,
+    t0: float | None = None,
+) -> dict:
     """Stage 5: ``study.md``, ``study.json``, the figures and the HTML report from the run folders.
 
     ``study.json`` holds ``tables`` (per eps label: ``columns``, per-run ``rows`` with per-sample
@@ -534,34 +666,60 @@ def write_comparison(spec: StudySpec, out: Path, meta: dict, *, plan: dict | Non
     tables: dict[str, dict] = {}
     for eps in spec.eps_list():
         rows, columns = build_rows(spec, out, eps)
-        tables[eps_label(eps)] = {"eps": eps, "columns": columns, "entries": aggregate(spec, rows, columns),
-                                  "_rows": rows}
+        tables[eps_label(eps)] = {
+            "eps": eps,
+            "columns": columns,
+            "entries": aggregate(spec, rows, columns),
+            "_rows": rows,
+        }
     md = format_markdown(spec, tables, meta, calibrations)
     if pending:
-        md += ("\n**Not finished** when this was written (the tables show what had finished; rerun the study "
-               "with the same `--out` to complete it): " + "; ".join(pending) + ".\n")
+        md += (
+            "\n**Not finished** when this was written (the tables show what had finished; rerun the study "
+            "with the same `--out` to complete it): " + "; ".join(pending) + ".\n"
+        )
     first = next(iter(tables.values()))
     cal = {row: _calibration_summary(c) for row, c in calibrations.items()}
-    doc = {"study": spec.name, "description": spec.description, "file": str(spec.path) if spec.path else None,
-           "command": spec.command_text(), "meta": meta, "seeds": meta.get("seeds") or sorted(
-               {r["seed"] for r in first["_rows"]}), "eps": list(tables),
-           "protocols": [asdict(p) for p in spec.protocols], "columns": first["columns"],
-           "rows": public(first["_rows"]), "entries": first["entries"],
-           "tables": {k: {"eps": t["eps"], "columns": t["columns"], "rows": public(t["_rows"]),
-                          "entries": t["entries"]} for k, t in tables.items()},
-           "plan": plan, "calibration": next(iter(cal.values()), None), "calibrations": cal,
-           "complete": not pending, "pending": pending, "seconds": time.perf_counter() - t0}
+    doc = {
+        "study": spec.name,
+        "description": spec.description,
+        "file": str(spec.path) if spec.path else None,
+        "command": spec.command_text(),
+        "meta": meta,
+        "seeds": meta.get("seeds") or sorted({r["seed"] for r in first["_rows"]}),
+        "eps": list(tables),
+        "protocols": [asdict(p) for p in spec.protocols],
+        "columns": first["columns"],
+        "rows": public(first["_rows"]),
+        "entries": first["entries"],
+        "tables": {
+            k: {"eps": t["eps"], "columns": t["columns"], "rows": public(t["_rows"]), "entries": t["entries"]}
+            for k, t in tables.items()
+        },
+        "plan": plan,
+        "calibration": next(iter(cal.values()), None),
+        "calibrations": cal,
+        "complete": not pending,
+        "pending": pending,
+        "seconds": time.perf_counter() - t0,
+    }
     atomic_write_json(out / STUDY_JSON, doc)
     atomic_write_text(out / STUDY_MD, md)
     figs = plot_study(first["entries"], first["_rows"], first["columns"], spec, out)
     if report:
         from ..analysis.report import build_report
 
-        build_report([out / "figures"] + [d for d in (out / "runs" / r.name for r in spec.runs) if d.is_dir()],
-                     out / "report.html", title=f"spikeguard study {spec.name}",
-                     preface=study_html(spec, first["entries"], first["_rows"], first["columns"], doc["eps"][0]))
+        build_report(
+            [out / "figures"] + [d for d in (out / "runs" / r.name for r in spec.runs) if d.is_dir()],
+            out / "report.html",
+            title=f"spikeguard study {spec.name}",
+            preface=study_html(spec, first["entries"], first["_rows"], first["columns"], doc["eps"][0]),
+        )
     log(md)
-    log(f"[study] wrote {out / STUDY_MD}, {out / STUDY_JSON}, {len(figs)} figures"
-        + (f", {out / 'report.html'}" if report else "") + f" in {time.perf_counter() - t0:.0f} s"
-        + (f"; {len(pending)} item(s) not finished" if pending else ""))
+    log(
+        f"[study] wrote {out / STUDY_MD}, {out / STUDY_JSON}, {len(figs)} figures"
+        + (f", {out / 'report.html'}" if report else "")
+        + f" in {time.perf_counter() - t0:.0f} s"
+        + (f"; {len(pending)} item(s) not finished" if pending else "")
+    )
     return doc

@@ -50,9 +50,12 @@ class Normalisation:
     potential: str = "pre"
 
     def __post_init__(self) -> None:
-        for key, value, allowed in (("layer_reduce", self.layer_reduce, LAYER_REDUCTIONS),
-                                    ("neuron_reduce", self.neuron_reduce, NEURON_REDUCTIONS),
-                                    ("hinge", self.hinge, HINGES), ("potential", self.potential, POTENTIALS)):
+        for key, value, allowed in (
+            ("layer_reduce", self.layer_reduce, LAYER_REDUCTIONS),
+            ("neuron_reduce", self.neuron_reduce, NEURON_REDUCTIONS),
+            ("hinge", self.hinge, HINGES),
+            ("potential", self.potential, POTENTIALS),
+        ):
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
 
@@ -62,12 +65,15 @@ class Normalisation:
 
     def label(self) -> str:
         """Short text for tables, e.g. ``mean/mean/sq/U`` (layers/neurons/hinge/potential)."""
-        return (f"{self.layer_reduce}/{self.neuron_reduce}/{'sq' if self.hinge == 'squared' else 'plain'}/"
-                f"{'U' if self.potential == 'pre' else 'V'}")
+        return (
+            f"{self.layer_reduce}/{self.neuron_reduce}/{'sq' if self.hinge == 'squared' else 'plain'}/"
+            f"{'U' if self.potential == 'pre' else 'V'}"
+        )
 
 
-def layer_penalty(u: Tensor, v_threshold: float = 1.0, delta: float = DEFAULT_DELTA,
-                  norm: Normalisation | None = None) -> Tensor:
+def layer_penalty(
+    u: Tensor, v_threshold: float = 1.0, delta: float = DEFAULT_DELTA, norm: Normalisation | None = None
+) -> Tensor:
     """One layer's penalty: by default the mean over time steps and neurons of ``relu(delta - |u - V_th|)^2``.
 
     Args:
@@ -90,8 +96,12 @@ def layer_penalty(u: Tensor, v_threshold: float = 1.0, delta: float = DEFAULT_DE
     return h.sum() / u.shape[1]
 
 
-def membrane_constraint(potentials: Sequence[Tensor], v_threshold: float = 1.0,
-                        delta: float = DEFAULT_DELTA, norm: Normalisation | None = None) -> Tensor:
+def membrane_constraint(
+    potentials: Sequence[Tensor],
+    v_threshold: float = 1.0,
+    delta: float = DEFAULT_DELTA,
+    norm: Normalisation | None = None,
+) -> Tensor:
     """``L_mc``: the layer penalties averaged (or summed) over the spiking layers.
 
     Args:
@@ -111,8 +121,7 @@ def membrane_constraint(potentials: Sequence[Tensor], v_threshold: float = 1.0,
 
 
 @torch.no_grad()
-def near_threshold_share(potentials: Sequence[Tensor], v_threshold: float = 1.0,
-                         delta: float = DEFAULT_DELTA) -> float:
+def near_threshold_share(potentials: Sequence[Tensor], v_threshold: float = 1.0, delta: float = DEFAULT_DELTA) -> float:
     """Share of all recorded potentials with ``|U - V_th| < delta`` (threshold-neighbouring)."""
     near = sum(int(((u - v_threshold).abs() < delta).sum()) for u in potentials)
     total = sum(u.numel() for u in potentials)

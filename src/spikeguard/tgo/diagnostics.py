@@ -27,8 +27,12 @@ from ..neurons import record_potentials
 def side_effect_free(model: nn.Module) -> Iterator[None]:
     """Restore the model's buffers and the python/numpy/torch (and CUDA) generators on exit."""
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
-    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-           torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    rng = (
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
     was_training = model.training
     try:
         yield
@@ -49,8 +53,9 @@ def _norm(grads: tuple[Tensor | None, ...]) -> float:
     return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
 
 
-def constraint_gradient_ratio(model: nn.Module, strategy, guard, images: Tensor, labels: Tensor,
-                              lam: float) -> dict[str, float]:
+def constraint_gradient_ratio(
+    model: nn.Module, strategy, guard, images: Tensor, labels: Tensor, lam: float
+) -> dict[str, float]:
     """Gradient norms of the task loss and of ``lam * L_mc`` w.r.t. the weights, on one batch.
 
     Args:

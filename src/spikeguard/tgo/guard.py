@@ -26,8 +26,13 @@ class ThresholdGuard:
     share at ``delta``.
     """
 
-    def __init__(self, delta: float = DEFAULT_DELTA, v_threshold: float = 1.0,
-                 schedule: LambdaSchedule | None = None, norm: Normalisation | None = None) -> None:
+    def __init__(
+        self,
+        delta: float = DEFAULT_DELTA,
+        v_threshold: float = 1.0,
+        schedule: LambdaSchedule | None = None,
+        norm: Normalisation | None = None,
+    ) -> None:
         if delta <= 0:
             raise ValueError(f"delta must be > 0, got {delta}")
         self.delta = float(delta)

@@ -22,8 +22,9 @@ from ..registry import Registry
 SCHEDULE_KINDS: Registry[Callable[[float, float, float], float] | None] = Registry("lambda schedule")
 
 
-def register_schedule(name: str, *, description: str | None = None, signal: str = "", start: float = 0.0
-                      ) -> Callable[[Callable[[float, float, float], float]], Callable[[float, float, float], float]]:
+def register_schedule(
+    name: str, *, description: str | None = None, signal: str = "", start: float = 0.0
+) -> Callable[[Callable[[float, float, float], float]], Callable[[float, float, float], float]]:
     """Decorator registering a lambda ramp ``curve(lo, hi, p) -> lambda`` as ``tgo.schedule = name``."""
     return SCHEDULE_KINDS.register(name, description=description, signal=signal, start=start)
 
@@ -57,10 +58,14 @@ def constant(lo: float, hi: float, p: float) -> float:
     return hi
 
 
-register_feedback("dual", "constraint", "dual ascent: lambda follows the constraint's distance to tgo.dual_target "
-                  "(step tgo.dual_lr)")
-register_feedback("share", "share", "controller: lambda steered so the training batches' near-threshold share "
-                  "settles at tgo.dual_target")
+register_feedback(
+    "dual", "constraint", "dual ascent: lambda follows the constraint's distance to tgo.dual_target (step tgo.dual_lr)"
+)
+register_feedback(
+    "share",
+    "share",
+    "controller: lambda steered so the training batches' near-threshold share settles at tgo.dual_target",
+)
 
 #: The built-in schedules (``SCHEDULE_KINDS`` also holds ones registered later).
 SCHEDULES: tuple[str, ...] = tuple(SCHEDULE_KINDS.names())

@@ -1,7 +1,15 @@
 """Training: strategies (a batch -> a loss) and the loop that adds TGO."""
 
 from .strategies import (
-    BPTT, TET, StepOutput, Strategy, create_strategy, list_strategies, register_strategy, strategy_class, tet_loss,
+    BPTT,
+    TET,
+    StepOutput,
+    Strategy,
+    create_strategy,
+    list_strategies,
+    register_strategy,
+    strategy_class,
+    tet_loss,
 )
 from .state import TrainState
 from .trainer import EpochStats, Trainer, make_sgd
@@ -12,8 +20,27 @@ from .baselines import SparsityRegularization, SparsityRegularizedAT, Stochastic
 AT, RAT, SR, StoG = AdversarialTraining, RegularizedAdversarialTraining, SparsityRegularization, StochasticGating
 
 __all__ = [
-    "Strategy", "StepOutput", "BPTT", "TET", "tet_loss", "create_strategy", "list_strategies",
-    "register_strategy", "strategy_class", "Trainer", "TrainState", "EpochStats", "make_sgd",
-    "AdversarialTraining", "RegularizedAdversarialTraining", "crafting_mode",
-    "SparsityRegularization", "SparsityRegularizedAT", "StochasticGating", "AT", "RAT", "SR", "StoG",
+    "Strategy",
+    "StepOutput",
+    "BPTT",
+    "TET",
+    "tet_loss",
+    "create_strategy",
+    "list_strategies",
+    "register_strategy",
+    "strategy_class",
+    "Trainer",
+    "TrainState",
+    "EpochStats",
+    "make_sgd",
+    "AdversarialTraining",
+    "RegularizedAdversarialTraining",
+    "crafting_mode",
+    "SparsityRegularization",
+    "SparsityRegularizedAT",
+    "StochasticGating",
+    "AT",
+    "RAT",
+    "SR",
+    "StoG",
 ]

@@ -108,12 +108,24 @@ class AdversarialTraining(Strategy):
         mpp_tau: leak of the perturbation dynamics (RSSNN: 0.99).
     """
 
-    def __init__(self, eps: float | str = 2 / 255, attack: str = "pgd", steps: int = 2, alpha: float | str | None = None,
-                 random_start: bool = True, rand_init: float = 0.0, adv_ratio: float = 1.0, loss: str = "ce",
-                 craft_mode: str = "eval", eot: int = 1, mpp_weight: float = 0.0, mpp_tau: float = 0.99) -> None:
+    def __init__(
+        self,
+        eps: float | str = 2 / 255,
+        attack: str = "pgd",
+        steps: int = 2,
+        alpha: float | str | None = None,
+        random_start: bool = True,
+        rand_init: float = 0.0,
+        adv_ratio: float = 1.0,
+        loss: str = "ce",
+        craft_mode: str = "eval",
+        eot: int = 1,
+        mpp_weight: float = 0.0,
+        mpp_tau: float = 0.99,
+    ) -> None:
         self.eps = _float(eps, "eps")
         if not 0 < self.eps <= 1:
-            raise ConfigError(f"eps must be in (0, 1] on the pixel scale (2/255 = {2/255:.4f}), got {self.eps}")
+            raise ConfigError(f"eps must be in (0, 1] on the pixel scale (2/255 = {2 / 255:.4f}), got {self.eps}")
         if attack not in ATTACKS:
             raise ConfigError(f"attack must be one of {ATTACKS}, got {attack!r}")
         if int(steps) < 1:
@@ -153,13 +165,20 @@ class AdversarialTraining(Strategy):
                 adv = FGSM(model, eps=self.eps, eot=self.eot)(start, labels)
                 adv = torch.min(torch.max(adv, images - self.eps), images + self.eps).clamp(0.0, 1.0)
             else:
-                adv = PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps,
-                          random_start=self.random_start, eot=self.eot)(images, labels)
+                adv = PGD(
+                    model,
+                    eps=self.eps,
+                    alpha=self.alpha,
+                    steps=self.steps,
+                    random_start=self.random_start,
+                    eot=self.eot,
+                )(images, labels)
         return adv.detach()
 
     # -- loss ---------------------------------------------------------------------------------
-    def adversarial_loss(self, model: nn.Module, images: Tensor, labels: Tensor, forward: Forward,
-                         adv: Tensor) -> StepOutput:
+    def adversarial_loss(
+        self, model: nn.Module, images: Tensor, labels: Tensor, forward: Forward, adv: Tensor
+    ) -> StepOutput:
         """The mixed clean/adversarial loss on already crafted ``adv``."""
         r = self.adv_ratio
         metrics: dict[str, float] = {"adv_linf": float((adv - images).abs().flatten(1).amax(1).mean())}
@@ -187,8 +206,10 @@ class AdversarialTraining(Strategy):
 
     def __repr__(self) -> str:
         extra = f", alpha={self.alpha:.5g}, steps={self.steps}" if self.attack == "pgd" else ""
-        return (f"{type(self).__name__}(attack={self.attack}, eps={self.eps:.5g}{extra}, adv_ratio={self.adv_ratio}, "
-                f"loss={self.loss}, craft_mode={self.craft_mode})")
+        return (
+            f"{type(self).__name__}(attack={self.attack}, eps={self.eps:.5g}{extra}, adv_ratio={self.adv_ratio}, "
+            f"loss={self.loss}, craft_mode={self.craft_mode})"
+        )
 
 
 RAT_MODES = ("retraction", "penalty")
@@ -209,8 +230,9 @@ class RegularizedAdversarialTraining(AdversarialTraining):
         **kw: the :class:`AdversarialTraining` arguments.
     """
 
-    def __init__(self, beta: float = 0.002, mode: str = "retraction", row_threshold: int = 200,
-                 row_fraction: float = 0.3, **kw) -> None:
+    def __init__(
+        self, beta: float = 0.002, mode: str = "retraction", row_threshold: int = 200, row_fraction: float = 0.3, **kw
+    ) -> None:
         super().__init__(**kw)
         if not (beta >= 0 and math.isfinite(beta)):
             raise ConfigError(f"beta must be a finite number >= 0, got {beta}")

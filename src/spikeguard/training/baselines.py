@@ -42,8 +42,9 @@ class SparsityRegularization(Strategy):
             arguments used when ``adversarial`` (eps, attack, steps, alpha, random_start, ...).
     """
 
-    def __init__(self, lam: float = 0.002, h: float = 0.01, adversarial: bool = False, loss: str = "ce",
-                 **attack_kw) -> None:
+    def __init__(
+        self, lam: float = 0.002, h: float = 0.01, adversarial: bool = False, loss: str = "ce", **attack_kw
+    ) -> None:
         if not (lam >= 0 and math.isfinite(lam)):
             raise ConfigError(f"lam must be a finite number >= 0, got {lam}")
         if not (h > 0 and math.isfinite(h)):
@@ -71,6 +72,7 @@ class SparsityRegularization(Strategy):
         ce = task_loss(steps, labels, self.loss)
         metrics: dict[str, float] = {}
         if self.lam:
+
             def shifted(z: Tensor) -> Tensor:
                 # the bare model: not recorded for TGO, but graph-connected to the parameters
                 with noise_seed(model, seed) if seed is not None else contextlib.nullcontext():
@@ -115,8 +117,14 @@ class StochasticGating(Strategy):
             200, i.e. the first half); ``None`` = all of training.
     """
 
-    def __init__(self, base: str = "bptt", base_kw: dict | None = None, gamma: float = 5e-6, prior: str = "l2",
-                 prior_epochs: float | None = None) -> None:
+    def __init__(
+        self,
+        base: str = "bptt",
+        base_kw: dict | None = None,
+        gamma: float = 5e-6,
+        prior: str = "l2",
+        prior_epochs: float | None = None,
+    ) -> None:
         if base == "stog":
             raise ConfigError("stog cannot wrap itself")
         try:

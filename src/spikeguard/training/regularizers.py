@@ -58,8 +58,13 @@ def orthogonality_penalty(model: nn.Module) -> Tensor:
 
 
 @torch.no_grad()
-def orthogonal_retraction_(model: nn.Module, beta: float, row_threshold: int = 200, row_fraction: float = 0.3,
-                           generator: torch.Generator | None = None) -> None:
+def orthogonal_retraction_(
+    model: nn.Module,
+    beta: float,
+    row_threshold: int = 200,
+    row_fraction: float = 0.3,
+    generator: torch.Generator | None = None,
+) -> None:
     """In place: ``W <- (1 + beta) W - beta W W^T W`` for every conv and linear weight.
 
     Args:
@@ -98,9 +103,14 @@ def two_class_probability(logits: Tensor, labels: Tensor, other: Tensor | None =
     return torch.sigmoid(z_y - z_m), other
 
 
-def sparsity_penalty(logit_fn: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, h: float = 0.01,
-                     logits: Tensor | None = None, perturbed_logit_fn: Callable[[Tensor], Tensor] | None = None
-                     ) -> tuple[Tensor, Tensor]:
+def sparsity_penalty(
+    logit_fn: Callable[[Tensor], Tensor],
+    images: Tensor,
+    labels: Tensor,
+    h: float = 0.01,
+    logits: Tensor | None = None,
+    perturbed_logit_fn: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
     """SR's finite-difference estimate of the squared L1 input-gradient norm of ``f``.
 
     Args:

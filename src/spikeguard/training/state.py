@@ -23,8 +23,12 @@ from torch import Tensor, nn
 
 def capture_rng(generator: torch.Generator) -> dict:
     """The Python, NumPy, torch (and CUDA) random states plus ``generator``'s (the data order)."""
-    st: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                          "torch": torch.get_rng_state(), "data": generator.get_state()}
+    st: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "data": generator.get_state(),
+    }
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -72,8 +76,14 @@ class TrainState:
 
     def to_dict(self) -> dict:
         """The checkpoint layout (``state.json``)."""
-        d: dict[str, Any] = {"epoch": self.epoch, "elapsed": self.elapsed, "optimizer": self.optimizer,
-                             "scheduler": self.scheduler, "guard": self.guard, "rng": self.rng}
+        d: dict[str, Any] = {
+            "epoch": self.epoch,
+            "elapsed": self.elapsed,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "guard": self.guard,
+            "rng": self.rng,
+        }
         if self.rng_ranks:
             d["rng_ranks"] = list(self.rng_ranks)
         if self.batch:
@@ -83,10 +93,18 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:
         """Read the checkpoint layout (keys written by older versions, e.g. ``strategy``, are ignored)."""
-        return cls(epoch=int(d["epoch"]), batch=int(d.get("batch", 0)), elapsed=float(d.get("elapsed", 0.0)),
-                   rng=d.get("rng"), rng_ranks=list(d.get("rng_ranks") or []), epoch_order=d.get("epoch_order"),
-                   partial=d.get("partial"), optimizer=d.get("optimizer"), scheduler=d.get("scheduler"),
-                   guard=d.get("guard"))
+        return cls(
+            epoch=int(d["epoch"]),
+            batch=int(d.get("batch", 0)),
+            elapsed=float(d.get("elapsed", 0.0)),
+            rng=d.get("rng"),
+            rng_ranks=list(d.get("rng_ranks") or []),
+            epoch_order=d.get("epoch_order"),
+            partial=d.get("partial"),
+            optimizer=d.get("optimizer"),
+            scheduler=d.get("scheduler"),
+            guard=d.get("guard"),
+        )
 
     def save(self, run_dir: str | os.PathLike, model: nn.Module, config: Any) -> Path:
         """Write the checkpoint (weights, config, this state) atomically into ``run_dir``."""

@@ -70,8 +70,15 @@ class EpochLoader(Protocol):
     def __iter__(self) -> Any: ...
 
 
-def make_sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
-             epochs: int = 1, steps_per_epoch: int = 1, fused: bool = False) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def make_sgd(
+    model: nn.Module,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    epochs: int = 1,
+    steps_per_epoch: int = 1,
+    fused: bool = False,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD with cosine annealing stepped per batch (the paper: SGD, lr 0.1, cosine).
 
     ``fused``: torch's fused SGD kernel where the parameters' device supports it (same update)."""
@@ -82,8 +89,9 @@ def make_sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_de
     groups: list[dict] = [{"params": [p for p in params if not getattr(p, "no_weight_decay", False)]}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                          **fused_optimizer_kw(params, fused))
+    opt = torch.optim.SGD(
+        groups, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused_optimizer_kw(params, fused)
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     return opt, sched
 
@@ -103,11 +111,17 @@ class Trainer:
             and the optimizer stay float32).
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 strategy: Strategy | None = None, guard: ThresholdGuard | None = None,
-                 delta_stat: float | None = None, grad_clip: float | None = None,
-                 precision: str = "float32") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        strategy: Strategy | None = None,
+        guard: ThresholdGuard | None = None,
+        delta_stat: float | None = None,
+        grad_clip: float | None = None,
+        precision: str = "float32",
+    ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -120,9 +134,11 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Optimiser, scheduler and TGO schedule states (what :class:`TrainState` saves)."""
-        return {"optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "guard": self.guard.state_dict() if self.guard is not None else None}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "guard": self.guard.state_dict() if self.guard is not None else None,
+        }
 
     def load_state_dict(self, state: TrainState) -> None:
         """Restore what :meth:`state_dict` saved."""
@@ -133,11 +149,17 @@ class Trainer:
         if self.guard is not None and state.guard is not None:
             self.guard.load_state_dict(state.guard)
 
-    def fit(self, loader: Callable[[int, Tensor | None], EpochLoader], state: TrainState, epochs: int,
-            steps: int | None = None, reduce: Callable[[EpochStats, Any], EpochStats] | None = None,
-            on_batch: Callable[[int, Any, dict[str, float]], None] | None = None,
-            on_epoch: Callable[[TrainState, EpochStats, float], None] | None = None,
-            on_epoch_end: Callable[[], None] | None = None) -> TrainState:
+    def fit(
+        self,
+        loader: Callable[[int, Tensor | None], EpochLoader],
+        state: TrainState,
+        epochs: int,
+        steps: int | None = None,
+        reduce: Callable[[EpochStats, Any], EpochStats] | None = None,
+        on_batch: Callable[[int, Any, dict[str, float]], None] | None = None,
+        on_epoch: Callable[[TrainState, EpochStats, float], None] | None = None,
+        on_epoch_end: Callable[[], None] | None = None,
+    ) -> TrainState:
         """Train from ``state`` to ``epochs`` completed epochs; returns (and updates) ``state``.
 
         Args:
@@ -162,8 +184,14 @@ class Trainer:
             ld = loader(first, state.epoch_order if first else None)
             lr = self.optimizer.param_groups[0]["lr"]
             try:
-                stats = self.train_epoch(ld, epoch, steps, start=first,
-                                         on_batch=None if on_batch is None else (lambda m: on_batch(epoch, ld, m)))  # noqa: B023 - called within this iteration only
+                stats = self.train_epoch(
+                    ld,
+                    epoch,
+                    steps,
+                    start=first,
+                    # the lambda is called within this iteration only
+                    on_batch=None if on_batch is None else (lambda m: on_batch(epoch, ld, m)),  # noqa: B023
+                )
             finally:
                 if on_epoch_end is not None:
                     on_epoch_end()
@@ -207,7 +235,9 @@ class Trainer:
             loss = loss + self.guard(potentials, epoch)
             constraint, lam = self.guard.last_constraint, self.guard.last_lambda
         if not torch.isfinite(loss):
-            raise SpikeguardError(f"training diverged: loss is {float(loss)} at epoch {epoch:.2f} (lower the learning rate)")
+            raise SpikeguardError(
+                f"training diverged: loss is {float(loss)} at epoch {epoch:.2f} (lower the learning rate)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
@@ -219,11 +249,25 @@ class Trainer:
             self.scheduler.step()
         near = near_threshold_share(potentials, self.v_threshold, self.delta_stat) if potentials else float("nan")
         acc = float((out.logits.argmax(1) == labels).float().mean())
-        return dict(loss=float(loss.detach()), task_loss=float(out.loss.detach()), constraint=constraint, lam=lam,
-                    accuracy=acc, near_threshold=near, **out.metrics, **extra)
+        return dict(
+            loss=float(loss.detach()),
+            task_loss=float(out.loss.detach()),
+            constraint=constraint,
+            lam=lam,
+            accuracy=acc,
+            near_threshold=near,
+            **out.metrics,
+            **extra,
+        )
 
-    def train_epoch(self, loader: Iterable[tuple[Tensor, Tensor]], epoch: int, steps: int | None = None,
-                    on_batch: Callable[[dict[str, float]], None] | None = None, start: int = 0) -> EpochStats:
+    def train_epoch(
+        self,
+        loader: Iterable[tuple[Tensor, Tensor]],
+        epoch: int,
+        steps: int | None = None,
+        on_batch: Callable[[dict[str, float]], None] | None = None,
+        start: int = 0,
+    ) -> EpochStats:
         """Train one epoch; ``steps`` (batches per epoch) lets lambda advance within the epoch.
 
         ``start``: index of the loader's first batch within the epoch (a run resumed mid-epoch
@@ -245,7 +289,14 @@ class Trainer:
                 on_batch(m)
         dt = time.perf_counter() - t0
         avg = {k: v / max(seen, 1) for k, v in sums.items()}
-        return EpochStats(epoch=epoch, loss=avg.get("loss", float("nan")), task_loss=avg.get("task_loss", float("nan")),
-                          constraint=avg.get("constraint", 0.0), lam=avg.get("lam", 0.0),
-                          accuracy=avg.get("accuracy", float("nan")), near_threshold=avg.get("near_threshold", float("nan")),
-                          seconds=dt, images_per_s=seen / dt if dt > 0 else float("nan"))
+        return EpochStats(
+            epoch=epoch,
+            loss=avg.get("loss", float("nan")),
+            task_loss=avg.get("task_loss", float("nan")),
+            constraint=avg.get("constraint", 0.0),
+            lam=avg.get("lam", 0.0),
+            accuracy=avg.get("accuracy", float("nan")),
+            near_threshold=avg.get("near_threshold", float("nan")),
+            seconds=dt,
+            images_per_s=seen / dt if dt > 0 else float("nan"),
+        )

@@ -771,8 +771,8 @@ def evaluate_robustness(
             max_linf=st["max_linf"],
             x_min=st["x_min"],
             x_max=st["x_max"],
-            n_attacked=st["n_attacked"],
-            iterative=bool(getattr(atk, "iterative", False)),  # type: ignore[arg-type]  # an integer count kept in a float dict
+            n_attacked=int(st["n_attacked"]),  # an integer count kept in a float dict
+            iterative=bool(getattr(atk, "iterative", False)),
             family=getattr(atk, "family", None),
             settings=atk.settings() if hasattr(atk, "settings") else {},
             ran=None if individual else ran[label],

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import subprocess
@@ -60,8 +61,7 @@ class AutoAttackRef(Attack):
         import torchattacks
 
         self.version = version
-        self.aa = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version=version, n_classes=n_classes,
-                                          seed=seed)
+        self.aa = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version=version, n_classes=n_classes, seed=seed)
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         adv = self.aa(images, labels)
@@ -74,8 +74,9 @@ def strong_group() -> Any:
     return groups[0]
 
 
-def _run_method(method: str, make: ModelFactory, x: Tensor, y: Tensor, eps: float, args: argparse.Namespace,
-                q: Any) -> None:
+def _run_method(
+    method: str, make: ModelFactory, x: Tensor, y: Tensor, eps: float, args: argparse.Namespace, q: Any
+) -> None:
     """Child process: one method on one model; puts a JSON-ready dict on ``q``."""
     torch.set_num_threads(args.threads)
     model = make()
@@ -86,20 +87,42 @@ def _run_method(method: str, make: ModelFactory, x: Tensor, y: Tensor, eps: floa
     if method == "autoattack":
         stochastic = _is_stochastic(model, x[:8])
         atk = AutoAttackRef(model, eps, "rand" if stochastic else "standard", n_classes=int(y.max()) + 1)
-        rep = evaluate_robustness(model, x, y, [("autoattack", atk)], eps=eps, eot=1, passes=passes,
-                                  batch_size=args.batch_size, seed=0)
+        rep = evaluate_robustness(
+            model, x, y, [("autoattack", atk)], eps=eps, eot=1, passes=passes, batch_size=args.batch_size, seed=0
+        )
     else:
-        rep = evaluate_robustness(model, x, y, list(g.attacks), eps=eps, eot=eot, passes=passes, alpha=g.alpha,
-                                  attack_kw={k: dict(v) for k, v in g.attack_kw.items()}, batch_size=args.batch_size,
-                                  seed=0, individual=method == "individual")
+        rep = evaluate_robustness(
+            model,
+            x,
+            y,
+            list(g.attacks),
+            eps=eps,
+            eot=eot,
+            passes=passes,
+            alpha=g.alpha,
+            attack_kw={k: dict(v) for k, v in g.attack_kw.items()},
+            batch_size=args.batch_size,
+            seed=0,
+            individual=method == "individual",
+        )
     seconds = time.perf_counter() - t0
     d = rep.to_dict(per_sample=False)
     wc = d.get("worst_case_fresh_noise") or d["worst_case"]
-    q.put({"method": method, "seconds": round(seconds, 1), "stochastic": d["stochastic"],
-           "clean": d["clean"]["accuracy"], "worst_case": wc["accuracy"],
-           "worst_case_ci95_samples": wc.get("ci95_samples"), "worst_case_incl_known_noise": d["worst_case"]["accuracy"],
-           "attacks": {k: v.get("accuracy") for k, v in d["attacks"].items()}, "eot": d["eot"], "passes": d["passes"],
-           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+    q.put(
+        {
+            "method": method,
+            "seconds": round(seconds, 1),
+            "stochastic": d["stochastic"],
+            "clean": d["clean"]["accuracy"],
+            "worst_case": wc["accuracy"],
+            "worst_case_ci95_samples": wc.get("ci95_samples"),
+            "worst_case_incl_known_noise": d["worst_case"]["accuracy"],
+            "attacks": {k: v.get("accuracy") for k, v in d["attacks"].items()},
+            "eot": d["eot"],
+            "passes": d["passes"],
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+    )
 
 
 def _is_stochastic(model: nn.Module, x: Tensor) -> bool:
@@ -119,8 +142,11 @@ def run_model(name: str, make: ModelFactory, x: Tensor, y: Tensor, eps: float, a
         res = q.get()
         p.join()
         out[method] = res
-        print(f"  {name} {method}: worst case {100 * res['worst_case']:.2f}% in {res['seconds']:.1f} s "
-              f"(peak RSS {res['peak_rss_mb']:.0f} MB)", flush=True)
+        print(
+            f"  {name} {method}: worst case {100 * res['worst_case']:.2f}% in {res['seconds']:.1f} s "
+            f"(peak RSS {res['peak_rss_mb']:.0f} MB)",
+            flush=True,
+        )
     return out
 
 
@@ -168,7 +194,7 @@ def snntorch_model(epochs: int = 15) -> ModelFactory | None:
     for _ in range(epochs):
         perm = torch.randperm(len(ys))
         for i in range(0, len(ys), 64):
-            idx = perm[i:i + 64]
+            idx = perm[i : i + 64]
             opt.zero_grad()
             nn.functional.cross_entropy(net(xs[idx]), ys[idx]).backward()
             opt.step()
@@ -182,16 +208,31 @@ def snntorch_model(epochs: int = 15) -> ModelFactory | None:
     return make
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else the platform's word for it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write(results: list[dict], meta: dict, out: Path) -> None:
     """``bench_eval.json`` and a Markdown table (ratios measured side by side in this run)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_eval.json").write_text(json.dumps({"meta": meta, "models": results}, indent=1) + "\n")
-    lines = [f"# Strong evaluation: cascade vs individual vs AutoAttack ({meta['eps_label']}, {meta['date']})", "",
-             f"Command: `{meta['command']}`. Hardware: {meta['hardware']}. Worst case under fresh noise for "
-             "stochastic models; 95% interval over samples.", "",
-             "| model | n | clean | cascade worst | time | individual worst | time | AutoAttack | time | "
-             "individual / cascade time | AutoAttack / cascade time | peak RSS (MB) c / i / AA |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Strong evaluation: cascade vs individual vs AutoAttack ({meta['eps_label']}, {meta['date']})",
+        "",
+        f"Command: `{meta['command']}`. Hardware: {meta['hardware']}. Worst case under fresh noise for "
+        "stochastic models; 95% interval over samples.",
+        "",
+        "| model | n | clean | cascade worst | time | individual worst | time | AutoAttack | time | "
+        "individual / cascade time | AutoAttack / cascade time | peak RSS (MB) c / i / AA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         c, i, a = r.get("cascade"), r.get("individual"), r.get("autoattack")
 
@@ -209,8 +250,10 @@ def write(results: list[dict], meta: dict, out: Path) -> None:
 
         mem = " / ".join(f"{m['peak_rss_mb']:.0f}" if m else "-" for m in (c, i, a))
         clean = f"{100 * (c or i or a)['clean']:.2f}%"
-        lines.append(f"| {r['model']} | {r['n']} | {clean} | {acc(c)} | {sec(c)} | {acc(i)} | {sec(i)} | {acc(a)} | "
-                     f"{sec(a)} | {ratio(i)} | {ratio(a)} | {mem} |")
+        lines.append(
+            f"| {r['model']} | {r['n']} | {clean} | {acc(c)} | {sec(c)} | {acc(i)} | {sec(i)} | {acc(a)} | "
+            f"{sec(a)} | {ratio(i)} | {ratio(a)} | {mem} |"
+        )
     (out / "bench_eval.md").write_text("\n".join(lines) + "\n")
 
 
@@ -244,9 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         name, _, d = spec.partition("=")
         cfg, _ = read_run_config(d)
         models.append((name, lambda d=d: load_model(d).eval(), cfg.data.name, args.data_root or cfg.data.root))
-    meta = {"eps": eps, "eps_label": args.eps, "date": date.today().isoformat(), "command": " ".join(sys.argv),
-            "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                        f"torch {torch.__version__}", "strong_group": repr(strong_group())}
+    meta = {
+        "eps": eps,
+        "eps_label": args.eps,
+        "date": date.today().isoformat(),
+        "command": " ".join(sys.argv),
+        "hardware": f"{cpu_name()}, {os.cpu_count()} cores, {args.threads} thread(s) per method, "
+        f"torch {torch.__version__}",
+        "strong_group": repr(strong_group()),
+    }
     results: list[dict] = []
     for name, make, ds_name, root in models:
         ds = load_dataset(ds_name, "test", root=root or None, cache_dir="", subset=args.n, seed=0)

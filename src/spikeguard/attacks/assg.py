@@ -9,7 +9,7 @@ statistics of the distance to threshold ``|U - V_th|`` over the attack's iterati
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, cast
 
 from torch import Tensor, nn
 
@@ -39,6 +39,48 @@ def rule_surrogate(model: nn.Module, rule: PotentialRule) -> Iterator[None]:
         yield  # the stack restores the neurons also when the block raises
 
 
+class SurrogatePGD(Attack):
+    """L-inf sign-gradient PGD whose gradients come from an attack-time surrogate rule.
+
+    The shared body of ASSG and PDSG: they differ only in the rule (:meth:`make_rule`) and in
+    whether the rule observes each iteration's forward pass (:meth:`observing`).
+    """
+
+    requires = ("surrogate",)
+    iterative = True
+    uses_step_size = True
+
+    def __init__(
+        self, model: nn.Module, eps: float, alpha: float, steps: int, random_start: bool, loss: str, **kw
+    ) -> None:
+        super().__init__(model, eps, **kw)
+        check_spiking(model, self.name)
+        self.alpha = check_eps(alpha, "alpha")
+        if int(steps) < 1:
+            raise SpikeguardError(f"steps must be >= 1, got {steps}")
+        self.steps, self.random_start = int(steps), bool(random_start)
+        self.loss = loss
+        self.loss_fn = get_loss(loss)
+
+    def make_rule(self) -> PotentialRule:
+        """The surrogate rule of one call (fresh state per call)."""
+        raise NotImplementedError
+
+    def observing(self, rule: PotentialRule, rows: int) -> contextlib.AbstractContextManager:
+        """Context of one iteration's gradient (default: nothing to observe)."""
+        return contextlib.nullcontext()
+
+    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
+        rule = self.make_rule()
+        adv = self.uniform_start(images) if self.random_start else images.clone()
+        with rule_surrogate(self.model, rule):
+            for _ in range(self.steps):
+                with self.observing(rule, images.shape[0]):
+                    grad, _ = self.input_grad(adv, labels, self.loss_fn)
+                adv = self.project(adv + self.alpha * grad.sign(), images)
+        return adv
+
+
 def assg_rule(vanishing: float, relax: float, beta_m: float, beta_d: float) -> AssgRule:
     """An :class:`AssgRule`, bad settings reported as a one-line error."""
     try:
@@ -48,7 +90,7 @@ def assg_rule(vanishing: float, relax: float, beta_m: float, beta_d: float) -> A
 
 
 @register_attack("assg", pattern=r"assg(?P<steps>\d+)?", example="assgK")
-class ASSG(Attack):
+class ASSG(SurrogatePGD):
     """L-inf PGD whose gradients come from ASSG's adaptive-sharpness surrogate.
 
     Every iteration first updates each neuron's running statistics from the forward pass of
@@ -64,9 +106,6 @@ class ASSG(Attack):
     """
 
     name = "assg"
-    requires = ("surrogate",)
-    iterative = True
-    uses_step_size = True
 
     def __init__(
         self,
@@ -82,12 +121,7 @@ class ASSG(Attack):
         loss: str = "ce",
         **kw,
     ) -> None:
-        super().__init__(model, eps, **kw)
-        check_spiking(model, "assg")
-        self.alpha = check_eps(alpha, "alpha")
-        if int(steps) < 1:
-            raise SpikeguardError(f"steps must be >= 1, got {steps}")
-        self.steps, self.random_start = int(steps), bool(random_start)
+        super().__init__(model, eps, alpha, steps, random_start, loss, **kw)
         assg_rule(vanishing, relax, beta_m, beta_d)  # validate now, not at the first call
         self.vanishing, self.relax, self.beta_m, self.beta_d = (
             float(vanishing),
@@ -95,15 +129,10 @@ class ASSG(Attack):
             float(beta_m),
             float(beta_d),
         )
-        self.loss = loss
-        self.loss_fn = get_loss(loss)
 
-    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
-        rule = assg_rule(self.vanishing, self.relax, self.beta_m, self.beta_d)
-        adv = self.uniform_start(images) if self.random_start else images.clone()
-        with rule_surrogate(self.model, rule):
-            for _ in range(self.steps):
-                with rule.observing(rows=images.shape[0]):
-                    grad, _ = self.input_grad(adv, labels, self.loss_fn)
-                adv = self.project(adv + self.alpha * grad.sign(), images)
-        return adv
+    def make_rule(self) -> AssgRule:
+        return assg_rule(self.vanishing, self.relax, self.beta_m, self.beta_d)
+
+    def observing(self, rule: PotentialRule, rows: int) -> contextlib.AbstractContextManager:
+        # the running statistics move once per iteration, from that gradient's forward pass
+        return cast(AssgRule, rule).observing(rows=rows)

@@ -9,17 +9,15 @@ victim's own potential distribution, whatever surrogate (if any) the model was t
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from ..errors import SpikeguardError
 from ..neurons.potential_surrogate import PdsgRule
-from .assg import check_spiking, rule_surrogate
-from .base import Attack, check_eps, get_loss
+from .assg import SurrogatePGD
 from .registry import register_attack
 
 
 @register_attack("pdsg", pattern=r"pdsg(?P<steps>\d+)?", example="pdsgK")
-class PDSG(Attack):
+class PDSG(SurrogatePGD):
     """L-inf PGD whose gradients come from the potential-dependent surrogate gradient.
 
     Args:
@@ -29,9 +27,6 @@ class PDSG(Attack):
     """
 
     name = "pdsg"
-    requires = ("surrogate",)
-    iterative = True
-    uses_step_size = True
 
     def __init__(
         self,
@@ -44,19 +39,8 @@ class PDSG(Attack):
         loss: str = "ce",
         **kw,
     ) -> None:
-        super().__init__(model, eps, **kw)
-        check_spiking(model, "pdsg")
-        self.alpha = check_eps(alpha, "alpha")
-        if int(steps) < 1:
-            raise SpikeguardError(f"steps must be >= 1, got {steps}")
-        self.steps, self.random_start, self.shift = int(steps), bool(random_start), float(shift)
-        self.loss = loss
-        self.loss_fn = get_loss(loss)
+        super().__init__(model, eps, alpha, steps, random_start, loss, **kw)
+        self.shift = float(shift)
 
-    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
-        adv = self.uniform_start(images) if self.random_start else images.clone()
-        with rule_surrogate(self.model, PdsgRule(self.shift)):
-            for _ in range(self.steps):
-                grad, _ = self.input_grad(adv, labels, self.loss_fn)
-                adv = self.project(adv + self.alpha * grad.sign(), images)
-        return adv
+    def make_rule(self) -> PdsgRule:
+        return PdsgRule(self.shift)

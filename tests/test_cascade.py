@@ -283,3 +283,18 @@ def test_cli_cascade_is_the_default_and_individual_flag_works(tmp_path, capsys):
     assert list(c["table"]) == ["clean", "worst case"] and list(i["table"]) == ["clean", "FGSM", "PGD2", "worst case"]
     assert c["table"]["worst case"] == pytest.approx(i["table"]["worst case"], abs=0.1)
     assert c["provenance"]["mode"] == "cascade"
+
+
+def test_strong_protocol_square_has_autoattack_budget_and_runs_after_the_gradient_attacks():
+    from spikeguard.attacks import Square, build_attack
+    from spikeguard.protocols import STRONG_SQUARE_QUERIES, get_protocol
+
+    g = get_protocol("strong").groups[0]
+    assert g.attack_kw["square"] == {"queries": STRONG_SQUARE_QUERIES} and STRONG_SQUARE_QUERIES == 5000
+    model, _, _ = _linear()
+    sq = Square(model, 0.03, queries=STRONG_SQUARE_QUERIES)
+    named = [("square", sq), ("pgd50-r3", build_attack("pgd50-r3", model, 0.03)), ("apgd-ce", build_attack("apgd-ce", model, 0.03))]
+    # 5,000 forward-only queries rank above every gradient attack of the suite: the cascade gives it the survivors
+    assert [k for k, _ in cascade_order(named)][-1] == "square"
+    # a study's override of the budget still wins
+    assert get_protocol("strong", {"attack_kw": {"square": {"queries": 300}}}).groups[0].attack_kw["square"] == {"queries": 300}

@@ -206,7 +206,7 @@ def run_demo(
             protocol=PROTOCOL_DEMO,
             checkpoint=out / name,
             attacks=list(ev["attacks"]),
-            eps=list(cfg.eps),  # type: ignore[arg-type]  # the demo records its list of budgets
+            eps=list(cfg.eps),  # the demo records its list of budgets
             n_samples=len(test_ds),
             seed=cfg.seed,
             passes=ev["passes"],

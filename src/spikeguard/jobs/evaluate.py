@@ -192,7 +192,9 @@ def attack_and_audit(
         on_report(report)
     if audit_steps is None:
         return report, None
-    audit_kw = {k: kw[k] for k in ("eps", "eot", "passes", "batch_size", "seed", "device", "randomness") if k in kw}
+    audit_kw: dict[str, Any] = {
+        k: kw[k] for k in ("eps", "eot", "passes", "batch_size", "seed", "device", "randomness") if k in kw
+    }
     if audit_alpha is not None:
         audit_kw["alpha"] = audit_alpha
     audit = audit_robustness(model, images, labels, report=report, steps=audit_steps, progress=progress, **audit_kw)

@@ -94,8 +94,8 @@ def _load_run(req: TargetRequest, device: torch.device) -> tuple[Any, str, Any, 
     if req.model_file:
         if not req.data:
             raise SpikeguardError("--model-file needs --data NAME (there is no run config to take it from)")
-        run = load_foreign_model(req.model_file, req.weights, device=device)
-        return run, req.data, req.data_root, None, True, {}
+        foreign = load_foreign_model(req.model_file, req.weights, device=device)
+        return foreign, req.data, req.data_root, None, True, {}
     if req.weights:
         raise SpikeguardError("--weights goes with --model-file (a run folder has its own weights)")
     run = load_run(req.checkpoint, device=device)  # type: ignore[arg-type]  # one of checkpoint/model_file is set

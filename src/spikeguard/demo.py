@@ -25,10 +25,11 @@ from .config import ExperimentConfig
 from .data import load_digits_split
 from .errors import ConfigError
 from .evaluation import adversarial_examples, clean_accuracy
-from .evaluation.results import DEMO_SCHEMA, PROTOCOL_DEMO, command_line, provenance
+from .evaluation.results import DEMO_SCHEMA, PROTOCOL_DEMO, command_line, evaluation_provenance
 from .evaluation.results import DEMO_VERSION as VERSION
 from .experiment import run_experiment
-from .io import atomic_write_json, ensure_dir
+from .io import ensure_dir
+from .jobs.output import write_result
 from .neurons import is_stochastic
 from .utils import eps_label, resolve_device
 
@@ -200,12 +201,12 @@ def run_demo(
         models[name] = model
         ev = _evaluate(name, model, cfg, test_ds, progress)
         ev["train_log"] = train_log
-        ev["provenance"] = provenance(
+        ev["provenance"] = evaluation_provenance(
             command=command_line(argv),
             protocol=PROTOCOL_DEMO,
             checkpoint=out / name,
             attacks=list(ev["attacks"]),
-            eps=list(cfg.eps),  # type: ignore[arg-type]  # the demo records its list of budgets
+            eps=list(cfg.eps),  # the demo records its list of budgets
             n_samples=len(test_ds),
             seed=cfg.seed,
             passes=ev["passes"],
@@ -230,7 +231,7 @@ def run_demo(
         str(Path(out) / "potentials.png"),
         title=f"Digits, small conv SNN, T={cfg.T} (seed {cfg.seed})",
     )
-    atomic_write_json(Path(out) / "results.json", results)
+    write_result(Path(out) / "results.json", results)
     log(format_table(results))
     log(
         f"\nwrote {Path(out) / 'results.json'}, {Path(out) / 'potentials.png'} and the runs {out / 'vanilla'}, "

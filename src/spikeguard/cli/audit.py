@@ -73,101 +73,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..attacks import EPS_RULE, parse_alpha
-    from ..errors import SpikeguardError
-    from ..evaluation import audit_robustness
-    from ..evaluation.results import command_line, provenance, write_audit
-    from ..io import removed_on_failure
-    from ..randomness import detect_randomness
-    from .evaluate import load_target, parse_eps_arg, result_dir
+    from ..jobs.audit import AuditRequest, run_audit
+    from .evaluate import target_fields
 
-    eps = parse_eps_arg(args.eps)
-    if (
-        args.steps < 1
-        or args.square_queries < 1
-        or args.tolerance < 0
-        or args.chance_margin < 0
-        or not 0 <= args.zero_grad_limit <= 1
-    ):
-        raise SpikeguardError(
-            "need --steps >= 1, --square-queries >= 1, --tolerance >= 0, --chance-margin >= 0 "
-            "and --zero-grad-limit in [0, 1]"
-        )
-    rn, model, x, y, info, device = load_target(args)
-    out, created = result_dir(args, rn, "audit", eps, "audit.json")
-    with removed_on_failure(out, created=created):
-        print(
-            f"auditing {rn.path} on {info['name']}/{info['split']} ({len(y)} images); output folder {out}",
-            file=sys.stderr,
-        )
-        rnd = detect_randomness(model, x[:8].to(device), mode=args.randomness, seed=args.seed)
-        _print_cost(model, x, y, eps, args, rnd, device)
-        audit = audit_robustness(
-            model,
-            x,
-            y,
-            eps=eps,
-            eot=args.eot,
-            passes=args.passes,
-            steps=args.steps,
-            alpha=parse_alpha(args.alpha, EPS_RULE),
-            randomness=rnd,
-            tolerance=args.tolerance,
-            chance_margin=args.chance_margin,
-            zero_grad_limit=args.zero_grad_limit,
-            square_queries=args.square_queries,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=device,
-            progress=not args.no_progress,
-        )
-        print(audit.format())
-        prov = provenance(
-            command=command_line(args.argv),
-            checkpoint=getattr(rn, "weights", None) or rn.path,
-            attacks=[],
-            eps=eps,
-            n_samples=len(y),
-            seed=args.seed,
-            passes=args.passes,
-            eot=args.eot,
-            data=info,
-            steps=args.steps,
-        )
-        path = write_audit(
-            out / "audit.json",
-            audit,
-            prov,
-            checkpoint=str(rn.path),
-            model_file=args.model_file,
-            weights=args.weights,
-            data=info,
-            command="audit",
-        )
-    print(f"\nwrote {path}")
-    return 1 if args.strict and audit.warnings else 0
-
-
-def _print_cost(model, x, y, eps: float, args: argparse.Namespace, rnd, device) -> None:
-    """The audit's own runs priced like ``spikeguard evaluate``'s suite (before they start)."""
-    from ..attacks import EPS_RULE, parse_alpha
-    from ..evaluation.audit import DEFAULT_SWEEP, audit_plan
-    from ..evaluation.progress import estimate_cost
-
-    eot = args.eot if rnd.stochastic else 1
-    plan = audit_plan(
-        model,
-        eps,
-        stochastic=rnd.stochastic,
-        eot=eot,
-        eot_check=args.eot if args.eot > 1 else 8,
+    req = AuditRequest(
+        **target_fields(args),
         steps=args.steps,
-        alpha=parse_alpha(args.alpha, EPS_RULE),
-        sweep=DEFAULT_SWEEP,
+        alpha=args.alpha,
+        tolerance=args.tolerance,
+        chance_margin=args.chance_margin,
+        zero_grad_limit=args.zero_grad_limit,
         square_queries=args.square_queries,
     )
-    b = args.batch_size
-    cost = estimate_cost(
-        model, plan.runs, x[:b].to(device), y[:b].to(device), len(y), b, args.passes if rnd.stochastic else 1
-    )
-    print(cost.format(), file=sys.stderr)
+    result = run_audit(req, log=lambda text: print(text, file=sys.stderr), echo=print, progress=not args.no_progress)
+    print(f"\nwrote {result.path}")
+    return 1 if args.strict and result.audit.warnings else 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from pathlib import Path
 from typing import Iterator
 
 from ..utils import EPS_HELP
@@ -234,134 +233,75 @@ def parse_eps_arg(text: str) -> float:
         raise SpikeguardError(f"--eps {text} is outside [0, 1] on the pixel scale ({EPS_RANGE})") from None
 
 
-def load_target(args: argparse.Namespace):
-    """``(run, model, images, labels, data_info)`` for the common arguments."""
-    import torch
-
-    from ..checkpoint import load_run
-    from ..data import load_dataset
-    from ..errors import DataError, SpikeguardError
-    from ..utils import resolve_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    if getattr(args, "model_file", None):
-        from ..foreign import load_foreign_model
-
-        if not args.data:
-            raise SpikeguardError("--model-file needs --data NAME (there is no run config to take it from)")
-        run = load_foreign_model(args.model_file, args.weights, device=device)
-        name, root, cache, verify, options = args.data, args.data_root, None, True, {}
-    else:
-        if getattr(args, "weights", None):
-            raise SpikeguardError("--weights goes with --model-file (a run folder has its own weights)")
-        run = load_run(args.checkpoint, device=device)  # type: ignore[assignment]  # a run folder's Run (a model file's ForeignRun above)
-        d = run.config.data  # type: ignore[attr-defined]
-        name = args.data or d.name
-        root = args.data_root if args.data_root is not None else (d.root or None)
-        cache, verify = d.cache_dir or None, d.verify_md5
-        options = dict(d.options) if name == d.name else {}  # e.g. an event data set's frame settings
-    model = run.model
-    model.eval()  # BatchNorm in inference mode; Noisy-LIF noise stays on (it is not tied to the mode)
-    ds = load_dataset(
-        name, args.split, root=root, cache_dir=cache, subset=args.n_samples, seed=args.seed, verify=verify, **options
-    )
-    x, y = ds.float_images(), ds.labels
-    try:
-        with torch.inference_mode():
-            out = model(x[:1].to(device))
-    except (RuntimeError, ValueError) as e:
-        raise DataError(
-            f"dataset {name!r} (images {tuple(x.shape[1:])}) does not fit the model of "
-            f"{args.checkpoint or args.model_file}: {str(e).splitlines()[0]}"
-        ) from None
-    if int(y.max()) >= out.shape[1]:
-        raise DataError(f"dataset {name!r} has labels up to {int(y.max())} but the model has {out.shape[1]} classes")
-    info = {"name": name, "split": args.split, "root": root, "n_samples": len(y), "seed": args.seed}
-    return run, model, x, y, info, device
+def target_fields(args: argparse.Namespace) -> dict:
+    """The fields of a :class:`~spikeguard.jobs.TargetRequest` from the common arguments (``--eps`` parsed)."""
+    return {
+        "checkpoint": args.checkpoint,
+        "model_file": args.model_file,
+        "weights": args.weights,
+        "randomness": args.randomness,
+        "eps": parse_eps_arg(args.eps),
+        "eot": args.eot,
+        "passes": args.passes,
+        "n_samples": args.n_samples,
+        "split": args.split,
+        "data": args.data,
+        "data_root": args.data_root,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "device": args.device,
+        "threads": args.threads,
+        "out": args.out,
+        "overwrite": args.overwrite,
+        "argv": list(args.argv),
+    }
 
 
-def _parse_ks(text: str) -> list[int]:
-    from ..errors import SpikeguardError
-
-    try:
-        ks = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise SpikeguardError(f"--event-ks must be comma-separated integers, got {text!r}") from None
-    if not ks or min(ks) < 0:
-        raise SpikeguardError(f"--event-ks needs budgets >= 0, got {text!r}")
-    return ks
-
-
-def result_dir(
-    args: argparse.Namespace, run, what: str, eps: float, result: str, ctx=None, journal_name: str | None = None
-) -> tuple[Path, bool]:
-    """``(folder, created)``: the output folder of one evaluation or audit, never one holding a result.
-
-    ``--out DIR`` is used as given (a ``result`` file already there is an error unless
-    ``--overwrite``); otherwise a new folder ``RUN/evaluation/<UTC time>-<what>-eps<k>`` is made,
-    except that an unfinished run with the same settings (its ``journal_name`` folder is there,
-    its result is not) is resumed in its own folder. Rank 0 decides; the others follow.
-    """
-    from ..io import ensure_dir, new_dir, refuse_overwrite, stamp
-    from ..utils import eps_label
-
-    chosen: tuple[str, bool] | None = None
-    if ctx is None or ctx.is_main:
-        if args.out:
-            existed = Path(args.out).exists()
-            refuse_overwrite(args.out, (result,), args.overwrite)
-            chosen = (str(ensure_dir(args.out)), not existed)
-        else:
-            parent = Path(run.path) / "evaluation"
-            unfinished = [
-                j.parent
-                for j in sorted(parent.glob(f"*/{journal_name}"))
-                if journal_name and not (j.parent / result).exists()
-            ]
-            if unfinished:
-                chosen = (str(unfinished[-1]), False)
-            else:
-                k = eps_label(eps).replace("/255", "")
-                chosen = (str(new_dir(parent, f"{stamp()}-{what}-eps{k}")), True)
-    if ctx is not None and ctx.is_distributed:
-        chosen = ctx.all_gather_object(chosen)[0]
-    return Path(chosen[0]), chosen[1]  # type: ignore[index]  # set on rank 0 and gathered by the others
-
-
-def _check_source(source, model, x, path: str) -> None:
-    """A one-line error if the transfer source cannot take the target's inputs or classes."""
-    import torch
-
-    from ..errors import CheckpointError
-
-    try:
-        with torch.inference_mode():
-            k_src, k_tgt = source(x).shape[1], model(x).shape[1]
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f"--source {path} cannot take this data: {str(e).splitlines()[0]}") from None
-    if k_src != k_tgt:
-        raise CheckpointError(f"--source {path} has {k_src} classes, the target {k_tgt}")
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
-    from ..attacks import parse_attacks
+    from ..jobs.evaluate import EvaluationRequest, run_evaluation
     from ..logging import NORMAL, VERBOSE, verbosity_from_args
     from .train import child_argv
 
     verbosity = verbosity_from_args(args)
-    eps = parse_eps_arg(args.eps)
-    names = parse_attacks(",".join(t for t in (args.suite or ("" if args.attacks else "paper"), args.attacks) if t))
+    req = EvaluationRequest(
+        **target_fields(args),
+        attacks=args.attacks,
+        suite=args.suite,
+        alpha=args.alpha,
+        source=args.source,
+        square_queries=args.square_queries,
+        audit=args.audit,
+        audit_steps=args.audit_steps,
+        individual=args.individual,
+        per_sample=not args.no_per_sample,
+        event_ks=args.event_ks,
+        restart=args.restart,
+    )
+    req.attack_names()  # an unknown attack is a one-line error before any process starts
     if args.distributed and distributed.env_world() is None:
         return distributed.launch_local(args.distributed, child_argv(args))
     ctx = distributed.init_from_env(args.device)
+    talk = verbosity >= NORMAL and ctx.is_main
     try:
         with stop_on_signals(args):
-            return _evaluate(args, eps, names, ctx, verbosity >= NORMAL and ctx.is_main, verbosity >= VERBOSE)
+            result = run_evaluation(
+                req,
+                log=_stderr if talk else None,
+                echo=print if talk else None,
+                detail=_stderr if verbosity >= VERBOSE else None,
+                progress=talk and not args.no_progress,
+                ctx=ctx,
+            )
     finally:
         distributed.shutdown()
+    if talk:
+        print(f"\nwrote {result.path}")
+    return 0
 
 
 class _Stopped(BaseException):
@@ -415,210 +355,3 @@ def stop_on_signals(args: argparse.Namespace) -> Iterator[None]:
     finally:
         for s_, h in old.items():
             signal.signal(s_, h)
-
-
-def _evaluate(args: argparse.Namespace, eps: float, names: list[str], ctx, talk: bool, verbose: bool) -> int:
-    """The evaluation on this rank: shard of the batches, per-batch journal, rank 0 writes."""
-    import shutil
-
-    from ..attacks import PAPER_ALPHA, SUITE_ALPHA, parse_alpha
-    from ..checkpoint import MODEL_FILE, load_run
-    from ..evaluation import audit_robustness
-    from ..evaluation.results import checkpoint_id, command_line, provenance, write_robustness
-    from ..neurons import is_stochastic
-    from ..evaluation.sharded import evaluate_sharded, journal_key, read_journal
-    from ..io import removed_on_failure
-
-    rn, model, x, y, info, device = load_target(args)
-    individual = bool(args.individual or args.suite == "paper" or (not args.suite and not args.attacks))
-    source = load_run(args.source, device=device).model if args.source else None
-    if source is not None:
-        _check_source(source, model, x[:2].to(device), args.source)
-    kw = {"square": {"queries": args.square_queries}} if args.square_queries else None
-    alpha = parse_alpha(args.alpha, SUITE_ALPHA.get(args.suite or ("" if args.attacks else "paper"), PAPER_ALPHA))
-    # the journal of finished batches belongs to exactly these settings and weights
-    st = Path(getattr(rn, "identity_file", Path(rn.path) / MODEL_FILE)).stat()
-    settings = {
-        "checkpoint": str(Path(rn.path).resolve()),
-        "weights": [st.st_size, st.st_mtime_ns],
-        "model_file": args.model_file,
-        "randomness": args.randomness,
-        "source": str(Path(args.source).resolve()) if args.source else None,
-        "data": info,
-        "attacks": names,
-        "eps": eps,
-        "eot": args.eot,
-        "passes": args.passes,
-        "alpha": alpha,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "attack_kw": kw,
-        "individual": individual,
-    }
-    jname = f".evaluate-{journal_key(settings)}"
-    what = args.suite or ("-".join(names) if len(names) <= 3 else f"{len(names)}attacks")
-    out, created = result_dir(args, rn, what, eps, "robustness.json", ctx, jname)
-    journal = out / jname
-    with removed_on_failure(out, created=created and ctx.is_main):
-        if args.restart and ctx.is_main and journal.exists():
-            shutil.rmtree(journal, ignore_errors=True)
-        ctx.barrier()
-        n_done = len(read_journal(journal)) if talk else 0
-        if talk:
-            print(
-                f"evaluating {rn.path} on {info['name']}/{info['split']} ({len(y)} images): {', '.join(names)}",
-                file=sys.stderr,
-            )
-            print(f"output folder: {out}", file=sys.stderr)
-            if n_done:
-                print(f"resuming: {n_done} finished batches on record in {journal}", file=sys.stderr)
-        if verbose and ctx.is_main:
-            print(
-                f"{ctx.world_size} process(es), {ctx.backend or 'no process group'}, device {device}, journal "
-                f"{journal}",
-                file=sys.stderr,
-            )
-        if talk and not n_done:
-            from ..evaluation.progress import suite_cost
-
-            b = args.batch_size
-            # the event report's attacks (--event-ks) run on every sample after the suite
-            event_names = (
-                [f"{a}{k}" for k in _parse_ks(args.event_ks) for a in ("event-flip", "random-flip")]
-                if args.event_ks
-                else []
-            )
-            print(
-                suite_cost(
-                    model,
-                    names + event_names,
-                    x[:b].to(device),
-                    y[:b].to(device),
-                    len(y),
-                    eps=eps,
-                    eot=args.eot,
-                    passes=args.passes,
-                    alpha=alpha,
-                    batch_size=b,
-                    source=source,
-                    attack_kw=kw,
-                    cascade=not individual,
-                ).format(),
-                file=sys.stderr,
-            )
-        report = evaluate_sharded(
-            model,
-            x,
-            y,
-            names,
-            eps=eps,
-            eot=args.eot,
-            passes=args.passes,
-            alpha=alpha,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            source=source,
-            attack_kw=kw,
-            device=device,
-            journal=journal,
-            ctx=ctx,
-            progress=talk and not args.no_progress,
-            randomness=args.randomness,
-            individual=individual,
-        )
-        if not ctx.is_main:
-            return 0
-        prov = provenance(
-            command=command_line(args.argv),
-            checkpoint=getattr(rn, "weights", None) or rn.path,
-            report=report,
-            attacks=names,
-            data=info,
-            alpha=alpha,
-            batch_size=args.batch_size,
-            source=args.source,
-            processes=ctx.world_size,
-            randomness=args.randomness,
-            mode="individual" if individual else "cascade",
-            # a --model-file model is identified by its weights file
-            checkpoint_id=checkpoint_id(getattr(rn, "identity_file", None) or rn.path),
-        )
-        extra = {
-            "checkpoint": str(rn.path),
-            "model_file": args.model_file,
-            "weights": args.weights,
-            "source": args.source,
-            "data": info,
-            "command": "evaluate",
-            "processes": ctx.world_size,
-        }
-        cfg = getattr(rn, "config", None)  # None for a --model-file model
-        lam = cfg.tgo.lambda_max if cfg is not None and cfg.tgo.enabled else None
-        if talk:
-            print(report.format_table(f"robust accuracy of {rn.path}"))
-        if args.audit:
-            audit = audit_robustness(
-                model,
-                x,
-                y,
-                eps=eps,
-                eot=args.eot,
-                passes=args.passes,
-                report=report,
-                steps=args.audit_steps,
-                batch_size=args.batch_size,
-                seed=args.seed,
-                device=device,
-                progress=talk and not args.no_progress,
-                randomness=args.randomness,
-            )
-            extra["audit"] = audit.to_dict()
-            if talk:
-                print()
-                print(audit.format())
-            if getattr(model, "frame_norm", "") and not args.event_ks:
-                # event data: a frame attack that rounding back to events erases is false robustness
-                from ..evaluation.events import rounding_check
-
-                rc = rounding_check(
-                    model,
-                    x,
-                    y,
-                    "pgd10",
-                    eps=eps,
-                    batch_size=args.batch_size,
-                    seed=args.seed,
-                    eot=args.eot if is_stochastic(model) else 1,
-                    alpha=alpha,
-                )
-                extra["audit"]["event_rounding"] = rc.to_dict()
-                if talk:
-                    print(
-                        rc.warning()
-                        or f"rounding PGD-10 back to events: success {rc.success_continuous:.1%} on "
-                        f"frames, {rc.success_rounded:.1%} as events"
-                    )
-        if args.event_ks:  # event data: success rate of the event-stream attacks vs the budget k
-            from ..evaluation.events import event_report
-
-            extra["events"], text = event_report(
-                model,
-                x,
-                y,
-                _parse_ks(args.event_ks),
-                eps=eps,
-                eot=args.eot,
-                batch_size=args.batch_size,
-                seed=args.seed,
-                alpha=alpha,
-            )
-            if talk:
-                print()
-                print(text)
-        path = write_robustness(
-            out / "robustness.json", report, prov, per_sample=not args.no_per_sample, lambda_max=lam, **extra
-        )
-        shutil.rmtree(journal, ignore_errors=True)  # the results are safe in robustness.json now
-    if talk:
-        print(f"\nwrote {path}")
-    return 0

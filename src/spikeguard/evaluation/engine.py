@@ -836,10 +836,10 @@ def evaluate_config_attacks(
     )
     summary = report.to_dict(per_sample=False)
     if out_dir is not None:
-        from .results import provenance, write_robustness
+        from .results import evaluation_provenance, write_robustness
 
         data = {"name": test_ds.name, "split": "test", "n_samples": len(test_ds)}
-        prov = provenance(
+        prov = evaluation_provenance(
             command="spikeguard train (eval.attacks)",
             checkpoint=out_dir,
             report=report,

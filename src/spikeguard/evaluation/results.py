@@ -137,6 +137,29 @@ def provenance(
     }
 
 
+def evaluation_provenance(
+    *,
+    command: str,
+    checkpoint: str | os.PathLike | None,
+    identity: str | os.PathLike | None = None,
+    report: Any = None,
+    protocol: str = PROTOCOL_ENGINE,
+    **fields: Any,
+) -> dict:
+    """The provenance record of one evaluation, audit or demo result: the one place it is assembled.
+
+    Every writer of a result (``spikeguard.jobs``, the study, the demo, the training-time
+    evaluation) goes through here, so the records of the same measurement agree field for field.
+    ``checkpoint`` is the path recorded; ``identity`` the file whose hash identifies the weights
+    when that is not the checkpoint (a ``--model-file`` model's weights file); ``fields`` are
+    :func:`provenance`'s (attacks, eps, n_samples, seed, passes, eot, data) and the caller's extras.
+    """
+    prov = provenance(command=command, protocol=protocol, checkpoint=checkpoint, report=report, **fields)
+    if identity is not None:
+        prov["checkpoint_id"] = checkpoint_id(identity)
+    return prov
+
+
 def robustness_document(
     report: Any, prov: Mapping, *, model: str | None = None, per_sample: bool = True, **extra: Any
 ) -> dict:
@@ -166,13 +189,16 @@ def write_robustness(path: str | os.PathLike, report: Any, prov: Mapping, **kw: 
 AUDIT_SCHEMA = "spikeguard.audit"
 
 
+def audit_document(audit: Any, prov: Mapping, **extra: Any) -> dict:
+    """The ``audit.json`` document of an :class:`~spikeguard.evaluation.audit.AuditReport` with its provenance."""
+    return {"schema": AUDIT_SCHEMA, "version": VERSION, "provenance": dict(prov), **extra, "audit": audit.to_dict()}
+
+
 def write_audit(path: str | os.PathLike, audit: Any, prov: Mapping, **extra: Any) -> Path:
     """Write an :class:`~spikeguard.evaluation.audit.AuditReport` with its provenance, atomically."""
     from ..io import atomic_write_json
 
-    atomic_write_json(
-        path, {"schema": AUDIT_SCHEMA, "version": VERSION, "provenance": dict(prov), **extra, "audit": audit.to_dict()}
-    )
+    atomic_write_json(path, audit_document(audit, prov, **extra))
     return Path(path)
 
 
@@ -306,9 +332,11 @@ __all__ = [
     "checkpoint_id",
     "command_line",
     "provenance",
+    "evaluation_provenance",
     "robustness_document",
     "write_robustness",
     "write_audit",
+    "audit_document",
     "AUDIT_SCHEMA",
     "read_results",
     "software",

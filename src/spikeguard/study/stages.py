@@ -10,7 +10,11 @@ from typing import Any
 
 from ..config import ExperimentConfig, config_to_dict
 from ..errors import ConfigError, SpikeguardError
+from ..evaluation.results import evaluation_provenance, robustness_document
+from ..evaluation.sharded import journal_key
 from ..io import atomic_write_json, ensure_dir
+from ..jobs.evaluate import attack_and_audit
+from ..jobs.output import write_result
 from ..protocols import Protocol
 from .spec import (
     PLAN_JSON,
@@ -192,6 +196,66 @@ def _weights_id(run_dir: Path) -> list:
     return [st.st_size, st.st_mtime_ns]
 
 
+def _group_settings(group, ev: dict, eps: float, run_dir: Path, n: int, source_name: str) -> dict:
+    """The settings a group's result (and its journal) belongs to, as read back from its JSON."""
+    settings = {
+        "weights": _weights_id(run_dir),
+        "attacks": list(group.attacks),
+        "eps": eps,
+        "eot": group.eot,
+        "passes": group.passes,
+        "alpha": group.alpha,
+        "attack_kw": {k: dict(v) for k, v in group.attack_kw.items()},
+        "n": n,
+        "batch_size": int(ev["batch_size"]),
+        "seed": int(ev["seed"]),
+        "source": source_name,
+        "audit": group.audit,
+        "audit_steps": group.audit_steps,
+        "individual": group.individual,
+    }
+    return json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
+
+
+def _group_document(
+    report: Any,
+    audit: Any,
+    group,
+    protocol: Protocol,
+    settings: dict,
+    run_dir: Path,
+    source_name: str,
+    device,
+    command: str,
+    data_info: dict | None,
+) -> dict:
+    """A group's result document (model name ``RUN [PROTOCOL]``, the group's settings, the audit when run)."""
+    prov = evaluation_provenance(
+        command=command,
+        checkpoint=run_dir,
+        report=report,
+        data=data_info,
+        study_protocol=protocol.name,
+        study_group=group.name,
+        device=_device_text(device),
+    )
+    doc = robustness_document(
+        report,
+        prov,
+        model=f"{run_dir.name} [{protocol.name}]",
+        per_sample=True,
+        protocol=protocol.name,
+        group=group.name,
+        note=group.note,
+        settings=settings,
+        source=source_name or None,
+    )
+    _add_fresh_worst_case(doc, report)
+    if audit is not None:
+        doc["audit"] = audit.to_dict()
+    return doc
+
+
 def _run_group(
     model,
     x,
@@ -216,28 +280,8 @@ def _run_group(
     model name ``RUN [PROTOCOL]``) with the group's settings, so ``spikeguard report`` reads it;
     the per-sample flags the study's paired statistics need are kept in it.
     """
-    from ..evaluation import audit_robustness
-    from ..evaluation.results import provenance, robustness_document
-    from ..evaluation.sharded import evaluate_sharded, journal_key
-
     eps = float(eps)
-    settings = {
-        "weights": _weights_id(run_dir),
-        "attacks": list(group.attacks),
-        "eps": eps,
-        "eot": group.eot,
-        "passes": group.passes,
-        "alpha": group.alpha,
-        "attack_kw": {k: dict(v) for k, v in group.attack_kw.items()},
-        "n": int(len(y)),
-        "batch_size": int(ev["batch_size"]),
-        "seed": int(ev["seed"]),
-        "source": source_name,
-        "audit": group.audit,
-        "audit_steps": group.audit_steps,
-        "individual": group.individual,
-    }
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
+    settings = _group_settings(group, ev, eps, run_dir, int(len(y)), source_name)
     folder = ensure_dir(path.parent)
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -246,11 +290,15 @@ def _run_group(
             return old
     journal = folder / f".journal-{group.name}-{journal_key(settings)}"
     t0 = time.perf_counter()
-    report = evaluate_sharded(
+    report, audit = attack_and_audit(
         model,
         x,
         y,
         list(group.attacks),
+        journal=journal,
+        audit_steps=group.audit_steps if group.audit else None,
+        audit_alpha=group.alpha,
+        progress=progress,
         eps=eps,
         eot=group.eot,
         passes=group.passes,
@@ -260,52 +308,10 @@ def _run_group(
         source=source,
         attack_kw=settings["attack_kw"],
         device=device,
-        journal=journal,
-        progress=progress,
         individual=group.individual,
     )
-    prov = provenance(
-        command=command,
-        checkpoint=run_dir,
-        report=report,
-        data=data_info,
-        study_protocol=protocol.name,
-        study_group=group.name,
-        device=_device_text(device),
-    )
-    doc = robustness_document(
-        report,
-        prov,
-        model=f"{run_dir.name} [{protocol.name}]",
-        per_sample=True,
-        protocol=protocol.name,
-        group=group.name,
-        note=group.note,
-        settings=settings,
-        source=source_name or None,
-    )
-    _add_fresh_worst_case(doc, report)
-    if group.audit:
-        audit = audit_robustness(
-            model,
-            x,
-            y,
-            eps=eps,
-            eot=group.eot,
-            passes=group.passes,
-            report=report,
-            steps=group.audit_steps,
-            alpha=group.alpha,
-            batch_size=int(ev["batch_size"]),
-            seed=int(ev["seed"]),
-            device=device,
-            progress=progress,
-        )
-        doc["audit"] = audit.to_dict()
-    atomic_write_json(path, doc)
-    import shutil
-
-    shutil.rmtree(journal, ignore_errors=True)
+    doc = _group_document(report, audit, group, protocol, settings, run_dir, source_name, device, command, data_info)
+    write_result(path, doc, journal)
     log(
         f"    {protocol.name}/{group.name}: {len(group.attacks)} attacks on {len(y)} images in "
         f"{time.perf_counter() - t0:.1f} s; worst case {100 * report.accuracy('worst_case'):.2f}%"

@@ -27,8 +27,9 @@ on event data (models on frame sequences) also event-flipK, random-flipK, event-
 event cells; the output is a valid event stream) and --event-ks for success rate vs k.
   --suite paper : fgsm, rfgsm, pgd7, pgd10, pgd20, pgd40, apgd-ce, mtpgd
                   (the paper's protocol: step 0.01 whatever eps is)
-  --suite strong: paper + pgd50-r3, apgd-dlr, square, transfer, noise-free, fixed-noise,
-                  sg-ensemble, sg-adaptive, apgd-t (step 2.5 * eps / steps per attack)
+  --suite strong: paper + pgd50-r3, apgd-dlr, square (5000 queries), transfer, noise-free,
+                  fixed-noise, sg-ensemble, sg-adaptive, assg, sa-pgd, pdsg, apgd-t
+                  (step 2.5 * eps / steps per attack)
 Attacks whose needs the model does not meet (swappable surrogate gradients, noise to fix or
 switch off, a transfer source) are skipped and listed with the reason.
 
@@ -91,7 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=None,
         metavar="Q",
-        help="queries of 'square' (default 1000; 'squareQ' names set it per attack)",
+        help="queries of 'square' (default 1000, 5000 in --suite strong; 'squareQ' names set it per attack)",
     )
     p.add_argument("--audit", action="store_true", help="also run the audit (reuses this evaluation's attacks)")
     p.add_argument(

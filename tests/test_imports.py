@@ -9,8 +9,9 @@ The module graph is built from the source with :mod:`ast` (nothing is imported),
 * ``from .pkg import name`` is an edge to the submodule ``pkg.name`` when ``name`` is a submodule,
   otherwise to ``pkg`` itself (its ``__init__`` must run to provide ``name``);
   ``import a.b.c`` is an edge to ``a.b.c``;
-* the implicit import of parent packages (importing ``a.b`` runs ``a/__init__.py``) is not an
-  edge: Python sets parents up before their children, so it cannot deadlock a cycle.
+* importing ``a.b.c`` first runs the parent packages ``a/__init__.py`` and ``a/b/__init__.py``:
+  an edge to each parent that is not a package holding the importing module itself (those are
+  already being set up; counting them would tie every module to its own ``__init__``).
 
 Second rule: outside ``spikeguard/cli`` no import of a ``spikeguard`` module or of the standard
 library sits inside a function, and a function-level import of a third-party package is allowed
@@ -94,9 +95,7 @@ def _imports(path: Path, module: str) -> list[_Import]:
 
     def visit_stmt(child: ast.AST, in_function: bool) -> None:
         if isinstance(child, ast.Import):
-            found.append(
-                _Import(path, child.lineno, tuple(a.name for a in child.names), (), in_function)
-            )
+            found.append(_Import(path, child.lineno, tuple(a.name for a in child.names), (), in_function))
         elif isinstance(child, ast.ImportFrom):
             base = child.module or ""
             if child.level:
@@ -129,6 +128,12 @@ def _edges(imp: _Import, modules: dict[str, Path]) -> set[str]:
     return out
 
 
+def _parents(module: str) -> set[str]:
+    """The packages above ``module`` (``a.b.c`` -> ``{a, a.b}``)."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the spikeguard modules it imports (function-level imports included)."""
     modules = _module_files()
@@ -137,6 +142,7 @@ def import_graph() -> dict[str, set[str]]:
         deps: set[str] = set()
         for imp in _imports(path, module):
             deps |= _edges(imp, modules)
+        deps |= {parent for dep in deps for parent in _parents(dep) if parent not in _parents(module)}
         deps.discard(module)
         graph[module] = deps
     return graph
@@ -271,3 +277,20 @@ def test_graph_rules_on_this_package() -> None:
     # "from .cli.main import main" in __main__ resolves the relative import.
     assert f"{PACKAGE}.cli.main" in graph[f"{PACKAGE}.__main__"]
     assert all(dep in graph for deps in graph.values() for dep in deps)
+
+
+def test_version_has_one_source() -> None:
+    """pyproject.toml reads the version from ``_version.py`` instead of repeating it."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    project = tomllib.loads((ROOT.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in project["project"]
+    assert "version" in project["project"]["dynamic"]
+    attr = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == f"{PACKAGE}._version.__version__"
+    import spikeguard
+
+    assert spikeguard.__version__ == spikeguard._version.__version__

@@ -5,8 +5,8 @@ trustworthy attack suite (Wang et al., "Robust Spiking Neural Networks Against
 Adversarial Attacks", ICLR 2026).
 """
 
-__version__ = "0.2.0"
-
+from ._version import __version__
+from . import adapters as _adapters  # noqa: F401  (hands its foreign-neuron recording hook to neurons)
 from .errors import CheckpointError, ConfigError, DataError, SpikeguardError
 from .models import create_model, list_models
 

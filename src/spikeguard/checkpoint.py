@@ -31,8 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._version import __version__
 from .config import FORMAT_VERSION, ExperimentConfig, config_from_dict, config_to_dict
 from .errors import CheckpointError, SpikeguardError
+from .training.state import TrainState
 from .io import _json_safe, atomic_write_json, atomic_write_many, ensure_dir
 
 MODEL_FILE = "model.safetensors"
@@ -206,8 +208,6 @@ def write_run_config(
     run_dir: str | os.PathLike, config: ExperimentConfig, spec: dict, param_count: int | None = None
 ) -> None:
     """Write ``config.json`` (the resolved config and the model spec) atomically."""
-    from . import __version__
-
     atomic_write_json(
         Path(run_dir) / CONFIG_FILE,
         {
@@ -382,12 +382,25 @@ def load_training_state(path: str | os.PathLike) -> dict | None:
     return _decode(doc.get("state"), tensors)
 
 
+def save_train_state(run_dir: str | os.PathLike, model: nn.Module, config: Any, state: TrainState) -> Path:
+    """Write the checkpoint of a training run (weights, config, ``state``) atomically into ``run_dir``."""
+    return save_checkpoint(run_dir, model, config, state.to_dict())
+
+
+def load_train_state(run_dir: str | os.PathLike) -> TrainState | None:
+    """The :class:`~spikeguard.training.TrainState` saved in ``run_dir`` (None if the run saved none)."""
+    d = load_training_state(run_dir)
+    return None if d is None else TrainState.from_dict(d)
+
+
 __all__ = [
     "save_checkpoint",
     "load_run",
     "load_model",
     "load_weights",
+    "load_train_state",
     "load_training_state",
+    "save_train_state",
     "Run",
     "model_spec",
     "build_from_spec",

@@ -547,7 +547,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(cfg.threads >= 0, "threads", f"must be >= 0, got {cfg.threads}")
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
     _check(bool(cfg.strategy), "strategy", "must name a training strategy")
-    from .training import list_strategies
+    from .training.strategies import list_strategies
 
     _check(
         cfg.strategy in list_strategies(),

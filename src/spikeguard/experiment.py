@@ -26,7 +26,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_run_config, write_run_config
+from .checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_train_state,
+    load_weights,
+    read_run_config,
+    save_train_state,
+    write_run_config,
+)
 from .config import ExperimentConfig, config_to_dict
 from .data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
 from .perf import compile_model, resolve_precision, to_channels_last
@@ -366,7 +374,7 @@ def _run(
             st.rng, st.rng_ranks = rng[0], rng[1:]
             for key, value in trainer.state_dict().items():  # optimizer, scheduler, guard
                 setattr(st, key, value)
-            st.save(out, model, cfg)
+            save_train_state(out, model, cfg, st)
 
     report.save = save
     if ctx.world_size == 1:  # the constraint's pull next to the task's on one fixed batch (changes nothing)
@@ -411,7 +419,7 @@ def _load_state(model: nn.Module, out: Path, device: torch.device) -> TrainState
     """The run's saved :class:`TrainState`, its weights loaded into ``model`` (None: nothing saved)."""
     if not (out / MODEL_FILE).exists():
         return None
-    st = TrainState.load(out)
+    st = load_train_state(out)
     if st is not None:  # other ranks get rank 0's weights from DDP
         load_weights(model, out / MODEL_FILE, device=device)
     return st

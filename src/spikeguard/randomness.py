@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -87,6 +87,31 @@ def seeded_rng(seed: int, device: torch.device | str | None = None, model: nn.Mo
             np.random.set_state(np_state)
             for (_, g), st in zip(owned, saved, strict=True):
                 g.set_state(st)
+
+
+def capture_rng(generator: torch.Generator) -> dict:
+    """The Python, NumPy, torch (and CUDA) random states plus ``generator``'s (the data order).
+
+    What a training checkpoint saves to resume a run exactly (:class:`~spikeguard.training.TrainState`)."""
+    st: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "data": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def restore_rng(st: dict, generator: torch.Generator) -> None:
+    """Undo :func:`capture_rng`: put every stream back where it was."""
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    generator.set_state(st["data"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
 
 
 @dataclass(frozen=True)
@@ -252,4 +277,13 @@ def declared_randomness(model: nn.Module, mode: str = "auto") -> Randomness:
     )
 
 
-__all__ = ["MODES", "Randomness", "declared_randomness", "detect_randomness", "module_generators", "seeded_rng"]
+__all__ = [
+    "MODES",
+    "Randomness",
+    "capture_rng",
+    "restore_rng",
+    "declared_randomness",
+    "detect_randomness",
+    "module_generators",
+    "seeded_rng",
+]

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ..errors import DataError
 from .base import ImageDataset
+from .cache import cache_key, default_data_roots, read_cache, write_cache
 from .catalog import DatasetRequest, register_dataset
 from .cifar import CIFAR10_CLASSES
 from .event_frames import SPLITS, FrameNorm, events_to_frames
@@ -297,7 +298,6 @@ def load_event_dataset(
     name: str, split: str, root: Path | None, cache_dir: Path | None, progress: bool = False, **options: Any
 ) -> EventFrameDataset:
     """One split of an event data set (``load_dataset`` calls this; see the module docstring)."""
-    from .registry import _cache_key, _read_cache, _write_cache, default_data_roots
 
     opts = _options(name, options)
     norm = FrameNorm.parse(opts["norm"])
@@ -322,9 +322,9 @@ def load_event_dataset(
         if not samples:
             raise DataError(f"{name}: no recordings found for the {split} split under {r}")
         fp = [(str(f), f.stat().st_size, f.stat().st_mtime_ns, label, span) for f, label, span in samples]
-    key = _cache_key({"format": 1, "name": name, "split": split, "options": key_opts, "files": fp})
+    key = cache_key({"format": 1, "name": name, "split": split, "options": key_opts, "files": fp})
     cache_file = cache_dir / f"{name}-{split}-{key}.npz" if cache_dir is not None else None
-    hit = _read_cache(cache_file) if cache_file is not None else None
+    hit = read_cache(cache_file) if cache_file is not None else None
     if hit is not None:
         x, y, classes = hit
     elif name == "synthetic-dvs":
@@ -337,7 +337,7 @@ def load_event_dataset(
         x = _integrate(_streams(samples, progress), len(samples), opts)
         y = np.array([label for _, label, _ in samples], dtype=np.int64)
     if hit is None and cache_file is not None:
-        _write_cache(cache_file, x, y, classes)
+        write_cache(cache_file, x, y, classes)
     opts.pop("sensor", None)
     return EventFrameDataset(
         torch.from_numpy(np.ascontiguousarray(x)),

@@ -211,7 +211,7 @@ class DistributedTraining:
         Resumed with another number of processes, every rank takes rank 0's streams (same data
         order) and ranks 1.. are re-seeded from ``(seed, epoch)``.
         """
-        from ..training.state import restore_rng
+        from ..randomness import restore_rng
 
         ranks = [state.rng] + list(state.rng_ranks)
         if len(ranks) == self.ctx.world_size:
@@ -232,7 +232,7 @@ class DistributedTraining:
         ``epoch_order``: save it as the data generator's state (a stop before the epoch's first
         batch: the epoch's permutation must be drawn again on resume).
         """
-        from ..training.state import capture_rng
+        from ..randomness import capture_rng
 
         own = capture_rng(generator)
         if epoch_order is not None:

@@ -32,24 +32,31 @@ PACKAGE = "spikeguard"
 # Third-party packages that may be imported inside a function (with a ``# lazy:`` comment):
 # each is optional (an extra, absent from a plain install) or slow to import and needed only by
 # one rarely used path. torch, numpy and the other base dependencies are always imported at the top.
+# A key is a package or a dotted module: it covers that module and everything under it.
+# Not here, so imported at the top like torch and numpy: pillow, tqdm and safetensors (declared
+# dependencies, quick to import).
 _LAZY_OK: dict[str, str] = {
-    "matplotlib": "optional (plots extra); slow import",
-    "sklearn": "optional; slow import",
-    "scipy": "optional; slow import",
-    "PIL": "optional image reader",
-    "pyarrow": "optional parquet reader",
-    "datasets": "optional HF datasets reader",
-    "triton": "optional GPU kernels; slow import",
-    "spikingjelly": "optional adapter",
-    "snntorch": "optional adapter",
-    "aedat": "optional AEDAT 4 reader",
-    "dv_processing": "optional AEDAT 4 reader",
-    "safetensors": "optional weights format",
-    "torchvision": "optional dataset reader; slow import",
+    "matplotlib": "slow to import (~0.5 s); only figures need it",
+    "sklearn": "slow to import (~1 s); only the digits data set needs it",
+    "scipy": "not a declared dependency (a fallback exists); slow to import",
+    "pyarrow": "optional (parquet extra)",
+    "datasets": "optional (Hugging Face datasets)",
+    "triton": "optional GPU kernels; slow to import",
+    "spikingjelly": "optional (adapter for its neurons)",
+    "snntorch": "optional (adapter for its neurons)",
+    "aedat": "optional (events extra: AEDAT 4 reader)",
+    "torch.utils.tensorboard": "needs the optional tensorboard package (--tensorboard)",
 }
 
-# Files still holding function-level spikeguard imports, to be moved in a later change. Keep empty.
-_PENDING: frozenset[str] = frozenset()
+# spikeguard modules that import an optional package of _LAZY_OK at their top, so they are
+# themselves imported lazily (with a "# lazy:" comment) by the code that can do without them.
+_LAZY_INTERNAL: dict[str, str] = {
+    "spikeguard.neurons.triton_scan": "imports triton at its top (optional, slow to import)",
+}
+
+# Files whose function-level imports are not moved yet because they are being rewritten in
+# parallel; the rewrite moves them, then the file leaves this set. Remove the set once empty.
+_PENDING: frozenset[str] = frozenset({"spikeguard/study/stages.py"})
 
 
 @dataclass(frozen=True)
@@ -233,6 +240,15 @@ def _top_name(imp: _Import) -> str:
     return imp.targets[0].split(".")[0]
 
 
+def _covered(imp: _Import, keys: dict[str, str]) -> bool:
+    """Whether the import names only modules that are a key of ``keys`` or under one."""
+
+    def under(name: str) -> bool:
+        return any(name == k or name.startswith(k + ".") for k in keys)
+
+    return all(under(t) or (imp.names and all(under(f"{t}.{n}") for n in imp.names)) for t in imp.targets)
+
+
 def _has_lazy_comment(lines: list[str], line: int) -> bool:
     here = lines[line - 1]
     above = lines[line - 2] if line >= 2 else ""
@@ -252,12 +268,16 @@ def function_level_problems() -> list[str]:
                 continue
             top = _top_name(imp)
             where = f"{rel}:{imp.line}"
+            if rel in _PENDING:
+                continue
             if top == PACKAGE:
-                if rel not in _PENDING:
+                if not _covered(imp, _LAZY_INTERNAL):
                     problems.append(f"{where}: spikeguard import inside a function")
+                elif not _has_lazy_comment(lines, imp.line):
+                    problems.append(f"{where}: lazy import of {imp.targets[0]} without a '# lazy:' comment")
             elif top in sys.stdlib_module_names:
                 problems.append(f"{where}: standard-library import ({top}) inside a function")
-            elif top not in _LAZY_OK:
+            elif not _covered(imp, _LAZY_OK):
                 problems.append(f"{where}: {top} is not a heavy/optional package (_LAZY_OK)")
             elif not _has_lazy_comment(lines, imp.line):
                 problems.append(f"{where}: lazy import of {top} without a '# lazy:' comment")

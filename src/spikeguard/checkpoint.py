@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load, save
 from torch import nn
 
 from ._version import __version__
@@ -36,6 +37,7 @@ from .config import FORMAT_VERSION, ExperimentConfig, config_from_dict, config_t
 from .errors import CheckpointError, SpikeguardError
 from .training.state import TrainState
 from .io import _json_safe, atomic_write_json, atomic_write_many, ensure_dir
+from .models import create_model
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -81,7 +83,6 @@ def model_spec(cfg: ExperimentConfig, model: nn.Module | None = None, **arch: An
 
 def build_from_spec(spec: dict) -> nn.Module:
     """``create_model(**spec)``; a bad spec is a :class:`CheckpointError`."""
-    from .models import create_model
 
     try:
         model = create_model(
@@ -176,8 +177,6 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors.torch import load
-
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     data = path.read_bytes()
@@ -236,8 +235,6 @@ def save_checkpoint(
     Returns:
         the run folder.
     """
-    from safetensors.torch import save
-
     run = ensure_dir(run_dir)
     spec = model_spec(config, model)
     ckpt_id = uuid.uuid4().hex

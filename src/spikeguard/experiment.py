@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .checkpoint import (
     CONFIG_FILE,
@@ -39,11 +40,17 @@ from .config import ExperimentConfig, config_to_dict
 from .data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
 from .perf import compile_model, resolve_precision, to_channels_last
 from .errors import CheckpointError, ConfigError
-from .io import atomic_write_json, atomic_write_text, ensure_dir
+from .io import _json_safe, atomic_write_json, atomic_write_text, ensure_dir
 from .models import count_parameters, create_model
 from .tgo import LambdaSchedule, Normalisation, ThresholdGuard, constraint_gradient_ratio
 from .training import Trainer, TrainState, create_strategy, make_sgd
 from .utils import resolve_device, seed_everything
+from .data.event_sets import EventFrameDataset, event_data_shape, is_event_dataset
+from .distributed import DistributedTraining, current as dist_context
+from .evaluation import evaluate_config_attacks
+from .evaluation.basic import clean_accuracy
+from .logging import NORMAL, QUIET, RunLogger, memory_stats
+from .signals import Interrupted, graceful_stop
 
 LOG_FILE = "log.jsonl"
 RESULTS_FILE = "results.json"
@@ -73,7 +80,6 @@ def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
     """``in_channels``, ``image_size``, ``num_classes``, ``mean``, ``std`` of ``data``, or of the
     dataset ``cfg`` names (its :class:`~spikeguard.data.DatasetInfo`) when ``data`` is None; event
     data sets (frame sequences, 2 polarities per step) from their frame options."""
-    from .data.event_sets import EventFrameDataset, event_data_shape, is_event_dataset
 
     if isinstance(data, EventFrameDataset):  # frame sequences: 2 polarities per step
         shape = event_data_shape(data.name, {**data.options})
@@ -200,7 +206,6 @@ def test_accuracy(
 ) -> float:
     """Clean accuracy on ``ds`` (:func:`spikeguard.evaluation.clean_accuracy`); stochastic models are
     averaged over ``passes`` forward passes."""
-    from .evaluation.basic import clean_accuracy
 
     model.eval()
     if len(ds) == 0:
@@ -223,7 +228,6 @@ def _read_log(path: Path, upto: int) -> list[dict]:
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
-    from .io import _json_safe
 
     atomic_write_text(path, "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in rows))
 
@@ -268,7 +272,6 @@ def run_experiment(
     Returns:
         the content of ``results.json`` (on ranks other than 0: ``{"rank": r}``).
     """
-    from .distributed import current as dist_context
 
     ctx = dist_context()
     # rank 0 checks the folder and reads a saved run; the other ranks get its answer (and
@@ -310,9 +313,6 @@ def _run(
     handle_signals: bool,
     ctx: Any,
 ) -> dict:
-    from .distributed import DistributedTraining
-    from .logging import NORMAL, QUIET, RunLogger
-    from .signals import Interrupted, graceful_stop
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -446,7 +446,6 @@ class _EpochReport:
         test_ds: ImageDataset,
         on_epoch: Callable | None,
     ) -> None:
-        from tqdm.auto import tqdm
 
         self.cfg, self.out, self.main, self.progress, self.logger = cfg, out, main, progress, logger
         self.steps, self.device, self.model, self.optimizer = steps, device, model, optimizer
@@ -504,7 +503,6 @@ class _EpochReport:
             self.bar = None
 
     def epoch(self, state: TrainState, stats: Any, lr: float) -> None:
-        from .logging import memory_stats
 
         cfg, done, epochs = self.cfg, state.epoch, self.cfg.optim.epochs
         row = {
@@ -569,15 +567,12 @@ def _finish(
         results["attacks"] = _run_attacks(model, test_ds, cfg, out, progress)
     atomic_write_json(out / RESULTS_FILE, results)
     if progress:
-        from tqdm.auto import tqdm
-
         tqdm.write(f"clean test accuracy {acc:.4f} on {len(test_ds)} images; run saved in {out}")
     return results
 
 
 def _run_attacks(model: nn.Module, test_ds: ImageDataset, cfg: ExperimentConfig, out: Path, progress: bool) -> dict:
     """The configured end-of-training attacks (:func:`spikeguard.evaluation.evaluate_config_attacks`)."""
-    from .evaluation import evaluate_config_attacks
 
     return evaluate_config_attacks(model, test_ds, cfg, out_dir=out, progress=progress)
 

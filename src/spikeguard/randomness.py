@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import SpikeguardError
+from .neurons import is_stochastic, noise_enabled, noise_seed
 
 #: Accepted overrides of the detection.
 MODES = ("auto", "deterministic", "stochastic")
@@ -203,7 +204,6 @@ def detect_randomness(model: nn.Module, x: Tensor, trials: int = 3, mode: str = 
         mode: ``auto`` (use the detection), ``deterministic`` or ``stochastic`` (override it).
         seed: seed of the detection's own draws.
     """
-    from .neurons import is_stochastic, noise_enabled
 
     if mode not in MODES:
         raise SpikeguardError(f"randomness mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -254,7 +254,6 @@ def _reseed_modules(model: nn.Module, seed: int) -> Iterator[None]:
 def _repeatable(model: nn.Module, x: Tensor, seed: int, scale: float) -> bool:
     """Two forwards under the evaluation's per-pass seeding (Noisy-LIF generators, global and
     module generators) give the same output."""
-    from .neurons import noise_seed
 
     outs = []
     with torch.inference_mode():
@@ -266,7 +265,6 @@ def _repeatable(model: nn.Module, x: Tensor, seed: int, scale: float) -> bool:
 
 def declared_randomness(model: nn.Module, mode: str = "auto") -> Randomness:
     """The randomness known without running the model: spikeguard's Noisy-LIF noise only."""
-    from .neurons import is_stochastic
 
     if mode not in MODES:
         raise SpikeguardError(f"randomness mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -37,14 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .base import ImageDataset
 from .cache import cache_key, default_data_roots, read_cache, write_cache
-from .catalog import DatasetRequest, register_dataset
+from .catalog import DATASET_LOADERS, DatasetRequest, register_dataset
 from .cifar import CIFAR10_CLASSES
 from .event_frames import SPLITS, FrameNorm, events_to_frames
 from .events import read_events
+from .synthetic_dvs import SYNTHETIC_CLASSES, synthetic_dvs_split
 
 GESTURE_CLASSES = [
     "hand_clapping",
@@ -88,7 +90,6 @@ _LISTERS: dict[str, Any] = {}
 
 def is_event_dataset(name: str) -> bool:
     """Whether ``name`` (or an alias) is a registered event data set."""
-    from .catalog import DATASET_LOADERS
 
     key = DATASET_LOADERS.find(str(name).strip().lower())
     return key is not None and key in _DEFAULTS
@@ -274,8 +275,6 @@ def _streams(samples: list[Sample], progress: bool):
     """The event stream of every sample, in order (a recording is read once for all its spans)."""
     it: Any = samples
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(samples, desc="integrating events", unit="rec", leave=False)
     last: tuple[Path | None, Any] = (None, None)
     for f, _, span in it:
@@ -328,8 +327,6 @@ def load_event_dataset(
     if hit is not None:
         x, y, classes = hit
     elif name == "synthetic-dvs":
-        from .synthetic_dvs import SYNTHETIC_CLASSES, synthetic_dvs_split
-
         streams, y = synthetic_dvs_split(split, n, seed=0, canvas=canvas)
         x = _integrate(streams, len(y), opts)
         classes = list(SYNTHETIC_CLASSES)
@@ -354,7 +351,6 @@ def load_event_dataset(
 
 def event_data_shape(name: str, options: dict | None = None) -> dict:
     """Model arguments for an event data set without loading it (``in_channels``, ``image_size``, ...)."""
-    from .catalog import DATASET_LOADERS
 
     name = DATASET_LOADERS.canonical(str(name).strip().lower())
     opts = _options(name, dict(options or {}))

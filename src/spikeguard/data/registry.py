@@ -43,9 +43,9 @@ from .cifar import (
     pickle_files,
     read_cifar_pickle,
 )
-from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD
+from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, load_digits_split
 from .folder import decode_images, fingerprint_files, folder_classes, is_image_folder, list_images
-from .parquet import is_parquet_root, parquet_fingerprint, read_parquet_split
+from .parquet import _pyarrow, is_parquet_root, parquet_fingerprint, read_parquet_split
 
 from .cache import cache_key, default_cache_dir, default_data_roots, read_cache, write_cache
 from .catalog import DATASET_LOADERS, DatasetInfo, DatasetRequest, dataset_names, option_datasets, register_dataset
@@ -104,7 +104,6 @@ def _find_source(name: str, root: Path, prefer_parquet: bool = False) -> tuple[s
 
 
 def _has_column(src: Path, column: str) -> bool:
-    from .parquet import _pyarrow
 
     return column in _pyarrow().read_schema(src / "train.parquet").names
 
@@ -240,7 +239,6 @@ def load_dataset(
 )
 def _load_digits(req: DatasetRequest) -> ImageDataset:
     """The embedded 8x8 digits (scikit-learn's copy of the UCI set)."""
-    from .digits import load_digits_split
 
     train, test = load_digits_split()
     return train if req.split == "train" else test

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
+import time
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +54,7 @@ from ..randomness import Randomness, detect_randomness
 from ..utils import eps_label
 from .engine import AttackResult, RobustnessReport, evaluate_robustness, summarize
 from .stats import mcnemar_exact, paired_counts
+from ..protocols import width_sweep
 
 DEFAULT_SWEEP: tuple[float, ...] = tuple(k / 255 for k in (1, 2, 4, 8, 16, 32, 64))
 PASS, WARN, SKIP = "PASS", "WARN", "SKIP"
@@ -523,7 +525,6 @@ def check_surrogate(results: Results, st: AuditSettings) -> Check:
 def surrogate_sweep(model: nn.Module) -> list[tuple[str, float]]:
     """The ``(surrogate, width)`` members of the surrogate check: the strong suite's ``sg-ensemble``
     sweep (:func:`spikeguard.protocols.width_sweep`), every registered surrogate kind at its widths."""
-    from ..protocols import width_sweep
 
     return list(width_sweep())
 
@@ -655,7 +656,6 @@ def audit_robustness(
     :func:`surrogate_sweep` at ``eps`` (same steps and step size as the audit's PGD), for the
     ``surrogate`` check.
     """
-    import time
 
     t0 = time.perf_counter()
     if steps < 1 or not sweep:

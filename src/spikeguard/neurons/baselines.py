@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import math
 from typing import Iterator
+import contextlib
+import inspect
 
 import torch
 from torch import Tensor, nn
@@ -258,8 +260,6 @@ def materialize_for(model: nn.Module, arch_kw: dict) -> None:
     """
     if not has_lazy_parameters(model):
         return
-    import contextlib
-    import inspect
 
     defaults = {}
     with contextlib.suppress(TypeError, ValueError):

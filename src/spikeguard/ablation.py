@@ -208,7 +208,6 @@ def ablation_result(spec: StudySpec, doc: dict, out_dir: str | Path, base: Exper
     ``stochastic``, ``eot`` and ``passes`` as the engine applied them, read from the cell's
     result file (``result``), where every attack is checked to have stayed in the eps-ball.
     """
-
     out = Path(out_dir)
     prot = spec.protocols[0]
     (group,) = prot.groups
@@ -296,7 +295,6 @@ def run_ablation(
     Returns:
         ``ablation.json``'s content (see :func:`ablation_result`), with ``seconds``.
     """
-
     t0 = time.perf_counter()
     command = command_line(argv) if argv is not None else "spikeguard.ablation.run_ablation"
     spec = ablation_study(base, strategy, settings, command=command)  # everything checked before any work

@@ -148,7 +148,6 @@ def _fmt_lam(lam: float) -> str:
 
 def _lif_kw(kw: dict) -> dict:
     """The extra neuron arguments vanilla LIF accepts (the noisy neuron's own ones dropped)."""
-
     accepted = set(inspect.signature(LIF.__init__).parameters) - {"self"}
     return {k: v for k, v in kw.items() if k in accepted}
 
@@ -222,7 +221,6 @@ _SAME = (
 
 def _check_reuse(cfg: ExperimentConfig, run_dir: Path) -> None:
     """Refuse to reuse a run folder trained with other settings (e.g. another length or neuron)."""
-
     old = config_to_dict(read_run_config(run_dir)[0])
     new = config_to_dict(cfg)
     for key in _SAME:
@@ -241,7 +239,6 @@ def _measure(cfg: ExperimentConfig, run_dir: Path, s: CalibrationSettings, progr
     """Train one run unless finished and measure it: ``share`` (test images, noise seeded),
     ``clean`` accuracy, and from ``log.jsonl`` the last ``grad_ratio``, the last epoch's training
     ``train_share`` and ``lams`` (the epoch means of lambda)."""
-
     resume = (run_dir / "config.json").is_file()
     if resume:
         _check_reuse(cfg, run_dir)
@@ -510,7 +507,6 @@ def control_lambda(
 
 def _run_steps(ref_dir: Path) -> int:
     """Training batches of one run (epochs x batches per epoch, read from the reference's log)."""
-
     rows = [json.loads(x) for x in (ref_dir / LOG_FILE).read_text(encoding="utf-8").splitlines() if x.strip()]
     last = rows[-1]
     return max(1, int(last.get("step") or last.get("epoch") or 1))

@@ -83,7 +83,6 @@ def model_spec(cfg: ExperimentConfig, model: nn.Module | None = None, **arch: An
 
 def build_from_spec(spec: dict) -> nn.Module:
     """``create_model(**spec)``; a bad spec is a :class:`CheckpointError`."""
-
     try:
         model = create_model(
             spec["name"],

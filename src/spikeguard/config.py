@@ -127,7 +127,6 @@ class NeuronConfig:
     def neuron_kw(self) -> dict:
         """Keyword arguments for :func:`spikeguard.models.create_model`'s ``neuron_kw``: the
         fields the registered neuron class lists in its ``config_fields``, then :attr:`kw`."""
-
         kw = {name: getattr(self, name) for name in neuron_class(self.kind).config_fields}  # type: ignore[attr-defined]  # registered neuron classes define config_fields
         kw.update(self.kw)
         return kw
@@ -458,7 +457,6 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 def validate_config(cfg: ExperimentConfig) -> None:
     """Range and name checks; :class:`ConfigError` naming the first offending key."""
-
     d, m, n, t, o, e = cfg.data, cfg.model, cfg.neuron, cfg.tgo, cfg.optim, cfg.eval
     _check(
         d.name.lower() in DATASET_LOADERS,

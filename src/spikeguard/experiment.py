@@ -80,7 +80,6 @@ def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
     """``in_channels``, ``image_size``, ``num_classes``, ``mean``, ``std`` of ``data``, or of the
     dataset ``cfg`` names (its :class:`~spikeguard.data.DatasetInfo`) when ``data`` is None; event
     data sets (frame sequences, 2 polarities per step) from their frame options."""
-
     if isinstance(data, EventFrameDataset):  # frame sequences: 2 polarities per step
         shape = event_data_shape(data.name, {**data.options})
         shape.update(num_classes=data.num_classes)
@@ -206,7 +205,6 @@ def test_accuracy(
 ) -> float:
     """Clean accuracy on ``ds`` (:func:`spikeguard.evaluation.clean_accuracy`); stochastic models are
     averaged over ``passes`` forward passes."""
-
     model.eval()
     if len(ds) == 0:
         return 0.0
@@ -228,7 +226,6 @@ def _read_log(path: Path, upto: int) -> list[dict]:
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
-
     atomic_write_text(path, "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in rows))
 
 
@@ -272,7 +269,6 @@ def run_experiment(
     Returns:
         the content of ``results.json`` (on ranks other than 0: ``{"rank": r}``).
     """
-
     ctx = dist_context()
     # rank 0 checks the folder and reads a saved run; the other ranks get its answer (and
     # its errors), so they need no shared file system and never hang on a failed check
@@ -313,7 +309,6 @@ def _run(
     handle_signals: bool,
     ctx: Any,
 ) -> dict:
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -446,7 +441,6 @@ class _EpochReport:
         test_ds: ImageDataset,
         on_epoch: Callable | None,
     ) -> None:
-
         self.cfg, self.out, self.main, self.progress, self.logger = cfg, out, main, progress, logger
         self.steps, self.device, self.model, self.optimizer = steps, device, model, optimizer
         self.test_ds, self.on_epoch = test_ds, on_epoch
@@ -503,7 +497,6 @@ class _EpochReport:
             self.bar = None
 
     def epoch(self, state: TrainState, stats: Any, lr: float) -> None:
-
         cfg, done, epochs = self.cfg, state.epoch, self.cfg.optim.epochs
         row = {
             **stats.as_dict(),
@@ -573,7 +566,6 @@ def _finish(
 
 def _run_attacks(model: nn.Module, test_ds: ImageDataset, cfg: ExperimentConfig, out: Path, progress: bool) -> dict:
     """The configured end-of-training attacks (:func:`spikeguard.evaluation.evaluate_config_attacks`)."""
-
     return evaluate_config_attacks(model, test_ds, cfg, out_dir=out, progress=progress)
 
 

@@ -77,7 +77,6 @@ def read_jsonl(path: str | os.PathLike, keep: Any = None) -> list[dict]:
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one JSON line with a single ``write`` (no torn line unless the process dies inside it)."""
-
     data = (json.dumps(_json_safe(row), allow_nan=False) + "\n").encode("utf-8")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -55,7 +55,6 @@ SWEEP_KIND_WIDTHS: dict[str, tuple[float, ...]] = {"triangle": (0.25, 0.5, 1.0, 
 def width_sweep() -> tuple[tuple[str, float], ...]:
     """The ``(surrogate, width)`` members of the sweep: every registered surrogate kind (one
     registered later included) at :data:`SWEEP_WIDTHS` / :data:`SWEEP_KIND_WIDTHS`."""
-
     return surrogate_members(SWEEP_WIDTHS, SWEEP_KIND_WIDTHS)
 
 
@@ -217,7 +216,6 @@ class Protocol:
 
     def _attack_list(self, value: Any) -> tuple[str, ...]:
         """An ``attacks`` override as canonical registry names (one-line :class:`ConfigError` otherwise)."""
-
         if (
             isinstance(value, str)
             or not isinstance(value, (list, tuple))

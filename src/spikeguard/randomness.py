@@ -204,7 +204,6 @@ def detect_randomness(model: nn.Module, x: Tensor, trials: int = 3, mode: str = 
         mode: ``auto`` (use the detection), ``deterministic`` or ``stochastic`` (override it).
         seed: seed of the detection's own draws.
     """
-
     if mode not in MODES:
         raise SpikeguardError(f"randomness mode must be one of {', '.join(MODES)}, got {mode!r}")
     if trials < 2:
@@ -254,7 +253,6 @@ def _reseed_modules(model: nn.Module, seed: int) -> Iterator[None]:
 def _repeatable(model: nn.Module, x: Tensor, seed: int, scale: float) -> bool:
     """Two forwards under the evaluation's per-pass seeding (Noisy-LIF generators, global and
     module generators) give the same output."""
-
     outs = []
     with torch.inference_mode():
         for _ in range(2):
@@ -265,7 +263,6 @@ def _repeatable(model: nn.Module, x: Tensor, seed: int, scale: float) -> bool:
 
 def declared_randomness(model: nn.Module, mode: str = "auto") -> Randomness:
     """The randomness known without running the model: spikeguard's Noisy-LIF noise only."""
-
     if mode not in MODES:
         raise SpikeguardError(f"randomness mode must be one of {', '.join(MODES)}, got {mode!r}")
     sources = ("noisy-lif",) if is_stochastic(model) else ()

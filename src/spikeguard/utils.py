@@ -25,7 +25,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         SpikeguardError: a one-line error for a malformed or unavailable device (e.g. ``cuda``
             with a CPU-only torch build, or ``cuda:3`` on a 2-GPU machine).
     """
-
     name = str(name).strip() or "auto"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -60,7 +60,6 @@ class NeuronAdapter:
 
     def base_surrogate(self, module: nn.Module):
         """spikeguard's closest surrogate to the neuron's own (default: triangle, width 1)."""
-
         return Surrogate("triangle", 1.0)
 
     @contextlib.contextmanager

@@ -28,7 +28,6 @@ class SnnTorchAdapter(NeuronAdapter):
 
     def base_surrogate(self, module: nn.Module):
         """snnTorch's default ``atan`` (alpha 2) is spikeguard's atan of width 1."""
-
         fn = getattr(module, self.spike_attr)
         fn = getattr(fn, "original", fn)
         if "atan" in getattr(fn, "__qualname__", "").lower():

@@ -25,7 +25,6 @@ class SpikingJellyAdapter(NeuronAdapter):
     def base_surrogate(self, module: nn.Module):
         """Sigmoid(alpha) -> sigmoid of width 4/alpha, ATan(alpha) -> atan of width 2/alpha
         (the same curves); others: triangle of width 1."""
-
         sf = getattr(module, self.spike_attr)
         sf = getattr(sf, "original", sf)
         kind, alpha = type(sf).__name__.lower(), getattr(sf, "alpha", None)

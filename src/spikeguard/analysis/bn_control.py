@@ -101,7 +101,6 @@ def bn_rescale_control(
         ``first_layer_t0_equal`` (the same for the first spiking layer, which the algebra always
         covers), ``clean`` / ``clean_rescaled`` and, with ``attack``, ``attacked`` / ``attacked_rescaled``.
     """
-
     model.eval()
     neurons = spiking_neurons(model)
     if not neurons:

@@ -298,7 +298,6 @@ def run_jacobian(
     title: str = "",
 ) -> dict:
     """Per-sample Jacobian norms and the first-order bound under ``attack`` at ``eps``."""
-
     _check(models)
     out = ensure_dir(out)
     x, y = _tensors(ds.subset(n, seed) if n and n < len(ds) else ds, 0, device)

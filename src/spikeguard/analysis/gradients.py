@@ -232,7 +232,6 @@ def plot_sparsity_bars(
     formats: str | Sequence[str] | None = None,
 ) -> list[Path]:
     """Bars of near-zero share, normalised L1/L2 and Gini; ``summaries[target][model] -> metrics``."""
-
     targets = list(summaries)
     if not targets:
         raise ConfigError("no sparsity summaries to plot")

@@ -214,7 +214,6 @@ def _eval_section(records: list[_sweep.SweepRecord], title: str) -> str:
 
 def evaluation_rows(doc: Any, path: Path, run: Path) -> list[list[Any]]:
     """One row per evaluation in result file ``path``: file, date, model, command, n, eps, attacks, clean, worst case."""
-
     try:
         docs = read_results(doc) or []
     except DataError:
@@ -470,7 +469,6 @@ def build_report(
     ``preface``: HTML placed before the overview (e.g. a study's comparison tables, built with
     :func:`table`).
     """
-
     if not runs:
         raise DataError("give at least one run folder")
     dirs = []

@@ -96,7 +96,6 @@ def _lambda_of_run(run: Path | None) -> float | None:
 def attacks_label(prov: Mapping) -> str:
     """What was run, for a group label: ``suite strong``, ``attacks fgsm,pgd10``, ``12 attacks #3f2a1c``,
     or a study's ``paper/white-box`` (protocol and group); empty when the record names nothing."""
-
     if prov.get("study_group"):
         return f"{prov.get('study_protocol') or '?'}/{prov['study_group']}"
     cmd = str(prov.get("command") or "").split()
@@ -176,7 +175,6 @@ def records_of_document(doc: Mapping, src: str) -> list[SweepRecord]:
 
 def parse_evaluation(doc: Any, path: str | os.PathLike = "<memory>") -> list[SweepRecord]:
     """Records of one JSON document (empty when it is not a result file)."""
-
     docs = read_results(doc)
     return [r for d in docs or () for r in records_of_document(d, str(path))]
 

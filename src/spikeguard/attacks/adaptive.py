@@ -88,7 +88,6 @@ def attack_surrogate(model: nn.Module, surrogate: str | Surrogate, width: float 
     with ``noisy_grad="expected"`` use it (they otherwise ignore their surrogate), and it
     reaches SpikingJelly and snnTorch neurons through :mod:`spikeguard.adapters`.
     """
-
     sg = surrogate if isinstance(surrogate, Surrogate) else Surrogate(surrogate, width)
     mods = [m for _, m in spiking_neurons(model)]
     if not mods and not foreign_neurons(model):
@@ -266,7 +265,6 @@ def default_ensemble(
 ) -> tuple[tuple[str, float], ...]:
     """``(surrogate, width)`` members: every registered surrogate kind at ``widths`` (``kind_widths``
     per kind where given)."""
-
     return surrogate_members(widths, kind_widths)
 
 

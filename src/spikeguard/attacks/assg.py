@@ -23,7 +23,6 @@ from ..neurons import spiking_neurons
 
 def check_spiking(model: nn.Module, attack: str) -> None:
     """A one-line error unless ``model`` has spiking neurons whose surrogate can be replaced."""
-
     if not spiking_neurons(model) and not foreign_neurons(model):
         raise SpikeguardError(f"{attack} needs a model with spiking neurons (spikeguard, SpikingJelly or snnTorch)")
 

@@ -40,7 +40,6 @@ class ModelTraits:
 
 def model_traits(model: nn.Module, stochastic: bool, source: nn.Module | None = None) -> ModelTraits:
     """The :class:`ModelTraits` of ``model`` (``stochastic`` comes from the randomness detection)."""
-
     return ModelTraits(
         stochastic=bool(stochastic),
         switchable_noise=is_stochastic(model),

@@ -90,7 +90,6 @@ _LISTERS: dict[str, Any] = {}
 
 def is_event_dataset(name: str) -> bool:
     """Whether ``name`` (or an alias) is a registered event data set."""
-
     key = DATASET_LOADERS.find(str(name).strip().lower())
     return key is not None and key in _DEFAULTS
 
@@ -297,7 +296,6 @@ def load_event_dataset(
     name: str, split: str, root: Path | None, cache_dir: Path | None, progress: bool = False, **options: Any
 ) -> EventFrameDataset:
     """One split of an event data set (``load_dataset`` calls this; see the module docstring)."""
-
     opts = _options(name, options)
     norm = FrameNorm.parse(opts["norm"])
     T = int(opts["frames"])
@@ -351,7 +349,6 @@ def load_event_dataset(
 
 def event_data_shape(name: str, options: dict | None = None) -> dict:
     """Model arguments for an event data set without loading it (``in_channels``, ``image_size``, ...)."""
-
     name = DATASET_LOADERS.canonical(str(name).strip().lower())
     opts = _options(name, dict(options or {}))
     classes = {"dvs-gesture": len(GESTURE_CLASSES)}.get(name, 10)

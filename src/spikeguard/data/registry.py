@@ -104,7 +104,6 @@ def _find_source(name: str, root: Path, prefer_parquet: bool = False) -> tuple[s
 
 
 def _has_column(src: Path, column: str) -> bool:
-
     return column in _pyarrow().read_schema(src / "train.parquet").names
 
 
@@ -239,7 +238,6 @@ def load_dataset(
 )
 def _load_digits(req: DatasetRequest) -> ImageDataset:
     """The embedded 8x8 digits (scikit-learn's copy of the UCI set)."""
-
     train, test = load_digits_split()
     return train if req.split == "train" else test
 

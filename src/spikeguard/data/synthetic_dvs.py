@@ -143,7 +143,6 @@ def synthetic_dvs_split(split: str, n: int, seed: int = 0, canvas: int = 32) -> 
     gets ``n // 10`` samples (the first ``n % 10`` classes one more), drawn without
     replacement while the split has enough and with replacement (new saccades) after.
     """
-
     if n < 1:
         raise DataError(f"synthetic-dvs needs n >= 1 samples, got {n}")
     train, test = load_digits_split()

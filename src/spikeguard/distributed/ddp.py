@@ -177,7 +177,6 @@ class DistributedTraining:
     ) -> Any:
         """A factory ``(start, order_state) -> EpochLoader`` of this rank's batches; ``stop()`` is
         agreed by all ranks (any rank stopping stops all at the same batch)."""
-
         ctx = self.ctx
         agreed = (lambda: ctx.any(stop())) if stop is not None else None
 
@@ -211,7 +210,6 @@ class DistributedTraining:
         Resumed with another number of processes, every rank takes rank 0's streams (same data
         order) and ranks 1.. are re-seeded from ``(seed, epoch)``.
         """
-
         ranks = [state.rng] + list(state.rng_ranks)
         if len(ranks) == self.ctx.world_size:
             restore_rng(ranks[self.ctx.rank], generator)
@@ -231,7 +229,6 @@ class DistributedTraining:
         ``epoch_order``: save it as the data generator's state (a stop before the epoch's first
         batch: the epoch's permutation must be drawn again on resume).
         """
-
         own = capture_rng(generator)
         if epoch_order is not None:
             own["data"] = epoch_order

@@ -525,7 +525,6 @@ def check_surrogate(results: Results, st: AuditSettings) -> Check:
 def surrogate_sweep(model: nn.Module) -> list[tuple[str, float]]:
     """The ``(surrogate, width)`` members of the surrogate check: the strong suite's ``sg-ensemble``
     sweep (:func:`spikeguard.protocols.width_sweep`), every registered surrogate kind at its widths."""
-
     return list(width_sweep())
 
 
@@ -656,7 +655,6 @@ def audit_robustness(
     :func:`surrogate_sweep` at ``eps`` (same steps and step size as the audit's PGD), for the
     ``surrogate`` check.
     """
-
     t0 = time.perf_counter()
     if steps < 1 or not sweep:
         raise SpikeguardError("the audit needs steps >= 1 and a non-empty eps sweep")

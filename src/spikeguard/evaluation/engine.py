@@ -817,7 +817,6 @@ def evaluate_config_attacks(
     over ``eot`` passes; writes ``out_dir/robustness.json`` when ``out_dir`` is given and
     returns the report's summary (no per-sample lists). The caller sets the model's mode.
     """
-
     names = parse_attacks(",".join(cfg.eval.attacks))
     eps = check_eps(parse_eps(cfg.eval.eps) if isinstance(cfg.eval.eps, str) else cfg.eval.eps)
     report = evaluate_robustness(

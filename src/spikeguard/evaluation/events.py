@@ -61,7 +61,6 @@ def event_attack_curve(
     **attack_kw,
 ) -> EventCurve:
     """Success rate (over the samples the model gets right) and accuracy of ``attack`` at each k."""
-
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 0:
         raise SpikeguardError(f"event budgets must be >= 0, got {ks}")
@@ -142,7 +141,6 @@ def rounding_check(
     ``false_robustness`` is set when rounding erases more than ``threshold`` of the
     continuous attack's successes.
     """
-
     spec = norm or model_frame_norm(model)
     if not spec:
         raise SpikeguardError("rounding_check needs a model on event frames (or norm='clip:4')")
@@ -192,7 +190,6 @@ def event_report(
     alpha: float | str = 0.01,
 ) -> tuple[dict, str]:
     """EventFlip and random-flip curves over ``ks`` plus the rounding check: ``(json dict, text table)``."""
-
     eot = eot if is_stochastic(model) else 1
     flip = event_attack_curve(model, images, labels, ks, "event-flip", batch_size, seed, eot=eot)
     rand = event_attack_curve(model, images, labels, ks, "random-flip", batch_size, seed)

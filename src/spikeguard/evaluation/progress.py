@@ -270,7 +270,6 @@ def suite_cost(
     """:func:`estimate_cost` of ``n`` samples for attack names as ``spikeguard evaluate`` takes them
     (attacks that will be skipped on this model are left out); ``x, y``: one batch to time.
     ``cascade``: the estimate is an upper bound (every attack on every sample)."""
-
     stochastic = is_stochastic(model)
     traits = model_traits(model, stochastic, source)
     built = []

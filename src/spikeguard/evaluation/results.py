@@ -86,7 +86,6 @@ def command_line(argv: list[str] | None = None) -> str:
 
 def software() -> dict:
     """Versions that can change a number: spikeguard, torch, Python."""
-
     return {"spikeguard": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
@@ -161,7 +160,6 @@ def robustness_document(
 
 def write_robustness(path: str | os.PathLike, report: Any, prov: Mapping, **kw: Any) -> Path:
     """Write ``report`` with its provenance as JSON, atomically (the one writer of results)."""
-
     atomic_write_json(path, robustness_document(report, prov, **kw))
     return Path(path)
 
@@ -171,7 +169,6 @@ AUDIT_SCHEMA = "spikeguard.audit"
 
 def write_audit(path: str | os.PathLike, audit: Any, prov: Mapping, **extra: Any) -> Path:
     """Write an :class:`~spikeguard.evaluation.audit.AuditReport` with its provenance, atomically."""
-
     atomic_write_json(
         path, {"schema": AUDIT_SCHEMA, "version": VERSION, "provenance": dict(prov), **extra, "audit": audit.to_dict()}
     )
@@ -244,7 +241,6 @@ def read_results(doc: Any) -> list[dict] | None:
 
 def _demo_documents(doc: Mapping) -> list[dict]:
     """One version-2-like document per demo model and eps (the demo measures several eps at once)."""
-
     cfg = doc.get("config") or {}
     out = []
     for name, m in doc["models"].items():

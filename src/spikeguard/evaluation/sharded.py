@@ -138,7 +138,6 @@ def evaluate_sharded(
     Returns:
         the full report, on every rank.
     """
-
     ctx = ctx or current()
     t0 = time.perf_counter()
     n = len(labels)

@@ -282,7 +282,6 @@ def potential_surrogate(model: nn.Module, rule: PotentialRule) -> Iterator[int]:
     choice and the adapted neurons' spike functions are restored on exit, also on an exception.
     Raises ``ValueError`` for a model without spiking neurons.
     """
-
     own = spiking_neurons(model)
     foreign = foreign_neurons(model)
     if not own and not foreign:

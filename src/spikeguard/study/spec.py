@@ -170,7 +170,6 @@ def _seeds(doc: dict, defaults: dict) -> list[int] | None:
 
 def _parse_eps(ev: dict) -> None:
     """``[evaluation].eps``: one budget (kept as ``eps``) or a list (``eps_list``; ``eps`` its first)."""
-
     raw = ev["eps"]
     many = isinstance(raw, list)
     if many and not raw:
@@ -226,7 +225,6 @@ def _entry(p: Path, i: int, r: Any, defaults: dict, overrides: list[str], study:
 
 def _expand_seeds(entries: list[RunSpec], seeds: list[int] | None) -> list[RunSpec]:
     """One run per entry and seed (``NAME-sSEED``, config seed set, source of the same seed)."""
-
     if seeds is None:
         return entries
     out = []
@@ -273,7 +271,6 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudySpe
         path: the study TOML.
         overrides: ``key=value`` config overrides applied to every run last (e.g. ``data.root=...``).
     """
-
     p = Path(path)
     doc = read_toml(p)
     bad = set(doc) - _TOP
@@ -334,7 +331,6 @@ def share_path(run_dir: Path) -> Path:
 
 def eps_folder(eps: float) -> str:
     """``eps-8_255``: the folder of one eps's results (a list of eps in the study file)."""
-
     return "eps-" + eps_label(float(eps)).replace("/", "_")
 
 
@@ -361,7 +357,6 @@ def calibration_dir(spec: StudySpec, out: Path, row: str) -> Path:
 
 
 def calibration_path(spec: StudySpec, out: Path, row: str) -> Path:
-
     return calibration_dir(spec, out, row) / RESULT_FILE
 
 
@@ -378,7 +373,6 @@ def apply_plan_and_calibration(spec: StudySpec, plan: dict | None, calibrations:
 
 def pending_work(spec: StudySpec, out: Path) -> list[str]:
     """What the study folder does not hold yet: runs not trained, shares and groups not evaluated."""
-
     missing = []
     for r in spec.runs:
         d = out / "runs" / r.name

@@ -75,13 +75,11 @@ def neuron_text(cfg: ExperimentConfig) -> str:
 
 
 def _norm_text(cfg: ExperimentConfig) -> str:
-
     t = cfg.tgo
     return Normalisation(t.layer_reduce, t.neuron_reduce, t.hinge, t.potential).label()
 
 
 def _last_log(run_dir: Path) -> dict:
-
     p = run_dir / LOG_FILE
     rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()] if p.is_file() else []
     return rows[-1] if rows else {}
@@ -93,7 +91,6 @@ def _read(path: Path) -> dict:
 
 def _read_result(path: Path) -> dict:
     """A group's result through the one reader (:func:`spikeguard.evaluation.results.read_results`)."""
-
     raw = _read(path)
     docs = read_results(raw)
     return {**raw, **docs[0]} if docs else raw
@@ -102,7 +99,6 @@ def _read_result(path: Path) -> dict:
 # --------------------------------------------------------------------------------------- rows per run
 def _run_row(spec: StudySpec, r: RunSpec, out: Path) -> dict:
     """A run's eps-independent facts: training, neuron, constraint, share and BN control."""
-
     run_dir = out / "runs" / r.name
     cfg = r.config
     train = _read(run_dir / RESULTS_FILE)
@@ -139,7 +135,6 @@ def _run_row(spec: StudySpec, r: RunSpec, out: Path) -> dict:
 
 def _sample_key(rep: dict, col: str) -> str | None:
     """The per-sample list of a table column (``clean``, an attack name, ``worst_case``...)."""
-
     if col == "clean":
         return "clean"
     if col == WORST:
@@ -177,7 +172,6 @@ def _group_cells(doc: dict, first: bool, paper: bool) -> dict[str, tuple[float, 
 
 def _has_known_noise(doc: dict) -> bool:
     """Whether the group asked for a known-noise attack (FIXED-NOISE), run or skipped on this model."""
-
     names = list((doc.get("settings") or {}).get("attacks") or (doc.get("report") or {}).get("attacks") or [])
     for n in names:
         try:
@@ -190,7 +184,6 @@ def _has_known_noise(doc: dict) -> bool:
 
 def _add_group(row: dict, doc: dict, tag: str, first: bool, paper: bool) -> None:
     """One group's result into a run's row: accuracies, per-sample intervals, skips, audit."""
-
     rep = doc.get("report") or {}
     ps = _got if isinstance(_got := rep.get("per_sample"), dict) else {}
     if ps.get("labels") is not None:
@@ -260,7 +253,6 @@ def _partner(spec: StudySpec, rows: list[dict], entry: str, seed: int) -> dict |
 
 def _paired_differences(spec: StudySpec, rows: list[dict]) -> None:
     """Each run against its row's baseline run of the same seed, paired per sample (``row["difference"]``)."""
-
     for x in rows:
         x["difference"] = {}
         base_row = spec.baseline_of(x["entry"])
@@ -286,7 +278,6 @@ def public(rows: list[dict]) -> list[dict]:
 def _seed_summary(per_seed: list[float], one_seed_ci: list | None, low: float = 0.0) -> dict:
     """Mean over seeds with its t interval over seeds (clipped to [low, 1]: a t interval over a few seeds can
     pass the ends of what an accuracy or a difference can be); one seed: the per-sample interval, so labelled."""
-
     s = seeds_mean_ci95(per_seed)
     if s["ci95"]:
         s["ci95"] = [max(low, s["ci95"][0]), min(1.0, s["ci95"][1])]
@@ -303,7 +294,6 @@ def aggregate(spec: StudySpec, rows: list[dict], columns: list[str]) -> list[dic
     also has ``ci95_samples``: the interval over samples of the per-sample values averaged over
     the seeds. A column some seeds lack is averaged over those that have it (``n_seeds`` says).
     """
-
     out = []
     for entry in spec.rows():
         runs = [r for r in rows if r["entry"] == entry]
@@ -599,7 +589,6 @@ def study_html(spec: StudySpec, entries: list[dict], rows: list[dict], columns: 
 
 def plot_study(entries: list[dict], rows: list[dict], columns: list[str], spec: StudySpec, out: Path) -> list[Path]:
     """``figures/accuracy.png`` (seed means per attack and row, first eps) and ``figures/near_threshold.png``."""
-
     fdir = ensure_dir(out / "figures")
     written: list[Path] = []
     if columns and entries:
@@ -654,7 +643,6 @@ def write_comparison(
     single-eps studies, the first eps's ``columns`` and ``rows`` at the top level. Unfinished
     work (:func:`pending_work`) is listed in both files as "not finished", never filled in.
     """
-
     t0 = time.perf_counter() if t0 is None else t0
     calibrations = calibrations or {}
     pending = pending_work(spec, out)

@@ -32,13 +32,13 @@ resumed. Shares are averaged over ``seeds``.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
-import inspect
 
 import torch
 

@@ -24,16 +24,16 @@ import io
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
-import tempfile
 
 from ..errors import DataError
 from ..io import atomic_write_text
 from ..utils import eps_label
 from . import sweep as _sweep
 from .plotting import color, new_figure, pyplot
-from .. import __version__
+from .._version import __version__
 from ..evaluation.results import read_results
 
 MAX_IMAGE_BYTES = 8 * 1024 * 1024  # larger PNGs are listed, not embedded

@@ -17,6 +17,7 @@ the document's ``lambda_max``, else the evaluated run's ``config.json`` when ``t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -24,7 +25,6 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
-import hashlib
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_text

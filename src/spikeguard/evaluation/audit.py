@@ -36,9 +36,9 @@ a report's PGD pair is reused for the steps check only where its step size reach
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
-import time
 
 import torch
 from torch import Tensor, nn

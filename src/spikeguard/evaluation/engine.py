@@ -43,8 +43,8 @@ import math
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn

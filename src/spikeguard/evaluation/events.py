@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
-import time
 
 import torch
 from torch import Tensor, nn

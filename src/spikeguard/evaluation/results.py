@@ -38,7 +38,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import DataError
 from ..io import atomic_write_json
 from ..utils import parse_eps

@@ -27,10 +27,10 @@ before (the parameter objects are materialised in place).
 
 from __future__ import annotations
 
-import math
-from typing import Iterator
 import contextlib
 import inspect
+import math
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn

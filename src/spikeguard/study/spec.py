@@ -12,11 +12,11 @@ of earlier studies) or a list (``["2/255", "4/255"]``: results in ``eval-PROTOCO
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-import copy
 
 from ..config import ExperimentConfig, load_config, read_toml
 from ..errors import ConfigError

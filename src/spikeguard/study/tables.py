@@ -14,13 +14,13 @@ Statistics (functions in :mod:`spikeguard.evaluation.stats`):
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-import html
 
 import numpy as np
 

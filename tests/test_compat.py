@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from spikeguard.checkpoint import load_run
+from spikeguard.checkpoint import load_run, load_train_state
 from spikeguard.experiment import run_experiment
 from spikeguard.training import TrainState
 
@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 def test_old_run_folder_loads():
     run = load_run(DATA / "run-v1-epoch1")
     assert run.config.optim.epochs == 2 and run.meta["model_spec"]["neuron"] == "noisy_lif"
-    st = TrainState.load(DATA / "run-v1-epoch1")
+    st = load_train_state(DATA / "run-v1-epoch1")
     assert st.epoch == 1 and st.batch == 0 and st.guard["schedule"]["dual_value"] > 0
     assert TrainState.from_dict(st.to_dict()).to_dict().keys() == st.to_dict().keys()
 

@@ -5,10 +5,11 @@ trustworthy attack suite (Wang et al., "Robust Spiking Neural Networks Against
 Adversarial Attacks", ICLR 2026).
 """
 
-__version__ = "0.2.0"
-
+from ._version import __version__
+from . import adapters as _adapters  # noqa: F401  (hands its foreign-neuron recording hook to neurons)
 from .errors import CheckpointError, ConfigError, DataError, SpikeguardError
 from .models import create_model, list_models
+from .checkpoint import load_model as _load_model
 
 
 def load(path, device="cpu"):
@@ -17,9 +18,7 @@ def load(path, device="cpu"):
     Same as :func:`spikeguard.checkpoint.load_model`; raises ``CheckpointError`` on a
     missing, corrupt or mismatched checkpoint.
     """
-    from .checkpoint import load_model
-
-    return load_model(path, device=device)
+    return _load_model(path, device=device)
 
 
 __all__ = [

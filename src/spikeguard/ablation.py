@@ -45,6 +45,8 @@ from .errors import ConfigError, SpikeguardError
 from .io import atomic_write_json, ensure_dir
 from .protocols import Protocol, get_protocol
 from .study import STUDY_JSON, RunSpec, StudySpec, group_result_path, run_study
+from .evaluation.engine import display_name
+from .evaluation.results import command_line
 
 CELLS: tuple[tuple[bool, bool], ...] = ((False, False), (True, False), (False, True), (True, True))
 """(MC, NLIF) of the four rows, in the paper's order."""
@@ -206,8 +208,6 @@ def ablation_result(spec: StudySpec, doc: dict, out_dir: str | Path, base: Exper
     ``stochastic``, ``eot`` and ``passes`` as the engine applied them, read from the cell's
     result file (``result``), where every attack is checked to have stayed in the eps-ball.
     """
-    from .evaluation.engine import display_name
-
     out = Path(out_dir)
     prot = spec.protocols[0]
     (group,) = prot.groups
@@ -295,8 +295,6 @@ def run_ablation(
     Returns:
         ``ablation.json``'s content (see :func:`ablation_result`), with ``seconds``.
     """
-    from .evaluation.results import command_line
-
     t0 = time.perf_counter()
     command = command_line(argv) if argv is not None else "spikeguard.ablation.run_ablation"
     spec = ablation_study(base, strategy, settings, command=command)  # everything checked before any work

@@ -32,6 +32,7 @@ resumed. Shares are averaged over ``seeds``.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import time
@@ -39,10 +40,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
 from .config import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
 from .errors import ConfigError
 from .tgo.constraint import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, Normalisation
 from .io import atomic_write_json, atomic_write_text, ensure_dir
+from .analysis.membrane import potential_histogram
+from .checkpoint import load_run, read_run_config
+from .data import load_dataset
+from .experiment import LOG_FILE, RESULTS_FILE, run_experiment
+from .neurons import LIF
+from .utils import resolve_device
 
 RESULT_FILE = "calibration.json"
 
@@ -139,10 +148,6 @@ def _fmt_lam(lam: float) -> str:
 
 def _lif_kw(kw: dict) -> dict:
     """The extra neuron arguments vanilla LIF accepts (the noisy neuron's own ones dropped)."""
-    import inspect
-
-    from .neurons import LIF
-
     accepted = set(inspect.signature(LIF.__init__).parameters) - {"self"}
     return {k: v for k, v in kw.items() if k in accepted}
 
@@ -216,8 +221,6 @@ _SAME = (
 
 def _check_reuse(cfg: ExperimentConfig, run_dir: Path) -> None:
     """Refuse to reuse a run folder trained with other settings (e.g. another length or neuron)."""
-    from .checkpoint import read_run_config
-
     old = config_to_dict(read_run_config(run_dir)[0])
     new = config_to_dict(cfg)
     for key in _SAME:
@@ -236,14 +239,6 @@ def _measure(cfg: ExperimentConfig, run_dir: Path, s: CalibrationSettings, progr
     """Train one run unless finished and measure it: ``share`` (test images, noise seeded),
     ``clean`` accuracy, and from ``log.jsonl`` the last ``grad_ratio``, the last epoch's training
     ``train_share`` and ``lams`` (the epoch means of lambda)."""
-    import torch
-
-    from .analysis.membrane import potential_histogram
-    from .checkpoint import load_run
-    from .data import load_dataset
-    from .experiment import LOG_FILE, RESULTS_FILE, run_experiment
-    from .utils import resolve_device
-
     resume = (run_dir / "config.json").is_file()
     if resume:
         _check_reuse(cfg, run_dir)
@@ -512,8 +507,6 @@ def control_lambda(
 
 def _run_steps(ref_dir: Path) -> int:
     """Training batches of one run (epochs x batches per epoch, read from the reference's log)."""
-    from .experiment import LOG_FILE
-
     rows = [json.loads(x) for x in (ref_dir / LOG_FILE).read_text(encoding="utf-8").splitlines() if x.strip()]
     last = rows[-1]
     return max(1, int(last.get("step") or last.get("epoch") or 1))

@@ -29,11 +29,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load, save
 from torch import nn
 
+from ._version import __version__
 from .config import FORMAT_VERSION, ExperimentConfig, config_from_dict, config_to_dict
 from .errors import CheckpointError, SpikeguardError
+from .training.state import TrainState
 from .io import _json_safe, atomic_write_json, atomic_write_many, ensure_dir
+from .models import create_model
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -79,8 +83,6 @@ def model_spec(cfg: ExperimentConfig, model: nn.Module | None = None, **arch: An
 
 def build_from_spec(spec: dict) -> nn.Module:
     """``create_model(**spec)``; a bad spec is a :class:`CheckpointError`."""
-    from .models import create_model
-
     try:
         model = create_model(
             spec["name"],
@@ -174,8 +176,6 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors.torch import load
-
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     data = path.read_bytes()
@@ -206,8 +206,6 @@ def write_run_config(
     run_dir: str | os.PathLike, config: ExperimentConfig, spec: dict, param_count: int | None = None
 ) -> None:
     """Write ``config.json`` (the resolved config and the model spec) atomically."""
-    from . import __version__
-
     atomic_write_json(
         Path(run_dir) / CONFIG_FILE,
         {
@@ -236,8 +234,6 @@ def save_checkpoint(
     Returns:
         the run folder.
     """
-    from safetensors.torch import save
-
     run = ensure_dir(run_dir)
     spec = model_spec(config, model)
     ckpt_id = uuid.uuid4().hex
@@ -382,12 +378,25 @@ def load_training_state(path: str | os.PathLike) -> dict | None:
     return _decode(doc.get("state"), tensors)
 
 
+def save_train_state(run_dir: str | os.PathLike, model: nn.Module, config: Any, state: TrainState) -> Path:
+    """Write the checkpoint of a training run (weights, config, ``state``) atomically into ``run_dir``."""
+    return save_checkpoint(run_dir, model, config, state.to_dict())
+
+
+def load_train_state(run_dir: str | os.PathLike) -> TrainState | None:
+    """The :class:`~spikeguard.training.TrainState` saved in ``run_dir`` (None if the run saved none)."""
+    d = load_training_state(run_dir)
+    return None if d is None else TrainState.from_dict(d)
+
+
 __all__ = [
     "save_checkpoint",
     "load_run",
     "load_model",
     "load_weights",
+    "load_train_state",
     "load_training_state",
+    "save_train_state",
     "Run",
     "model_spec",
     "build_from_spec",

@@ -32,7 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .errors import ConfigError
+from .data.catalog import DATASET_LOADERS
+from .models import list_models
+from .neurons import list_neurons, neuron_class
+from .neurons.lif import NOISY_GRADS
+from .neurons.surrogate import surrogate_aliases, surrogate_names
+from .tgo import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, POTENTIALS, SCHEDULE_KINDS
+from .training.strategies import list_strategies
+from .utils import parse_eps
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,8 +127,6 @@ class NeuronConfig:
     def neuron_kw(self) -> dict:
         """Keyword arguments for :func:`spikeguard.models.create_model`'s ``neuron_kw``: the
         fields the registered neuron class lists in its ``config_fields``, then :attr:`kw`."""
-        from .neurons import neuron_class
-
         kw = {name: getattr(self, name) for name in neuron_class(self.kind).config_fields}  # type: ignore[attr-defined]  # registered neuron classes define config_fields
         kw.update(self.kw)
         return kw
@@ -296,8 +304,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str) and key.endswith("eps"):
-            from .utils import parse_eps
-
             try:
                 return parse_eps(value)
             except ValueError:
@@ -451,13 +457,6 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 def validate_config(cfg: ExperimentConfig) -> None:
     """Range and name checks; :class:`ConfigError` naming the first offending key."""
-    from .data.catalog import DATASET_LOADERS
-    from .models import list_models
-    from .neurons import list_neurons
-    from .neurons.surrogate import surrogate_aliases, surrogate_names
-    from .neurons.lif import NOISY_GRADS
-    from .tgo import SCHEDULE_KINDS
-
     d, m, n, t, o, e = cfg.data, cfg.model, cfg.neuron, cfg.tgo, cfg.optim, cfg.eval
     _check(
         d.name.lower() in DATASET_LOADERS,
@@ -520,7 +519,6 @@ def validate_config(cfg: ExperimentConfig) -> None:
         "tgo.ramp_fraction",
         f"must be in [0, 1] (0 = use ramp_epochs), got {t.ramp_fraction}",
     )
-    from .tgo import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, POTENTIALS
 
     for key, value, allowed in (
         ("layer_reduce", t.layer_reduce, LAYER_REDUCTIONS),
@@ -547,7 +545,6 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(cfg.threads >= 0, "threads", f"must be >= 0, got {cfg.threads}")
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
     _check(bool(cfg.strategy), "strategy", "must name a training strategy")
-    from .training import list_strategies
 
     _check(
         cfg.strategy in list_strategies(),
@@ -555,8 +552,6 @@ def validate_config(cfg: ExperimentConfig) -> None:
         f"must be one of {', '.join(list_strategies())}, got {cfg.strategy!r}",
     )
     if cfg.device != "auto":
-        import torch
-
         try:
             torch.device(cfg.device)
         except (RuntimeError, ValueError):

@@ -25,17 +25,32 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from .checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_run_config, write_run_config
+from .checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_train_state,
+    load_weights,
+    read_run_config,
+    save_train_state,
+    write_run_config,
+)
 from .config import ExperimentConfig, config_to_dict
 from .data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
 from .perf import compile_model, resolve_precision, to_channels_last
 from .errors import CheckpointError, ConfigError
-from .io import atomic_write_json, atomic_write_text, ensure_dir
+from .io import _json_safe, atomic_write_json, atomic_write_text, ensure_dir
 from .models import count_parameters, create_model
 from .tgo import LambdaSchedule, Normalisation, ThresholdGuard, constraint_gradient_ratio
 from .training import Trainer, TrainState, create_strategy, make_sgd
 from .utils import resolve_device, seed_everything
+from .data.event_sets import EventFrameDataset, event_data_shape, is_event_dataset
+from .distributed import DistributedTraining, current as dist_context
+from .evaluation import evaluate_config_attacks
+from .evaluation.basic import clean_accuracy
+from .logging import NORMAL, QUIET, RunLogger, memory_stats
+from .signals import Interrupted, graceful_stop
 
 LOG_FILE = "log.jsonl"
 RESULTS_FILE = "results.json"
@@ -65,8 +80,6 @@ def _data_shape(cfg: ExperimentConfig, data: ImageDataset | None) -> dict:
     """``in_channels``, ``image_size``, ``num_classes``, ``mean``, ``std`` of ``data``, or of the
     dataset ``cfg`` names (its :class:`~spikeguard.data.DatasetInfo`) when ``data`` is None; event
     data sets (frame sequences, 2 polarities per step) from their frame options."""
-    from .data.event_sets import EventFrameDataset, event_data_shape, is_event_dataset
-
     if isinstance(data, EventFrameDataset):  # frame sequences: 2 polarities per step
         shape = event_data_shape(data.name, {**data.options})
         shape.update(num_classes=data.num_classes)
@@ -192,8 +205,6 @@ def test_accuracy(
 ) -> float:
     """Clean accuracy on ``ds`` (:func:`spikeguard.evaluation.clean_accuracy`); stochastic models are
     averaged over ``passes`` forward passes."""
-    from .evaluation.basic import clean_accuracy
-
     model.eval()
     if len(ds) == 0:
         return 0.0
@@ -215,8 +226,6 @@ def _read_log(path: Path, upto: int) -> list[dict]:
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
-    from .io import _json_safe
-
     atomic_write_text(path, "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in rows))
 
 
@@ -260,8 +269,6 @@ def run_experiment(
     Returns:
         the content of ``results.json`` (on ranks other than 0: ``{"rank": r}``).
     """
-    from .distributed import current as dist_context
-
     ctx = dist_context()
     # rank 0 checks the folder and reads a saved run; the other ranks get its answer (and
     # its errors), so they need no shared file system and never hang on a failed check
@@ -302,10 +309,6 @@ def _run(
     handle_signals: bool,
     ctx: Any,
 ) -> dict:
-    from .distributed import DistributedTraining
-    from .logging import NORMAL, QUIET, RunLogger
-    from .signals import Interrupted, graceful_stop
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -366,7 +369,7 @@ def _run(
             st.rng, st.rng_ranks = rng[0], rng[1:]
             for key, value in trainer.state_dict().items():  # optimizer, scheduler, guard
                 setattr(st, key, value)
-            st.save(out, model, cfg)
+            save_train_state(out, model, cfg, st)
 
     report.save = save
     if ctx.world_size == 1:  # the constraint's pull next to the task's on one fixed batch (changes nothing)
@@ -411,7 +414,7 @@ def _load_state(model: nn.Module, out: Path, device: torch.device) -> TrainState
     """The run's saved :class:`TrainState`, its weights loaded into ``model`` (None: nothing saved)."""
     if not (out / MODEL_FILE).exists():
         return None
-    st = TrainState.load(out)
+    st = load_train_state(out)
     if st is not None:  # other ranks get rank 0's weights from DDP
         load_weights(model, out / MODEL_FILE, device=device)
     return st
@@ -438,8 +441,6 @@ class _EpochReport:
         test_ds: ImageDataset,
         on_epoch: Callable | None,
     ) -> None:
-        from tqdm.auto import tqdm
-
         self.cfg, self.out, self.main, self.progress, self.logger = cfg, out, main, progress, logger
         self.steps, self.device, self.model, self.optimizer = steps, device, model, optimizer
         self.test_ds, self.on_epoch = test_ds, on_epoch
@@ -496,8 +497,6 @@ class _EpochReport:
             self.bar = None
 
     def epoch(self, state: TrainState, stats: Any, lr: float) -> None:
-        from .logging import memory_stats
-
         cfg, done, epochs = self.cfg, state.epoch, self.cfg.optim.epochs
         row = {
             **stats.as_dict(),
@@ -561,16 +560,12 @@ def _finish(
         results["attacks"] = _run_attacks(model, test_ds, cfg, out, progress)
     atomic_write_json(out / RESULTS_FILE, results)
     if progress:
-        from tqdm.auto import tqdm
-
         tqdm.write(f"clean test accuracy {acc:.4f} on {len(test_ds)} images; run saved in {out}")
     return results
 
 
 def _run_attacks(model: nn.Module, test_ds: ImageDataset, cfg: ExperimentConfig, out: Path, progress: bool) -> dict:
     """The configured end-of-training attacks (:func:`spikeguard.evaluation.evaluate_config_attacks`)."""
-    from .evaluation import evaluate_config_attacks
-
     return evaluate_config_attacks(model, test_ds, cfg, out_dir=out, progress=progress)
 
 

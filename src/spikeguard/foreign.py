@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import CheckpointError, SpikeguardError
@@ -83,8 +84,6 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"weights file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary pickles
     except Exception as e:  # noqa: BLE001 - reported as a one-line error

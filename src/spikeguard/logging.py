@@ -28,7 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .errors import SpikeguardError
+from .io import _json_safe, atomic_write_text
 
 STEPS_FILE = "steps.jsonl"
 QUIET, NORMAL, VERBOSE = 0, 1, 2
@@ -46,12 +49,10 @@ def memory_stats(device: Any = None) -> dict[str, float]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out["max_rss_mb"] = round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
     try:
-        import torch
-
         dev = torch.device(device) if device is not None else None
         if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
             out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
-    except (ImportError, RuntimeError):
+    except RuntimeError:
         pass
     return out
 
@@ -76,8 +77,6 @@ def read_jsonl(path: str | os.PathLike, keep: Any = None) -> list[dict]:
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one JSON line with a single ``write`` (no torn line unless the process dies inside it)."""
-    from .io import _json_safe
-
     data = (json.dumps(_json_safe(row), allow_nan=False) + "\n").encode("utf-8")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -143,8 +142,6 @@ class RunLogger:
             return
         path = self.out / STEPS_FILE
         if path.exists():
-            from .io import _json_safe, atomic_write_text
-
             rows = read_jsonl(path, keep=lambda r: int(r.get("step", 0)) <= step)
             atomic_write_text(path, "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in rows))
         self._t0 = time.perf_counter()
@@ -201,6 +198,7 @@ class RunLogger:
 
 def _summary_writer(path: Path) -> Any:
     try:
+        # lazy: tensorboard is optional (only for --tensorboard)
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise SpikeguardError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None

@@ -34,7 +34,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, SpikeguardError
+from .attacks.registry import parse_attacks
+from .neurons.surrogate import surrogate_members
 
 PAPER_ALPHA = 0.01
 """The paper's PGD step (arXiv 2602.20548, section 5.1)."""
@@ -58,8 +60,6 @@ STRONG_SQUARE_QUERIES = 5000
 def width_sweep() -> tuple[tuple[str, float], ...]:
     """The ``(surrogate, width)`` members of the sweep: every registered surrogate kind (one
     registered later included) at :data:`SWEEP_WIDTHS` / :data:`SWEEP_KIND_WIDTHS`."""
-    from .neurons.surrogate import surrogate_members
-
     return surrogate_members(SWEEP_WIDTHS, SWEEP_KIND_WIDTHS)
 
 
@@ -221,9 +221,6 @@ class Protocol:
 
     def _attack_list(self, value: Any) -> tuple[str, ...]:
         """An ``attacks`` override as canonical registry names (one-line :class:`ConfigError` otherwise)."""
-        from .attacks.registry import parse_attacks
-        from .errors import SpikeguardError
-
         if (
             isinstance(value, str)
             or not isinstance(value, (list, tuple))

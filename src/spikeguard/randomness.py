@@ -30,13 +30,14 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .errors import SpikeguardError
+from .neurons import is_stochastic, noise_enabled, noise_seed
 
 #: Accepted overrides of the detection.
 MODES = ("auto", "deterministic", "stochastic")
@@ -87,6 +88,31 @@ def seeded_rng(seed: int, device: torch.device | str | None = None, model: nn.Mo
             np.random.set_state(np_state)
             for (_, g), st in zip(owned, saved, strict=True):
                 g.set_state(st)
+
+
+def capture_rng(generator: torch.Generator) -> dict:
+    """The Python, NumPy, torch (and CUDA) random states plus ``generator``'s (the data order).
+
+    What a training checkpoint saves to resume a run exactly (:class:`~spikeguard.training.TrainState`)."""
+    st: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "data": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def restore_rng(st: dict, generator: torch.Generator) -> None:
+    """Undo :func:`capture_rng`: put every stream back where it was."""
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    generator.set_state(st["data"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
 
 
 @dataclass(frozen=True)
@@ -178,8 +204,6 @@ def detect_randomness(model: nn.Module, x: Tensor, trials: int = 3, mode: str = 
         mode: ``auto`` (use the detection), ``deterministic`` or ``stochastic`` (override it).
         seed: seed of the detection's own draws.
     """
-    from .neurons import is_stochastic, noise_enabled
-
     if mode not in MODES:
         raise SpikeguardError(f"randomness mode must be one of {', '.join(MODES)}, got {mode!r}")
     if trials < 2:
@@ -229,8 +253,6 @@ def _reseed_modules(model: nn.Module, seed: int) -> Iterator[None]:
 def _repeatable(model: nn.Module, x: Tensor, seed: int, scale: float) -> bool:
     """Two forwards under the evaluation's per-pass seeding (Noisy-LIF generators, global and
     module generators) give the same output."""
-    from .neurons import noise_seed
-
     outs = []
     with torch.inference_mode():
         for _ in range(2):
@@ -241,8 +263,6 @@ def _repeatable(model: nn.Module, x: Tensor, seed: int, scale: float) -> bool:
 
 def declared_randomness(model: nn.Module, mode: str = "auto") -> Randomness:
     """The randomness known without running the model: spikeguard's Noisy-LIF noise only."""
-    from .neurons import is_stochastic
-
     if mode not in MODES:
         raise SpikeguardError(f"randomness mode must be one of {', '.join(MODES)}, got {mode!r}")
     sources = ("noisy-lif",) if is_stochastic(model) else ()
@@ -252,4 +272,13 @@ def declared_randomness(model: nn.Module, mode: str = "auto") -> Randomness:
     )
 
 
-__all__ = ["MODES", "Randomness", "declared_randomness", "detect_randomness", "module_generators", "seeded_rng"]
+__all__ = [
+    "MODES",
+    "Randomness",
+    "capture_rng",
+    "restore_rng",
+    "declared_randomness",
+    "detect_randomness",
+    "module_generators",
+    "seeded_rng",
+]

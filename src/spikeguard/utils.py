@@ -7,6 +7,8 @@ import random
 import numpy as np
 import torch
 
+from .errors import SpikeguardError
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); return a CPU generator for data order."""
@@ -23,8 +25,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         SpikeguardError: a one-line error for a malformed or unavailable device (e.g. ``cuda``
             with a CPU-only torch build, or ``cuda:3`` on a 2-GPU machine).
     """
-    from .errors import SpikeguardError
-
     name = str(name).strip() or "auto"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .snntorch import SNNTORCH
 from .spikingjelly import SPIKINGJELLY
+from ..neurons.recording import register_foreign_recording
 from .base import NeuronAdapter, SpikeHook
 
 #: Known adapters, tried in order.
@@ -77,6 +78,9 @@ def foreign_recording(model: nn.Module, add: Callable[[nn.Module, Tensor], None]
         for n in neurons:
             stack.enter_context(n.adapter.record(n.module, add))
         yield neurons
+
+
+register_foreign_recording(foreign_recording)
 
 
 def base_surrogate(module: nn.Module):

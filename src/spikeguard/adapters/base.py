@@ -7,6 +7,8 @@ from typing import Any, Callable, Iterator
 
 from torch import Tensor, nn
 
+from ..neurons.surrogate import Surrogate, spike
+
 Recorder = Callable[[nn.Module, Tensor], None]
 
 
@@ -36,7 +38,6 @@ class SpikeHook(nn.Module):
             add(self.neuron, (x + self.threshold()).unsqueeze(0))
         if self.surrogate is None:
             return self.original(x)
-        from ..neurons.surrogate import spike
 
         return spike(x, self.surrogate)
 
@@ -59,8 +60,6 @@ class NeuronAdapter:
 
     def base_surrogate(self, module: nn.Module):
         """spikeguard's closest surrogate to the neuron's own (default: triangle, width 1)."""
-        from ..neurons.surrogate import Surrogate
-
         return Surrogate("triangle", 1.0)
 
     @contextlib.contextmanager

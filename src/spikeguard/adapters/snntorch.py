@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from torch import Tensor, nn
 
 from .base import NeuronAdapter, Recorder, _instance_attr
+from ..neurons.surrogate import Surrogate
 
 
 class SnnTorchAdapter(NeuronAdapter):
@@ -27,8 +28,6 @@ class SnnTorchAdapter(NeuronAdapter):
 
     def base_surrogate(self, module: nn.Module):
         """snnTorch's default ``atan`` (alpha 2) is spikeguard's atan of width 1."""
-        from ..neurons.surrogate import Surrogate
-
         fn = getattr(module, self.spike_attr)
         fn = getattr(fn, "original", fn)
         if "atan" in getattr(fn, "__qualname__", "").lower():

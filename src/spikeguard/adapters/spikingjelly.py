@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from .base import NeuronAdapter
+from ..neurons.surrogate import Surrogate
 
 
 class SpikingJellyAdapter(NeuronAdapter):
@@ -24,8 +25,6 @@ class SpikingJellyAdapter(NeuronAdapter):
     def base_surrogate(self, module: nn.Module):
         """Sigmoid(alpha) -> sigmoid of width 4/alpha, ATan(alpha) -> atan of width 2/alpha
         (the same curves); others: triangle of width 1."""
-        from ..neurons.surrogate import Surrogate
-
         sf = getattr(module, self.spike_attr)
         sf = getattr(sf, "original", sf)
         kind, alpha = type(sf).__name__.lower(), getattr(sf, "alpha", None)

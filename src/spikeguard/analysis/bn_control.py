@@ -20,6 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..errors import SpikeguardError
 from ..neurons import noise_enabled, record_potentials, spiking_neurons
 from ..tgo import near_threshold_share
+from ..evaluation import evaluate_robustness
 
 
 def bn_rescaled(model: nn.Module, k: float, v_threshold: float | None = None) -> nn.Module:
@@ -100,8 +101,6 @@ def bn_rescale_control(
         ``first_layer_t0_equal`` (the same for the first spiking layer, which the algebra always
         covers), ``clean`` / ``clean_rescaled`` and, with ``attack``, ``attacked`` / ``attacked_rescaled``.
     """
-    from ..evaluation import evaluate_robustness
-
     model.eval()
     neurons = spiking_neurons(model)
     if not neurons:

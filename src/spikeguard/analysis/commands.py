@@ -27,6 +27,7 @@ from . import jacobian as _jac
 from . import landscape as _land
 from . import membrane as _mem
 from . import sweep as _sweep
+from ..attacks import FGSM, PGD
 
 Models = Mapping[str, nn.Module]
 
@@ -297,8 +298,6 @@ def run_jacobian(
     title: str = "",
 ) -> dict:
     """Per-sample Jacobian norms and the first-order bound under ``attack`` at ``eps``."""
-    from ..attacks import FGSM, PGD
-
     _check(models)
     out = ensure_dir(out)
     x, y = _tensors(ds.subset(n, seed) if n and n < len(ds) else ds, 0, device)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..data import ImageDataset, batches
 from ..errors import ConfigError
 from ..neurons import noise_seed
-from .plotting import new_figure, save_figure
+from .plotting import color, new_figure, save_figure
 
 TARGETS = ("logit", "loss")
 
@@ -232,8 +232,6 @@ def plot_sparsity_bars(
     formats: str | Sequence[str] | None = None,
 ) -> list[Path]:
     """Bars of near-zero share, normalised L1/L2 and Gini; ``summaries[target][model] -> metrics``."""
-    from .plotting import color
-
     targets = list(summaries)
     if not targets:
         raise ConfigError("no sparsity summaries to plot")

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..attacks import RFGSM
@@ -278,8 +279,6 @@ def loss_landscape(
     acc = np.zeros_like(loss)
     it = [(i, j) for i in range(len(alphas)) for j in range(len(alphas))]
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(it, desc="landscape", leave=False)
     with _weights_saved(model) as w0:
         for i, j in it:
@@ -371,8 +370,9 @@ def plot_landscape_contours(
     Levels are log-spaced and shared within a row, so the models in a row are directly
     comparable; the star marks the trained weights (0, 0).
     """
+    # lazy: matplotlib is slow to import and needed only for figures
     from matplotlib.colors import LogNorm
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # lazy: see above
 
     rows = list(surfaces)
     if not rows:
@@ -403,6 +403,7 @@ def plot_landscape_contours(
             ax.yaxis.set_major_locator(MaxNLocator(5))
             ax.set_aspect("equal")
         if cs is not None:
+            # lazy: matplotlib is slow to import and needed only for figures
             from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
             cb = fig.colorbar(cs, ax=axes[i, :].tolist(), shrink=0.9, pad=0.02)

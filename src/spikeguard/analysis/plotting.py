@@ -24,11 +24,12 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the non-interactive Agg backend (works without a display)."""
+    # lazy: matplotlib is slow to import and needed only for figures
     import matplotlib
 
     if matplotlib.get_backend().lower() != "agg":
         matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after the backend is chosen
 
     return plt
 
@@ -89,6 +90,7 @@ def tidy_log_axis(ax: Any, axis: str = "x") -> None:
     Matplotlib's default labels minor ticks as ``3 x 10^0`` on short log ranges, which
     overlap; this keeps only 1, 2 and 5 times powers of ten, printed with ``%g``.
     """
+    # lazy: matplotlib is slow to import and needed only for figures
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     target = ax.xaxis if axis == "x" else ax.yaxis

@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -32,6 +33,8 @@ from ..io import atomic_write_text
 from ..utils import eps_label
 from . import sweep as _sweep
 from .plotting import color, new_figure, pyplot
+from .._version import __version__
+from ..evaluation.results import read_results
 
 MAX_IMAGE_BYTES = 8 * 1024 * 1024  # larger PNGs are listed, not embedded
 _ANALYSES = ("membrane", "gradients", "flip", "jacobian", "landscape", "sweep")
@@ -202,8 +205,6 @@ def _eval_section(records: list[_sweep.SweepRecord], title: str) -> str:
     rows = [[m, g.n.get(m), g.clean.get(m)] + [g.cells.get((m, c)) for c in g.columns] for m in g.models]
     html_ = f"<h3>{_e(title)}</h3><div class=tw>" + table(head, rows, pct_cols=range(2, len(head))) + "</div>"
     if len({round(r.eps, 9) for r in records}) >= 2:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / "sweep.png"
             _sweep.plot_sweep(records, p, dpi=110)
@@ -213,8 +214,6 @@ def _eval_section(records: list[_sweep.SweepRecord], title: str) -> str:
 
 def evaluation_rows(doc: Any, path: Path, run: Path) -> list[list[Any]]:
     """One row per evaluation in result file ``path``: file, date, model, command, n, eps, attacks, clean, worst case."""
-    from ..evaluation.results import read_results
-
     try:
         docs = read_results(doc) or []
     except DataError:
@@ -470,8 +469,6 @@ def build_report(
     ``preface``: HTML placed before the overview (e.g. a study's comparison tables, built with
     :func:`table`).
     """
-    from .. import __version__
-
     if not runs:
         raise DataError("give at least one run folder")
     dirs = []

@@ -17,6 +17,7 @@ the document's ``lambda_max``, else the evaluated run's ``config.json`` when ``t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from ..errors import ConfigError, DataError
 from ..io import atomic_write_text
 from ..utils import eps_label, parse_eps
 from .plotting import color, new_figure, save_figure
+from ..evaluation.results import read_results
 
 WORST = "worst case"
 
@@ -94,8 +96,6 @@ def _lambda_of_run(run: Path | None) -> float | None:
 def attacks_label(prov: Mapping) -> str:
     """What was run, for a group label: ``suite strong``, ``attacks fgsm,pgd10``, ``12 attacks #3f2a1c``,
     or a study's ``paper/white-box`` (protocol and group); empty when the record names nothing."""
-    import hashlib
-
     if prov.get("study_group"):
         return f"{prov.get('study_protocol') or '?'}/{prov['study_group']}"
     cmd = str(prov.get("command") or "").split()
@@ -175,8 +175,6 @@ def records_of_document(doc: Mapping, src: str) -> list[SweepRecord]:
 
 def parse_evaluation(doc: Any, path: str | os.PathLike = "<memory>") -> list[SweepRecord]:
     """Records of one JSON document (empty when it is not a result file)."""
-    from ..evaluation.results import read_results
-
     docs = read_results(doc)
     return [r for d in docs or () for r in records_of_document(d, str(path))]
 

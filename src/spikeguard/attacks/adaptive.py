@@ -31,6 +31,8 @@ from ..randomness import seeded_rng
 from .base import Attack, ce_loss, check_eps, keep_better
 from .gradient import PGD, _restart_score
 from .registry import register_attack
+from ..adapters import base_surrogate, foreign_neurons, foreign_surrogate
+from ..neurons.surrogate import surrogate_members
 
 
 # -- model views ---------------------------------------------------------------------------
@@ -86,8 +88,6 @@ def attack_surrogate(model: nn.Module, surrogate: str | Surrogate, width: float 
     with ``noisy_grad="expected"`` use it (they otherwise ignore their surrogate), and it
     reaches SpikingJelly and snnTorch neurons through :mod:`spikeguard.adapters`.
     """
-    from ..adapters import foreign_neurons, foreign_surrogate
-
     sg = surrogate if isinstance(surrogate, Surrogate) else Surrogate(surrogate, width)
     mods = [m for _, m in spiking_neurons(model)]
     if not mods and not foreign_neurons(model):
@@ -265,8 +265,6 @@ def default_ensemble(
 ) -> tuple[tuple[str, float], ...]:
     """``(surrogate, width)`` members: every registered surrogate kind at ``widths`` (``kind_widths``
     per kind where given)."""
-    from ..neurons.surrogate import surrogate_members
-
     return surrogate_members(widths, kind_widths)
 
 
@@ -386,7 +384,6 @@ class AdaptiveSurrogate(Attack):
         **kw,
     ) -> None:
         super().__init__(model, eps, **kw)
-        from ..adapters import base_surrogate, foreign_neurons
 
         neurons = spiking_neurons(model)
         foreign = foreign_neurons(model)

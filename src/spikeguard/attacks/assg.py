@@ -17,13 +17,12 @@ from ..errors import SpikeguardError
 from ..neurons.potential_surrogate import AssgRule, PotentialRule, potential_surrogate
 from .base import Attack, check_eps, get_loss
 from .registry import register_attack
+from ..adapters import foreign_neurons
+from ..neurons import spiking_neurons
 
 
 def check_spiking(model: nn.Module, attack: str) -> None:
     """A one-line error unless ``model`` has spiking neurons whose surrogate can be replaced."""
-    from ..adapters import foreign_neurons
-    from ..neurons import spiking_neurons
-
     if not spiking_neurons(model) and not foreign_neurons(model):
         raise SpikeguardError(f"{attack} needs a model with spiking neurons (spikeguard, SpikingJelly or snnTorch)")
 

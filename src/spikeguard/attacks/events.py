@@ -37,6 +37,7 @@ from ..neurons import is_stochastic
 from .adaptive import fixed_randomness
 from .base import Attack, margin_loss
 from .registry import register_attack
+from ..data.event_frames import FrameNorm
 
 
 def model_frame_norm(model: nn.Module) -> str:
@@ -70,7 +71,6 @@ class EventAttack(Attack):
         eot_batched: bool = True,
     ) -> None:
         super().__init__(model, 1.0, eot=eot, eot_batched=eot_batched)
-        from ..data.event_frames import FrameNorm
 
         if int(k) < 0:
             raise SpikeguardError(f"the event budget k must be >= 0, got {k}")

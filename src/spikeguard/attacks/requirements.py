@@ -12,6 +12,10 @@ from typing import Callable
 
 from torch import nn
 
+from ..adapters import foreign_neurons
+from ..neurons import is_stochastic, spiking_neurons
+from .events import model_frame_norm
+
 
 @dataclass(frozen=True)
 class ModelTraits:
@@ -36,10 +40,6 @@ class ModelTraits:
 
 def model_traits(model: nn.Module, stochastic: bool, source: nn.Module | None = None) -> ModelTraits:
     """The :class:`ModelTraits` of ``model`` (``stochastic`` comes from the randomness detection)."""
-    from ..adapters import foreign_neurons
-    from ..neurons import is_stochastic, spiking_neurons
-    from .events import model_frame_norm
-
     return ModelTraits(
         stochastic=bool(stochastic),
         switchable_noise=is_stochastic(model),

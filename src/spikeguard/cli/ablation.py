@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..utils import EPS_HELP
-from .common import eps_list, positive_int
-from .evaluate import add_device_arg
+from .common import add_device_arg, eps_list, positive_int
 
 EPILOG = """\
 examples:

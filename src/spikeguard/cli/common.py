@@ -57,3 +57,27 @@ def nonneg_int(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
     return v
+
+
+def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device`` of every command that computes."""
+    p.add_argument(
+        "--device",
+        default=default,
+        metavar="DEVICE",
+        help="auto, cpu, cuda, cuda:1 ... (default " + (default or "the config's device") + "); an "
+        "unavailable device is a one-line error",
+    )
+
+
+def child_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of one worker of ``--distributed N``: this one without ``--distributed``."""
+    argv, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+        elif a == "--distributed":
+            skip = True
+        elif not a.startswith("--distributed="):
+            argv.append(a)
+    return argv

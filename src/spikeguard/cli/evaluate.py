@@ -8,7 +8,7 @@ import sys
 from typing import Iterator
 
 from ..utils import EPS_HELP
-from .common import nonneg_int, positive_int
+from .common import add_device_arg, child_argv, nonneg_int, positive_int
 
 EPILOG = """\
 examples:
@@ -206,17 +206,6 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
-    """``--device`` of every command that computes."""
-    p.add_argument(
-        "--device",
-        default=default,
-        metavar="DEVICE",
-        help="auto, cpu, cuda, cuda:1 ... (default " + (default or "the config's device") + "); an "
-        "unavailable device is a one-line error",
-    )
-
-
 def parse_eps_arg(text: str) -> float:
     from ..attacks import check_eps
     from ..errors import SpikeguardError
@@ -266,7 +255,6 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..jobs.evaluate import EvaluationRequest, run_evaluation
     from ..logging import NORMAL, VERBOSE, verbosity_from_args
-    from .train import child_argv
 
     verbosity = verbosity_from_args(args)
     req = EvaluationRequest(

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Optimization (TGO) and Noisy-LIF neurons, attack them, and analyse why they hold up.",
         epilog="Run 'spikeguard COMMAND --help' for the options of a command.",
     )
-    from .. import __version__
+    from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"spikeguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import add_device_arg, child_argv
+
 EPILOG = """\
 examples:
   spikeguard train --config configs/cpu/cifar10-vgg_small-bptt.toml --out runs/cpu-vgg
@@ -55,8 +57,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar and per-epoch lines")
-    from .evaluate import add_device_arg
-
     add_device_arg(p, default=None)
     add_run_args(p)
     p.set_defaults(func=run)
@@ -93,19 +93,6 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)",
     )
-
-
-def child_argv(args: argparse.Namespace) -> list[str]:
-    """The command line of one worker of ``--distributed N``: this one without ``--distributed``."""
-    argv, skip = [], False
-    for a in args.argv:
-        if skip:
-            skip = False
-        elif a == "--distributed":
-            skip = True
-        elif not a.startswith("--distributed="):
-            argv.append(a)
-    return argv
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,8 +17,9 @@ def load_digits_split(test_size: float = 0.2, split_seed: int = 0) -> tuple[Imag
     1,797 grayscale 8x8 images, pixel values 0..16 scaled to [0, 1]; with the defaults,
     1,437 train and 360 test images. The split depends only on ``split_seed``.
     """
+    # lazy: scikit-learn takes about a second to import and only the digits set needs it
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # lazy: see above
 
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)

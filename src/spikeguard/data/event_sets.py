@@ -37,13 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .base import ImageDataset
-from .catalog import DatasetRequest, register_dataset
+from .cache import cache_key, default_data_roots, read_cache, write_cache
+from .catalog import DATASET_LOADERS, DatasetRequest, register_dataset
 from .cifar import CIFAR10_CLASSES
 from .event_frames import SPLITS, FrameNorm, events_to_frames
 from .events import read_events
+from .synthetic_dvs import SYNTHETIC_CLASSES, synthetic_dvs_split
 
 GESTURE_CLASSES = [
     "hand_clapping",
@@ -87,8 +90,6 @@ _LISTERS: dict[str, Any] = {}
 
 def is_event_dataset(name: str) -> bool:
     """Whether ``name`` (or an alias) is a registered event data set."""
-    from .catalog import DATASET_LOADERS
-
     key = DATASET_LOADERS.find(str(name).strip().lower())
     return key is not None and key in _DEFAULTS
 
@@ -273,8 +274,6 @@ def _streams(samples: list[Sample], progress: bool):
     """The event stream of every sample, in order (a recording is read once for all its spans)."""
     it: Any = samples
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(samples, desc="integrating events", unit="rec", leave=False)
     last: tuple[Path | None, Any] = (None, None)
     for f, _, span in it:
@@ -297,8 +296,6 @@ def load_event_dataset(
     name: str, split: str, root: Path | None, cache_dir: Path | None, progress: bool = False, **options: Any
 ) -> EventFrameDataset:
     """One split of an event data set (``load_dataset`` calls this; see the module docstring)."""
-    from .registry import _cache_key, _read_cache, _write_cache, default_data_roots
-
     opts = _options(name, options)
     norm = FrameNorm.parse(opts["norm"])
     T = int(opts["frames"])
@@ -322,14 +319,12 @@ def load_event_dataset(
         if not samples:
             raise DataError(f"{name}: no recordings found for the {split} split under {r}")
         fp = [(str(f), f.stat().st_size, f.stat().st_mtime_ns, label, span) for f, label, span in samples]
-    key = _cache_key({"format": 1, "name": name, "split": split, "options": key_opts, "files": fp})
+    key = cache_key({"format": 1, "name": name, "split": split, "options": key_opts, "files": fp})
     cache_file = cache_dir / f"{name}-{split}-{key}.npz" if cache_dir is not None else None
-    hit = _read_cache(cache_file) if cache_file is not None else None
+    hit = read_cache(cache_file) if cache_file is not None else None
     if hit is not None:
         x, y, classes = hit
     elif name == "synthetic-dvs":
-        from .synthetic_dvs import SYNTHETIC_CLASSES, synthetic_dvs_split
-
         streams, y = synthetic_dvs_split(split, n, seed=0, canvas=canvas)
         x = _integrate(streams, len(y), opts)
         classes = list(SYNTHETIC_CLASSES)
@@ -337,7 +332,7 @@ def load_event_dataset(
         x = _integrate(_streams(samples, progress), len(samples), opts)
         y = np.array([label for _, label, _ in samples], dtype=np.int64)
     if hit is None and cache_file is not None:
-        _write_cache(cache_file, x, y, classes)
+        write_cache(cache_file, x, y, classes)
     opts.pop("sensor", None)
     return EventFrameDataset(
         torch.from_numpy(np.ascontiguousarray(x)),
@@ -354,8 +349,6 @@ def load_event_dataset(
 
 def event_data_shape(name: str, options: dict | None = None) -> dict:
     """Model arguments for an event data set without loading it (``in_channels``, ``image_size``, ...)."""
-    from .catalog import DATASET_LOADERS
-
     name = DATASET_LOADERS.canonical(str(name).strip().lower())
     opts = _options(name, dict(options or {}))
     classes = {"dvs-gesture": len(GESTURE_CLASSES)}.get(name, 10)

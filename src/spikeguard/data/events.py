@@ -238,7 +238,7 @@ def write_npz(path: str | os.PathLike, events: np.ndarray) -> None:
 def read_aedat4(path: str | os.PathLike) -> np.ndarray:
     """Read the polarity events of an AEDAT 4 file (needs the optional ``aedat`` package)."""
     try:
-        import aedat
+        import aedat  # lazy: optional AEDAT 4 reader (events extra)
     except ImportError:
         raise DataError(
             f"{path}: reading AEDAT 4 needs the 'aedat' package: pip install 'spikeguard[events]'"

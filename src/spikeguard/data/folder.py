@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .cifar import CIFAR10_CLASSES
@@ -53,14 +55,8 @@ def fingerprint_files(files: list[tuple[Path, int]], root: Path) -> list[tuple[s
 
 def decode_images(files: list[tuple[Path, int]], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Decode every file to RGB uint8 ``[N, 3, H, W]``; all images must share one size."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
     it = files
-    if progress and tqdm is not None:
+    if progress:
         it = tqdm(files, desc="decoding images", unit="img", leave=False)
     x: np.ndarray | None = None
     y = np.empty(len(files), dtype=np.int64)

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 
@@ -30,7 +32,7 @@ def is_parquet_root(root: Path) -> bool:
 
 def _pyarrow():
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: optional (parquet extra)
     except ImportError:
         raise DataError("reading parquet data sets needs pyarrow: pip install 'spikeguard[parquet]'") from None
     return pq
@@ -56,8 +58,6 @@ def _class_names(schema, label_column: str, labels: np.ndarray) -> list[str]:
 
 
 def _decode(blob: bytes, where: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(blob)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -116,8 +116,6 @@ def read_parquet_split(
     it = range(n)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=n, desc=f"decoding {path.name}", unit="img", leave=False)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, n, 4096):  # chunks: errors surface early, the bar moves

@@ -22,16 +22,13 @@ source files (names, sizes, modification times), so changing a file invalidates 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import DataError, SpikeguardError
+from ..errors import DataError
 from .base import ImageDataset
 from .cifar import (
     CIFAR10_CLASSES,
@@ -46,10 +43,11 @@ from .cifar import (
     pickle_files,
     read_cifar_pickle,
 )
-from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD
+from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, load_digits_split
 from .folder import decode_images, fingerprint_files, folder_classes, is_image_folder, list_images
-from .parquet import is_parquet_root, parquet_fingerprint, read_parquet_split
+from .parquet import _pyarrow, is_parquet_root, parquet_fingerprint, read_parquet_split
 
+from .cache import cache_key, default_cache_dir, default_data_roots, read_cache, write_cache
 from .catalog import DATASET_LOADERS, DatasetInfo, DatasetRequest, dataset_names, option_datasets, register_dataset
 
 _CACHE_FORMAT = 1
@@ -74,22 +72,6 @@ def dataset_info(name: str) -> DatasetInfo | None:
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`, sorted."""
     return dataset_names()
-
-
-def default_cache_dir() -> Path:
-    """``$SPIKEGUARD_CACHE`` or ``~/.cache/spikeguard``."""
-    env = os.environ.get("SPIKEGUARD_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "spikeguard"
-
-
-def default_data_roots() -> list[Path]:
-    """Where datasets are looked for when no root is given: ``$SPIKEGUARD_DATA``, then ``./data``."""
-    roots = []
-    env = os.environ.get("SPIKEGUARD_DATA")
-    if env:
-        roots.append(Path(env).expanduser())
-    roots.append(Path("data"))
-    return roots
 
 
 def _normalise_name(name: str) -> str:
@@ -122,8 +104,6 @@ def _find_source(name: str, root: Path, prefer_parquet: bool = False) -> tuple[s
 
 
 def _has_column(src: Path, column: str) -> bool:
-    from .parquet import _pyarrow
-
     return column in _pyarrow().read_schema(src / "train.parquet").names
 
 
@@ -141,34 +121,6 @@ def _missing(name: str, roots: list[Path]) -> DataError:
         f"ROOT/{pdir}/ exists, or provide an image folder ROOT/{{train,test}}/<class>/*.png, then pass "
         f"data.root=ROOT (CLI: --set data.root=ROOT) or set SPIKEGUARD_DATA=ROOT"
     )
-
-
-def _cache_key(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            x, y, classes = z["images"], z["labels"], [str(c) for c in z["classes"]]
-        if x.dtype != np.uint8 or x.ndim != 4 or y.shape != (x.shape[0],):
-            raise ValueError("bad shapes")
-        return x, y.astype(np.int64), classes
-    except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
-        warnings.warn(f"ignoring unreadable dataset cache {path} ({e}); decoding again", stacklevel=3)
-        return None
-
-
-def _write_cache(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
-    from ..io import atomic_path
-
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, images=x, labels=y, classes=np.array(classes, dtype=str))
-    except SpikeguardError as e:  # caching is an optimisation: never fail the load for it
-        warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
 
 
 def _load_arrays(
@@ -194,11 +146,11 @@ def _load_arrays(
         classes = folder_classes(train_dir)
         files = list_images(src / split, classes)
         fp = fingerprint_files(files, src)
-    key = _cache_key(
+    key = cache_key(
         {"format": _CACHE_FORMAT, "kind": kind, "name": name, "split": split, "source": str(src.resolve()), "files": fp}
     )
     cache_file = cache_dir / f"{name}-{split}-{key}.npz" if cache_dir is not None else None
-    if cache_file is not None and (hit := _read_cache(cache_file)) is not None:
+    if cache_file is not None and (hit := read_cache(cache_file)) is not None:
         return hit
     if kind == "pickle":
         x, y, classes = read_cifar_pickle(src, base, split, label=label, verify=verify)
@@ -208,7 +160,7 @@ def _load_arrays(
     else:
         x, y = decode_images(files, progress=progress)
     if cache_file is not None:
-        _write_cache(cache_file, x, y, classes)
+        write_cache(cache_file, x, y, classes)
     return x, y, classes
 
 
@@ -286,8 +238,6 @@ def load_dataset(
 )
 def _load_digits(req: DatasetRequest) -> ImageDataset:
     """The embedded 8x8 digits (scikit-learn's copy of the UCI set)."""
-    from .digits import load_digits_split
-
     train, test = load_digits_split()
     return train if req.split == "train" else test
 

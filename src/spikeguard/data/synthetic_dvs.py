@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from .events import EVENT_DTYPE
+from .digits import load_digits_split
 
 SYNTHETIC_CLASSES = [str(i) for i in range(10)]
 
@@ -142,8 +143,6 @@ def synthetic_dvs_split(split: str, n: int, seed: int = 0, canvas: int = 32) -> 
     gets ``n // 10`` samples (the first ``n % 10`` classes one more), drawn without
     replacement while the split has enough and with replacement (new saccades) after.
     """
-    from .digits import load_digits_split
-
     if n < 1:
         raise DataError(f"synthetic-dvs needs n >= 1 samples, got {n}")
     train, test = load_digits_split()

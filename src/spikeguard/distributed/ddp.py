@@ -9,10 +9,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .context import DistContext, current, seed_rank
-from .loader import ShardWeight
+from .loader import EpochLoader, ShardWeight
 from .syncbn import convert_sync_batchnorm
+from ..randomness import capture_rng, restore_rng
 
 
 class _Steps(nn.Module):
@@ -101,7 +103,6 @@ def prepare_model(
     ctx = ctx or current()
     if not ctx.is_distributed:
         return model, schedule
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     shard = shard or ShardWeight(ctx.world_size)
     if sync_bn:
@@ -176,8 +177,6 @@ class DistributedTraining:
     ) -> Any:
         """A factory ``(start, order_state) -> EpochLoader`` of this rank's batches; ``stop()`` is
         agreed by all ranks (any rank stopping stops all at the same batch)."""
-        from .loader import EpochLoader
-
         ctx = self.ctx
         agreed = (lambda: ctx.any(stop())) if stop is not None else None
 
@@ -211,8 +210,6 @@ class DistributedTraining:
         Resumed with another number of processes, every rank takes rank 0's streams (same data
         order) and ranks 1.. are re-seeded from ``(seed, epoch)``.
         """
-        from ..training.state import restore_rng
-
         ranks = [state.rng] + list(state.rng_ranks)
         if len(ranks) == self.ctx.world_size:
             restore_rng(ranks[self.ctx.rank], generator)
@@ -232,8 +229,6 @@ class DistributedTraining:
         ``epoch_order``: save it as the data generator's state (a stop before the epoch's first
         batch: the epoch's permutation must be drawn again on resume).
         """
-        from ..training.state import capture_rng
-
         own = capture_rng(generator)
         if epoch_order is not None:
             own["data"] = epoch_order

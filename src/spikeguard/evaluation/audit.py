@@ -36,6 +36,7 @@ a report's PGD pair is reused for the steps check only where its step size reach
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -53,6 +54,7 @@ from ..randomness import Randomness, detect_randomness
 from ..utils import eps_label
 from .engine import AttackResult, RobustnessReport, evaluate_robustness, summarize
 from .stats import mcnemar_exact, paired_counts
+from ..protocols import width_sweep
 
 DEFAULT_SWEEP: tuple[float, ...] = tuple(k / 255 for k in (1, 2, 4, 8, 16, 32, 64))
 PASS, WARN, SKIP = "PASS", "WARN", "SKIP"
@@ -523,8 +525,6 @@ def check_surrogate(results: Results, st: AuditSettings) -> Check:
 def surrogate_sweep(model: nn.Module) -> list[tuple[str, float]]:
     """The ``(surrogate, width)`` members of the surrogate check: the strong suite's ``sg-ensemble``
     sweep (:func:`spikeguard.protocols.width_sweep`), every registered surrogate kind at its widths."""
-    from ..protocols import width_sweep
-
     return list(width_sweep())
 
 
@@ -655,8 +655,6 @@ def audit_robustness(
     :func:`surrogate_sweep` at ``eps`` (same steps and step size as the audit's PGD), for the
     ``surrogate`` check.
     """
-    import time
-
     t0 = time.perf_counter()
     if steps < 1 or not sweep:
         raise SpikeguardError("the audit needs steps >= 1 and a non-empty eps sweep")

@@ -43,21 +43,23 @@ import math
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..attacks import Attack, build_attack
+from ..attacks import Attack, build_attack, check_eps, parse_attacks
 from ..attacks.registry import PAPER_ALPHA, describe_step_size, resolve
 from ..attacks.requirements import model_traits, unmet
 from ..errors import SpikeguardError
 from ..neurons import noise_seed
 from ..perf import current_precision
 from ..randomness import Randomness, detect_randomness, seeded_rng
-from ..utils import eps_label
+from ..utils import eps_label, parse_eps
 from .progress import as_progress, attack_passes
 from .stats import mean_ci95, wilson_ci95
+from .results import evaluation_provenance, write_robustness
 
 BUDGET_TOL = 1e-6
 INDIVIDUAL, CASCADE = "individual", "cascade"
@@ -815,11 +817,6 @@ def evaluate_config_attacks(
     over ``eot`` passes; writes ``out_dir/robustness.json`` when ``out_dir`` is given and
     returns the report's summary (no per-sample lists). The caller sets the model's mode.
     """
-    from pathlib import Path
-
-    from ..attacks import check_eps, parse_attacks
-    from ..utils import parse_eps
-
     names = parse_attacks(",".join(cfg.eval.attacks))
     eps = check_eps(parse_eps(cfg.eval.eps) if isinstance(cfg.eval.eps, str) else cfg.eval.eps)
     report = evaluate_robustness(
@@ -836,8 +833,6 @@ def evaluate_config_attacks(
     )
     summary = report.to_dict(per_sample=False)
     if out_dir is not None:
-        from .results import evaluation_provenance, write_robustness
-
         data = {"name": test_ds.name, "split": "test", "n_samples": len(test_ds)}
         prov = evaluation_provenance(
             command="spikeguard train (eval.attacks)",

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -22,6 +23,8 @@ from torch import Tensor, nn
 from ..attacks import build_attack
 from ..attacks.events import model_frame_norm
 from ..errors import SpikeguardError
+from ..data.event_frames import FrameNorm
+from ..neurons import is_stochastic
 
 
 @torch.no_grad()
@@ -58,8 +61,6 @@ def event_attack_curve(
     **attack_kw,
 ) -> EventCurve:
     """Success rate (over the samples the model gets right) and accuracy of ``attack`` at each k."""
-    import time
-
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 0:
         raise SpikeguardError(f"event budgets must be >= 0, got {ks}")
@@ -140,8 +141,6 @@ def rounding_check(
     ``false_robustness`` is set when rounding erases more than ``threshold`` of the
     continuous attack's successes.
     """
-    from ..data.event_frames import FrameNorm
-
     spec = norm or model_frame_norm(model)
     if not spec:
         raise SpikeguardError("rounding_check needs a model on event frames (or norm='clip:4')")
@@ -191,8 +190,6 @@ def event_report(
     alpha: float | str = 0.01,
 ) -> tuple[dict, str]:
     """EventFlip and random-flip curves over ``ks`` plus the rounding check: ``(json dict, text table)``."""
-    from ..neurons import is_stochastic
-
     eot = eot if is_stochastic(model) else 1
     flip = event_attack_curve(model, images, labels, ks, "event-flip", batch_size, seed, eot=eot)
     rand = event_attack_curve(model, images, labels, ks, "random-flip", batch_size, seed)

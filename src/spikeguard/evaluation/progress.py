@@ -19,6 +19,11 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..attacks import build_attack
+from ..attacks.requirements import model_traits, unmet
+from ..neurons import is_stochastic
 
 
 class EvalProgress:
@@ -49,8 +54,6 @@ class EvalProgress:
         self.batches = (0, 0)
         self._bar = None
         if enabled:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(
                 total=self.RESOLUTION,
                 desc=desc,
@@ -267,10 +270,6 @@ def suite_cost(
     """:func:`estimate_cost` of ``n`` samples for attack names as ``spikeguard evaluate`` takes them
     (attacks that will be skipped on this model are left out); ``x, y``: one batch to time.
     ``cascade``: the estimate is an upper bound (every attack on every sample)."""
-    from ..attacks import build_attack
-    from ..attacks.requirements import model_traits, unmet
-    from ..neurons import is_stochastic
-
     stochastic = is_stochastic(model)
     traits = model_traits(model, stochastic, source)
     built = []

@@ -36,6 +36,13 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
+from .._version import __version__
+from ..errors import DataError
+from ..io import atomic_write_json
+from ..utils import parse_eps
+
 SCHEMA = "spikeguard.robustness"
 VERSION = 3
 #: the demo's ``results.json`` layout (unchanged by version 3 of the robustness schema)
@@ -79,10 +86,6 @@ def command_line(argv: list[str] | None = None) -> str:
 
 def software() -> dict:
     """Versions that can change a number: spikeguard, torch, Python."""
-    import torch
-
-    from .. import __version__
-
     return {"spikeguard": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
@@ -180,8 +183,6 @@ def robustness_document(
 
 def write_robustness(path: str | os.PathLike, report: Any, prov: Mapping, **kw: Any) -> Path:
     """Write ``report`` with its provenance as JSON, atomically (the one writer of results)."""
-    from ..io import atomic_write_json
-
     atomic_write_json(path, robustness_document(report, prov, **kw))
     return Path(path)
 
@@ -196,8 +197,6 @@ def audit_document(audit: Any, prov: Mapping, **extra: Any) -> dict:
 
 def write_audit(path: str | os.PathLike, audit: Any, prov: Mapping, **extra: Any) -> Path:
     """Write an :class:`~spikeguard.evaluation.audit.AuditReport` with its provenance, atomically."""
-    from ..io import atomic_write_json
-
     atomic_write_json(path, audit_document(audit, prov, **extra))
     return Path(path)
 
@@ -236,8 +235,6 @@ def read_results(doc: Any) -> list[dict] | None:
     schema = doc.get("schema")
     if schema == SCHEMA:
         if doc.get("version") not in READABLE_VERSIONS:
-            from ..errors import DataError
-
             v = doc.get("version")
             newer = isinstance(v, int) and v > VERSION
             raise DataError(
@@ -270,8 +267,6 @@ def read_results(doc: Any) -> list[dict] | None:
 
 def _demo_documents(doc: Mapping) -> list[dict]:
     """One version-2-like document per demo model and eps (the demo measures several eps at once)."""
-    from ..utils import parse_eps
-
     cfg = doc.get("config") or {}
     out = []
     for name, m in doc["models"].items():

@@ -34,6 +34,10 @@ from torch import Tensor, nn
 from ..errors import SpikeguardError
 from ..randomness import Randomness, detect_randomness
 from .engine import AttackLike, AttackResult, RobustnessReport, _bits, _unbits, evaluate_robustness
+from ..distributed import current
+from ..io import ensure_dir
+from ..logging import append_jsonl
+from .progress import EvalProgress
 
 JOURNAL_FORMAT = 2  # 2: per-attack records of AttackResult.record (cascade mode)
 
@@ -134,8 +138,6 @@ def evaluate_sharded(
     Returns:
         the full report, on every rank.
     """
-    from ..distributed import current
-
     ctx = ctx or current()
     t0 = time.perf_counter()
     n = len(labels)
@@ -158,14 +160,10 @@ def evaluate_sharded(
     todo = [b for b in range(n_batches) if b % ctx.world_size == ctx.rank and b not in done]
     path = None
     if journal is not None and todo:
-        from ..io import ensure_dir
-
         ensure_dir(journal)
         path = Path(journal) / f"rank{ctx.rank}-{uuid.uuid4().hex[:12]}.jsonl"
-    from ..logging import append_jsonl
 
     mine: dict[int, dict] = {}
-    from .progress import EvalProgress
 
     # one bar over this rank's samples, moving after every attack of every batch
     bar = EvalProgress(

@@ -48,7 +48,7 @@ def t_quantile_975(df: int) -> float:
     if df < 1:
         raise ValueError("df must be >= 1")
     try:
-        from scipy.stats import t
+        from scipy.stats import t  # lazy: optional, slow to import; a fallback follows
 
         return float(t.ppf(0.975, df))
     except ImportError:  # pragma: no cover - scipy comes with scikit-learn

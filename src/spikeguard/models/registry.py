@@ -13,6 +13,7 @@ from torch import nn
 
 from ..registry import Registry
 from .base import NeuronFactory, SpikingModel
+from ..neurons.baselines import materialize_for
 
 #: Every model builder, by name (``spikeguard list models``).
 MODELS: Registry[Callable[..., SpikingModel]] = Registry("model")
@@ -58,7 +59,6 @@ def create_model(
     model = builder(num_classes=num_classes, T=T, neuron=factory, **kw)
     # baseline neurons (DLIF, StoG) size their parameters on the first forward: do it now, so the
     # model can be counted, optimised and loaded like any other
-    from ..neurons.baselines import materialize_for
 
     materialize_for(model, kw)
     if frames:

@@ -27,6 +27,8 @@ before (the parameter objects are materialised in place).
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 from typing import Iterator
 
@@ -258,8 +260,6 @@ def materialize_for(model: nn.Module, arch_kw: dict) -> None:
     """
     if not has_lazy_parameters(model):
         return
-    import contextlib
-    import inspect
 
     defaults = {}
     with contextlib.suppress(TypeError, ValueError):

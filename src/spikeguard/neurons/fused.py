@@ -208,6 +208,7 @@ def _triton_module():
     global _triton, _triton_error
     if _triton is None:
         try:
+            # lazy: triton_scan imports triton (optional, slow to import) at its top
             from . import triton_scan
 
             _triton = triton_scan

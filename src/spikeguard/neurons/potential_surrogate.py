@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from .fused import set_kernel
 from .recording import record_potentials, spiking_neurons
+from ..adapters import foreign_neurons
 
 __all__ = [
     "FieldSurrogate",
@@ -281,8 +282,6 @@ def potential_surrogate(model: nn.Module, rule: PotentialRule) -> Iterator[int]:
     choice and the adapted neurons' spike functions are restored on exit, also on an exception.
     Raises ``ValueError`` for a model without spiking neurons.
     """
-    from ..adapters import foreign_neurons
-
     own = spiking_neurons(model)
     foreign = foreign_neurons(model)
     if not own and not foreign:

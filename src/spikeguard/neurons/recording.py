@@ -7,7 +7,7 @@ removed on exit, so nothing lingers that a user must remember to reset.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +67,19 @@ class PotentialRecorder:
         self.names.clear()
 
 
+#: Context managers ``hook(model, add)`` that make the model's foreign (non-spikeguard) neurons
+#: report their potentials to ``add`` inside the block and yield them (objects with ``module`` and
+#: ``name``). :mod:`spikeguard.adapters` registers its SpikingJelly / snnTorch hook here on import
+#: (``import spikeguard`` imports it); the hook lives above this module, so it is handed down.
+_FOREIGN_RECORDING: list[Callable[[nn.Module, Callable[[nn.Module, Tensor], None]], Any]] = []
+
+
+def register_foreign_recording(hook: Callable[[nn.Module, Callable[[nn.Module, Tensor], None]], Any]) -> None:
+    """Add a foreign-neuron recording hook used by :func:`record_potentials` (idempotent)."""
+    if hook not in _FOREIGN_RECORDING:
+        _FOREIGN_RECORDING.append(hook)
+
+
 @contextlib.contextmanager
 def record_potentials(
     model: nn.Module, detach: bool = False, keep: bool = True, on_record: Callable[[str, Tensor], None] | None = None
@@ -82,16 +95,16 @@ def record_potentials(
             logits = model(x)
         loss = ce(logits, y) + tgo(rec.potentials, epoch)
     """
-    from ..adapters import foreign_recording  # SpikingJelly / snnTorch neurons, if the model has any
-
     rec = PotentialRecorder(detach=detach, keep=keep, on_record=on_record)
     neurons = spiking_neurons(model)
     rec._names = {id(m): name for name, m in neurons}
     for _, m in neurons:
         m._recorders = m._recorders + (rec,)
     try:
-        with foreign_recording(model, rec.add) as foreign:
-            rec._names.update({id(n.module): n.name for n in foreign})
+        with contextlib.ExitStack() as stack:
+            for hook in _FOREIGN_RECORDING:  # SpikingJelly / snnTorch neurons, if the model has any
+                foreign = stack.enter_context(hook(model, rec.add))
+                rec._names.update({id(n.module): n.name for n in foreign})
             yield rec
     finally:
         for _, m in neurons:

@@ -12,6 +12,7 @@ of earlier studies) or a list (``["2/255", "4/255"]``: results in ``eval-PROTOCO
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ from typing import Any, Callable
 from ..config import ExperimentConfig, load_config, read_toml
 from ..errors import ConfigError
 from ..protocols import Protocol, get_protocol
+from ..calibration import RESULT_FILE, settings_from_dict
+from ..experiment import RESULTS_FILE
+from ..utils import eps_label, parse_eps
 
 STUDY_JSON = "study.json"
 STUDY_MD = "study.md"
@@ -166,8 +170,6 @@ def _seeds(doc: dict, defaults: dict) -> list[int] | None:
 
 def _parse_eps(ev: dict) -> None:
     """``[evaluation].eps``: one budget (kept as ``eps``) or a list (``eps_list``; ``eps`` its first)."""
-    from ..utils import parse_eps
-
     raw = ev["eps"]
     many = isinstance(raw, list)
     if many and not raw:
@@ -223,8 +225,6 @@ def _entry(p: Path, i: int, r: Any, defaults: dict, overrides: list[str], study:
 
 def _expand_seeds(entries: list[RunSpec], seeds: list[int] | None) -> list[RunSpec]:
     """One run per entry and seed (``NAME-sSEED``, config seed set, source of the same seed)."""
-    import copy
-
     if seeds is None:
         return entries
     out = []
@@ -271,8 +271,6 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudySpe
         path: the study TOML.
         overrides: ``key=value`` config overrides applied to every run last (e.g. ``data.root=...``).
     """
-    from ..calibration import settings_from_dict
-
     p = Path(path)
     doc = read_toml(p)
     bad = set(doc) - _TOP
@@ -333,8 +331,6 @@ def share_path(run_dir: Path) -> Path:
 
 def eps_folder(eps: float) -> str:
     """``eps-8_255``: the folder of one eps's results (a list of eps in the study file)."""
-    from ..utils import eps_label
-
     return "eps-" + eps_label(float(eps)).replace("/", "_")
 
 
@@ -361,8 +357,6 @@ def calibration_dir(spec: StudySpec, out: Path, row: str) -> Path:
 
 
 def calibration_path(spec: StudySpec, out: Path, row: str) -> Path:
-    from ..calibration import RESULT_FILE
-
     return calibration_dir(spec, out, row) / RESULT_FILE
 
 
@@ -379,9 +373,6 @@ def apply_plan_and_calibration(spec: StudySpec, plan: dict | None, calibrations:
 
 def pending_work(spec: StudySpec, out: Path) -> list[str]:
     """What the study folder does not hold yet: runs not trained, shares and groups not evaluated."""
-    from ..experiment import RESULTS_FILE
-    from ..utils import eps_label
-
     missing = []
     for r in spec.runs:
         d = out / "runs" / r.name

@@ -14,6 +14,7 @@ Statistics (functions in :mod:`spikeguard.evaluation.stats`):
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import time
@@ -21,9 +22,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import ExperimentConfig
 from ..io import atomic_write_json, atomic_write_text, ensure_dir
 from .spec import STUDY_JSON, STUDY_MD, Log, RunSpec, StudySpec, pending_work, result_path, share_path
+from ..analysis.plotting import color, new_figure, save_figure
+from ..analysis.report import build_report, table
+from ..attacks.registry import attack_class
+from ..errors import SpikeguardError
+from ..evaluation.engine import display_name
+from ..evaluation.results import read_results
+from ..evaluation.stats import paired_difference_ci95, sample_accuracy_ci95, seeds_mean_ci95
+from ..experiment import LOG_FILE, RESULTS_FILE
+from ..tgo import Normalisation
+from ..utils import eps_label
 
 WORST = "worst case"
 FRESH = "worst case, fresh noise"
@@ -62,15 +75,11 @@ def neuron_text(cfg: ExperimentConfig) -> str:
 
 
 def _norm_text(cfg: ExperimentConfig) -> str:
-    from ..tgo import Normalisation
-
     t = cfg.tgo
     return Normalisation(t.layer_reduce, t.neuron_reduce, t.hinge, t.potential).label()
 
 
 def _last_log(run_dir: Path) -> dict:
-    from ..experiment import LOG_FILE
-
     p = run_dir / LOG_FILE
     rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()] if p.is_file() else []
     return rows[-1] if rows else {}
@@ -82,8 +91,6 @@ def _read(path: Path) -> dict:
 
 def _read_result(path: Path) -> dict:
     """A group's result through the one reader (:func:`spikeguard.evaluation.results.read_results`)."""
-    from ..evaluation.results import read_results
-
     raw = _read(path)
     docs = read_results(raw)
     return {**raw, **docs[0]} if docs else raw
@@ -92,8 +99,6 @@ def _read_result(path: Path) -> dict:
 # --------------------------------------------------------------------------------------- rows per run
 def _run_row(spec: StudySpec, r: RunSpec, out: Path) -> dict:
     """A run's eps-independent facts: training, neuron, constraint, share and BN control."""
-    from ..experiment import RESULTS_FILE
-
     run_dir = out / "runs" / r.name
     cfg = r.config
     train = _read(run_dir / RESULTS_FILE)
@@ -130,8 +135,6 @@ def _run_row(spec: StudySpec, r: RunSpec, out: Path) -> dict:
 
 def _sample_key(rep: dict, col: str) -> str | None:
     """The per-sample list of a table column (``clean``, an attack name, ``worst_case``...)."""
-    from ..evaluation.engine import display_name
-
     if col == "clean":
         return "clean"
     if col == WORST:
@@ -169,9 +172,6 @@ def _group_cells(doc: dict, first: bool, paper: bool) -> dict[str, tuple[float, 
 
 def _has_known_noise(doc: dict) -> bool:
     """Whether the group asked for a known-noise attack (FIXED-NOISE), run or skipped on this model."""
-    from ..attacks.registry import attack_class
-    from ..errors import SpikeguardError
-
     names = list((doc.get("settings") or {}).get("attacks") or (doc.get("report") or {}).get("attacks") or [])
     for n in names:
         try:
@@ -184,8 +184,6 @@ def _has_known_noise(doc: dict) -> bool:
 
 def _add_group(row: dict, doc: dict, tag: str, first: bool, paper: bool) -> None:
     """One group's result into a run's row: accuracies, per-sample intervals, skips, audit."""
-    from ..evaluation.stats import sample_accuracy_ci95
-
     rep = doc.get("report") or {}
     ps = _got if isinstance(_got := rep.get("per_sample"), dict) else {}
     if ps.get("labels") is not None:
@@ -255,8 +253,6 @@ def _partner(spec: StudySpec, rows: list[dict], entry: str, seed: int) -> dict |
 
 def _paired_differences(spec: StudySpec, rows: list[dict]) -> None:
     """Each run against its row's baseline run of the same seed, paired per sample (``row["difference"]``)."""
-    from ..evaluation.stats import paired_difference_ci95
-
     for x in rows:
         x["difference"] = {}
         base_row = spec.baseline_of(x["entry"])
@@ -282,8 +278,6 @@ def public(rows: list[dict]) -> list[dict]:
 def _seed_summary(per_seed: list[float], one_seed_ci: list | None, low: float = 0.0) -> dict:
     """Mean over seeds with its t interval over seeds (clipped to [low, 1]: a t interval over a few seeds can
     pass the ends of what an accuracy or a difference can be); one seed: the per-sample interval, so labelled."""
-    from ..evaluation.stats import seeds_mean_ci95
-
     s = seeds_mean_ci95(per_seed)
     if s["ci95"]:
         s["ci95"] = [max(low, s["ci95"][0]), min(1.0, s["ci95"][1])]
@@ -300,8 +294,6 @@ def aggregate(spec: StudySpec, rows: list[dict], columns: list[str]) -> list[dic
     also has ``ci95_samples``: the interval over samples of the per-sample values averaged over
     the seeds. A column some seeds lack is averaged over those that have it (``n_seeds`` says).
     """
-    from ..evaluation.stats import sample_accuracy_ci95
-
     out = []
     for entry in spec.rows():
         runs = [r for r in rows if r["entry"] == entry]
@@ -551,9 +543,6 @@ def format_markdown(spec: StudySpec, tables: dict[str, dict], meta: dict, calibr
 # --------------------------------------------------------------------------------------- html, figures, writer
 def study_html(spec: StudySpec, entries: list[dict], rows: list[dict], columns: list[str], eps_label: str) -> str:
     """The comparison tables for the HTML report (the first eps's seed means, as in ``study.md``)."""
-    import html
-
-    from ..analysis.report import table
 
     def acc(e: dict, c: str) -> Any:
         return (e["accuracy"].get(c) or {}).get("mean")
@@ -600,10 +589,6 @@ def study_html(spec: StudySpec, entries: list[dict], rows: list[dict], columns: 
 
 def plot_study(entries: list[dict], rows: list[dict], columns: list[str], spec: StudySpec, out: Path) -> list[Path]:
     """``figures/accuracy.png`` (seed means per attack and row, first eps) and ``figures/near_threshold.png``."""
-    import numpy as np
-
-    from ..analysis.plotting import color, new_figure, save_figure
-
     fdir = ensure_dir(out / "figures")
     written: list[Path] = []
     if columns and entries:
@@ -658,8 +643,6 @@ def write_comparison(
     single-eps studies, the first eps's ``columns`` and ``rows`` at the top level. Unfinished
     work (:func:`pending_work`) is listed in both files as "not finished", never filled in.
     """
-    from ..utils import eps_label
-
     t0 = time.perf_counter() if t0 is None else t0
     calibrations = calibrations or {}
     pending = pending_work(spec, out)
@@ -707,8 +690,6 @@ def write_comparison(
     atomic_write_text(out / STUDY_MD, md)
     figs = plot_study(first["entries"], first["_rows"], first["columns"], spec, out)
     if report:
-        from ..analysis.report import build_report
-
         build_report(
             [out / "figures"] + [d for d in (out / "runs" / r.name for r in spec.runs) if d.is_dir()],
             out / "report.html",

@@ -4,44 +4,19 @@ The state is what an exact resume needs: completed epochs, the batch reached ins
 next one (a checkpoint taken on SIGTERM/SIGINT), every random stream the loop draws from,
 the epoch's data order and the averages of its finished part, and the optimiser, scheduler
 and TGO schedule states. Its :meth:`TrainState.to_dict` layout is the ``state.json`` /
-``state.safetensors`` layout of :mod:`spikeguard.checkpoint` (unchanged since format 1, so
+``state.safetensors`` layout of :mod:`spikeguard.checkpoint`, which saves and loads it
+(:func:`~spikeguard.checkpoint.save_train_state`, :func:`~spikeguard.checkpoint.load_train_state`) (unchanged since format 1, so
 runs written before keep resuming).
 """
 
 from __future__ import annotations
 
-import os
-import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-
-def capture_rng(generator: torch.Generator) -> dict:
-    """The Python, NumPy, torch (and CUDA) random states plus ``generator``'s (the data order)."""
-    st: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "data": generator.get_state(),
-    }
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def restore_rng(st: dict, generator: torch.Generator) -> None:
-    """Undo :func:`capture_rng`: put every stream back where it was."""
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    torch.set_rng_state(st["torch"])
-    generator.set_state(st["data"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+from ..randomness import capture_rng, restore_rng
 
 
 @dataclass
@@ -105,20 +80,6 @@ class TrainState:
             scheduler=d.get("scheduler"),
             guard=d.get("guard"),
         )
-
-    def save(self, run_dir: str | os.PathLike, model: nn.Module, config: Any) -> Path:
-        """Write the checkpoint (weights, config, this state) atomically into ``run_dir``."""
-        from ..checkpoint import save_checkpoint
-
-        return save_checkpoint(run_dir, model, config, self.to_dict())
-
-    @classmethod
-    def load(cls, run_dir: str | os.PathLike) -> TrainState | None:
-        """The state saved in ``run_dir`` (None if the run saved none)."""
-        from ..checkpoint import load_training_state
-
-        d = load_training_state(run_dir)
-        return None if d is None else cls.from_dict(d)
 
 
 __all__ = ["TrainState", "capture_rng", "restore_rng"]

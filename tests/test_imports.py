@@ -56,7 +56,7 @@ _LAZY_INTERNAL: dict[str, str] = {
 
 # Files whose function-level imports are not moved yet because they are being rewritten in
 # parallel; the rewrite moves them, then the file leaves this set. Remove the set once empty.
-_PENDING: frozenset[str] = frozenset({"spikeguard/study/stages.py"})
+_PENDING: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -338,39 +338,8 @@ def calibrate_lambda(
         f"{100 * base_t.share:.2f}%, clean {100 * base_t.clean:.2f}% over seeds {list(s.seeds)}"
     )
 
-    def reaches(lam: float, step: str) -> bool:
-        """Measure ``lam`` (once), log it, and say whether it reaches the target."""
-        key = round(float(lam), 10)
-        if key not in cache:
-            cache[key] = _trial(
-                lam,
-                [(f"lam{_fmt_lam(lam)}-s{seed}", trial_config(base, lam, seed, s)) for seed in s.seeds],
-                Path(out),
-                s,
-                progress,
-            )
-        t = cache[key]
-        t.reduction = _reduction(t, base_t)
-        log(
-            f"[calibrate] {step}lambda {_fmt_lam(lam)}: share {100 * t.share:.2f}% (reduction "
-            f"{100 * t.reduction:.1f}%), clean {100 * t.clean:.2f}%"
-        )
-        return t.reduction >= s.target_reduction
-
-    below, above = None, None
-    for lam in sorted(s.lambdas):
-        if reaches(lam, ""):
-            above = lam
-            break
-        below = lam
-    if above is not None and below is not None:
-        lo, hi = below, above
-        for i in range(s.bisect):
-            mid = math.sqrt(lo * hi)
-            if reaches(mid, f"bisection {i + 1}/{s.bisect}: "):
-                hi = mid
-            else:
-                lo = mid
+    reaches = _prober(base, base_t, Path(out), s, cache, progress, log)
+    _bracket_and_bisect(reaches, s)
     trials = sorted(cache.values(), key=lambda t: t.lam)
     reached = [t for t in trials if t.reduction is not None and t.reduction >= s.target_reduction]
     chosen = reached[0] if reached else trials[-1]
@@ -395,6 +364,59 @@ def calibrate_lambda(
         f"{100 * base_t.clean:.2f}%; wrote {Path(out) / RESULT_FILE}"
     )
     return result
+
+
+def _prober(
+    base: ExperimentConfig,
+    base_t: Trial,
+    out: Path,
+    s: CalibrationSettings,
+    cache: dict[float, Trial],
+    progress: bool,
+    log: Callable[[str], None],
+) -> Callable[[float, str], bool]:
+    """``reaches(lam, step)``: measure ``lam`` once (kept in ``cache``), log it, and say whether its
+    cut against the reference ``base_t`` reaches the target."""
+
+    def reaches(lam: float, step: str) -> bool:
+        """Measure ``lam`` (once), log it, and say whether it reaches the target."""
+        key = round(float(lam), 10)
+        if key not in cache:
+            cache[key] = _trial(
+                lam,
+                [(f"lam{_fmt_lam(lam)}-s{seed}", trial_config(base, lam, seed, s)) for seed in s.seeds],
+                out,
+                s,
+                progress,
+            )
+        t = cache[key]
+        t.reduction = _reduction(t, base_t)
+        log(
+            f"[calibrate] {step}lambda {_fmt_lam(lam)}: share {100 * t.share:.2f}% (reduction "
+            f"{100 * t.reduction:.1f}%), clean {100 * t.clean:.2f}%"
+        )
+        return t.reduction >= s.target_reduction
+
+    return reaches
+
+
+def _bracket_and_bisect(reaches: Callable[[float, str], bool], s: CalibrationSettings) -> None:
+    """Try ``s.lambdas`` upwards until one reaches the target, then bisect (geometrically) between it
+    and the last one that did not, ``s.bisect`` times."""
+    below, above = None, None
+    for lam in sorted(s.lambdas):
+        if reaches(lam, ""):
+            above = lam
+            break
+        below = lam
+    if above is not None and below is not None:
+        lo, hi = below, above
+        for i in range(s.bisect):
+            mid = math.sqrt(lo * hi)
+            if reaches(mid, f"bisection {i + 1}/{s.bisect}: "):
+                hi = mid
+            else:
+                lo = mid
 
 
 def _write(result: dict, out: Path) -> None:
@@ -577,42 +599,8 @@ def compare_normalisations(
         f"[normalisations] reference ({reference_info(base, s)['neuron']}, no constraint): share "
         f"{100 * ref.share:.2f}%, clean {100 * ref.clean:.2f}%"
     )
-    noise = None
-    if base.neuron.kind != "lif" and s.reference == "lif":
-        same = replace(s, reference="same-neuron")
-        noise = _trial(
-            0.0, [(f"noise-only-s{seed}", reference_config(base, seed, same)) for seed in s.seeds], out, s, progress
-        )
-        noise.reduction = _reduction(noise, ref)
-        log(
-            f"[normalisations] {base.neuron.kind} without the constraint: share {100 * noise.share:.2f}% (cut "
-            f"{100 * noise.reduction:.1f}%), clean {100 * noise.clean:.2f}%"
-        )
-    rows = []
-    for norm in normalisations():
-        t = _trial(
-            lam,
-            [(f"{_norm_folder(norm)}-s{seed}", normalisation_config(base, norm, lam, seed, s)) for seed in s.seeds],
-            out,
-            s,
-            progress,
-        )
-        t.reduction = _reduction(t, ref)
-        rows.append(
-            {
-                "normalisation": norm.label(),
-                "layer_reduce": norm.layer_reduce,
-                "neuron_reduce": norm.neuron_reduce,
-                "hinge": norm.hinge,
-                "potential": norm.potential,
-                "default": norm.is_default,
-                **asdict(t),
-            }
-        )
-        log(
-            f"[normalisations] {norm.label()}: share {100 * t.share:.2f}% (cut {100 * t.reduction:.1f}%), clean "
-            f"{100 * t.clean:.2f}%"
-        )
+    noise = _noise_only(base, out, s, ref, progress, log)
+    rows = [_normalisation_row(base, norm, lam, out, s, ref, progress, log) for norm in normalisations()]
     result: dict[str, Any] = {
         "reference": reference_info(base, s),
         "lambda_max": float(lam),
@@ -635,6 +623,64 @@ def compare_normalisations(
         f"wrote {out / NORMALISATIONS_FILE}"
     )
     return result
+
+
+def _noise_only(
+    base: ExperimentConfig,
+    out: Path,
+    s: CalibrationSettings,
+    ref: Trial,
+    progress: bool,
+    log: Callable[[str], None],
+) -> Trial | None:
+    """The config's neuron without the constraint, per seed (None: the reference already is that neuron)."""
+    noise = None
+    if base.neuron.kind != "lif" and s.reference == "lif":
+        same = replace(s, reference="same-neuron")
+        noise = _trial(
+            0.0, [(f"noise-only-s{seed}", reference_config(base, seed, same)) for seed in s.seeds], out, s, progress
+        )
+        noise.reduction = _reduction(noise, ref)
+        log(
+            f"[normalisations] {base.neuron.kind} without the constraint: share {100 * noise.share:.2f}% (cut "
+            f"{100 * noise.reduction:.1f}%), clean {100 * noise.clean:.2f}%"
+        )
+    return noise
+
+
+def _normalisation_row(
+    base: ExperimentConfig,
+    norm: Normalisation,
+    lam: float,
+    out: Path,
+    s: CalibrationSettings,
+    ref: Trial,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict:
+    """One normalisation's row: its runs at weight ``lam`` per seed, their share, cut, clean accuracy and ratio."""
+    t = _trial(
+        lam,
+        [(f"{_norm_folder(norm)}-s{seed}", normalisation_config(base, norm, lam, seed, s)) for seed in s.seeds],
+        out,
+        s,
+        progress,
+    )
+    t.reduction = _reduction(t, ref)
+    row = {
+        "normalisation": norm.label(),
+        "layer_reduce": norm.layer_reduce,
+        "neuron_reduce": norm.neuron_reduce,
+        "hinge": norm.hinge,
+        "potential": norm.potential,
+        "default": norm.is_default,
+        **asdict(t),
+    }
+    log(
+        f"[normalisations] {norm.label()}: share {100 * t.share:.2f}% (cut {100 * t.reduction:.1f}%), clean "
+        f"{100 * t.clean:.2f}%"
+    )
+    return row
 
 
 def closest_rows(rows: Sequence[dict], target: float, tolerance: float) -> list[str]:

@@ -455,9 +455,30 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key} {msg}")
 
 
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (``*kw`` tables compared whole)."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict) and not k.endswith("kw"):
+            keys += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
 def validate_config(cfg: ExperimentConfig) -> None:
     """Range and name checks; :class:`ConfigError` naming the first offending key."""
-    d, m, n, t, o, e = cfg.data, cfg.model, cfg.neuron, cfg.tgo, cfg.optim, cfg.eval
+    _validate_data_model(cfg.data, cfg.model)
+    _validate_neuron(cfg.neuron)
+    _validate_perf(cfg.perf)
+    _validate_tgo(cfg.tgo, cfg.neuron)
+    _validate_optim_eval(cfg.optim, cfg.eval)
+    _validate_run(cfg)
+
+
+def _validate_data_model(d: DataConfig, m: ModelConfig) -> None:
+    """The dataset, its subsets and the model's name, time steps and classes."""
     _check(
         d.name.lower() in DATASET_LOADERS,
         "data.name",
@@ -468,6 +489,10 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(m.name in list_models(), "model.name", f"must be one of {', '.join(list_models())}, got {m.name!r}")
     _check(m.T >= 1, "model.T", f"must be >= 1, got {m.T}")
     _check(m.num_classes >= 0, "model.num_classes", f"must be >= 0 (0 = from the data), got {m.num_classes}")
+
+
+def _validate_neuron(n: NeuronConfig) -> None:
+    """The neuron kind, its dynamics, surrogate gradient and noise."""
     _check(n.kind in list_neurons(), "neuron.kind", f"must be one of {', '.join(list_neurons())}, got {n.kind!r}")
     _check(0.0 <= n.decay <= 1.0, "neuron.decay", f"must be in [0, 1], got {n.decay}")
     _check(
@@ -485,16 +510,24 @@ def validate_config(cfg: ExperimentConfig) -> None:
         "neuron.noisy_grad",
         f"must be one of {', '.join(NOISY_GRADS)}, got {n.noisy_grad!r}",
     )
+
+
+def _validate_perf(perf: PerfConfig) -> None:
+    """The speed options: mixed precision and compilation mode."""
     _check(
-        cfg.perf.amp.lower() in ("off", "float32", "fp32", "bf16", "bfloat16"),
+        perf.amp.lower() in ("off", "float32", "fp32", "bf16", "bfloat16"),
         "perf.amp",
-        f"must be 'off' or 'bf16', got {cfg.perf.amp!r}",
+        f"must be 'off' or 'bf16', got {perf.amp!r}",
     )
     _check(
-        cfg.perf.compile in ("off", "default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs"),
+        perf.compile in ("off", "default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs"),
         "perf.compile",
-        f"must be off, default, max-autotune or reduce-overhead, got {cfg.perf.compile!r}",
+        f"must be off, default, max-autotune or reduce-overhead, got {perf.compile!r}",
     )
+
+
+def _validate_tgo(t: TGOConfig, n: NeuronConfig) -> None:
+    """The threshold-guarded objective: band, lambda schedule, reductions, and a spiking neuron to guard."""
     _check(math.isfinite(t.delta) and t.delta > 0, "tgo.delta", f"must be > 0, got {t.delta}")
     _check(math.isfinite(t.lambda_max) and t.lambda_max >= 0, "tgo.lambda_max", f"must be >= 0, got {t.lambda_max}")
     _check(
@@ -528,6 +561,10 @@ def validate_config(cfg: ExperimentConfig) -> None:
     ):
         _check(value in allowed, f"tgo.{key}", f"must be one of {', '.join(allowed)}, got {value!r}")
     _check(t.enabled is False or n.kind != "relu", "tgo.enabled", "needs a spiking neuron (neuron.kind is relu)")
+
+
+def _validate_optim_eval(o: OptimConfig, e: EvalConfig) -> None:
+    """The optimiser's settings and those of the evaluation during training."""
     _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
@@ -539,6 +576,10 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
     _check(e.passes >= 1, "eval.passes", f"must be >= 1, got {e.passes}")
     _check(e.test_every >= 0, "eval.test_every", f"must be >= 0, got {e.test_every}")
+
+
+def _validate_run(cfg: ExperimentConfig) -> None:
+    """The run's own settings: checkpoints, threads, seed, strategy and device."""
     _check(
         cfg.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0 (0 = only at the end), got {cfg.checkpoint_every}"
     )
@@ -559,6 +600,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
 
 
 __all__ = [
+    "config_diff",
     "ExperimentConfig",
     "DataConfig",
     "ModelConfig",

@@ -36,7 +36,7 @@ from .checkpoint import (
     save_train_state,
     write_run_config,
 )
-from .config import ExperimentConfig, config_to_dict
+from .config import ExperimentConfig, config_diff, config_to_dict
 from .data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
 from .perf import compile_model, resolve_precision, to_channels_last
 from .errors import CheckpointError, ConfigError
@@ -229,17 +229,6 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in rows))
 
 
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict) and not k.endswith("kw"):
-            keys += _config_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            keys.append(f"{prefix}{k}")
-    return keys
-
-
 def run_experiment(
     cfg: ExperimentConfig | None,
     out_dir: str | Path,
@@ -284,7 +273,7 @@ def _prepare_run(cfg: ExperimentConfig | None, out: Path, resume: bool) -> Exper
         if cfg is None:
             cfg = saved
         else:
-            diff = _config_diff(config_to_dict(cfg), config_to_dict(saved))
+            diff = config_diff(config_to_dict(cfg), config_to_dict(saved))
             if diff:
                 raise ConfigError(
                     f"--resume with a config that differs from the run's in {', '.join(diff[:6])}; "
@@ -319,58 +308,23 @@ def _run(
 
     gen = seed_everything(cfg.seed)
     train_ds, test_ds = build_datasets(cfg, progress=progress)
-    model = build_model(cfg, train_ds).to(device)
+    model, n_params = _model_on(cfg, train_ds, device, out, ctx.is_main)
     perf = cfg.perf  # speed options (spikeguard.perf); all off by default
-    if perf.channels_last:
-        to_channels_last(model)
-    n_params = count_parameters(model)
-    if ctx.is_main:
-        write_run_config(out, cfg, model.spikeguard_spec, n_params)  # type: ignore[arg-type]  # set by build_model
     steps, epochs = math.ceil(len(train_ds) / cfg.optim.batch_size), cfg.optim.epochs
-    opt, sched = make_sgd(
-        model,
-        lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum,
-        weight_decay=cfg.optim.weight_decay,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        fused=perf.fused_optimizer,
-    )
+    opt, sched = _optimizer(cfg, model, epochs, steps)
     strategy = build_strategy(cfg)
     dist = DistributedTraining(ctx, sync_bn=cfg.sync_bn)
     if perf.gpu_data:
         train_ds = train_ds.to(device)  # the same batches, gathered and augmented on the device
     if perf.compile != "off":
         compile_model(model, mode=None if perf.compile == "default" else perf.compile)
-    state = ctx.run_on_main(lambda: _load_state(model, out, device)) if resume else None
-    if state is not None:
-        dist.restore_rng(state, gen, cfg.seed)
-    else:
-        state = TrainState()
-        dist.seed(cfg.seed)  # rank 0 keeps the single-process stream
+    state = _start_state(cfg, ctx, dist, model, out, device, gen, resume)
     train_model, schedule = dist.prepare(model, build_schedule(cfg))
-    trainer = Trainer(
-        train_model,
-        opt,
-        None if cfg.optim.schedule == "constant" else sched,
-        strategy=strategy,
-        guard=build_guard(cfg, schedule),
-        delta_stat=cfg.tgo.delta,
-        grad_clip=cfg.optim.grad_clip or None,
-        precision=perf.amp,
-    )
+    trainer = _trainer(cfg, train_model, opt, sched, strategy, schedule)
     trainer.load_state_dict(state)
     report = _EpochReport(cfg, out, ctx.is_main, progress, logger, steps, device, model, opt, test_ds, on_epoch)
     report.start(state, resume)
-
-    def save(st: TrainState) -> None:
-        rng = dist.gather_rng(gen, st.epoch_order if not st.batch else None)
-        if ctx.is_main:
-            st.rng, st.rng_ranks = rng[0], rng[1:]
-            for key, value in trainer.state_dict().items():  # optimizer, scheduler, guard
-                setattr(st, key, value)
-            save_train_state(out, model, cfg, st)
-
+    save = _checkpoint_saver(cfg, out, ctx, dist, gen, trainer, model)
     report.save = save
     if ctx.world_size == 1:  # the constraint's pull next to the task's on one fixed batch (changes nothing)
         report.extra = lambda done: grad_ratio_log(cfg, model, strategy, trainer.guard, train_ds, done, device)
@@ -379,16 +333,7 @@ def _run(
     with graceful_stop(handle_signals) as stop:
         try:
             loader = dist.loader(train_ds, cfg.optim.batch_size, gen, augment, device, stop=lambda: stop.requested)
-            state = trainer.fit(
-                loader,
-                state,
-                epochs,
-                steps,
-                reduce=dist.reduce,
-                on_batch=report.batch,
-                on_epoch=report.epoch,
-                on_epoch_end=report.close_bar,
-            )
+            state = _fit(trainer, loader, state, epochs, steps, dist, report)
             if state.stopped:
                 msg = "nothing new to save"
                 if state.batch or state.epoch > start:
@@ -408,6 +353,100 @@ def _run(
     if not ctx.is_main:
         return {"rank": ctx.rank}
     return _finish(cfg, out, model, train_ds, test_ds, state, report.rows, n_params, device, progress)
+
+
+def _model_on(
+    cfg: ExperimentConfig, train_ds: ImageDataset, device: torch.device, out: Path, is_main: bool
+) -> tuple[nn.Module, int]:
+    """The run's model on ``device`` and its parameter count (the main process records its config)."""
+    model = build_model(cfg, train_ds).to(device)
+    if cfg.perf.channels_last:
+        to_channels_last(model)
+    n_params = count_parameters(model)
+    if is_main:
+        write_run_config(out, cfg, model.spikeguard_spec, n_params)  # type: ignore[arg-type]  # set by build_model
+    return model, n_params
+
+
+def _optimizer(cfg: ExperimentConfig, model: nn.Module, epochs: int, steps: int) -> tuple[Any, Any]:
+    """SGD and its learning-rate schedule, from ``cfg.optim``."""
+    return make_sgd(
+        model,
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        fused=cfg.perf.fused_optimizer,
+    )
+
+
+def _start_state(
+    cfg: ExperimentConfig,
+    ctx: Any,
+    dist: Any,
+    model: nn.Module,
+    out: Path,
+    device: torch.device,
+    gen: Any,
+    resume: bool,
+) -> TrainState:
+    """The state training starts from: the checkpoint's (resume, its random streams restored) or a fresh one."""
+    state = ctx.run_on_main(lambda: _load_state(model, out, device)) if resume else None
+    if state is not None:
+        dist.restore_rng(state, gen, cfg.seed)
+    else:
+        state = TrainState()
+        dist.seed(cfg.seed)  # rank 0 keeps the single-process stream
+    return state
+
+
+def _trainer(
+    cfg: ExperimentConfig, train_model: nn.Module, opt: Any, sched: Any, strategy: Any, schedule: Any
+) -> Trainer:
+    """The trainer of ``train_model``: the strategy, the threshold guard, gradient clipping and precision of ``cfg``."""
+    return Trainer(
+        train_model,
+        opt,
+        None if cfg.optim.schedule == "constant" else sched,
+        strategy=strategy,
+        guard=build_guard(cfg, schedule),
+        delta_stat=cfg.tgo.delta,
+        grad_clip=cfg.optim.grad_clip or None,
+        precision=cfg.perf.amp,
+    )
+
+
+def _checkpoint_saver(
+    cfg: ExperimentConfig, out: Path, ctx: Any, dist: Any, gen: Any, trainer: Trainer, model: nn.Module
+) -> Callable[[TrainState], None]:
+    """``save(state)``: gathers every rank's random streams; the main process writes the checkpoint."""
+
+    def save(st: TrainState) -> None:
+        rng = dist.gather_rng(gen, st.epoch_order if not st.batch else None)
+        if ctx.is_main:
+            st.rng, st.rng_ranks = rng[0], rng[1:]
+            for key, value in trainer.state_dict().items():  # optimizer, scheduler, guard
+                setattr(st, key, value)
+            save_train_state(out, model, cfg, st)
+
+    return save
+
+
+def _fit(
+    trainer: Trainer, loader: Any, state: TrainState, epochs: int, steps: int, dist: Any, report: _EpochReport
+) -> TrainState:
+    """Train from ``state`` to the last epoch (or a stop request), reporting every batch and epoch."""
+    return trainer.fit(
+        loader,
+        state,
+        epochs,
+        steps,
+        reduce=dist.reduce,
+        on_batch=report.batch,
+        on_epoch=report.epoch,
+        on_epoch_end=report.close_bar,
+    )
 
 
 def _load_state(model: nn.Module, out: Path, device: torch.device) -> TrainState | None:

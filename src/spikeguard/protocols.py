@@ -150,6 +150,35 @@ class Protocol:
         """
         if not overrides:
             return self
+        ov, per_group = self._split_overrides(overrides)
+        n_samples = ov.pop("n_samples", self.n_samples)
+        if not isinstance(n_samples, int) or n_samples < 0:
+            raise ConfigError(f"protocol {self.name}: n_samples must be an integer >= 0, got {n_samples!r}")
+        drop = set(ov.pop("drop", ()))
+        keep = ov.pop("groups", None)
+        kw_extra = ov.pop("attack_kw", {}) or {}
+        new_attacks = self._attack_list(ov.pop("attacks")) if "attacks" in ov else None
+        if new_attacks is not None:
+            kept = [g.name for g in self.groups if keep is None or g.name in keep]
+            if len(kept) != 1:
+                raise ConfigError(
+                    f"protocol {self.name}: attacks replaces one group's attack list; give it in a "
+                    f"group's table ([protocols.{self.name}.GROUP], groups: {', '.join(kept)})"
+                )
+        self._check_group_values(ov)
+        groups = []
+        for g in self.groups:
+            if keep is not None and g.name not in keep:
+                continue
+            new = self._override_group(g, ov, per_group.get(g.name), drop, kw_extra, new_attacks)
+            if new is not None:
+                groups.append(new)
+        if not groups:
+            raise ConfigError(f"protocol {self.name}: the overrides leave no attack to run")
+        return dataclasses.replace(self, groups=tuple(groups), n_samples=n_samples)
+
+    def _split_overrides(self, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(protocol-wide, per-group)`` overrides, the per-group ones keyed by group name; refuses unknown keys."""
         ov = dict(overrides)
         names = {g.name for g in self.groups}
         per_group = {k: ov.pop(k) for k in list(ov) if k in names}
@@ -176,20 +205,10 @@ class Protocol:
                 "individual, "
                 f"or a group name: {', '.join(sorted(names))})"
             )
-        n_samples = ov.pop("n_samples", self.n_samples)
-        if not isinstance(n_samples, int) or n_samples < 0:
-            raise ConfigError(f"protocol {self.name}: n_samples must be an integer >= 0, got {n_samples!r}")
-        drop = set(ov.pop("drop", ()))
-        keep = ov.pop("groups", None)
-        kw_extra = ov.pop("attack_kw", {}) or {}
-        new_attacks = self._attack_list(ov.pop("attacks")) if "attacks" in ov else None
-        if new_attacks is not None:
-            kept = [g.name for g in self.groups if keep is None or g.name in keep]
-            if len(kept) != 1:
-                raise ConfigError(
-                    f"protocol {self.name}: attacks replaces one group's attack list; give it in a "
-                    f"group's table ([protocols.{self.name}.GROUP], groups: {', '.join(kept)})"
-                )
+        return ov, per_group
+
+    def _check_group_values(self, ov: Mapping[str, Any]) -> None:
+        """Refuse group settings of the wrong type: ``alpha``, ``individual``, ``eot``, ``passes``, ``audit_steps``."""
         if "alpha" in ov and ov["alpha"] != EPS_RULE and not isinstance(ov["alpha"], (int, float)):
             raise ConfigError(f'protocol {self.name}: alpha must be a number or "eps", got {ov["alpha"]!r}')
         if "individual" in ov and not isinstance(ov["individual"], bool):
@@ -197,27 +216,32 @@ class Protocol:
         for key in ("eot", "passes", "audit_steps"):
             if key in ov and (not isinstance(ov[key], int) or ov[key] < 1):
                 raise ConfigError(f"protocol {self.name}: {key} must be an integer >= 1, got {ov[key]!r}")
-        groups = []
-        for g in self.groups:
-            if keep is not None and g.name not in keep:
-                continue
-            kw = {k: dict(v) for k, v in g.attack_kw.items()}
-            for k, v in kw_extra.items():
-                kw[k] = {**kw.get(k, {}), **dict(v)}
-            g = dataclasses.replace(g, attacks=new_attacks or g.attacks, attack_kw=kw, **ov)
-            if g.name in per_group:  # the group's own settings win over the protocol-wide ones
-                own = {k: v for k, v in per_group[g.name].items() if k != "drop"}
-                drop_g = drop | set(per_group[g.name].get("drop", ()))
-                g = Protocol(self.name, self.tag, "", (g,)).with_overrides(own).groups[0] if own else g
-            else:
-                drop_g = drop
-            attacks = tuple(a for a in g.attacks if a not in drop_g)
-            if not attacks:
-                continue
-            groups.append(dataclasses.replace(g, attacks=attacks))
-        if not groups:
-            raise ConfigError(f"protocol {self.name}: the overrides leave no attack to run")
-        return dataclasses.replace(self, groups=tuple(groups), n_samples=n_samples)
+
+    def _override_group(
+        self,
+        g: EvalGroup,
+        ov: Mapping[str, Any],
+        own: Mapping[str, Any] | None,
+        drop: set[str],
+        kw_extra: Mapping[str, Any],
+        new_attacks: tuple[str, ...] | None,
+    ) -> EvalGroup | None:
+        """Group ``g`` with the protocol-wide settings ``ov``, then its ``own`` ones, its attacks
+        less the dropped ones (None: none left)."""
+        kw = {k: dict(v) for k, v in g.attack_kw.items()}
+        for k, v in kw_extra.items():
+            kw[k] = {**kw.get(k, {}), **dict(v)}
+        g = dataclasses.replace(g, attacks=new_attacks or g.attacks, attack_kw=kw, **ov)
+        if own is not None:  # the group's own settings win over the protocol-wide ones
+            own_kw = {k: v for k, v in own.items() if k != "drop"}
+            drop_g = drop | set(own.get("drop", ()))
+            g = Protocol(self.name, self.tag, "", (g,)).with_overrides(own_kw).groups[0] if own_kw else g
+        else:
+            drop_g = drop
+        attacks = tuple(a for a in g.attacks if a not in drop_g)
+        if not attacks:
+            return None
+        return dataclasses.replace(g, attacks=attacks)
 
     def _attack_list(self, value: Any) -> tuple[str, ...]:
         """An ``attacks`` override as canonical registry names (one-line :class:`ConfigError` otherwise)."""

@@ -103,14 +103,7 @@ def run_gradients(
     """Heatmaps of the input gradient (true-class logit and loss) and sparsity over ``n`` images."""
     _check(models)
     out = ensure_dir(out)
-    if indices:
-        bad = [i for i in indices if not 0 <= i < len(ds)]
-        if bad:
-            raise ConfigError(f"image index {bad[0]} is out of range (the split has {len(ds)} images)")
-        idx = torch.tensor(list(indices))
-    else:
-        # the first image of each class, then the next ones: a varied, reproducible pick
-        idx = torch.cat([torch.nonzero(ds.labels == c).flatten()[:1] for c in range(ds.num_classes)])[:images]
+    idx = _heatmap_indices(ds, indices, images)
     x = ds.float_images(idx).to(device)
     y = ds.labels[idx].to(device)
     names = [f"{ds.classes[int(c)]}" for c in y.cpu()]
@@ -141,20 +134,8 @@ def run_gradients(
     }
     files += _grad.plot_sparsity_bars(metrics, out / "gradient_sparsity.png", formats=formats)
     names_list = list(models)
-    ratios = {}
-    if len(names_list) >= 2:
-        ratios = {
-            t: {o: _grad.sparsity_ratio(metrics[t][names_list[0]], metrics[t][o]) for o in names_list[1:]}
-            for t in _grad.TARGETS
-        }
-    lines = ["target,model,near_zero,zero,l1_l2,l1_l2_normalized,gini,all_zero_share,num_samples"]
-    for t, per in metrics.items():
-        for name, s in per.items():
-            lines.append(
-                f"{t},{name},{s['near_zero']:.6g},{s['zero']:.6g},{s['l1_l2']:.6g},"
-                f"{s['l1_l2_normalized']:.6g},{s['gini']:.6g},{s['all_zero_share']:.6g},{s['num_samples']}"
-            )
-    atomic_write_text(out / "gradients.csv", "\n".join(lines) + "\n")
+    ratios = _sparsity_ratios(metrics, names_list)
+    atomic_write_text(out / "gradients.csv", _gradients_csv(metrics))
     summary = {
         "analysis": "gradients",
         "dataset": ds.name,
@@ -169,6 +150,40 @@ def run_gradients(
     }
     atomic_write_json(out / "gradients.json", summary)
     return summary
+
+
+def _heatmap_indices(ds: ImageDataset, indices: Sequence[int] | None, images: int) -> torch.Tensor:
+    """The test images of the heatmaps: ``indices`` (checked), else the first ``images`` of one per class."""
+    if indices:
+        bad = [i for i in indices if not 0 <= i < len(ds)]
+        if bad:
+            raise ConfigError(f"image index {bad[0]} is out of range (the split has {len(ds)} images)")
+        return torch.tensor(list(indices))
+    # the first image of each class, then the next ones: a varied, reproducible pick
+    return torch.cat([torch.nonzero(ds.labels == c).flatten()[:1] for c in range(ds.num_classes)])[:images]
+
+
+def _sparsity_ratios(metrics: dict, names_list: list[str]) -> dict:
+    """Per target, each model's sparsity against the first model's (empty with one model)."""
+    ratios = {}
+    if len(names_list) >= 2:
+        ratios = {
+            t: {o: _grad.sparsity_ratio(metrics[t][names_list[0]], metrics[t][o]) for o in names_list[1:]}
+            for t in _grad.TARGETS
+        }
+    return ratios
+
+
+def _gradients_csv(metrics: dict) -> str:
+    """``gradients.csv``: one row per target and model."""
+    lines = ["target,model,near_zero,zero,l1_l2,l1_l2_normalized,gini,all_zero_share,num_samples"]
+    for t, per in metrics.items():
+        for name, s in per.items():
+            lines.append(
+                f"{t},{name},{s['near_zero']:.6g},{s['zero']:.6g},{s['l1_l2']:.6g},"
+                f"{s['l1_l2_normalized']:.6g},{s['gini']:.6g},{s['all_zero_share']:.6g},{s['num_samples']}"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def run_landscape(

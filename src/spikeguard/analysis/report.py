@@ -260,113 +260,137 @@ def _evaluations_section(rows: list[list[Any]]) -> str:
 
 
 def _analysis_section(kind: str, doc: dict) -> str:
-    if kind == "membrane":
-        rows = [
-            [
-                n,
-                m.get("near_threshold"),
-                doc.get("reduction_vs_baseline", {}).get(n, {}).get("overall"),
-                m.get("num_potentials"),
-            ]
-            for n, m in doc.get("models", {}).items()
+    """The section of one analysis JSON of ``kind`` (empty for a kind without one)."""
+    section = _ANALYSIS_SECTIONS.get(kind)
+    return section(doc) if section else ""
+
+
+def _membrane_section(doc: dict) -> str:
+    """Near-threshold shares per model, and per layer where recorded."""
+    rows = [
+        [
+            n,
+            m.get("near_threshold"),
+            doc.get("reduction_vs_baseline", {}).get(n, {}).get("overall"),
+            m.get("num_potentials"),
         ]
-        out = f"<h3>Membrane potentials (|U - V_th| &lt; {_fmt(doc.get('delta'))})</h3>" + table(
-            ["model", "near-threshold share", f"reduction vs {doc.get('baseline')}", "potentials"],
-            rows,
+        for n, m in doc.get("models", {}).items()
+    ]
+    out = f"<h3>Membrane potentials (|U - V_th| &lt; {_fmt(doc.get('delta'))})</h3>" + table(
+        ["model", "near-threshold share", f"reduction vs {doc.get('baseline')}", "potentials"],
+        rows,
+        pct_cols=(1, 2),
+    )
+    layers = list(dict.fromkeys(k for m in doc.get("models", {}).values() for k in m.get("layer_near_threshold", {})))
+    if layers:
+        out += table(
+            ["model"] + layers,
+            [[n] + [m.get("layer_near_threshold", {}).get(k) for k in layers] for n, m in doc["models"].items()],
+            pct_cols=range(1, len(layers) + 1),
+        )
+    return out
+
+
+def _gradients_section(doc: dict) -> str:
+    """Input-gradient sparsity per model and target."""
+    rows = []
+    for t, per in doc.get("metrics", {}).items():
+        for n, s in per.items():
+            rows.append(
+                [
+                    f"{n} (d {t})",
+                    s.get("near_zero"),
+                    s.get("l1_l2"),
+                    s.get("l1_l2_normalized"),
+                    s.get("gini"),
+                    s.get("all_zero_share"),
+                ]
+            )
+    return "<h3>Input-gradient sparsity</h3>" + table(
+        ["model (target)", "near-zero share", "L1/L2", "L1/(L2 sqrt d)", "Gini", "all-zero samples"],
+        rows,
+        pct_cols=(1, 5),
+    )
+
+
+def _flip_section(doc: dict) -> str:
+    """Spike-flip theory (Monte Carlo vs closed form) and measured flip rates."""
+    out = "<h3>Spike flips</h3>"
+    th = doc.get("theory", {}).get("sigmas", {})
+    if th:
+        out += table(
+            ["sigma", "max |MC - Phi|", "max error / s.e."],
+            [[s, r.get("max_abs_error"), r.get("max_z")] for s, r in th.items()],
+        )
+    meas = doc.get("measured", {})
+    if meas:
+        red = doc.get("flip_rate_reduction_vs_first", {})
+        out += table(
+            ["model", "flip rate", "reduction vs first", "perturbation", "eps", "noise"],
+            [
+                [
+                    n,
+                    r.get("overall_rate"),
+                    red.get(n),
+                    r.get("perturbation"),
+                    eps_label(r.get("eps", 0.0)),
+                    r.get("noise"),
+                ]
+                for n, r in meas.items()
+            ],
             pct_cols=(1, 2),
         )
-        layers = list(
-            dict.fromkeys(k for m in doc.get("models", {}).values() for k in m.get("layer_near_threshold", {}))
-        )
-        if layers:
-            out += table(
-                ["model"] + layers,
-                [[n] + [m.get("layer_near_threshold", {}).get(k) for k in layers] for n, m in doc["models"].items()],
-                pct_cols=range(1, len(layers) + 1),
-            )
-        return out
-    if kind == "gradients":
-        rows = []
-        for t, per in doc.get("metrics", {}).items():
-            for n, s in per.items():
-                rows.append(
-                    [
-                        f"{n} (d {t})",
-                        s.get("near_zero"),
-                        s.get("l1_l2"),
-                        s.get("l1_l2_normalized"),
-                        s.get("gini"),
-                        s.get("all_zero_share"),
-                    ]
-                )
-        return "<h3>Input-gradient sparsity</h3>" + table(
-            ["model (target)", "near-zero share", "L1/L2", "L1/(L2 sqrt d)", "Gini", "all-zero samples"],
-            rows,
-            pct_cols=(1, 5),
-        )
-    if kind == "flip":
-        out = "<h3>Spike flips</h3>"
-        th = doc.get("theory", {}).get("sigmas", {})
-        if th:
-            out += table(
-                ["sigma", "max |MC - Phi|", "max error / s.e."],
-                [[s, r.get("max_abs_error"), r.get("max_z")] for s, r in th.items()],
-            )
-        meas = doc.get("measured", {})
-        if meas:
-            red = doc.get("flip_rate_reduction_vs_first", {})
-            out += table(
-                ["model", "flip rate", "reduction vs first", "perturbation", "eps", "noise"],
-                [
-                    [
-                        n,
-                        r.get("overall_rate"),
-                        red.get(n),
-                        r.get("perturbation"),
-                        eps_label(r.get("eps", 0.0)),
-                        r.get("noise"),
-                    ]
-                    for n, r in meas.items()
-                ],
-                pct_cols=(1, 2),
-            )
-        return out
-    if kind == "jacobian":
-        rows = [
-            [
-                n,
-                s.get("median_spectral"),
-                s.get("median_frobenius"),
-                s.get("median_actual"),
-                s.get("median_linear"),
-                s.get("median_bound"),
-                s.get("share_exceeding_bound"),
-            ]
-            for n, s in doc.get("summary", {}).items()
+    return out
+
+
+def _jacobian_section(doc: dict) -> str:
+    """Input-Jacobian norms against the first-order bound."""
+    rows = [
+        [
+            n,
+            s.get("median_spectral"),
+            s.get("median_frobenius"),
+            s.get("median_actual"),
+            s.get("median_linear"),
+            s.get("median_bound"),
+            s.get("share_exceeding_bound"),
         ]
-        return f"<h3>Input Jacobian ({_e(doc.get('attack', ''))})</h3>" + table(
-            [
-                "model",
-                "median ||J||_2",
-                "median ||J||_F",
-                "median ||f(x+d)-f(x)||",
-                "median ||J d||",
-                "median bound",
-                "share above bound",
-            ],
-            rows,
-            pct_cols=(6,),
-        )
-    if kind == "landscape":
-        rows = [
-            [f"{n} [{d}]", s.get("center_loss"), s.get("sharpness_0.25"), s.get("max_loss")]
-            for d, per in doc.get("surfaces", {}).items()
-            for n, s in per.items()
-        ]
-        return "<h3>Loss landscape</h3>" + table(
-            ["model [data]", "loss at (0,0)", "mean rise within 0.25", "max loss on grid"], rows
-        )
-    return ""
+        for n, s in doc.get("summary", {}).items()
+    ]
+    return f"<h3>Input Jacobian ({_e(doc.get('attack', ''))})</h3>" + table(
+        [
+            "model",
+            "median ||J||_2",
+            "median ||J||_F",
+            "median ||f(x+d)-f(x)||",
+            "median ||J d||",
+            "median bound",
+            "share above bound",
+        ],
+        rows,
+        pct_cols=(6,),
+    )
+
+
+def _landscape_section(doc: dict) -> str:
+    """Loss-landscape summary per model and data."""
+    rows = [
+        [f"{n} [{d}]", s.get("center_loss"), s.get("sharpness_0.25"), s.get("max_loss")]
+        for d, per in doc.get("surfaces", {}).items()
+        for n, s in per.items()
+    ]
+    return "<h3>Loss landscape</h3>" + table(
+        ["model [data]", "loss at (0,0)", "mean rise within 0.25", "max loss on grid"], rows
+    )
+
+
+_ANALYSIS_SECTIONS = {
+    "membrane": _membrane_section,
+    "gradients": _gradients_section,
+    "flip": _flip_section,
+    "jacobian": _jacobian_section,
+    "landscape": _landscape_section,
+}
 
 
 def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str, list[_sweep.SweepRecord]]:
@@ -384,6 +408,28 @@ def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str,
         parts.append(_config_section(cfg))
     if (run / "log.jsonl").is_file():
         parts.append(_log_section(run / "log.jsonl"))
+    file_parts, records, evaluations = _result_files(run)
+    parts += file_parts
+    sub_records, sub_evaluations = _sub_folder_evaluations(run, own)
+    evaluations += sub_evaluations
+    if sub_records:
+        records += sub_records
+        folders = sorted({Path(r.source).parent.name for r in sub_records})
+        parts.append(_eval_section(sub_records, f"Accuracy ({', '.join(x + '/' for x in folders)})"))
+    parts.append(_evaluations_section(evaluations))
+    parts += _figures(run, own)
+    if len(parts) == 1:
+        parts.append(
+            '<p class="note">nothing recognised in this folder (no config.json, log.jsonl, JSON results '
+            "or PNG figures)</p>"
+        )
+    return "\n".join(parts), records
+
+
+def _result_files(run: Path) -> tuple[list[str], list[_sweep.SweepRecord], list[list[Any]]]:
+    """Sections of the run folder's own JSON files (analyses, training results, evaluations),
+    with the evaluations' accuracy records and rows."""
+    parts: list[str] = []
     records: list[_sweep.SweepRecord] = []
     evaluations: list[list[Any]] = []
     for f in sorted(run.glob("*.json")):
@@ -399,22 +445,7 @@ def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str,
                 parts.append(_analysis_section(kind, doc))
             continue
         if isinstance(doc, dict) and "test_accuracy" in doc:
-            parts.append(
-                f"<h3>{_e(f.name)}</h3>"
-                + table(
-                    ["metric", "value"],
-                    [
-                        [
-                            k,
-                            f"{100 * doc[k]:.2f}%"
-                            if k == "test_accuracy" and isinstance(doc[k], (int, float))
-                            else doc[k],
-                        ]
-                        for k in ("test_accuracy", "test_samples", "epochs", "train_seconds", "param_count", "device")
-                        if k in doc
-                    ],
-                )
-            )
+            parts.append(_training_result_table(f.name, doc))
         recs = _sweep.parse_evaluation(doc, f)
         if recs:
             records += recs
@@ -428,9 +459,30 @@ def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str,
                 ]
                 if nt:
                     parts.append(table(["model", "near-threshold share"], nt, pct_cols=(1,)))
+    return parts, records, evaluations
+
+
+def _training_result_table(name: str, doc: dict) -> str:
+    """A training result file's metrics (test accuracy, samples, epochs, time, size, device)."""
+    return f"<h3>{_e(name)}</h3>" + table(
+        ["metric", "value"],
+        [
+            [
+                k,
+                f"{100 * doc[k]:.2f}%" if k == "test_accuracy" and isinstance(doc[k], (int, float)) else doc[k],
+            ]
+            for k in ("test_accuracy", "test_samples", "epochs", "train_seconds", "param_count", "device")
+            if k in doc
+        ],
+    )
+
+
+def _sub_folder_evaluations(run: Path, own: Any) -> tuple[list[_sweep.SweepRecord], list[list[Any]]]:
+    """Accuracy records and rows of the evaluations in the run's sub-folders that ``own`` keeps."""
     # evaluations written into sub-folders (``spikeguard evaluate``'s default RUN/evaluation/, or
     # one folder per budget) belong to this run: one table over all of them
     sub_records: list[_sweep.SweepRecord] = []
+    evaluations: list[list[Any]] = []
     for f in sorted([*run.glob("*/*.json"), *run.glob("evaluation/*/*.json")]):
         if f.parent.name.startswith(".") or f.name == "config.json" or f.name.startswith("state") or not own(f):
             continue
@@ -439,12 +491,13 @@ def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str,
             recs = _sweep.parse_evaluation(doc, f)
             sub_records += recs
             evaluations += evaluation_rows(doc, f, run) if recs else []
-    if sub_records:
-        records += sub_records
-        folders = sorted({Path(r.source).parent.name for r in sub_records})
-        parts.append(_eval_section(sub_records, f"Accuracy ({', '.join(x + '/' for x in folders)})"))
-    parts.append(_evaluations_section(evaluations))
+    return sub_records, evaluations
+
+
+def _figures(run: Path, own: Any) -> list[str]:
+    """The run's PNG figures (up to two folders deep) embedded, those over MAX_IMAGE_BYTES named only."""
     pngs = sorted(p for p in run.rglob("*.png") if len(p.relative_to(run).parts) <= 3 and own(p))
+    parts: list[str] = []
     if pngs:
         parts.append("<h3>Figures</h3>")
         for p in pngs:
@@ -453,12 +506,7 @@ def _run_section(run: Path, idx: int, others: Sequence[Path] = ()) -> tuple[str,
                 parts.append(f'<p class="note">{_e(p.relative_to(run))} ({size / 1e6:.1f} MB) not embedded</p>')
                 continue
             parts.append(_img_tag(p.read_bytes(), str(p.relative_to(run))))
-    if len(parts) == 1:
-        parts.append(
-            '<p class="note">nothing recognised in this folder (no config.json, log.jsonl, JSON results '
-            "or PNG figures)</p>"
-        )
-    return "\n".join(parts), records
+    return parts
 
 
 def build_report(

@@ -77,6 +77,7 @@ def _ints(text: str) -> list[int]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``spikeguard analyze``: its positional arguments, then the option groups of _OPTION_GROUPS."""
     p = sub.add_parser(
         "analyze",
         help="figures + numbers: membrane potentials, gradient sparsity, loss landscapes, flips, "
@@ -91,129 +92,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("what", choices=[*ANALYSES.names(), "all"], help="which analysis")
     p.add_argument("files", nargs="*", metavar="JSON", help="sweep only: evaluation JSON files or folders")
-    g = p.add_argument_group("models and data")
-    g.add_argument(
-        "-k",
-        "--checkpoint",
-        action="append",
-        default=[],
-        metavar="[NAME=]RUN",
-        help="a run folder to analyse (repeatable; the first is the baseline)",
-    )
-    g.add_argument("--dataset", help="dataset name (default: the first run's)")
-    g.add_argument("--data-root", help="dataset root (default: the first run's, then $SPIKEGUARD_DATA, ./data)")
-    g.add_argument(
-        "--n",
-        type=nonneg_int,
-        default=None,
-        help="test images to use, 0 = all (defaults: membrane/flip/gradients 0 up to 1000, "
-        "landscape 256, jacobian 128)",
-    )
-    g.add_argument(
-        "--device",
-        default="auto",
-        metavar="DEVICE",
-        help="auto, cpu, cuda, cuda:1 ... (default auto); an unavailable device is a one-line error",
-    )
-    g.add_argument("--seed", type=int, default=0, help="seed for subsets, noise draws, random directions (default 0)")
-    o = p.add_argument_group("output")
-    o.add_argument(
-        "--out",
-        "-o",
-        default=None,
-        metavar="DIR",
-        help="output folder (default: a new folder runs/analysis/<UTC time>-<what>)",
-    )
-    o.add_argument("--overwrite", action="store_true", help="replace results already in --out")
-    o.add_argument("--format", default="png", help="figure formats: png plus any of svg,pdf (default png)")
-    o.add_argument("--title", default="", help="figure title prefix")
-    o.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    m = p.add_argument_group("membrane")
-    m.add_argument(
-        "--delta",
-        type=_pos_float,
-        default=None,
-        help="near-threshold band half-width (default: the first run's tgo.delta, else 0.5)",
-    )
-    m.add_argument("--bins", type=positive_int, default=120, help="histogram bins (default 120)")
-    m.add_argument(
-        "--range",
-        dest="hist_range",
-        type=_floats_signed,
-        default=(-2.0, 3.0),
-        metavar="LO,HI",
-        help="histogram range (default -2,3)",
-    )
-    gr = p.add_argument_group("gradients")
-    gr.add_argument("--images", type=positive_int, default=6, help="heatmap rows (default 6: one per class)")
-    gr.add_argument("--index", type=_ints, default=None, help="explicit test-image indices for the heatmaps")
-    gr.add_argument("--rel-tol", type=float, default=0.01, help="near-zero: |g| <= rel_tol * max|g| (default 0.01)")
-    gr.add_argument(
-        "--grad-samples",
-        type=positive_int,
-        default=1,
-        help="average the gradient over this many noise draws (default 1)",
-    )
-    gr.add_argument("--cell-scale", action="store_true", help="one colour range per heatmap instead of per row")
-    la = p.add_argument_group("landscape")
-    la.add_argument("--steps", type=positive_int, default=21, help="grid points per axis (odd; default 21)")
-    la.add_argument(
-        "--span", type=_pos_float, default=1.0, help="grid half-width in filter-normalised units (default 1)"
-    )
-    la.add_argument("--eps", type=_eps, default=8 / 255, help="RFGSM / attack budget (default 8/255)")
-    la.add_argument("--rfgsm-alpha", type=_eps, default=None, help="RFGSM random step (default eps/2)")
-    la.add_argument("--include-bn", action="store_true", help="also move biases and BatchNorm affine parameters")
-    fl = p.add_argument_group("flip")
-    fl.add_argument(
-        "--sigmas", type=_floats, default=[0.3, math.sqrt(0.4), 1.0], help="noise stds (default 0.3,0.632,1)"
-    )
-    fl.add_argument("--draws", type=positive_int, default=20000, help="Monte-Carlo draws per point (default 20000)")
-    fl.add_argument("--flip-eps", type=_eps, default=2 / 255, help="perturbation for measured flips (default 2/255)")
-    fl.add_argument("--perturbation", choices=("fgsm", "random"), default="fgsm", help="measured-flip perturbation")
-    fl.add_argument(
-        "--noise",
-        choices=("fixed", "off"),
-        default="fixed",
-        help="Noisy-LIF noise in the measured-flip passes: same draws in both (fixed) or off",
-    )
-    ja = p.add_argument_group("jacobian")
-    ja.add_argument("--iters", type=positive_int, default=20, help="power-iteration steps (default 20)")
-    ja.add_argument(
-        "--method",
-        choices=("auto", "power", "gram"),
-        default="auto",
-        help="spectral norm: power iteration, exact Gram matrix, or auto (default)",
-    )
-    ja.add_argument(
-        "--projections",
-        type=positive_int,
-        default=None,
-        help="estimate the Frobenius norm from this many random projections (default: exact)",
-    )
-    ja.add_argument(
-        "--attack", choices=("fgsm", "pgd"), default="fgsm", help="attack for the bound check (default fgsm)"
-    )
-    sw = p.add_argument_group("sweep")
-    sw.add_argument(
-        "--sweep-attack",
-        default=None,
-        metavar="NAME",
-        help="attack to plot (default: each evaluation's per-sample worst case where it has one, else the "
-        "lowest per-attack accuracy of one evaluation)",
-    )
-    sw.add_argument("--lambda-eps", type=_eps, default=None, help="budget of the lambda_max panel (default ~8/255)")
-    sw.add_argument(
-        "--reference",
-        default=None,
-        metavar="MODEL",
-        help="model name the table's deltas are taken against (default: no deltas)",
-    )
-    sw.add_argument(
-        "--merge",
-        action="store_true",
-        help="put results of different provenance for one model into one row (the table then lists "
-        "what each merged row combines)",
-    )
+    for title, options in _OPTION_GROUPS:
+        g = p.add_argument_group(title)
+        for flags, kw in options:
+            g.add_argument(*flags, **kw)
     p.set_defaults(func=run)
 
 
@@ -225,6 +107,168 @@ def _floats_signed(text: str) -> tuple[float, float]:
     if len(vals) != 2 or not vals[1] > vals[0] or not all(math.isfinite(v) for v in vals):
         raise argparse.ArgumentTypeError(f"expected LO,HI with LO < HI, got {text!r}")
     return vals[0], vals[1]
+
+
+_Option = tuple[tuple[str, ...], dict]
+
+
+def _opt(*flags: str, **kw) -> _Option:
+    """One option of a group: its flags and its ``add_argument`` keywords."""
+    return flags, kw
+
+
+# The option groups of ``spikeguard analyze`` in help order: (title, options).
+_OPTION_GROUPS: list[tuple[str, list[_Option]]] = [
+    (
+        "models and data",
+        [
+            _opt(
+                "-k",
+                "--checkpoint",
+                action="append",
+                default=[],
+                metavar="[NAME=]RUN",
+                help="a run folder to analyse (repeatable; the first is the baseline)",
+            ),
+            _opt("--dataset", help="dataset name (default: the first run's)"),
+            _opt("--data-root", help="dataset root (default: the first run's, then $SPIKEGUARD_DATA, ./data)"),
+            _opt(
+                "--n",
+                type=nonneg_int,
+                default=None,
+                help="test images to use, 0 = all (defaults: membrane/flip/gradients 0 up to 1000, "
+                "landscape 256, jacobian 128)",
+            ),
+            _opt(
+                "--device",
+                default="auto",
+                metavar="DEVICE",
+                help="auto, cpu, cuda, cuda:1 ... (default auto); an unavailable device is a one-line error",
+            ),
+            _opt("--seed", type=int, default=0, help="seed for subsets, noise draws, random directions (default 0)"),
+        ],
+    ),
+    (
+        "output",
+        [
+            _opt(
+                "--out",
+                "-o",
+                default=None,
+                metavar="DIR",
+                help="output folder (default: a new folder runs/analysis/<UTC time>-<what>)",
+            ),
+            _opt("--overwrite", action="store_true", help="replace results already in --out"),
+            _opt("--format", default="png", help="figure formats: png plus any of svg,pdf (default png)"),
+            _opt("--title", default="", help="figure title prefix"),
+            _opt("--no-progress", action="store_true", help="hide progress bars"),
+        ],
+    ),
+    (
+        "membrane",
+        [
+            _opt(
+                "--delta",
+                type=_pos_float,
+                default=None,
+                help="near-threshold band half-width (default: the first run's tgo.delta, else 0.5)",
+            ),
+            _opt("--bins", type=positive_int, default=120, help="histogram bins (default 120)"),
+            _opt(
+                "--range",
+                dest="hist_range",
+                type=_floats_signed,
+                default=(-2.0, 3.0),
+                metavar="LO,HI",
+                help="histogram range (default -2,3)",
+            ),
+        ],
+    ),
+    (
+        "gradients",
+        [
+            _opt("--images", type=positive_int, default=6, help="heatmap rows (default 6: one per class)"),
+            _opt("--index", type=_ints, default=None, help="explicit test-image indices for the heatmaps"),
+            _opt("--rel-tol", type=float, default=0.01, help="near-zero: |g| <= rel_tol * max|g| (default 0.01)"),
+            _opt(
+                "--grad-samples",
+                type=positive_int,
+                default=1,
+                help="average the gradient over this many noise draws (default 1)",
+            ),
+            _opt("--cell-scale", action="store_true", help="one colour range per heatmap instead of per row"),
+        ],
+    ),
+    (
+        "landscape",
+        [
+            _opt("--steps", type=positive_int, default=21, help="grid points per axis (odd; default 21)"),
+            _opt("--span", type=_pos_float, default=1.0, help="grid half-width in filter-normalised units (default 1)"),
+            _opt("--eps", type=_eps, default=8 / 255, help="RFGSM / attack budget (default 8/255)"),
+            _opt("--rfgsm-alpha", type=_eps, default=None, help="RFGSM random step (default eps/2)"),
+            _opt("--include-bn", action="store_true", help="also move biases and BatchNorm affine parameters"),
+        ],
+    ),
+    (
+        "flip",
+        [
+            _opt("--sigmas", type=_floats, default=[0.3, math.sqrt(0.4), 1.0], help="noise stds (default 0.3,0.632,1)"),
+            _opt("--draws", type=positive_int, default=20000, help="Monte-Carlo draws per point (default 20000)"),
+            _opt("--flip-eps", type=_eps, default=2 / 255, help="perturbation for measured flips (default 2/255)"),
+            _opt("--perturbation", choices=("fgsm", "random"), default="fgsm", help="measured-flip perturbation"),
+            _opt(
+                "--noise",
+                choices=("fixed", "off"),
+                default="fixed",
+                help="Noisy-LIF noise in the measured-flip passes: same draws in both (fixed) or off",
+            ),
+        ],
+    ),
+    (
+        "jacobian",
+        [
+            _opt("--iters", type=positive_int, default=20, help="power-iteration steps (default 20)"),
+            _opt(
+                "--method",
+                choices=("auto", "power", "gram"),
+                default="auto",
+                help="spectral norm: power iteration, exact Gram matrix, or auto (default)",
+            ),
+            _opt(
+                "--projections",
+                type=positive_int,
+                default=None,
+                help="estimate the Frobenius norm from this many random projections (default: exact)",
+            ),
+            _opt("--attack", choices=("fgsm", "pgd"), default="fgsm", help="attack for the bound check (default fgsm)"),
+        ],
+    ),
+    (
+        "sweep",
+        [
+            _opt(
+                "--sweep-attack",
+                default=None,
+                metavar="NAME",
+                help="attack to plot (default: each evaluation's per-sample worst case where it has one, else the "
+                "lowest per-attack accuracy of one evaluation)",
+            ),
+            _opt("--lambda-eps", type=_eps, default=None, help="budget of the lambda_max panel (default ~8/255)"),
+            _opt(
+                "--reference",
+                default=None,
+                metavar="MODEL",
+                help="model name the table's deltas are taken against (default: no deltas)",
+            ),
+            _opt(
+                "--merge",
+                action="store_true",
+                help="put results of different provenance for one model into one row (the table then lists "
+                "what each merged row combines)",
+            ),
+        ],
+    ),
+]
 
 
 def load_models(specs: list[str], device: str = "cpu") -> tuple[dict, list]:

@@ -62,11 +62,23 @@ def synthetic_dvs_events(
         noise_rate: background events per pixel and polarity over the recording.
         hot_pixels, hot_rate: number of hot pixels of the sensor and their mean events each.
     """
+    n = images.shape[0]
+    rng = np.random.default_rng(seed)
+    base = _place_sources(images, canvas, rng)
+    pos = _positions(rng, n, steps)  # [n, K + 1, 2]
+    thr = rng.uniform(*threshold, size=(n, 1, 1)).astype(np.float32)
+    chunks = _motion_events(base, pos, thr, duration, rng)
+    chunks.append(_noise_events(n, canvas, duration, noise_rate, rng))
+    chunks += _hot_pixel_events(n, canvas, duration, hot_pixels, hot_rate, seed, rng)
+    return _per_sample_streams(chunks, n)
+
+
+def _place_sources(images: np.ndarray, canvas: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n, canvas, canvas]``: each image scaled up (integer factor) near the canvas centre, offset by a few pixels."""
     n, h, w = images.shape
     scale = max(1, (canvas * 2 // 3) // max(h, w))
     if max(h, w) * scale + 8 > canvas:
         raise DataError(f"canvas {canvas} is too small for {h}x{w} sources (needs >= {max(h, w) + 8})")
-    rng = np.random.default_rng(seed)
     src = np.kron(images, np.ones((scale, scale)))
     sh, sw = src.shape[1:]
     base = np.zeros((n, canvas, canvas), dtype=np.float32)
@@ -74,15 +86,25 @@ def synthetic_dvs_events(
     for i in range(n):
         y0, x0 = (canvas - sh) // 2 + off[i, 0], (canvas - sw) // 2 + off[i, 1]
         base[i, y0 : y0 + sh, x0 : x0 + sw] = src[i]
-    pos = _positions(rng, n, steps)  # [n, K + 1, 2]
+    return base
+
+
+_Chunk = tuple[np.ndarray, ...]  # (sample, t, x, y, p) of some events
+
+
+def _motion_events(
+    base: np.ndarray, pos: np.ndarray, thr: np.ndarray, duration: int, rng: np.random.Generator
+) -> list[_Chunk]:
+    """The events of the canvases moved along ``pos``: a pixel fires each time its log intensity
+    has changed by its sample's contrast threshold ``thr`` since its last event."""
+    n, canvas = base.shape[0], base.shape[1]
     k_steps = pos.shape[1] - 1
     img = torch.from_numpy(base)[:, None]
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    thr = rng.uniform(*threshold, size=(n, 1, 1)).astype(np.float32)
     ref = None
     dt = duration // k_steps
-    chunks: list[tuple[np.ndarray, ...]] = []
+    chunks: list[_Chunk] = []
     for j in range(k_steps + 1):
         theta[:, 0, 2] = torch.from_numpy(-2 * pos[:, j, 0] / canvas).float()
         theta[:, 1, 2] = torch.from_numpy(-2 * pos[:, j, 1] / canvas).float()
@@ -101,20 +123,28 @@ def synthetic_dvs_events(
         p = np.repeat((diff[np.nonzero(count)] > 0).astype(np.uint8), reps)
         t = (j - 1) * dt + rng.integers(0, dt, size=len(s))
         chunks.append((s, t, x, y, p))
-    # background noise: uniform in space, time and polarity
+    return chunks
+
+
+def _noise_events(n: int, canvas: int, duration: int, noise_rate: float, rng: np.random.Generator) -> _Chunk:
+    """Background noise: uniform in space, time and polarity."""
     n_noise = rng.poisson(noise_rate * 2 * canvas * canvas, size=n)
     s = np.repeat(np.arange(n), n_noise)
     m = len(s)
-    chunks.append(
-        (
-            s,
-            rng.integers(0, duration, m),
-            rng.integers(0, canvas, m),
-            rng.integers(0, canvas, m),
-            rng.integers(0, 2, m).astype(np.uint8),
-        )
+    return (
+        s,
+        rng.integers(0, duration, m),
+        rng.integers(0, canvas, m),
+        rng.integers(0, canvas, m),
+        rng.integers(0, 2, m).astype(np.uint8),
     )
-    # hot pixels: the same few sensor pixels fire in every recording of the split
+
+
+def _hot_pixel_events(
+    n: int, canvas: int, duration: int, hot_pixels: int, hot_rate: float, seed: int, rng: np.random.Generator
+) -> list[_Chunk]:
+    """Hot pixels: the same few sensor pixels (drawn from ``seed + 1``) fire in every recording of the split."""
+    chunks: list[_Chunk] = []
     hot = np.random.default_rng(seed + 1).integers(0, canvas, size=(hot_pixels, 2))
     for hy, hx in hot:
         c = rng.poisson(hot_rate, size=n)
@@ -123,6 +153,11 @@ def synthetic_dvs_events(
         chunks.append(
             (s, rng.integers(0, duration, m), np.full(m, hx), np.full(m, hy), rng.integers(0, 2, m).astype(np.uint8))
         )
+    return chunks
+
+
+def _per_sample_streams(chunks: list[_Chunk], n: int) -> list[np.ndarray]:
+    """The events of all chunks as one stream per sample, in time order."""
     s, t, x, y, p = (np.concatenate(a) for a in zip(*chunks, strict=True))
     order = np.lexsort((t, s))
     s, t, x, y, p = s[order], t[order], x[order], y[order], p[order]

@@ -656,66 +656,129 @@ def audit_robustness(
     ``surrogate`` check.
     """
     t0 = time.perf_counter()
-    if steps < 1 or not sweep:
-        raise SpikeguardError("the audit needs steps >= 1 and a non-empty eps sweep")
-    if report is not None and report.n != len(labels):
-        raise SpikeguardError(f"the report covers {report.n} samples but {len(labels)} were given")
+    _check_audit_args(steps, sweep, report, len(labels))
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if not isinstance(randomness, Randomness):
         randomness = detect_randomness(model, images[:8].to(device), mode=randomness, seed=seed)
-    stochastic = randomness.stochastic
-    eot_used = eot if stochastic else 1
-    eot_check = eot if eot > 1 else 8
-    # a cascade's attacks saw only the survivors of the ones before them: their accuracies cannot be
-    # compared, so the audit runs its own (their budgets are still checked)
-    have = dict(report.results) if report is not None and not report.cascade else {}
-    budget_only = dict(report.results) if report is not None and report.cascade else {}
-
-    plan = audit_plan(
-        model,
-        eps,
-        stochastic=stochastic,
-        eot=eot_used,
-        eot_check=eot_check,
+    run = _AuditRun(
+        eps=eps,
         steps=steps,
         alpha=alpha,
         sweep=sweep,
         square_queries=square_queries,
+        eot=eot if randomness.stochastic else 1,
+        eot_check=eot if eot > 1 else 8,
+        passes=passes,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        randomness=randomness,
+    )
+    have, budget_only = _reused_results(report)
+    plan, own = _audit_runs(model, images, labels, run, have, progress)
+    results = {**own.results, **have}  # the report's runs win (the user's settings)
+    zero_grad = zero_gradient_share(model, images, labels, eot=run.eot, batch_size=batch_size, device=device)
+    st = _audit_settings(run, plan, own.num_classes or 1, zero_grad, tolerance, chance_margin, zero_grad_limit)
+    every = {e.obj for e in AUDIT_CHECKS.entries() if e.meta["every_run"]}
+    checks = [check({**results, **budget_only} if check in every else results, st) for check in audit_checks()]
+    settings = _settings_record(run, st, own.passes, len(labels), report is not None)
+    return AuditReport(checks=checks, settings=settings, runs=own, seconds=time.perf_counter() - t0)
+
+
+def _check_audit_args(steps: int, sweep: Sequence[float], report: RobustnessReport | None, n: int) -> None:
+    """Refuse an audit without PGD steps or sweep budgets, or with a report on other samples."""
+    if steps < 1 or not sweep:
+        raise SpikeguardError("the audit needs steps >= 1 and a non-empty eps sweep")
+    if report is not None and report.n != n:
+        raise SpikeguardError(f"the report covers {report.n} samples but {n} were given")
+
+
+@dataclass(frozen=True)
+class _AuditRun:
+    """How :func:`audit_robustness` makes its own runs, the model's randomness resolved."""
+
+    eps: float
+    steps: int
+    alpha: float | str
+    sweep: Sequence[float]
+    square_queries: int
+    eot: int  # EoT samples of the runs (1 for a deterministic model)
+    eot_check: int  # EoT samples of the EoT check's second run
+    passes: int
+    batch_size: int
+    seed: int
+    device: torch.device | str
+    randomness: Randomness
+
+
+def _reused_results(report: RobustnessReport | None) -> tuple[Results, Results]:
+    """A report's results the checks compare, and those only checked for their budgets."""
+    # a cascade's attacks saw only the survivors of the ones before them: their accuracies cannot be
+    # compared, so the audit runs its own (their budgets are still checked)
+    have = dict(report.results) if report is not None and not report.cascade else {}
+    budget_only = dict(report.results) if report is not None and report.cascade else {}
+    return have, budget_only
+
+
+def _audit_runs(
+    model: nn.Module, images: Tensor, labels: Tensor, run: _AuditRun, have: Results, progress: bool
+) -> tuple[AuditPlan, RobustnessReport]:
+    """Plan the runs ``have`` does not cover and evaluate them (seeded apart from a report with the same seed)."""
+    plan = audit_plan(
+        model,
+        run.eps,
+        stochastic=run.randomness.stochastic,
+        eot=run.eot,
+        eot_check=run.eot_check,
+        steps=run.steps,
+        alpha=run.alpha,
+        sweep=run.sweep,
+        square_queries=run.square_queries,
         have=have,
     )
-    runs, sweep, sweep_names, pair, eot_pair = plan.runs, plan.sweep, plan.sweep_names, plan.pair, plan.eot_pair
-    sg_runs, sg_skip = plan.surrogate_runs, plan.surrogate_skip
     own = evaluate_robustness(
         model,
         images,
         labels,
-        runs,
-        eps=eps,
-        eot=eot_used,
-        passes=passes,
-        batch_size=batch_size,
-        seed=seed + 1,
-        device=device,
+        plan.runs,
+        eps=run.eps,
+        eot=run.eot,
+        passes=run.passes,
+        batch_size=run.batch_size,
+        seed=run.seed + 1,
+        device=run.device,
         progress="audit" if progress else False,
-        randomness=randomness,
+        randomness=run.randomness,
     )
-    results = {**own.results, **have}  # the report's runs win (the user's settings)
-    z_ce, z_margin = zero_gradient_share(model, images, labels, eot=eot_used, batch_size=batch_size, device=device)
-    st = AuditSettings(
-        eps=eps,
-        steps=steps,
+    return plan, own
+
+
+def _audit_settings(
+    run: _AuditRun,
+    plan: AuditPlan,
+    num_classes: int,
+    zero_grad: tuple[float, float],
+    tolerance: float,
+    chance_margin: float,
+    zero_grad_limit: float,
+) -> AuditSettings:
+    """What the checks judge against: the thresholds, the measured zero-gradient shares and the runs' roles."""
+    sg_skip = plan.surrogate_skip
+    return AuditSettings(
+        eps=run.eps,
+        steps=run.steps,
         tolerance=tolerance,
         chance_margin=chance_margin,
         zero_grad_limit=zero_grad_limit,
-        num_classes=own.num_classes or 1,
-        sweep=tuple(sweep),
-        sweep_names=tuple(sweep_names),
-        pair=pair,
-        eot_pair=eot_pair,
-        eot_check=eot_check,
-        zero_grad=(z_ce, z_margin, eot_used),
-        surrogate_runs=tuple(sg_runs),
+        num_classes=num_classes,
+        sweep=tuple(plan.sweep),
+        sweep_names=tuple(plan.sweep_names),
+        pair=plan.pair,
+        eot_pair=plan.eot_pair,
+        eot_check=run.eot_check,
+        zero_grad=(zero_grad[0], zero_grad[1], run.eot),
+        surrogate_runs=tuple(plan.surrogate_runs),
         surrogate_skip=(
             "the surrogate-width sweep "
             + "; ".join(sg_skip)
@@ -724,29 +787,30 @@ def audit_robustness(
         if sg_skip
         else "",
     )
-    every = {e.obj for e in AUDIT_CHECKS.entries() if e.meta["every_run"]}
-    checks = [check({**results, **budget_only} if check in every else results, st) for check in audit_checks()]
-    settings = {
-        "eps": eps,
-        "eps_label": eps_label(eps),
-        "eot": eot_used,
-        "eot_check": eot_check if stochastic else None,
-        "passes": own.passes,
-        "steps": steps,
-        "alpha": alpha,
-        "step_size": describe_step_size(alpha),
-        "sweep": [eps_label(e) for e in sweep],
-        "tolerance_points": tolerance,
-        "chance_margin": chance_margin,
-        "zero_grad_limit": zero_grad_limit,
-        "n_samples": len(labels),
-        "stochastic": stochastic,
-        "randomness": randomness.to_dict(),
-        "used_report": report is not None,
-        "seed": seed,
-        "surrogate_widths": [f"{sg}:{w:g}" for (sg, w), _ in sg_runs],
+
+
+def _settings_record(run: _AuditRun, st: AuditSettings, passes: int, n_samples: int, used_report: bool) -> dict:
+    """The audit's settings as recorded in its report."""
+    return {
+        "eps": run.eps,
+        "eps_label": eps_label(run.eps),
+        "eot": run.eot,
+        "eot_check": run.eot_check if run.randomness.stochastic else None,
+        "passes": passes,
+        "steps": run.steps,
+        "alpha": run.alpha,
+        "step_size": describe_step_size(run.alpha),
+        "sweep": [eps_label(e) for e in st.sweep],
+        "tolerance_points": st.tolerance,
+        "chance_margin": st.chance_margin,
+        "zero_grad_limit": st.zero_grad_limit,
+        "n_samples": n_samples,
+        "stochastic": run.randomness.stochastic,
+        "randomness": run.randomness.to_dict(),
+        "used_report": used_report,
+        "seed": run.seed,
+        "surrogate_widths": [f"{sg}:{w:g}" for (sg, w), _ in st.surrogate_runs],
     }
-    return AuditReport(checks=checks, settings=settings, runs=own, seconds=time.perf_counter() - t0)
 
 
 def _pgd_pair(results: Results, eps: float) -> tuple[str, str] | None:

@@ -703,85 +703,196 @@ def evaluate_robustness(
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if not isinstance(randomness, Randomness):
         randomness = detect_randomness(model, images[:8].to(device), mode=randomness, seed=seed)
+    run = _run_settings(randomness, device, passes, eot, seed, first_batch, batch_size, max_eval_batch, individual)
+    order, skipped = _attack_order(model, attacks, run, eps, alpha, source, attack_kw)
+    tally = _run_batches(model, images, labels, order, run, progress)
+    report = _make_report(run, randomness, order, skipped, tally, eps, alpha, labels)
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+@dataclass
+class _RunSettings:
+    """How one :func:`evaluate_robustness` call judges, once the model's randomness is known."""
+
+    device: torch.device | str
+    stochastic: bool
+    global_rng: bool  # randomness that is not Noisy-LIF noise, repeated pass by pass
+    paired: bool
+    n_pass: int
+    eot: int
+    seed: int
+    first_batch: int
+    batch_size: int
+    max_eval_batch: int
+    individual: bool
+
+
+def _run_settings(
+    randomness: Randomness,
+    device: torch.device | str,
+    passes: int,
+    eot: int,
+    seed: int,
+    first_batch: int,
+    batch_size: int,
+    max_eval_batch: int,
+    individual: bool,
+) -> _RunSettings:
+    """The passes, EoT and pairing a model with ``randomness`` is judged with."""
     stochastic = randomness.stochastic
     # randomness that is not Noisy-LIF noise is repeated through the global generators, pass by pass
     global_rng = stochastic and (randomness.global_rng or "noisy-lif" not in randomness.sources)
-    paired = randomness.controlled or not stochastic
-    n_pass = passes if stochastic else 1
-    eot_used = eot if stochastic else 1
-    # one forward per EoT sample: a model may draw one random transform per batch
-    build = dict(eps=eps, eot=eot_used, alpha=alpha, source=source, seed=seed) | (
-        {"eot_batched": False} if global_rng else {}
+    return _RunSettings(
+        device=device,
+        stochastic=stochastic,
+        global_rng=global_rng,
+        paired=randomness.controlled or not stochastic,
+        n_pass=passes if stochastic else 1,
+        eot=eot if stochastic else 1,
+        seed=seed,
+        first_batch=first_batch,
+        batch_size=batch_size,
+        max_eval_batch=max_eval_batch,
+        individual=individual,
     )
-    named, skipped = _build_attacks(model, attacks, model_traits(model, stochastic, source), build, attack_kw)
-    order = named if individual else cascade_order(named)
 
+
+def _attack_order(
+    model: nn.Module,
+    attacks: Sequence[AttackLike],
+    run: _RunSettings,
+    eps: float,
+    alpha: float | str,
+    source: nn.Module | None,
+    attack_kw: dict[str, dict] | None,
+) -> tuple[list[tuple[str, Attack]], dict[str, str]]:
+    """The attacks to run in running order (the cascade's: cheap to expensive) and the skipped ones."""
+    # one forward per EoT sample: a model may draw one random transform per batch
+    build = dict(eps=eps, eot=run.eot, alpha=alpha, source=source, seed=run.seed) | (
+        {"eot_batched": False} if run.global_rng else {}
+    )
+    named, skipped = _build_attacks(model, attacks, model_traits(model, run.stochastic, source), build, attack_kw)
+    return (named if run.individual else cascade_order(named)), skipped
+
+
+@dataclass
+class _Tally:
+    """What the batches of one call found: clean and attacked verdicts and per-attack statistics."""
+
+    clean: Tensor  # [P, N]
+    robust: dict[str, Tensor]
+    ran: dict[str, Tensor]
+    stats: dict[str, dict]
+    num_classes: int | None = None
+
+
+def _run_batches(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    order: list[tuple[str, Attack]],
+    run: _RunSettings,
+    progress: Any,
+) -> _Tally:
+    """Judge every batch clean, then run every attack of ``order`` on it."""
     n = len(labels)
-    clean = torch.zeros(n_pass, n, dtype=torch.bool)
-    robust = {k: torch.zeros(1 if not stochastic else n_pass, n, dtype=torch.bool) for k, _ in order}
-    ran = {k: torch.zeros(n, dtype=torch.bool) for k, _ in order}
-    stats = {k: dict(seconds=0.0, max_linf=0.0, x_min=math.inf, x_max=-math.inf, n_attacked=0) for k, _ in order}
-    n_batches = math.ceil(n / batch_size)
+    tally = _Tally(
+        clean=torch.zeros(run.n_pass, n, dtype=torch.bool),
+        robust={k: torch.zeros(1 if not run.stochastic else run.n_pass, n, dtype=torch.bool) for k, _ in order},
+        ran={k: torch.zeros(n, dtype=torch.bool) for k, _ in order},
+        stats={k: dict(seconds=0.0, max_linf=0.0, x_min=math.inf, x_max=-math.inf, n_attacked=0) for k, _ in order},
+    )
+    n_batches = math.ceil(n / run.batch_size)
     bar, own_bar = as_progress(progress, n)
-    bar.set_attacks([k for k, _ in order], {k: attack_cost(a) for k, a in order}, clean_cost=FORWARD_SHARE * n_pass)
-    num_classes = None
+    bar.set_attacks([k for k, _ in order], {k: attack_cost(a) for k, a in order}, clean_cost=FORWARD_SHARE * run.n_pass)
     for bi in range(n_batches):
-        s, e = bi * batch_size, min(n, (bi + 1) * batch_size)
-        x, y = images[s:e].to(device), labels[s:e].to(device)
+        s, e = bi * run.batch_size, min(n, (bi + 1) * run.batch_size)
+        x, y = images[s:e].to(run.device), labels[s:e].to(run.device)
         if own_bar:  # a shared bar counts its caller's batches
             bar.batch(bi, n_batches)
-        es = _eval_seed(seed, first_batch + bi) if stochastic else None
-        if num_classes is None:
+        es = _eval_seed(run.seed, run.first_batch + bi) if run.stochastic else None
+        if tally.num_classes is None:
             with torch.inference_mode():
-                num_classes = int(model(x[:1]).shape[1])
+                tally.num_classes = int(model(x[:1]).shape[1])
         t0 = time.perf_counter()
-        ok = correct_per_pass(model, x, y, n_pass, es, max_eval_batch, global_rng).cpu()
-        clean[:, s:e] = ok
+        ok = correct_per_pass(model, x, y, run.n_pass, es, run.max_eval_batch, run.global_rng).cpu()
+        tally.clean[:, s:e] = ok
         bar.step("clean", e - s, seconds=time.perf_counter() - t0)
-        bt = _Batch(x, y, ok, es, n_pass, global_rng, max_eval_batch)
-        _run_batch(model, order, bt, s, not individual, paired, seed, first_batch + bi, robust, ran, stats, bar)
+        bt = _Batch(x, y, ok, es, run.n_pass, run.global_rng, run.max_eval_batch)
+        _run_batch(
+            model,
+            order,
+            bt,
+            s,
+            not run.individual,
+            run.paired,
+            run.seed,
+            run.first_batch + bi,
+            tally.robust,
+            tally.ran,
+            tally.stats,
+            bar,
+        )
     if own_bar:
         bar.close()
+    return tally
 
+
+def _make_report(
+    run: _RunSettings,
+    randomness: Randomness,
+    order: list[tuple[str, Attack]],
+    skipped: dict[str, str],
+    tally: _Tally,
+    eps: float,
+    alpha: float | str,
+    labels: Tensor,
+) -> RobustnessReport:
+    """The report of one call: its settings, the clean verdicts and one :class:`AttackResult` per attack."""
     report = RobustnessReport(
         eps=float(eps),
-        eot=eot_used,
-        passes=n_pass,
-        stochastic=stochastic,
-        num_classes=num_classes or 0,
-        seed=seed,
-        clean=clean,
+        eot=run.eot,
+        passes=run.n_pass,
+        stochastic=run.stochastic,
+        num_classes=tally.num_classes or 0,
+        seed=run.seed,
+        clean=tally.clean,
         skipped=skipped,
         labels=labels.detach().cpu(),
-        precision=current_precision(device),
+        precision=current_precision(run.device),
         randomness=randomness.to_dict(),
         step_size=describe_step_size(alpha),
-        mode=INDIVIDUAL if individual else CASCADE,
-        paired=paired,
+        mode=INDIVIDUAL if run.individual else CASCADE,
+        paired=run.paired,
     )
     for label, atk in order:
-        st = stats[label]
-        if st["n_attacked"] == 0:
-            st["x_min"], st["x_max"] = 0.0, 1.0
-        report.results[label] = AttackResult(
-            name=label,
-            robust=robust[label],
-            eps=atk.eps,
-            threat=getattr(atk, "threat", "white-box"),
-            description=repr(atk),
-            seconds=st["seconds"],
-            max_linf=st["max_linf"],
-            x_min=st["x_min"],
-            x_max=st["x_max"],
-            n_attacked=int(st["n_attacked"]),  # an integer count kept in a float dict
-            iterative=bool(getattr(atk, "iterative", False)),
-            family=getattr(atk, "family", None),
-            settings=atk.settings() if hasattr(atk, "settings") else {},
-            ran=None if individual else ran[label],
-            cost=attack_cost(atk),
-        )
-    report.seconds = time.perf_counter() - t_start
+        report.results[label] = _attack_result(label, atk, tally, run.individual)
     return report
+
+
+def _attack_result(label: str, atk: Attack, tally: _Tally, individual: bool) -> AttackResult:
+    """The :class:`AttackResult` of one attack from its verdicts and statistics."""
+    st = tally.stats[label]
+    if st["n_attacked"] == 0:
+        st["x_min"], st["x_max"] = 0.0, 1.0
+    return AttackResult(
+        name=label,
+        robust=tally.robust[label],
+        eps=atk.eps,
+        threat=getattr(atk, "threat", "white-box"),
+        description=repr(atk),
+        seconds=st["seconds"],
+        max_linf=st["max_linf"],
+        x_min=st["x_min"],
+        x_max=st["x_max"],
+        n_attacked=int(st["n_attacked"]),  # an integer count kept in a float dict
+        iterative=bool(getattr(atk, "iterative", False)),
+        family=getattr(atk, "family", None),
+        settings=atk.settings() if hasattr(atk, "settings") else {},
+        ran=None if individual else tally.ran[label],
+        cost=attack_cost(atk),
+    )
 
 
 def _check_inputs(images: Tensor, labels: Tensor, passes: int, eot: int, batch_size: int) -> None:

@@ -141,20 +141,10 @@ def evaluate_sharded(
     ctx = ctx or current()
     t0 = time.perf_counter()
     n = len(labels)
-    if n == 0:
-        raise SpikeguardError("no samples to evaluate")
-    if batch_size < 1:
-        raise SpikeguardError("batch_size must be >= 1")
-    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
-        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
-        raise SpikeguardError(f"{bad} of {n} images contain NaN or Inf; attacks need finite pixels in [0, 1]")
+    _check_shard_inputs(images, n, batch_size)
     n_batches = math.ceil(n / batch_size)
     if not isinstance(kw.get("randomness"), Randomness):
-        # found once on the first images, so every batch and every rank treats the model alike
-        device = kw.get("device") or next((p.device for p in model.parameters()), torch.device("cpu"))
-        kw["randomness"] = detect_randomness(
-            model, images[:8].to(device), mode=kw.get("randomness") or "auto", seed=int(kw.get("seed", 0))
-        )
+        kw["randomness"] = _find_randomness(model, images, kw)
     done = read_journal(journal) if journal is not None else {}
     done = {b: r for b, r in done.items() if 0 <= b < n_batches and r.get("n") == min(batch_size, n - b * batch_size)}
     todo = [b for b in range(n_batches) if b % ctx.world_size == ctx.rank and b not in done]
@@ -182,6 +172,32 @@ def evaluate_sharded(
             append_jsonl(path, rec)
         mine[b] = rec
     bar.close()
+    _gather_batches(ctx, done, mine, n_batches)
+    return _merge([done[b] for b in range(n_batches)], labels, time.perf_counter() - t0)
+
+
+def _check_shard_inputs(images: Tensor, n: int, batch_size: int) -> None:
+    """Refuse an empty evaluation, a batch size below 1 and images with NaN or Inf pixels."""
+    if n == 0:
+        raise SpikeguardError("no samples to evaluate")
+    if batch_size < 1:
+        raise SpikeguardError("batch_size must be >= 1")
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+        raise SpikeguardError(f"{bad} of {n} images contain NaN or Inf; attacks need finite pixels in [0, 1]")
+
+
+def _find_randomness(model: nn.Module, images: Tensor, kw: dict[str, Any]) -> Randomness:
+    """The model's randomness (``kw["randomness"]``: the mode, default auto)."""
+    # found once on the first images, so every batch and every rank treats the model alike
+    device = kw.get("device") or next((p.device for p in model.parameters()), torch.device("cpu"))
+    return detect_randomness(
+        model, images[:8].to(device), mode=kw.get("randomness") or "auto", seed=int(kw.get("seed", 0))
+    )
+
+
+def _gather_batches(ctx: Any, done: dict[int, dict], mine: dict[int, dict], n_batches: int) -> None:
+    """Complete ``done`` with every rank's batches; every batch must be there."""
     # each rank contributes its own batches, computed now or found in its journal (a journal
     # need not be on a shared file system)
     own = {b: r for b, r in done.items() if b % ctx.world_size == ctx.rank}
@@ -190,7 +206,6 @@ def evaluate_sharded(
     missing = [b for b in range(n_batches) if b not in done]
     if missing:  # pragma: no cover - every batch belongs to some rank
         raise SpikeguardError(f"evaluation is missing batches {missing[:5]}")
-    return _merge([done[b] for b in range(n_batches)], labels, time.perf_counter() - t0)
 
 
 __all__ = ["evaluate_sharded", "read_journal", "journal_key"]

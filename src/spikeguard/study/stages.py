@@ -8,7 +8,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import ExperimentConfig, config_to_dict
+import datetime as _dt
+
+import torch
+
+from .._version import __version__
+from ..analysis.bn_control import bn_rescale_control
+from ..analysis.membrane import potential_histogram
+from ..checkpoint import MODEL_FILE, load_run, read_run_config
+from ..data import load_dataset
+from ..experiment import RESULTS_FILE, build_datasets, run_experiment
+from ..calibration import calibrate_lambda, settings_from_dict
+from ..utils import eps_label, resolve_device
+from .tables import neuron_text
+from ..config import ExperimentConfig, config_diff, config_to_dict
 from ..errors import ConfigError, SpikeguardError
 from ..evaluation.results import evaluation_provenance, robustness_document
 from ..evaluation.sharded import journal_key
@@ -34,7 +47,6 @@ from .tables import write_comparison
 
 # --------------------------------------------------------------------------------------- plan
 def _train_size(cfg: ExperimentConfig) -> int:
-    from ..experiment import build_datasets
 
     train, _ = build_datasets(cfg)
     return len(train)
@@ -42,7 +54,6 @@ def _train_size(cfg: ExperimentConfig) -> int:
 
 def _probe(r: RunSpec, out: Path, probe_images: int, progress: bool, log: Log, tag: str) -> float:
     """Seconds of one full training epoch of ``r``, measured on ``probe_images`` images (0 = all)."""
-    from ..experiment import RESULTS_FILE, run_experiment
 
     cfg = copy.deepcopy(r.config)
     full = _train_size(cfg)
@@ -111,7 +122,6 @@ def plan_epochs(spec: StudySpec, out: Path, budget_s: float, log: Log, progress:
 # --------------------------------------------------------------------------------------- calibration, training
 def _calibrate(spec: StudySpec, out: Path, progress: bool, log: Log) -> dict[str, dict]:
     """lambda_max once per calibrated row (on its first seed's config); the pick applies to all its seeds."""
-    from ..calibration import calibrate_lambda, settings_from_dict
 
     calibrations: dict[str, dict] = {}
     for row in calibrated_rows(spec):
@@ -136,15 +146,12 @@ def _calibrate(spec: StudySpec, out: Path, progress: bool, log: Log) -> dict[str
 
 
 def _neuron_text(cfg: ExperimentConfig) -> str:
-    from .tables import neuron_text
 
     return neuron_text(cfg)
 
 
 def _train(spec: StudySpec, out: Path, progress: bool, log: Log) -> None:
     """Train every run (a finished one reused, an interrupted one resumed, other settings refused)."""
-    from ..checkpoint import read_run_config
-    from ..experiment import RESULTS_FILE, _config_diff, run_experiment
 
     for i, r in enumerate(spec.runs):
         d = out / "runs" / r.name
@@ -152,7 +159,7 @@ def _train(spec: StudySpec, out: Path, progress: bool, log: Log) -> None:
         if (d / "config.json").is_file():
             saved, _ = read_run_config(d)
             # the name is a label (a run trained by `spikeguard train` into this layout is reused)
-            diff = [k for k in _config_diff(config_to_dict(r.config), config_to_dict(saved)) if k != "name"]
+            diff = [k for k in config_diff(config_to_dict(r.config), config_to_dict(saved)) if k != "name"]
             if diff:
                 raise ConfigError(
                     f"{d} holds run {r.name!r} with other settings ({', '.join(diff[:5])}); "
@@ -173,7 +180,6 @@ def _train(spec: StudySpec, out: Path, progress: bool, log: Log) -> None:
 # --------------------------------------------------------------------------------------- evaluation
 def _eval_images(cfg: ExperimentConfig, ev: dict, n_samples: int | None = None):
     """The evaluation images: class-balanced, drawn with the study's evaluation seed (the same for every seed)."""
-    from ..data import load_dataset
 
     d = cfg.data
     n = int(ev["n_samples"]) if not n_samples else int(n_samples)
@@ -190,7 +196,6 @@ def _eval_images(cfg: ExperimentConfig, ev: dict, n_samples: int | None = None):
 
 
 def _weights_id(run_dir: Path) -> list:
-    from ..checkpoint import MODEL_FILE
 
     st = (run_dir / MODEL_FILE).stat()
     return [st.st_size, st.st_mtime_ns]
@@ -326,8 +331,6 @@ def _share_and_control(model, ds, x, y, cfg: ExperimentConfig, spec: StudySpec, 
 
     The control's attack runs at the study's first eps.
     """
-    from ..analysis.bn_control import bn_rescale_control
-    from ..analysis.membrane import potential_histogram
 
     path = share_path(run_dir)
     key = {
@@ -391,8 +394,6 @@ def _evaluate_run(
     spec: StudySpec, out: Path, i: int, r: RunSpec, models: dict, images, n_eval: dict, progress: bool, log: Log
 ):
     """Share, BN control and every protocol group at every eps of one run; returns its device."""
-    from ..checkpoint import load_run
-    from ..utils import eps_label, resolve_device
 
     ev = spec.evaluation
     d = out / "runs" / r.name
@@ -469,7 +470,6 @@ def run_study(
     report: bool = True,
 ) -> dict:
     """Run every stage of ``spec`` in ``out_dir`` (see :mod:`spikeguard.study`); returns ``study.json``'s content."""
-    from ..utils import eps_label
 
     out = ensure_dir(out_dir)
     t0 = time.perf_counter()
@@ -514,10 +514,6 @@ def run_study(
 
 def _meta(spec: StudySpec, n_eval: dict[str, int], device: str, date: str | None = None) -> dict:
     """The tables' header facts: eps, image counts (``study`` = share/control, else per protocol tag), date, device."""
-    import datetime as _dt
-
-    from .. import __version__
-    from ..utils import eps_label
 
     eps = spec.eps_list()
     return {
@@ -536,7 +532,6 @@ def _meta(spec: StudySpec, n_eval: dict[str, int], device: str, date: str | None
 
 def _device_text(device) -> str:
     """``cuda:0 (NVIDIA H200), torch 2.11`` / ``cpu, torch 2.13.0``: where a number was measured."""
-    import torch
 
     name = (
         f" ({torch.cuda.get_device_name(device)})" if device is not None and torch.device(device).type == "cuda" else ""

@@ -662,8 +662,41 @@ def write_comparison(
             "with the same `--out` to complete it): " + "; ".join(pending) + ".\n"
         )
     first = next(iter(tables.values()))
+    doc = _study_doc(spec, tables, meta, plan, calibrations, pending, t0)
+    atomic_write_json(out / STUDY_JSON, doc)
+    atomic_write_text(out / STUDY_MD, md)
+    figs = plot_study(first["entries"], first["_rows"], first["columns"], spec, out)
+    if report:
+        build_report(
+            [out / "figures"] + [d for d in (out / "runs" / r.name for r in spec.runs) if d.is_dir()],
+            out / "report.html",
+            title=f"spikeguard study {spec.name}",
+            preface=study_html(spec, first["entries"], first["_rows"], first["columns"], doc["eps"][0]),
+        )
+    log(md)
+    log(
+        f"[study] wrote {out / STUDY_MD}, {out / STUDY_JSON}, {len(figs)} figures"
+        + (f", {out / 'report.html'}" if report else "")
+        + f" in {time.perf_counter() - t0:.0f} s"
+        + (f"; {len(pending)} item(s) not finished" if pending else "")
+    )
+    return doc
+
+
+def _study_doc(
+    spec: StudySpec,
+    tables: dict[str, dict],
+    meta: dict,
+    plan: dict | None,
+    calibrations: dict[str, dict],
+    pending: list[str],
+    t0: float,
+) -> dict:
+    """``study.json``: every eps's table, the first eps's at the top level, the plan, the calibrations
+    and what is not finished."""
+    first = next(iter(tables.values()))
     cal = {row: _calibration_summary(c) for row, c in calibrations.items()}
-    doc = {
+    return {
         "study": spec.name,
         "description": spec.description,
         "file": str(spec.path) if spec.path else None,
@@ -686,21 +719,3 @@ def write_comparison(
         "pending": pending,
         "seconds": time.perf_counter() - t0,
     }
-    atomic_write_json(out / STUDY_JSON, doc)
-    atomic_write_text(out / STUDY_MD, md)
-    figs = plot_study(first["entries"], first["_rows"], first["columns"], spec, out)
-    if report:
-        build_report(
-            [out / "figures"] + [d for d in (out / "runs" / r.name for r in spec.runs) if d.is_dir()],
-            out / "report.html",
-            title=f"spikeguard study {spec.name}",
-            preface=study_html(spec, first["entries"], first["_rows"], first["columns"], doc["eps"][0]),
-        )
-    log(md)
-    log(
-        f"[study] wrote {out / STUDY_MD}, {out / STUDY_JSON}, {len(figs)} figures"
-        + (f", {out / 'report.html'}" if report else "")
-        + f" in {time.perf_counter() - t0:.0f} s"
-        + (f"; {len(pending)} item(s) not finished" if pending else "")
-    )
-    return doc

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import spikeguard.calibration as cal
-from spikeguard.calibration import (CalibrationSettings, calibrate_lambda, compare_normalisations, control_lambda,
+import spikeguard.jobs.calibration as cal
+from spikeguard.jobs.calibration import (CalibrationSettings, calibrate_lambda, compare_normalisations, control_lambda,
                                     reference_config, trial_config)
 from spikeguard.cli.main import main as cli_main
 from spikeguard.config import load_config

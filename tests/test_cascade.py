@@ -266,7 +266,7 @@ def test_cli_cascade_is_the_default_and_individual_flag_works(tmp_path, capsys):
     from spikeguard.checkpoint import save_checkpoint
     from spikeguard.cli.main import main
     from spikeguard.config import load_config
-    from spikeguard.experiment import build_model
+    from spikeguard.jobs.train import build_model
 
     cfg = load_config(None, ["data.name=digits", "model.name=small_conv", "model.T=2",
                              "model.kw={channels = [4, 8, 8]}"])

@@ -11,7 +11,7 @@ from spikeguard.checkpoint import load_run, load_training_state, load_weights, s
 from spikeguard.cli.main import main as cli_main
 from spikeguard.config import FORMAT_VERSION, load_config
 from spikeguard.errors import CheckpointError, ConfigError
-from spikeguard.experiment import build_model, run_experiment
+from spikeguard.jobs.train import build_model, run_experiment
 from spikeguard.models import create_model
 
 torch.set_num_threads(1)

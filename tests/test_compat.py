@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from spikeguard.checkpoint import load_run, load_train_state
-from spikeguard.experiment import run_experiment
+from spikeguard.jobs.train import run_experiment
 from spikeguard.training import TrainState
 
 DATA = Path(__file__).parent / "data"

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from spikeguard.checkpoint import load_training_state, save_checkpoint
 from spikeguard.cli.main import main as cli_main
 from spikeguard.config import load_config
-from spikeguard.experiment import build_model, run_experiment
+from spikeguard.jobs.train import build_model, run_experiment
 from spikeguard.signals import graceful_stop
 
 torch.set_num_threads(1)

@@ -18,7 +18,7 @@ from torch import nn
 from spikeguard import distributed
 from spikeguard.config import load_config
 from spikeguard.distributed import ShardWeight, SyncBatchNorm, shard_bounds
-from spikeguard.experiment import run_experiment
+from spikeguard.jobs.train import run_experiment
 
 torch.set_num_threads(1)
 

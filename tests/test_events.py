@@ -233,7 +233,7 @@ def test_frame_count_must_equal_T():
 
 def test_presets_load_and_build():
     from spikeguard.config import load_config
-    from spikeguard.experiment import build_model
+    from spikeguard.jobs.train import build_model
 
     root = Path(__file__).resolve().parents[1] / "configs"
     for name in ("paper/dvs-cifar10-wrn16-at.toml", "paper/dvs-cifar10-wrn16-tgo-at.toml",

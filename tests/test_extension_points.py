@@ -14,7 +14,7 @@ from spikeguard.checkpoint import load_run
 from spikeguard.cli.main import main
 from spikeguard.config import load_config
 from spikeguard.errors import ConfigError
-from spikeguard.experiment import build_model, run_experiment
+from spikeguard.jobs.train import build_model, run_experiment
 from spikeguard.models import MultiStep, NeuronFactory, SpikingModel, register_model
 from spikeguard.neurons import LIF, is_stochastic, noise_enabled, noise_seed, noisy_neurons, register_neuron
 

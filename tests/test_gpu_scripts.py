@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spikeguard.calibration import settings_from_dict
+from spikeguard.jobs.calibration import settings_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from spikeguard.cli.main import main as cli_main
 from spikeguard.config import load_config
 from spikeguard.data import ImageDataset
 from spikeguard.errors import SpikeguardError
-from spikeguard.experiment import build_model, run_experiment
+from spikeguard.jobs.train import build_model, run_experiment
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ from spikeguard.checkpoint import save_checkpoint
 from spikeguard.config import load_config
 from spikeguard.errors import SpikeguardError
 from spikeguard.jobs import AuditRequest, EvaluationRequest, run_audit, run_evaluation
-from spikeguard.experiment import build_model
+from spikeguard.jobs.train import build_model
 
 BASE_KEYS = {"checkpoint", "checkpoint_id", "command", "protocol", "attacks", "eps", "n_samples", "seed", "passes",
              "eot", "data", "software", "date"}
@@ -78,7 +78,7 @@ def test_study_group_and_cli_share_the_provenance_record(run, tmp_path):
     from spikeguard.checkpoint import load_run
     from spikeguard.data import load_dataset
     from spikeguard.protocols import EvalGroup, Protocol
-    from spikeguard.study.stages import _run_group
+    from spikeguard.jobs.study.stages import _run_group
 
     model = load_run(run).model.eval()
     ds = load_dataset("digits", "test", subset=6, seed=0)

@@ -55,7 +55,7 @@ class _FakeWriter:
 
 def test_tensorboard_receives_step_and_epoch_scalars(tmp_path, monkeypatch):
     from spikeguard.config import load_config
-    from spikeguard.experiment import run_experiment
+    from spikeguard.jobs.train import run_experiment
 
     fake = _FakeWriter()
     monkeypatch.setattr(sglog, "_summary_writer", lambda path: fake)

@@ -12,7 +12,7 @@ from torch import nn
 from spikeguard.config import load_config
 from spikeguard.errors import ConfigError
 from spikeguard.evaluation import evaluate_robustness
-from spikeguard.experiment import run_experiment
+from spikeguard.jobs.train import run_experiment
 from spikeguard.models import create_model
 from spikeguard.neurons import record_potentials
 from spikeguard.perf import (

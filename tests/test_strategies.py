@@ -244,7 +244,7 @@ def test_bad_arguments_are_config_errors(name, kw, msg):
 
 
 def test_ablation_quick_mode_on_digits(tmp_path):
-    from spikeguard.ablation import QUICK_OVERRIDES, AttackSettings, format_table, run_ablation
+    from spikeguard.jobs.ablation import QUICK_OVERRIDES, AttackSettings, format_table, run_ablation
     from spikeguard.config import load_config
 
     base = load_config(None, list(QUICK_OVERRIDES) + ["data.subset=200", "data.test_subset=30", "optim.epochs=1",

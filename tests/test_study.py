@@ -12,8 +12,8 @@ from spikeguard.config import load_config
 from spikeguard.errors import ConfigError
 from spikeguard.models import create_model
 from spikeguard.protocols import EPS_RULE, PAPER, STRONG, get_protocol
-from spikeguard.study import load_study, parse_duration, plan_epochs, run_study
-from spikeguard.study.tables import header
+from spikeguard.jobs.study import load_study, parse_duration, plan_epochs, run_study
+from spikeguard.jobs.study.tables import header
 
 STUDIES = Path(__file__).resolve().parents[1] / "configs" / "studies"
 SMOKE = STUDIES / "cpu-digits-smoke.toml"
@@ -129,7 +129,7 @@ def test_study_end_to_end_and_reuse(tmp_path):
     assert any("stage 5/5" in s for s in lines)
 
     # --tables-only: the same comparison from the folder alone; unfinished work is listed, not filled in
-    from spikeguard.study import summarize_study
+    from spikeguard.jobs.study import summarize_study
 
     same = summarize_study(_small_spec(), tmp_path, report=False, log=lambda s: None)
     assert same["complete"] and same["pending"] == [] and same["rows"] == json.loads(json.dumps(doc["rows"]))

@@ -10,7 +10,7 @@ import torch
 
 from spikeguard.errors import ConfigError
 from spikeguard.evaluation.stats import paired_difference_ci95, sample_accuracy_ci95, seeds_mean_ci95
-from spikeguard.study import load_study, run_study, summarize_study
+from spikeguard.jobs.study import load_study, run_study, summarize_study
 
 STUDIES = Path(__file__).resolve().parents[1] / "configs" / "studies"
 SMOKE = STUDIES / "cpu-digits-smoke.toml"

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from spikeguard.config import load_config
 from spikeguard.errors import ConfigError
-from spikeguard.experiment import build_guard, run_experiment
+from spikeguard.jobs.train import build_guard, run_experiment
 from spikeguard.tgo import Normalisation, ThresholdGuard, layer_penalty, membrane_constraint
 
 # two layers of hand-made potentials [T=2, B=2, 2 neurons]; V_th = 1, delta = 0.5

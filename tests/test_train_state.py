@@ -9,7 +9,7 @@ from spikeguard.config import load_config
 from spikeguard.data import dataset_info, load_digits_split
 from spikeguard.distributed import EpochLoader
 from spikeguard.errors import DataError
-from spikeguard.experiment import build_model
+from spikeguard.jobs.train import build_model
 from spikeguard.training import EpochStats, Trainer, TrainState, make_sgd
 from spikeguard.training.state import capture_rng, restore_rng
 

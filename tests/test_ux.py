@@ -27,7 +27,7 @@ TINY_RUN = ["data.name=digits", "model.name=small_conv", "model.T=2", "model.kw=
 def run(tmp_path_factory):
     from spikeguard.checkpoint import save_checkpoint
     from spikeguard.config import load_config
-    from spikeguard.experiment import build_model
+    from spikeguard.jobs.train import build_model
 
     cfg = load_config(None, TINY_RUN)
     path = tmp_path_factory.mktemp("ux") / "run"
@@ -106,7 +106,7 @@ def test_results_written_by_0_1_0_still_load(tmp_path):
 
 def test_training_time_evaluation_writes_the_schema(tmp_path):
     from spikeguard.config import load_config
-    from spikeguard.experiment import run_experiment
+    from spikeguard.jobs.train import run_experiment
 
     cfg = load_config(None, [*TINY_RUN, "optim.epochs=1", "data.subset=64", "data.test_subset=16",
                              'eval.attacks=["fgsm"]'])
@@ -434,7 +434,7 @@ def test_resume_of_nothing_prints_only_the_error(tmp_path, capsys):
 def test_evaluate_table_rows_line_up(tmp_path, capsys):
     from spikeguard.checkpoint import save_checkpoint
     from spikeguard.config import load_config
-    from spikeguard.experiment import build_model
+    from spikeguard.jobs.train import build_model
 
     cfg = load_config(None, TINY_RUN + ["neuron.kind=noisy_lif"])
     path = tmp_path / "noisy"

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-from spikeguard.study import StudySpec, load_study, run_study, summarize_study  # noqa: E402
+from spikeguard.jobs.study import StudySpec, load_study, run_study, summarize_study  # noqa: E402
 
 PHASES = ("paper", "all", "tables")
 

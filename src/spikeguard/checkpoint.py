@@ -53,7 +53,7 @@ def model_spec(cfg: ExperimentConfig, model: nn.Module | None = None, **arch: An
     """The ``create_model`` arguments of ``cfg``'s network.
 
     ``arch`` adds architecture arguments (``in_channels``, ``image_size``, ``mean``, ``std``)
-    that come from the data; models built by :func:`spikeguard.experiment.build_model` carry
+    that come from the data; models built by :func:`spikeguard.jobs.train.build_model` carry
     their spec as ``model.spikeguard_spec``, which wins.
     """
     if model is not None and isinstance(getattr(model, "spikeguard_spec", None), dict):

@@ -1,6 +1,6 @@
 """Run observability: JSON-lines step logs, memory and throughput, optional TensorBoard.
 
-:class:`RunLogger` is what :func:`spikeguard.experiment.run_experiment` reports to:
+:class:`RunLogger` is what :func:`spikeguard.jobs.train.run_experiment` reports to:
 
 * ``steps.jsonl`` in the run folder: one JSON object per ``log_every`` optimisation steps
   (``step``, ``epoch``, ``loss``, ``task_loss``, ``constraint``, ``lam``, ``accuracy``,

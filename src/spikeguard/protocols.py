@@ -3,7 +3,7 @@
 A protocol is a list of :class:`EvalGroup` s; one group is one call of the evaluation engine
 (:func:`spikeguard.evaluation.sharded.evaluate_sharded`, the entry point ``spikeguard
 evaluate`` uses), so its attacks share the clean pass, the evaluation noise and the per-sample
-worst case. Nothing here attacks anything: :mod:`spikeguard.study` hands these definitions to
+worst case. Nothing here attacks anything: :mod:`spikeguard.jobs.study` hands these definitions to
 the engine, which decides (per model) what applies and skips the rest with a reason.
 
 ``paper`` (arXiv 2602.20548, sections 5.1-5.2):

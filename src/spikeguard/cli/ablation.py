@@ -1,5 +1,5 @@
 """``spikeguard ablation``: the MC x NLIF ablation of Table 4 for one training strategy, run as a study
-(:func:`spikeguard.ablation.run_ablation`; the in-memory version of ``configs/studies/cifar100-vgg11-table4.toml``)."""
+(:func:`spikeguard.jobs.ablation.run_ablation`; the in-memory version of ``configs/studies/cifar100-vgg11-table4.toml``)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ablation import DEFAULT_ATTACKS, QUICK_OVERRIDES, AttackSettings, format_table, run_ablation
+    from ..jobs.ablation import DEFAULT_ATTACKS, QUICK_OVERRIDES, AttackSettings, format_table, run_ablation
     from ..config import load_config
     from ..errors import ConfigError
     from ..io import atomic_write_json

@@ -121,7 +121,7 @@ def _numbers(text: str, what: str, kind=float) -> tuple:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..calibration import CalibrationSettings, calibrate_lambda, compare_normalisations
+    from ..jobs.calibration import CalibrationSettings, calibrate_lambda, compare_normalisations
     from ..config import load_config
     from ..errors import ConfigError
 

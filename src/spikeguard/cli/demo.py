@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, run_demo
+    from ..jobs.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
         seed=args.seed,

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..errors import ConfigError
-    from ..study import load_study, run_study, summarize_study
+    from ..jobs.study import load_study, run_study, summarize_study
 
     overrides = list(args.overrides) + ([f'device="{args.device}"'] if args.device else [])
     spec = load_study(args.study, overrides)
@@ -116,7 +116,7 @@ def _written_by(out: Path) -> tuple[str | None, str | None]:
     """``(study name, study file)`` recorded in ``OUT/study.json`` (Nones when there is none)."""
     import json
 
-    from ..study import STUDY_JSON
+    from ..jobs.study import STUDY_JSON
 
     try:
         doc = json.loads((out / STUDY_JSON).read_text(encoding="utf-8"))
@@ -155,7 +155,7 @@ def rewrite_notes(out: Path, report: bool = True) -> list[str]:
     """One ``rewriting FILE (written DATE)`` line per table, figure or report already in OUT."""
     import datetime as dt
 
-    from ..study import STUDY_JSON, STUDY_MD
+    from ..jobs.study import STUDY_JSON, STUDY_MD
 
     names = [STUDY_MD, STUDY_JSON] + (["report.html"] if report else [])
     files = [out / n for n in names] + sorted((out / "figures").glob("*.png"))

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..config import config_to_toml, load_config
     from ..errors import ConfigError
-    from ..experiment import run_experiment
+    from ..jobs.train import run_experiment
     from ..io import removed_on_failure
     from ..logging import NORMAL, QUIET, RunLogger, verbosity_from_args
     from ..utils import resolve_device

@@ -32,7 +32,7 @@ The package's modules, one concern each: :mod:`.context` (process group, seeding
 :mod:`.launch` (local launcher), :mod:`.loader` (sharded batches), :mod:`.syncbn`
 (SyncBatchNorm on CPU and GPU) and :mod:`.ddp` (the DDP model wrapper, the synced TGO
 schedule, stats reduction and :class:`DistributedTraining`, the wrapper
-:func:`spikeguard.experiment.run_experiment` puts around a single-process trainer).
+:func:`spikeguard.jobs.train.run_experiment` puts around a single-process trainer).
 """
 
 from .context import (

@@ -921,7 +921,7 @@ DEFAULT_EOT = 8
 def evaluate_config_attacks(
     model: nn.Module, test_ds, cfg, out_dir=None, progress: bool = False, eot: int = DEFAULT_EOT
 ) -> dict:
-    """The end-of-training evaluation hook of :func:`spikeguard.experiment.run_experiment`.
+    """The end-of-training evaluation hook of :func:`spikeguard.jobs.train.run_experiment`.
 
     Runs ``cfg.eval.attacks`` (names or suite names) at ``cfg.eval.eps`` on ``test_ds``,
     judging a stochastic model over ``cfg.eval.passes`` passes and attacking it with EoT

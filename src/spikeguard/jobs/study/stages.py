@@ -12,23 +12,23 @@ import datetime as _dt
 
 import torch
 
-from .._version import __version__
-from ..analysis.bn_control import bn_rescale_control
-from ..analysis.membrane import potential_histogram
-from ..checkpoint import MODEL_FILE, load_run, read_run_config
-from ..data import load_dataset
-from ..experiment import RESULTS_FILE, build_datasets, run_experiment
+from ..._version import __version__
+from ...analysis.bn_control import bn_rescale_control
+from ...analysis.membrane import potential_histogram
+from ...checkpoint import MODEL_FILE, load_run, read_run_config
+from ...data import load_dataset
+from ..train import RESULTS_FILE, build_datasets, run_experiment
 from ..calibration import calibrate_lambda, settings_from_dict
-from ..utils import eps_label, resolve_device
+from ...utils import eps_label, resolve_device
 from .tables import neuron_text
-from ..config import ExperimentConfig, config_diff, config_to_dict
-from ..errors import ConfigError, SpikeguardError
-from ..evaluation.results import evaluation_provenance, robustness_document
-from ..evaluation.sharded import journal_key
-from ..io import atomic_write_json, ensure_dir
-from ..jobs.evaluate import attack_and_audit
-from ..jobs.output import write_result
-from ..protocols import Protocol
+from ...config import ExperimentConfig, config_diff, config_to_dict
+from ...errors import ConfigError, SpikeguardError
+from ...evaluation.results import evaluation_provenance, robustness_document
+from ...evaluation.sharded import journal_key
+from ...io import atomic_write_json, ensure_dir
+from ..evaluate import attack_and_audit
+from ..output import write_result
+from ...protocols import Protocol
 from .spec import (
     PLAN_JSON,
     Log,
@@ -469,7 +469,7 @@ def run_study(
     log: Log = print,
     report: bool = True,
 ) -> dict:
-    """Run every stage of ``spec`` in ``out_dir`` (see :mod:`spikeguard.study`); returns ``study.json``'s content."""
+    """Run every stage of ``spec`` in ``out_dir`` (see :mod:`spikeguard.jobs.study`); returns ``study.json``'s content."""
 
     out = ensure_dir(out_dir)
     t0 = time.perf_counter()

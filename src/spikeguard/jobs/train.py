@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (
+from ..checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
     load_train_state,
@@ -36,21 +36,21 @@ from .checkpoint import (
     save_train_state,
     write_run_config,
 )
-from .config import ExperimentConfig, config_diff, config_to_dict
-from .data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
-from .perf import compile_model, resolve_precision, to_channels_last
-from .errors import CheckpointError, ConfigError
-from .io import _json_safe, atomic_write_json, atomic_write_text, ensure_dir
-from .models import count_parameters, create_model
-from .tgo import LambdaSchedule, Normalisation, ThresholdGuard, constraint_gradient_ratio
-from .training import Trainer, TrainState, create_strategy, make_sgd
-from .utils import resolve_device, seed_everything
-from .data.event_sets import EventFrameDataset, event_data_shape, is_event_dataset
-from .distributed import DistributedTraining, current as dist_context
-from .evaluation import evaluate_config_attacks
-from .evaluation.basic import clean_accuracy
-from .logging import NORMAL, QUIET, RunLogger, memory_stats
-from .signals import Interrupted, graceful_stop
+from ..config import ExperimentConfig, config_diff, config_to_dict
+from ..data import ImageDataset, batches, dataset_info, load_dataset, random_crop_flip
+from ..perf import compile_model, resolve_precision, to_channels_last
+from ..errors import CheckpointError, ConfigError
+from ..io import _json_safe, atomic_write_json, atomic_write_text, ensure_dir
+from ..models import count_parameters, create_model
+from ..tgo import LambdaSchedule, Normalisation, ThresholdGuard, constraint_gradient_ratio
+from ..training import Trainer, TrainState, create_strategy, make_sgd
+from ..utils import resolve_device, seed_everything
+from ..data.event_sets import EventFrameDataset, event_data_shape, is_event_dataset
+from ..distributed import DistributedTraining, current as dist_context
+from ..evaluation import evaluate_config_attacks
+from ..evaluation.basic import clean_accuracy
+from ..logging import NORMAL, QUIET, RunLogger, memory_stats
+from ..signals import Interrupted, graceful_stop
 
 LOG_FILE = "log.jsonl"
 RESULTS_FILE = "results.json"

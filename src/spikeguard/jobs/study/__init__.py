@@ -26,7 +26,7 @@
     k = 3.0
     attack = "pgd10"                   # "" = clean accuracy only
 
-    [calibration]                      # spikeguard.calibration settings, for runs with calibrate = true
+    [calibration]                      # spikeguard.jobs.calibration settings, for runs with calibrate = true
     target_reduction = 0.4
 
     [budget]                           # used with --budget
@@ -40,7 +40,7 @@
     set = ["neuron.kind=\\"lif\\""]     # overrides after the defaults (preset = "..." replaces it)
     source = ""                        # transfer source (a run name; the same seed) for the strong protocol
     baseline = ""                      # the row paired differences are taken against ("" = reference)
-    calibrate = false                  # pick tgo.lambda_max with spikeguard.calibration first
+    calibrate = false                  # pick tgo.lambda_max with spikeguard.jobs.calibration first
     paper = {clean = 93.32, FGSM = 14.05}   # the paper's numbers for this row (%), shown beside
 
 Stages, each printed as it starts: plan (and ``--budget``'s probe), calibration (once per
@@ -49,12 +49,12 @@ its seeds), training (finished runs reused, interrupted ones resumed), evaluatio
 share, BN control, every protocol group at every eps through the evaluation engine; finished
 groups reused, interrupted ones resumed from the engine's journal), tables (``study.md``,
 ``study.json``: per eps, seed means, per-sample and paired intervals, see
-:mod:`spikeguard.study.tables`), figures and the HTML report
+:mod:`spikeguard.jobs.study.tables`), figures and the HTML report
 (:func:`spikeguard.analysis.report.build_report`).
 
-Modules: :mod:`~spikeguard.study.spec` (the file, the folder layout), :mod:`~spikeguard.study.stages`
+Modules: :mod:`~spikeguard.jobs.study.spec` (the file, the folder layout), :mod:`~spikeguard.jobs.study.stages`
 (plan, calibration, training, evaluation, :func:`run_study`, :func:`summarize_study`),
-:mod:`~spikeguard.study.tables` (rows, statistics, ``study.md``/``study.json``, figures).
+:mod:`~spikeguard.jobs.study.tables` (rows, statistics, ``study.md``/``study.json``, figures).
 """
 
 from __future__ import annotations

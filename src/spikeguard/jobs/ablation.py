@@ -11,8 +11,8 @@ MC    NLIF  run          config changes
  x     x    mc1-nlif1    ``tgo.enabled = true``,  ``neuron.kind = "noisy_lif"``
 ====  ====  ===========  ==========================================
 
-builds a :class:`~spikeguard.study.StudySpec` of them in memory (:func:`ablation_study`) and
-runs it with :func:`spikeguard.study.run_study`: training into ``OUT/runs/<run>/`` (a finished
+builds a :class:`~spikeguard.jobs.study.StudySpec` of them in memory (:func:`ablation_study`) and
+runs it with :func:`spikeguard.jobs.study.run_study`: training into ``OUT/runs/<run>/`` (a finished
 run is reused, an interrupted one resumed), the near-threshold share and the BN-rescaled
 control (clean accuracy only), the attacks through the evaluation engine
 (``OUT/runs/<run>/eval-ablation/table4.json``, the one result schema), and the study's
@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import ExperimentConfig, config_to_dict
-from .errors import ConfigError, SpikeguardError
-from .io import atomic_write_json, ensure_dir
-from .protocols import Protocol, get_protocol
+from ..config import ExperimentConfig, config_to_dict
+from ..errors import ConfigError, SpikeguardError
+from ..io import atomic_write_json, ensure_dir
+from ..protocols import Protocol, get_protocol
 from .study import STUDY_JSON, RunSpec, StudySpec, group_result_path, run_study
-from .evaluation.engine import display_name
-from .evaluation.results import command_line
+from ..evaluation.engine import display_name
+from ..evaluation.results import command_line
 
 CELLS: tuple[tuple[bool, bool], ...] = ((False, False), (True, False), (False, True), (True, True))
 """(MC, NLIF) of the four rows, in the paper's order."""
@@ -278,7 +278,7 @@ def run_ablation(
 ) -> dict:
     """Train and evaluate the four MC/NLIF cells of ``base`` as a study; write ``OUT/ablation.json``.
 
-    The study (:func:`ablation_study`) is run by :func:`spikeguard.study.run_study` in
+    The study (:func:`ablation_study`) is run by :func:`spikeguard.jobs.study.run_study` in
     ``out_dir`` (runs under ``OUT/runs/``, ``study.md``, ``study.json``, figures, report); the
     ablation's result is derived from its rows by :func:`ablation_result`.
 
@@ -296,7 +296,7 @@ def run_ablation(
         ``ablation.json``'s content (see :func:`ablation_result`), with ``seconds``.
     """
     t0 = time.perf_counter()
-    command = command_line(argv) if argv is not None else "spikeguard.ablation.run_ablation"
+    command = command_line(argv) if argv is not None else "spikeguard.jobs.ablation.run_ablation"
     spec = ablation_study(base, strategy, settings, command=command)  # everything checked before any work
     out = ensure_dir(out_dir)
     doc = run_study(spec, out, progress=progress, log=log, report=report)

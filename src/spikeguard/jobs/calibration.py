@@ -42,16 +42,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
-from .errors import ConfigError
-from .tgo.constraint import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, Normalisation
-from .io import atomic_write_json, atomic_write_text, ensure_dir
-from .analysis.membrane import potential_histogram
-from .checkpoint import load_run, read_run_config
-from .data import load_dataset
-from .experiment import LOG_FILE, RESULTS_FILE, run_experiment
-from .neurons import LIF
-from .utils import resolve_device
+from ..config import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
+from ..errors import ConfigError
+from ..tgo.constraint import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, Normalisation
+from ..io import atomic_write_json, atomic_write_text, ensure_dir
+from ..analysis.membrane import potential_histogram
+from ..checkpoint import load_run, read_run_config
+from ..data import load_dataset
+from .train import LOG_FILE, RESULTS_FILE, run_experiment
+from ..neurons import LIF
+from ..utils import resolve_device
 
 RESULT_FILE = "calibration.json"
 

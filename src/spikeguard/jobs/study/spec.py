@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ExperimentConfig, load_config, read_toml
-from ..errors import ConfigError
-from ..protocols import Protocol, get_protocol
+from ...config import ExperimentConfig, load_config, read_toml
+from ...errors import ConfigError
+from ...protocols import Protocol, get_protocol
 from ..calibration import RESULT_FILE, settings_from_dict
-from ..experiment import RESULTS_FILE
-from ..utils import eps_label, parse_eps
+from ..train import RESULTS_FILE
+from ...utils import eps_label, parse_eps
 
 STUDY_JSON = "study.json"
 STUDY_MD = "study.md"
@@ -33,7 +33,7 @@ Log = Callable[[str], None]
 
 @dataclass
 class RunSpec:
-    """One trained model of the study (one ``[[runs]]`` entry at one seed; see :mod:`spikeguard.study`).
+    """One trained model of the study (one ``[[runs]]`` entry at one seed; see :mod:`spikeguard.jobs.study`).
 
     ``entry`` is the ``[[runs]]`` name the run belongs to (its table row), ``seed`` the training
     seed (None: the study names no seeds), ``baseline`` the entry its paired differences are

@@ -18,20 +18,20 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .analysis import plot_potential_histograms, potential_histogram
-from .attacks import FGSM, PGD, check_eps
-from .checkpoint import load_model
-from .config import ExperimentConfig
-from .data import load_digits_split
-from .errors import ConfigError
-from .evaluation import adversarial_examples, clean_accuracy
-from .evaluation.results import DEMO_SCHEMA, PROTOCOL_DEMO, command_line, evaluation_provenance
-from .evaluation.results import DEMO_VERSION as VERSION
-from .experiment import run_experiment
-from .io import ensure_dir
-from .jobs.output import write_result
-from .neurons import is_stochastic
-from .utils import eps_label, resolve_device
+from ..analysis import plot_potential_histograms, potential_histogram
+from ..attacks import FGSM, PGD, check_eps
+from ..checkpoint import load_model
+from ..config import ExperimentConfig
+from ..data import load_digits_split
+from ..errors import ConfigError
+from ..evaluation import adversarial_examples, clean_accuracy
+from ..evaluation.results import DEMO_SCHEMA, PROTOCOL_DEMO, command_line, evaluation_provenance
+from ..evaluation.results import DEMO_VERSION as VERSION
+from .train import run_experiment
+from ..io import ensure_dir
+from .output import write_result
+from ..neurons import is_stochastic
+from ..utils import eps_label, resolve_device
 
 
 @dataclass

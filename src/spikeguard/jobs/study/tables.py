@@ -24,19 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ExperimentConfig
-from ..io import atomic_write_json, atomic_write_text, ensure_dir
+from ...config import ExperimentConfig
+from ...io import atomic_write_json, atomic_write_text, ensure_dir
 from .spec import STUDY_JSON, STUDY_MD, Log, RunSpec, StudySpec, pending_work, result_path, share_path
-from ..analysis.plotting import color, new_figure, save_figure
-from ..analysis.report import build_report, table
-from ..attacks.registry import attack_class
-from ..errors import SpikeguardError
-from ..evaluation.engine import display_name
-from ..evaluation.results import read_results
-from ..evaluation.stats import paired_difference_ci95, sample_accuracy_ci95, seeds_mean_ci95
-from ..experiment import LOG_FILE, RESULTS_FILE
-from ..tgo import Normalisation
-from ..utils import eps_label
+from ...analysis.plotting import color, new_figure, save_figure
+from ...analysis.report import build_report, table
+from ...attacks.registry import attack_class
+from ...errors import SpikeguardError
+from ...evaluation.engine import display_name
+from ...evaluation.results import read_results
+from ...evaluation.stats import paired_difference_ci95, sample_accuracy_ci95, seeds_mean_ci95
+from ..train import LOG_FILE, RESULTS_FILE
+from ...tgo import Normalisation
+from ...utils import eps_label
 
 WORST = "worst case"
 FRESH = "worst case, fresh noise"

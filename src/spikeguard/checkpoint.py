@@ -81,21 +81,27 @@ def model_spec(cfg: ExperimentConfig, model: nn.Module | None = None, **arch: An
     }
 
 
-def build_from_spec(spec: dict) -> nn.Module:
-    """``create_model(**spec)``; a bad spec is a :class:`CheckpointError`."""
-    try:
-        model = create_model(
-            spec["name"],
-            num_classes=spec["num_classes"],
-            T=spec["T"],
-            neuron=spec["neuron"],
-            neuron_kw=dict(spec.get("neuron_kw") or {}),
-            **dict(spec.get("kw") or {}),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot rebuild the model from its recorded spec ({type(e).__name__}: {e})") from None
+def create_from_spec(spec: dict) -> nn.Module:
+    """``create_model(**spec)`` with the spec recorded on the model (``model.spikeguard_spec``);
+    a bad spec raises the model's own ``KeyError``/``TypeError``/``ValueError`` for the caller to word."""
+    model = create_model(
+        spec["name"],
+        num_classes=spec["num_classes"],
+        T=spec["T"],
+        neuron=spec["neuron"],
+        neuron_kw=dict(spec.get("neuron_kw") or {}),
+        **dict(spec.get("kw") or {}),
+    )
     model.spikeguard_spec = json.loads(json.dumps(spec))
     return model
+
+
+def build_from_spec(spec: dict) -> nn.Module:
+    """:func:`create_from_spec`; a bad spec is a :class:`CheckpointError`."""
+    try:
+        return create_from_spec(spec)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot rebuild the model from its recorded spec ({type(e).__name__}: {e})") from None
 
 
 # ---------------------------------------------------------------------------------------

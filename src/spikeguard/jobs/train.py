@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
+    create_from_spec,
     load_train_state,
     load_weights,
     read_run_config,
@@ -41,7 +42,7 @@ from ..data import ImageDataset, batches, dataset_info, load_dataset, random_cro
 from ..perf import compile_model, resolve_precision, to_channels_last
 from ..errors import CheckpointError, ConfigError
 from ..io import _json_safe, atomic_write_json, atomic_write_text, ensure_dir
-from ..models import count_parameters, create_model
+from ..models import count_parameters
 from ..tgo import LambdaSchedule, Normalisation, ThresholdGuard, constraint_gradient_ratio
 from ..training import Trainer, TrainState, create_strategy, make_sgd
 from ..utils import resolve_device, seed_everything
@@ -123,17 +124,9 @@ def build_model(cfg: ExperimentConfig, data: ImageDataset | None = None) -> nn.M
         "kw": {**shape, **cfg.model.kw},
     }
     try:
-        model = create_model(
-            spec["name"],
-            num_classes=spec["num_classes"],
-            T=spec["T"],
-            neuron=spec["neuron"],
-            neuron_kw=spec["neuron_kw"],
-            **spec["kw"],
-        )
+        model = create_from_spec(spec)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: cannot build {cfg.model.name!r}: {e}") from None
-    model.spikeguard_spec = spec  # type: ignore[assignment]  # a plain dict attribute
     return model
 
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..errors import SpikeguardError
 from ..randomness import Randomness, detect_randomness
 from .engine import AttackLike, AttackResult, RobustnessReport, _bits, _unbits, evaluate_robustness
-from ..distributed import current
+from ..distributed.context import DistContext, current
 from ..io import ensure_dir
 from ..logging import append_jsonl
 from .progress import EvalProgress
@@ -121,7 +121,7 @@ def evaluate_sharded(
     *,
     batch_size: int = 128,
     journal: str | os.PathLike | None = None,
-    ctx: Any = None,
+    ctx: DistContext | None = None,
     progress: bool = False,
     **kw: Any,
 ) -> RobustnessReport:
@@ -196,7 +196,7 @@ def _find_randomness(model: nn.Module, images: Tensor, kw: dict[str, Any]) -> Ra
     )
 
 
-def _gather_batches(ctx: Any, done: dict[int, dict], mine: dict[int, dict], n_batches: int) -> None:
+def _gather_batches(ctx: DistContext, done: dict[int, dict], mine: dict[int, dict], n_batches: int) -> None:
     """Complete ``done`` with every rank's batches; every batch must be there."""
     # each rank contributes its own batches, computed now or found in its journal (a journal
     # need not be on a shared file system)

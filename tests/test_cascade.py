@@ -298,3 +298,17 @@ def test_strong_protocol_square_has_autoattack_budget_and_runs_after_the_gradien
     assert [k for k, _ in cascade_order(named)][-1] == "square"
     # a study's override of the budget still wins
     assert get_protocol("strong", {"attack_kw": {"square": {"queries": 300}}}).groups[0].attack_kw["square"] == {"queries": 300}
+
+
+def test_cli_strong_suite_holds_the_snn_attacks_and_square_budget_of_the_protocol():
+    from spikeguard.jobs.evaluate import EvaluationRequest
+    from spikeguard.protocols import STRONG_SQUARE_QUERIES, get_protocol
+
+    req = EvaluationRequest(suite="strong")
+    names = req.attack_names()
+    assert {"assg", "sa-pgd", "pdsg", "apgd-t", "square"} <= set(names)
+    # every attack of the study's strong protocol is in `evaluate --suite strong`
+    assert set(get_protocol("strong").groups[0].attacks) <= set(names)
+    assert req.attack_kw() == {"square": {"queries": STRONG_SQUARE_QUERIES}}
+    assert EvaluationRequest(suite="strong", square_queries=300).attack_kw() == {"square": {"queries": 300}}
+    assert EvaluationRequest(attacks="fgsm,square").attack_kw() is None

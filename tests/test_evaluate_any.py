@@ -203,7 +203,9 @@ FAST_STRONG = {"pgd50-r3": {"steps": 3}, "apgd-ce": {"steps": 5}, "apgd-dlr": {"
 def test_strong_suite_on_a_plain_mlp_runs_and_lists_the_skipped():
     mu, x, y = _data(n=24)
     rep = evaluate_robustness(MLP(), x, y, list(STRONG_SUITE), alpha="eps", attack_kw=FAST_STRONG)
-    assert set(rep.skipped) == {"transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive"}
+    # the SNN attacks (assg, sa-pgd, pdsg) need spiking neurons to reshape: skipped on an MLP, with the reason
+    assert set(rep.skipped) == {"transfer", "noise-free", "fixed-noise", "sg-ensemble", "sg-adaptive", "assg", "sa-pgd",
+                                "pdsg"}
     assert "surrogate" in rep.skipped["sg-ensemble"] and "deterministic" in rep.skipped["fixed-noise"]
     assert {"fgsm", "pgd50-r3", "apgd-dlr", "square"} <= set(rep.results)
     assert all("skipped " + k in rep.format_table() for k in rep.skipped)
@@ -274,7 +276,8 @@ def test_cli_evaluates_a_model_file_with_the_strong_suite(tmp_path, capsys):
     assert rc == 0
     doc = json.loads((out / "robustness.json").read_text())
     rep = doc["report"]
-    assert {"sg-ensemble", "sg-adaptive", "fixed-noise", "noise-free", "transfer"} == set(rep["skipped"])
+    assert {"sg-ensemble", "sg-adaptive", "fixed-noise", "noise-free", "transfer", "assg", "sa-pgd", "pdsg"} == set(
+        rep["skipped"])
     assert rep["step_size"]["rule"] == "eps" and rep["randomness"]["stochastic"] is False
     with torch.no_grad():
         from spikeguard.data import load_dataset

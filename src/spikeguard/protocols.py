@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ConfigError, SpikeguardError
-from .attacks.registry import parse_attacks
+from .attacks.registry import STRONG_SQUARE_QUERIES, parse_attacks
 from .neurons.surrogate import surrogate_members
 
 PAPER_ALPHA = 0.01
@@ -50,11 +50,6 @@ EPS_RULE = "eps"
 #: one more; a kind's own ``sweep_widths`` win, e.g. the straight-through estimator's single 1.0).
 SWEEP_WIDTHS: tuple[float, ...] = (0.25, 1.0, 2.0)
 SWEEP_KIND_WIDTHS: dict[str, tuple[float, ...]] = {"triangle": (0.25, 0.5, 1.0, 2.0)}
-
-#: Square's query budget in the strong protocol: AutoAttack's 5,000. In the cascade it runs late (its
-#: cost rank is high) and so only on the few samples every gradient attack left robust; with
-#: ``--individual`` it costs 5x the registry default of 1,000 on every sample.
-STRONG_SQUARE_QUERIES = 5000
 
 
 def width_sweep() -> tuple[tuple[str, float], ...]:

@@ -66,10 +66,21 @@ STRONG_SUITE: tuple[str, ...] = PAPER_SUITE + (
     "fixed-noise",
     "sg-ensemble",
     "sg-adaptive",
+    "assg",
+    "sa-pgd",
+    "pdsg",
     "apgd-t",
 )
 
 SUITES: dict[str, tuple[str, ...]] = {"paper": PAPER_SUITE, "strong": STRONG_SUITE}
+
+#: Square's query budget in the strong suite: AutoAttack's 5,000. In the cascade it runs late (its
+#: cost rank is high) and so only on the few samples every gradient attack left robust; with
+#: ``--individual`` it costs 5x the registry default of 1,000 on every sample.
+STRONG_SQUARE_QUERIES = 5000
+
+#: Constructor settings a suite gives its attacks (a caller's own settings win).
+SUITE_ATTACK_KW: dict[str, dict[str, dict[str, Any]]] = {"strong": {"square": {"queries": STRONG_SQUARE_QUERIES}}}
 
 #: The step-size rule each suite uses by default.
 SUITE_ALPHA: dict[str, float | str] = {"paper": PAPER_ALPHA, "strong": EPS_RULE}

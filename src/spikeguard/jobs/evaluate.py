@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .. import distributed
 from ..attacks import PAPER_ALPHA, SUITE_ALPHA, parse_alpha, parse_attacks
+from ..attacks.registry import SUITE_ATTACK_KW
 from ..checkpoint import load_run
 from ..errors import CheckpointError, SpikeguardError
 from ..evaluation import audit_robustness, sharded
@@ -86,8 +87,12 @@ class EvaluationRequest(TargetRequest):
         return ks
 
     def attack_kw(self) -> dict | None:
-        """Per-attack keyword arguments (the Square query count when given)."""
-        return {"square": {"queries": self.square_queries}} if self.square_queries else None
+        """Per-attack keyword arguments: the suite's own (Square's 5,000 queries in ``strong``),
+        then ``square_queries`` when given."""
+        kw = {name: dict(v) for name, v in SUITE_ATTACK_KW.get(self.preset(), {}).items()}
+        if self.square_queries:
+            kw["square"] = {**kw.get("square", {}), "queries": self.square_queries}
+        return kw or None
 
 
 @dataclass

@@ -274,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/eval")
     args = ap.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
+    # One thread in this parent: a child forked after the parent ran a parallel torch op (e.g.
+    # converting 100 CIFAR images to float) inherits a started OpenMP pool and hangs in its first
+    # parallel region. Each child sets --threads itself.
+    torch.set_num_threads(1)
     eps = parse_eps(args.eps)
     from spikeguard.checkpoint import load_model, read_run_config
     from spikeguard.data import load_dataset

@@ -2,8 +2,8 @@
 
 Each ``run_*`` function takes already-loaded models (``{name: model}``, in eval mode) and
 data, writes its files into ``out`` (atomically) and returns the JSON-ready summary it
-wrote to ``out/<what>.json``. The CLI (``spikeguard.cli.analyze``) only parses arguments,
-loads checkpoints and data, and calls these.
+wrote to ``out/<what>.json``. The analysis job (:mod:`spikeguard.jobs.analyze`) loads checkpoints
+and data and calls these through the registered analyses.
 """
 
 from __future__ import annotations

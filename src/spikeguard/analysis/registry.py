@@ -13,7 +13,6 @@ list of what it wrote); ``spikeguard analyze`` writes the dict, with its provena
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +25,8 @@ class AnalysisContext:
     """What an analysis gets.
 
     Attributes:
-        args: the parsed ``spikeguard analyze`` command line (its options: ``args.n``, ``args.seed`` ...).
+        args: the request of ``spikeguard analyze`` (:class:`~spikeguard.jobs.analyze.AnalysisRequest`; its
+            options by name: ``args.n``, ``args.seed`` ...).
         models: ``{name: model}`` of the checkpoints (first = baseline); empty for file analyses.
         runs: the loaded runs (their configs), in the same order.
         data: the test split (None without models).
@@ -37,7 +37,7 @@ class AnalysisContext:
         files: the result files given on the command line (analyses registered with ``files=True``).
     """
 
-    args: argparse.Namespace
+    args: Any
     models: dict[str, Any]
     runs: list
     data: Any

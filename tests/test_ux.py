@@ -390,7 +390,7 @@ def test_demo_refuses_an_existing_demo_folder(tmp_path, capsys):
 
 
 def test_study_says_what_it_rewrites_and_refuses_another_studys_tables(tmp_path, capsys):
-    from spikeguard.cli.study import rewrite_notes
+    from spikeguard.jobs.study.output import rewrite_notes
 
     out = tmp_path / "s"
     (out / "figures").mkdir(parents=True)

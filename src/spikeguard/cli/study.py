@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import ConfigError
     from ..jobs.study import load_study, run_study, summarize_study
+    from ..jobs.study.output import refuse_other_study, rewrite_notes
 
     overrides = list(args.overrides) + ([f'device="{args.device}"'] if args.device else [])
     spec = load_study(args.study, overrides)
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tables_only and args.budget is not None:
         raise ConfigError("--tables-only trains nothing: drop --budget")
     if args.tables_only and not args.overwrite:
-        _refuse_other_study(spec, Path(args.out))
+        refuse_other_study(spec, Path(args.out))
     for line in rewrite_notes(Path(args.out), report=not args.no_report):
         log(line)
     if args.tables_only:
@@ -110,58 +111,3 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_study(spec, args.out, budget=args.budget, progress=not args.no_progress, log=log, report=not args.no_report)
     return 0
-
-
-def _written_by(out: Path) -> tuple[str | None, str | None]:
-    """``(study name, study file)`` recorded in ``OUT/study.json`` (Nones when there is none)."""
-    import json
-
-    from ..jobs.study import STUDY_JSON
-
-    try:
-        doc = json.loads((out / STUDY_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None, None
-    if not isinstance(doc, dict):
-        return None, None
-    return doc.get("study"), doc.get("file")
-
-
-def _refuse_other_study(spec, out: Path) -> None:
-    """A one-line error if OUT's tables were written from another study (name or file)."""
-    from ..errors import ConfigError
-
-    name, file = _written_by(out)
-    if name is None and file is None:
-        return
-    mine = Path(spec.path) if spec.path else None
-    # the file is recorded as typed (relative to where the study ran): compare by name, and the
-    # resolved path only when both resolve to existing files
-    same_file = (
-        file is None
-        or mine is None
-        or Path(file).name == mine.name
-        or (Path(file).is_file() and Path(file).resolve() == mine.resolve())
-    )
-    if name == spec.name and same_file:
-        return
-    raise ConfigError(
-        f"{out} holds the tables of study {name!r} ({file or 'file not recorded'}), not of "
-        f"{spec.name!r} ({spec.path}); choose another --out, or pass --overwrite to replace them"
-    )
-
-
-def rewrite_notes(out: Path, report: bool = True) -> list[str]:
-    """One ``rewriting FILE (written DATE)`` line per table, figure or report already in OUT."""
-    import datetime as dt
-
-    from ..jobs.study import STUDY_JSON, STUDY_MD
-
-    names = [STUDY_MD, STUDY_JSON] + (["report.html"] if report else [])
-    files = [out / n for n in names] + sorted((out / "figures").glob("*.png"))
-    lines = []
-    for f in files:
-        if f.is_file():
-            when = dt.datetime.fromtimestamp(f.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            lines.append(f"rewriting {f} (written {when})")
-    return lines

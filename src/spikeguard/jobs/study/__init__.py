@@ -54,7 +54,8 @@ groups reused, interrupted ones resumed from the engine's journal), tables (``st
 
 Modules: :mod:`~spikeguard.jobs.study.spec` (the file, the folder layout), :mod:`~spikeguard.jobs.study.stages`
 (plan, calibration, training, evaluation, :func:`run_study`, :func:`summarize_study`),
-:mod:`~spikeguard.jobs.study.tables` (rows, statistics, ``study.md``/``study.json``, figures).
+:mod:`~spikeguard.jobs.study.tables` (rows, statistics, ``study.md``/``study.json``, figures),
+:mod:`~spikeguard.jobs.study.output` (whose tables OUT holds, what a write replaces).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from .spec import (
     pending_work,
     result_path,
 )
+from .output import refuse_other_study, rewrite_notes, written_by
 from .stages import plan_epochs, run_study, summarize_study
 from .tables import aggregate, build_rows, format_markdown, plot_study, write_comparison
 
@@ -95,4 +97,7 @@ __all__ = [
     "STUDY_JSON",
     "STUDY_MD",
     "PLAN_JSON",
+    "refuse_other_study",
+    "rewrite_notes",
+    "written_by",
 ]

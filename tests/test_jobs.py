@@ -105,3 +105,25 @@ def test_provenance_is_assembled_in_one_function():
                                 and n.func.value.id in ("t", "target", "self")):
                             callers.append(f"{f.name}:{fn.name}")
     assert callers == ["results.py:evaluation_provenance"], callers
+
+
+def test_run_analysis_writes_the_result_with_its_provenance_and_refuses_to_replace_it(run, tmp_path):
+    from spikeguard.jobs import AnalysisRequest, run_analysis
+
+    out = tmp_path / "an"
+    req = AnalysisRequest(what="membrane", checkpoint=[f"base={run}"], n=8, bins=10, device="cpu", out=str(out),
+                          argv=["analyze", "membrane", "-k", f"base={run}"])
+    said = []
+    res = run_analysis(req, log=said.append)
+    doc = json.loads((out / "membrane.json").read_text())
+    assert res.out == out and set(res.results) == {"membrane"} and doc == json.loads(json.dumps(res.results["membrane"]))
+    assert set(doc["models"]) == {"base"} and doc["num_samples"] == 8
+    prov = doc["provenance"]
+    assert prov["checkpoints"] == {str(run): prov["checkpoints"][str(run)]} and prov["n_samples"] == 8
+    assert prov["command"].startswith("spikeguard analyze membrane") and prov["dataset"] == "digits"
+    assert any(line.startswith("base: near-threshold share") for line in said)
+    with pytest.raises(SpikeguardError, match="overwrite"):
+        run_analysis(req)
+    with pytest.raises(SpikeguardError, match="needs at least one checkpoint"):
+        run_analysis(AnalysisRequest(what="jacobian", device="cpu", out=str(tmp_path / "none")))
+    assert not (tmp_path / "none").exists()

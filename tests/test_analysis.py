@@ -394,3 +394,12 @@ def test_cli_errors_are_one_line(run_dirs, tmp_path, capsys):
     assert main(["analyze", "flip", "--format", "gif", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 4 and "Traceback" not in err
+
+
+def test_jacobian_figure_with_all_zero_changes_is_written_not_a_log_scale_error(tmp_path):
+    # a model whose spikes never move gives zero output change and bound: matplotlib cannot log-scale that
+    from spikeguard.analysis.jacobian import plot_jacobian
+
+    zeros = {"m": {"actual": np.zeros(4), "bound": np.zeros(4)}}
+    out = plot_jacobian({"m": {"spectral": np.zeros(4)}}, zeros, tmp_path / "j.png")
+    assert [p.name for p in out] == ["j.png"] and (tmp_path / "j.png").stat().st_size > 0

@@ -311,10 +311,20 @@ def plot_jacobian(
                 lo_all, hi_all = min(lo_all, a[ok].min(), b[ok].min()), max(hi_all, a[ok].max(), b[ok].max())
         if np.isfinite(lo_all):
             ax2.plot([lo_all, hi_all], [lo_all, hi_all], "k--", linewidth=0.8, label="actual = bound")
-        ax2.set_xscale("log")
-        ax2.set_yscale("log")
-        tidy_log_axis(ax2, "x")
-        tidy_log_axis(ax2, "y")
+            ax2.set_xscale("log")
+            ax2.set_yscale("log")
+            tidy_log_axis(ax2, "x")
+            tidy_log_axis(ax2, "y")
+        else:  # every change or bound is 0 (e.g. a model whose spikes never move): nothing to log-scale
+            ax2.text(
+                0.5,
+                0.5,
+                "no sample with a nonzero change and bound",
+                ha="center",
+                va="center",
+                transform=ax2.transAxes,
+                fontsize=8,
+            )
         ax2.set_xlabel("first-order bound ||J_x||_2 ||d||_2")
         ax2.set_ylabel("||f(x+d) - f(x)||_2")
         ax2.set_title(f"Output change under {attack_label} vs the bound", fontsize=9)

@@ -314,3 +314,31 @@ def test_version_has_one_source() -> None:
     import spikeguard
 
     assert spikeguard.__version__ == spikeguard._version.__version__
+
+
+#: The layers from the top (docs/architecture.md); a module may import its own layer and those below.
+_TOP_LAYERS: tuple[str, ...] = ("spikeguard.cli", "spikeguard.jobs")
+
+
+def layer_violations(graph: dict[str, set[str]] | None = None) -> list[str]:
+    """``a -> b`` for every import of the CLI or the jobs layer from a module below it."""
+    graph = import_graph() if graph is None else graph
+
+    def rank(module: str) -> int:  # 0 = cli, 1 = jobs, 2 = everything below
+        for i, top in enumerate(_TOP_LAYERS):
+            if module == top or module.startswith(top + "."):
+                return i
+        return len(_TOP_LAYERS)
+
+    # the package root (public API) and `python -m spikeguard` (the entry point) sit above every layer
+    entry = {PACKAGE, f"{PACKAGE}.__main__"}
+    return sorted(f"{a} -> {b}" for a, deps in graph.items() if a not in entry for b in deps if rank(b) < rank(a))
+
+
+def test_imports_point_down_the_layers() -> None:
+    bad = layer_violations()
+    assert not bad, "imports from a lower layer up to cli/ or jobs/:\n" + "\n".join(bad)
+    # the rule itself: a building block importing a job is caught
+    assert layer_violations({"spikeguard.evaluation.engine": {"spikeguard.jobs.train"}}) == [
+        "spikeguard.evaluation.engine -> spikeguard.jobs.train"
+    ]

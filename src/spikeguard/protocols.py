@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ConfigError, SpikeguardError
-from .attacks.registry import STRONG_SQUARE_QUERIES, parse_attacks
+from .attacks.registry import STRONG_SQUARE_QUERIES, SUITE_ATTACK_KW, parse_attacks
 from .neurons.surrogate import surrogate_members
 
 PAPER_ALPHA = 0.01
@@ -319,7 +319,7 @@ STRONG = Protocol(
             eot=8,
             passes=8,
             alpha=EPS_RULE,
-            attack_kw={"sg-ensemble": {"members": WIDTH_SWEEP}, "square": {"queries": STRONG_SQUARE_QUERIES}},
+            attack_kw={"sg-ensemble": {"members": WIDTH_SWEEP}, **SUITE_ATTACK_KW["strong"]},
             audit=True,
             note="Per-sample worst case over every attack; sg-ensemble sweeps surrogate widths 0.25-2; "
             f"Square with {STRONG_SQUARE_QUERIES} queries",

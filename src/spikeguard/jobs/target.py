@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..checkpoint import MODEL_FILE, load_run
 from ..data import load_dataset
 from ..errors import DataError, SpikeguardError
-from ..evaluation.results import command_line, evaluation_provenance
+from ..evaluation.results import checkpoint_id, command_line, evaluation_provenance
 from ..foreign import load_foreign_model
 from ..utils import resolve_device
 
@@ -73,10 +73,9 @@ class Target:
         """The file whose size, time and hash identify the weights."""
         return Path(getattr(self.run, "identity_file", None) or Path(self.run.path) / MODEL_FILE)
 
-    def weights_stamp(self) -> list[int]:
-        """``[size, mtime_ns]`` of the weights: a journal of finished batches belongs to exactly these."""
-        st = self.identity_file.stat()
-        return [st.st_size, st.st_mtime_ns]
+    def weights_stamp(self) -> str | None:
+        """The weights' content hash: a journal of finished batches belongs to exactly these bytes."""
+        return checkpoint_id(self.identity_file)
 
     def provenance(self, argv: list[str], **fields: Any) -> dict:
         """The provenance record of a result measured on this target (see ``evaluation_provenance``)."""

@@ -23,7 +23,7 @@ from ...utils import eps_label, resolve_device
 from .tables import neuron_text
 from ...config import ExperimentConfig, config_diff, config_to_dict
 from ...errors import ConfigError, SpikeguardError
-from ...evaluation.results import evaluation_provenance, robustness_document
+from ...evaluation.results import checkpoint_id, evaluation_provenance, robustness_document
 from ...evaluation.sharded import journal_key
 from ...io import atomic_write_json, ensure_dir
 from ..evaluate import attack_and_audit
@@ -195,10 +195,22 @@ def _eval_images(cfg: ExperimentConfig, ev: dict, n_samples: int | None = None):
     )
 
 
-def _weights_id(run_dir: Path) -> list:
+def _weights_id(run_dir: Path) -> str | None:
+    """The weights' content hash (:func:`checkpoint_id`): a result belongs to these bytes, wherever the
+    folder was cloned, copied or moved to (a file's size and mtime, used before 0.2.1, change with a clone)."""
+    return checkpoint_id(run_dir / MODEL_FILE)
 
-    st = (run_dir / MODEL_FILE).stat()
-    return [st.st_size, st.st_mtime_ns]
+
+def _same_settings(old: dict, settings: dict) -> bool:
+    """Whether a group result written earlier was measured with ``settings``.
+
+    A result written before 0.2.1 names its weights by ``[size, mtime_ns]``; its provenance records the
+    content hash of the weights it was measured on, which is compared instead.
+    """
+    saved = dict(old.get("settings") or {})
+    if isinstance(saved.get("weights"), list):
+        saved["weights"] = (old.get("provenance") or {}).get("checkpoint_id")
+    return saved == settings
 
 
 def _group_settings(group, ev: dict, eps: float, run_dir: Path, n: int, source_name: str) -> dict:
@@ -290,7 +302,7 @@ def _run_group(
     folder = ensure_dir(path.parent)
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("settings") == settings:
+        if _same_settings(old, settings):
             log(f"    {protocol.name}/{group.name}: finished before, reused ({path})")
             return old
     journal = folder / f".journal-{group.name}-{journal_key(settings)}"

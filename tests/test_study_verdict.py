@@ -3,6 +3,7 @@ the study file's seeds/eps/baseline keys, and a tiny 2-seed, 2-eps study end to 
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,12 @@ def test_two_seeds_two_eps_study_end_to_end(tmp_path):
     torch.set_num_threads(1)
     path = _tiny_file(tmp_path, "seeds = [0, 1]\n")
     out = tmp_path / "out"
+    # --seeds 0 first: seed 1 is neither trained nor evaluated, and the tables say so
+    first = run_study(load_study(path), out, progress=False, log=lambda s: None, report=False, seeds=[0])
+    assert not first["complete"] and not (out / "runs" / "vanilla-s1").exists()
+    assert "tgo-s1: training" in first["pending"] and "tgo-s0: training" not in first["pending"]
+    with pytest.raises(ConfigError, match="has seeds"):
+        run_study(load_study(path), out, progress=False, log=lambda s: None, report=False, seeds=[5])
     doc = run_study(load_study(path), out, progress=False, log=lambda s: None, report=False)
     assert doc["seeds"] == [0, 1] and doc["eps"] == ["8/255", "16/255"] and doc["complete"]
     assert (out / "runs" / "tgo-s1" / "eval-strong" / "eps-16_255" / "strong.json").is_file()
@@ -140,7 +147,28 @@ def test_two_seeds_two_eps_study_end_to_end(tmp_path):
     assert part["pending"] == ["tgo-s1: strong/strong at 16/255"] and "**Not finished**" in (out / "study.md").read_text()
     assert part["tables"]["16/255"]["entries"][1]["accuracy"]["clean (S)"]["n_seeds"] == 1
     gone.write_bytes(kept)
+    # a clone gives the weights new mtimes, and results written before 0.2.1 name the weights by
+    # [size, mtime_ns]: both are still recognised by the weights' content hash, nothing is recomputed
+    for model in out.glob("runs/*/model.safetensors"):
+        os.utime(model, ns=(1, 1))
+    old = json.loads(kept)
+    old["settings"]["weights"] = [12345, 678]
+    gone.write_text(json.dumps(old))
     lines = []
     again = run_study(load_study(path), out, progress=False, log=lines.append, report=False)
     assert sum("finished before, reused" in s for s in lines) == 4 + 4 * 2  # runs, then groups (x2 eps)
     assert again["tables"]["8/255"]["entries"] == json.loads(json.dumps(doc["tables"]["8/255"]["entries"]))
+
+
+def test_calibration_folder_of_a_study_that_grows_from_one_calibrated_row(tmp_path):
+    from spikeguard.jobs.study.spec import calibration_dir
+
+    spec = load_study(SMOKE)
+    spec.runs[1].calibrate = True  # one calibrated row: the earlier layout, OUT/calibration
+    assert calibration_dir(spec, tmp_path, "tgo") == tmp_path / "calibration"
+    # moved to OUT/calibration/ROW (where a study with several calibrated rows looks), it is found there
+    (tmp_path / "calibration" / "tgo").mkdir(parents=True)
+    (tmp_path / "calibration" / "tgo" / "calibration.json").write_text("{}")
+    assert calibration_dir(spec, tmp_path, "tgo") == tmp_path / "calibration" / "tgo"
+    spec.runs[0].calibrate = True
+    assert calibration_dir(spec, tmp_path, "vanilla") == tmp_path / "calibration" / "vanilla"

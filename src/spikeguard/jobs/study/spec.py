@@ -13,6 +13,7 @@ of earlier studies) or a list (``["2/255", "4/255"]``: results in ``eval-PROTOCO
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,15 +346,34 @@ def result_path(spec: StudySpec, run_dir: Path, protocol: Protocol, group, eps: 
     return group_result_path(run_dir, protocol, group, eps if spec.eps_folders() else None)
 
 
+def restrict_seeds(spec: StudySpec, seeds: list[int]) -> StudySpec:
+    """The study's work at ``seeds`` only (a subset of the file's seeds): the runs of those seeds.
+
+    The run objects are shared with ``spec``, so a lambda_max or an epoch count set on one is set
+    on both. A long study is run seed by seed this way; its tables still cover every seed.
+    """
+    if not spec.seeds:
+        raise ConfigError(f"study {spec.name!r} names no seeds: drop --seeds")
+    bad = [s for s in seeds if s not in spec.seeds]
+    if bad or not seeds:
+        raise ConfigError(f"--seeds {seeds}: study {spec.name!r} has seeds {spec.seeds}")
+    return dataclasses.replace(spec, runs=[r for r in spec.runs if r.seed in seeds])
+
+
 def calibrated_rows(spec: StudySpec) -> list[str]:
     """The rows whose lambda_max is calibrated (once per row; the pick applies to all its seeds)."""
     return list(dict.fromkeys(r.row for r in spec.runs if r.calibrate))
 
 
 def calibration_dir(spec: StudySpec, out: Path, row: str) -> Path:
-    """``OUT/calibration`` for a study with one calibrated row (the earlier layout), else ``OUT/calibration/ROW``."""
-    rows = calibrated_rows(spec)
-    return out / "calibration" if len(rows) <= 1 else out / "calibration" / row
+    """``OUT/calibration/ROW``; ``OUT/calibration`` for a study with one calibrated row whose folder holds
+    no ``calibration/ROW/calibration.json`` (the earlier layout). A study that grows from one calibrated
+    row to several (a seed-0 pair first, then every row) keeps its first row's calibration by moving it
+    to ``OUT/calibration/ROW``, which both files then read."""
+    per_row = out / "calibration" / row
+    if len(calibrated_rows(spec)) <= 1 and not (per_row / RESULT_FILE).is_file():
+        return out / "calibration"
+    return per_row
 
 
 def calibration_path(spec: StudySpec, out: Path, row: str) -> Path:

@@ -39,6 +39,7 @@ from .spec import (
     calibration_dir,
     calibration_path,
     parse_duration,
+    restrict_seeds,
     result_path,
     share_path,
 )
@@ -480,15 +481,23 @@ def run_study(
     progress: bool = True,
     log: Log = print,
     report: bool = True,
+    seeds: list[int] | None = None,
 ) -> dict:
-    """Run every stage of ``spec`` in ``out_dir`` (see :mod:`spikeguard.jobs.study`); returns ``study.json``'s content."""
+    """Run every stage of ``spec`` in ``out_dir`` (see :mod:`spikeguard.jobs.study`); returns ``study.json``'s content.
+
+    ``seeds`` (a subset of the file's seeds) trains and evaluates only those seeds' runs; calibration
+    and the tables cover the whole study (unfinished seeds are listed as not finished).
+    """
 
     out = ensure_dir(out_dir)
+    work = restrict_seeds(spec, seeds) if seeds else spec
     t0 = time.perf_counter()
     n_stages = 5
-    seeds = f", seeds {spec.seeds}" if spec.seeds else ""
+    seeds_text = f", seeds {spec.seeds}" if spec.seeds else ""
+    if seeds:
+        seeds_text += f" (this call: seeds {sorted(seeds)}, {len(work.runs)} runs)"
     log(
-        f"[study {spec.name}] {len(spec.rows())} rows{seeds} ({len(spec.runs)} runs) x protocols "
+        f"[study {spec.name}] {len(spec.rows())} rows{seeds_text} ({len(spec.runs)} runs) x protocols "
         f"{', '.join(p.name for p in spec.protocols)} x eps {', '.join(eps_label(e) for e in spec.eps_list())} -> {out}"
     )
 
@@ -514,11 +523,11 @@ def run_study(
     calibrations = _calibrate(spec, out, progress, log)
     apply_plan_and_calibration(spec, None, calibrations)
     stage(3, "training")
-    _train(spec, out, progress, log)
+    _train(work, out, progress, log)
     stage(
         4, f"evaluation ({', '.join(p.name for p in spec.protocols)}, {spec.evaluation['n_samples'] or 'all'} images)"
     )
-    n_eval, device = _evaluate(spec, out, progress, log)
+    n_eval, device = _evaluate(work, out, progress, log)
     stage(5, "tables, figures and report")
     meta = _meta(spec, n_eval, _device_text(device))
     return write_comparison(spec, out, meta, plan=plan, calibrations=calibrations, report=report, log=log, t0=t0)

@@ -172,3 +172,24 @@ def test_calibration_folder_of_a_study_that_grows_from_one_calibrated_row(tmp_pa
     assert calibration_dir(spec, tmp_path, "tgo") == tmp_path / "calibration" / "tgo"
     spec.runs[0].calibrate = True
     assert calibration_dir(spec, tmp_path, "vanilla") == tmp_path / "calibration" / "vanilla"
+
+
+def test_a_calibrated_run_is_copied_from_its_calibration_trial(tmp_path):
+    """Calibration trials as long as the runs: the chosen trial at the run's seed is that run."""
+    torch.set_num_threads(1)
+    path = _tiny_file(tmp_path, "seeds = [0, 1]\n")
+    text = path.read_text().replace('source = "vanilla"\n', 'source = "vanilla"\ncalibrate = true\n', 1)
+    text = text.replace('lambdas = [1.0, 10.0]\nbisect = 1\nshort = ["optim.epochs=1"]',
+                        'lambdas = [1.0]\nbisect = 0\nshort = []\nschedule = ""\nseeds = [0]')
+    path.write_text(text)
+    out = tmp_path / "out"
+    lines: list[str] = []
+    run_study(load_study(path), out, progress=False, log=lines.append, report=False, seeds=[0])
+    assert any("'tgo-s0': the calibration trained it" in s for s in lines), lines
+    assert any("'vanilla-s0': training" in s for s in lines)
+    from safetensors.torch import load_file
+
+    trial = next((out / "calibration").glob("lam1-s0"))
+    a, b = load_file(trial / "model.safetensors"), load_file(out / "runs" / "tgo-s0" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (out / "runs" / "tgo-s1").exists()

@@ -110,6 +110,10 @@ def test_two_seeds_two_eps_study_end_to_end(tmp_path):
     assert "tgo-s1: training" in first["pending"] and "tgo-s0: training" not in first["pending"]
     with pytest.raises(ConfigError, match="has seeds"):
         run_study(load_study(path), out, progress=False, log=lambda s: None, report=False, seeds=[5])
+    with pytest.raises(ConfigError, match="transfer source from 'vanilla'"):
+        run_study(load_study(path), out, progress=False, log=lambda s: None, report=False, rows=["tgo"])
+    with pytest.raises(ConfigError, match="has rows vanilla, tgo"):
+        run_study(load_study(path), out, progress=False, log=lambda s: None, report=False, rows=["nope"])
     doc = run_study(load_study(path), out, progress=False, log=lambda s: None, report=False)
     assert doc["seeds"] == [0, 1] and doc["eps"] == ["8/255", "16/255"] and doc["complete"]
     assert (out / "runs" / "tgo-s1" / "eval-strong" / "eps-16_255" / "strong.json").is_file()
@@ -183,10 +187,14 @@ def test_a_calibrated_run_is_copied_from_its_calibration_trial(tmp_path):
                         'lambdas = [1.0]\nbisect = 0\nshort = []\nschedule = ""\nseeds = [0]')
     path.write_text(text)
     out = tmp_path / "out"
+    # --rows vanilla: the TGO row is neither calibrated nor trained
+    part = run_study(load_study(path), out, progress=False, log=lambda s: None, report=False, seeds=[0], rows=["vanilla"])
+    assert not (out / "calibration").exists() and not (out / "runs" / "tgo-s0").exists()
+    assert (out / "runs" / "vanilla-s0" / "results.json").is_file() and "tgo-s0: training" in part["pending"]
     lines: list[str] = []
     run_study(load_study(path), out, progress=False, log=lines.append, report=False, seeds=[0])
     assert any("'tgo-s0': the calibration trained it" in s for s in lines), lines
-    assert any("'vanilla-s0': training" in s for s in lines)
+    assert any("'vanilla-s0': finished before, reused" in s for s in lines)
     from safetensors.torch import load_file
 
     trial = next((out / "calibration").glob("lam1-s0"))

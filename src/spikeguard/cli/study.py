@@ -77,7 +77,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="S[,S...]",
         help="train and evaluate only these of the file's seeds (a long study seed by seed); "
-        "calibration and the tables cover the whole study, unfinished seeds listed as not finished",
+        "the tables cover the whole study, unfinished seeds listed as not finished",
+    )
+    p.add_argument(
+        "--rows",
+        type=_row_list,
+        default=None,
+        metavar="ROW[,ROW...]",
+        help="calibrate, train and evaluate only these [[runs]] rows (with their transfer sources); "
+        "the tables cover the whole study",
     )
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: each run's config)")
     p.add_argument(
@@ -107,6 +115,13 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _row_list(text: str) -> list[str]:
+    rows = [t.strip() for t in text.split(",") if t.strip()]
+    if not rows:
+        raise argparse.ArgumentTypeError("expected at least one row name")
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -122,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tables_only and args.budget is not None:
         raise ConfigError("--tables-only trains nothing: drop --budget")
-    if args.tables_only and args.seeds:
-        raise ConfigError("--tables-only trains nothing: drop --seeds (the tables cover every seed)")
+    if args.tables_only and (args.seeds or args.rows):
+        raise ConfigError("--tables-only trains nothing: drop --seeds and --rows (the tables cover everything)")
     if args.tables_only and not args.overwrite:
         refuse_other_study(spec, Path(args.out))
     for line in rewrite_notes(Path(args.out), report=not args.no_report):
@@ -139,5 +154,6 @@ def run(args: argparse.Namespace) -> int:
         log=log,
         report=not args.no_report,
         seeds=args.seeds,
+        rows=args.rows,
     )
     return 0

@@ -346,18 +346,31 @@ def result_path(spec: StudySpec, run_dir: Path, protocol: Protocol, group, eps: 
     return group_result_path(run_dir, protocol, group, eps if spec.eps_folders() else None)
 
 
-def restrict_seeds(spec: StudySpec, seeds: list[int]) -> StudySpec:
-    """The study's work at ``seeds`` only (a subset of the file's seeds): the runs of those seeds.
+def restrict(spec: StudySpec, seeds: list[int] | None = None, rows: list[str] | None = None) -> StudySpec:
+    """The study's work at ``seeds`` and ``rows`` only (subsets of the file's; None = all).
 
     The run objects are shared with ``spec``, so a lambda_max or an epoch count set on one is set
-    on both. A long study is run seed by seed this way; its tables still cover every seed.
+    on both. A long study is run seed by seed (or row by row) this way; its tables still cover
+    the whole study. A row's transfer source must be among the rows (its runs are reused).
     """
-    if not spec.seeds:
-        raise ConfigError(f"study {spec.name!r} names no seeds: drop --seeds")
-    bad = [s for s in seeds if s not in spec.seeds]
-    if bad or not seeds:
-        raise ConfigError(f"--seeds {seeds}: study {spec.name!r} has seeds {spec.seeds}")
-    return dataclasses.replace(spec, runs=[r for r in spec.runs if r.seed in seeds])
+    runs = spec.runs
+    if seeds:
+        if not spec.seeds:
+            raise ConfigError(f"study {spec.name!r} names no seeds: drop --seeds")
+        bad = [s for s in seeds if s not in spec.seeds]
+        if bad:
+            raise ConfigError(f"--seeds {','.join(map(str, seeds))}: study {spec.name!r} has seeds {spec.seeds}")
+        runs = [r for r in runs if r.seed in seeds]
+    if rows:
+        unknown = [r for r in rows if r not in spec.rows()]
+        if unknown:
+            raise ConfigError(f"--rows {','.join(rows)}: study {spec.name!r} has rows {', '.join(spec.rows())}")
+        for r in spec.runs:
+            src = next((x.row for x in spec.runs if x.name == r.source), "") if r.source else ""
+            if r.row in rows and src and src not in rows:
+                raise ConfigError(f"--rows: row {r.row!r} takes its transfer source from {src!r}: add it")
+        runs = [r for r in runs if r.row in rows]
+    return dataclasses.replace(spec, runs=runs)
 
 
 def calibrated_rows(spec: StudySpec) -> list[str]:

@@ -40,7 +40,7 @@ from .spec import (
     calibration_dir,
     calibration_path,
     parse_duration,
-    restrict_seeds,
+    restrict,
     result_path,
     share_path,
 )
@@ -122,15 +122,21 @@ def plan_epochs(spec: StudySpec, out: Path, budget_s: float, log: Log, progress:
 
 
 # --------------------------------------------------------------------------------------- calibration, training
-def _calibrate(spec: StudySpec, out: Path, progress: bool, log: Log) -> dict[str, dict]:
-    """lambda_max once per calibrated row (on its first seed's config); the pick applies to all its seeds."""
+def _calibrate(spec: StudySpec, out: Path, progress: bool, log: Log, rows: list[str] | None = None) -> dict[str, dict]:
+    """lambda_max once per calibrated row (on its first seed's config); the pick applies to all its seeds.
+
+    Only ``rows`` (default: every calibrated row) are calibrated; the others' finished calibrations are read.
+    """
 
     calibrations: dict[str, dict] = {}
     for row in calibrated_rows(spec):
         path = calibration_path(spec, out, row)
         if path.is_file():
             calibrations[row] = json.loads(path.read_text(encoding="utf-8"))
-            log(f"[calibrate] '{row}': reusing {path}: lambda_max {calibrations[row]['lambda_max']:.4g}")
+            if rows is None or row in rows:
+                log(f"[calibrate] '{row}': reusing {path}: lambda_max {calibrations[row]['lambda_max']:.4g}")
+            continue
+        if rows is not None and row not in rows:
             continue
         base = next(r for r in spec.runs if r.row == row).config
         log(
@@ -507,20 +513,23 @@ def run_study(
     log: Log = print,
     report: bool = True,
     seeds: list[int] | None = None,
+    rows: list[str] | None = None,
 ) -> dict:
     """Run every stage of ``spec`` in ``out_dir`` (see :mod:`spikeguard.jobs.study`); returns ``study.json``'s content.
 
-    ``seeds`` (a subset of the file's seeds) trains and evaluates only those seeds' runs; calibration
-    and the tables cover the whole study (unfinished seeds are listed as not finished).
+    ``seeds`` and ``rows`` (subsets of the file's) calibrate, train and evaluate only those runs; the
+    tables cover the whole study (what is not finished is listed as such).
     """
 
     out = ensure_dir(out_dir)
-    work = restrict_seeds(spec, seeds) if seeds else spec
+    work = restrict(spec, seeds, rows) if (seeds or rows) else spec
     t0 = time.perf_counter()
     n_stages = 5
     seeds_text = f", seeds {spec.seeds}" if spec.seeds else ""
-    if seeds:
-        seeds_text += f" (this call: seeds {sorted(seeds)}, {len(work.runs)} runs)"
+    if seeds or rows:
+        only = [f"seeds {sorted(seeds)}"] if seeds else []
+        only += [f"rows {', '.join(rows)}"] if rows else []
+        seeds_text += f" (this call: {'; '.join(only)}: {len(work.runs)} runs)"
     log(
         f"[study {spec.name}] {len(spec.rows())} rows{seeds_text} ({len(spec.runs)} runs) x protocols "
         f"{', '.join(p.name for p in spec.protocols)} x eps {', '.join(eps_label(e) for e in spec.eps_list())} -> {out}"
@@ -535,7 +544,7 @@ def run_study(
         budget_s = parse_duration(budget) if isinstance(budget, str) else float(budget)
         plan = plan_epochs(spec, out, budget_s, log, progress)
         apply_plan_and_calibration(spec, plan, None)
-    cal_rows = calibrated_rows(spec)
+    cal_rows = calibrated_rows(work)
     stage(
         2,
         "calibration"
@@ -545,7 +554,7 @@ def run_study(
             else ": none asked for"
         ),
     )
-    calibrations = _calibrate(spec, out, progress, log)
+    calibrations = _calibrate(spec, out, progress, log, cal_rows)
     apply_plan_and_calibration(spec, None, calibrations)
     stage(3, "training")
     _train(work, out, progress, log, calibrations)

@@ -201,3 +201,24 @@ def test_a_calibrated_run_is_copied_from_its_calibration_trial(tmp_path):
     a, b = load_file(trial / "model.safetensors"), load_file(out / "runs" / "tgo-s0" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (out / "runs" / "tgo-s1").exists()
+
+
+def test_audit_eps_runs_the_audit_at_one_budget_only(tmp_path):
+    from spikeguard.protocols import get_protocol
+
+    strong = get_protocol("strong", {"audit_eps": ["8/255"]})
+    assert all(g.audits_at(8 / 255) and not g.audits_at(4 / 255) for g in strong.groups if g.audit)
+    assert "at eps 8/255 only" in strong.groups[0].describe()
+    for bad in ([], ["x"], [True, None]):
+        with pytest.raises(ConfigError, match="audit_eps"):
+            get_protocol("strong", {"audit_eps": bad})
+
+    torch.set_num_threads(1)
+    path = _tiny_file(tmp_path, "seeds = [0]\n")
+    path.write_text(path.read_text().replace("audit = false\n", 'audit = true\naudit_steps = 2\naudit_eps = ["16/255"]\n'))
+    out = tmp_path / "out"
+    run_study(load_study(path), out, progress=False, log=lambda s: None, report=False, rows=["vanilla"])
+    at8 = json.loads((out / "runs" / "vanilla-s0" / "eval-strong" / "eps-8_255" / "strong.json").read_text())
+    at16 = json.loads((out / "runs" / "vanilla-s0" / "eval-strong" / "eps-16_255" / "strong.json").read_text())
+    assert "audit" not in at8 and at8["settings"]["audit"] is False
+    assert at16["audit"]["verdict"] in ("PASS", "WARN", "FAIL") and at16["settings"]["audit"] is True

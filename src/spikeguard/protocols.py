@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ConfigError, SpikeguardError
+from .utils import eps_label, parse_eps
 from .attacks.registry import STRONG_SQUARE_QUERIES, SUITE_ATTACK_KW, parse_attacks
 from .neurons.surrogate import surrogate_members
 
@@ -76,6 +77,9 @@ class EvalGroup:
         attack_kw: per-attack constructor overrides (e.g. the surrogate widths).
         audit: also run the gradient-masking audit on this group's report.
         audit_steps: PGD steps of the audit's own runs.
+        audit_eps: the budgets the audit runs at when a study evaluates several (empty: every one).
+            The audit sweeps eps itself, so one budget usually suffices; each one costs about as
+            much as the group's attacks on a noisy model.
         note: one line saying how this group reads the paper (shown under the tables).
         individual: run every attack on every sample (per-attack accuracy columns, the paper's
             tables); False: the engine's cascade (cheap to expensive, each attack on the samples
@@ -93,6 +97,11 @@ class EvalGroup:
     audit_steps: int = 10
     note: str = ""
     individual: bool = False
+    audit_eps: tuple[float, ...] = ()
+
+    def audits_at(self, eps: float) -> bool:
+        """Whether the audit runs at budget ``eps`` (``audit`` on, and ``eps`` in ``audit_eps`` when given)."""
+        return self.audit and (not self.audit_eps or any(abs(eps - e) < 1e-9 for e in self.audit_eps))
 
     def describe(self) -> str:
         """One line with the group's settings as they are now (overrides included) and its note."""
@@ -101,6 +110,11 @@ class EvalGroup:
             f"stochastic models: EoT {self.eot} per gradient, {self.passes} judging pass(es); step {step}; "
             + ("every attack on every sample" if self.individual else "cascade (worst case only)")
             + (f"; audit ({self.audit_steps}-step runs)" if self.audit else "")
+            + (
+                f" at eps {', '.join(eps_label(e) for e in self.audit_eps)} only"
+                if self.audit and self.audit_eps
+                else ""
+            )
         )
 
         def fmt(kw: Mapping[str, Any]) -> str:
@@ -131,7 +145,8 @@ class Protocol:
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> Protocol:
         """A copy with group fields replaced for every group (a study's ``[protocols.NAME]`` table).
 
-        Keys: ``eot``, ``passes``, ``audit``, ``audit_steps``, ``alpha`` (number, or ``"eps"`` for
+        Keys: ``eot``, ``passes``, ``audit``, ``audit_steps``, ``audit_eps`` (the budgets of a
+        several-eps study the audit runs at, e.g. ``["8/255"]``), ``alpha`` (number, or ``"eps"`` for
         eps-following), ``attack_kw`` (merged per attack), ``drop`` (attack names to leave out,
         e.g. to fit a CPU budget), ``groups`` (group names to keep), ``n_samples`` (this
         protocol's own number of test images, a class-balanced draw with the study's seed) and
@@ -161,6 +176,8 @@ class Protocol:
                     f"group's table ([protocols.{self.name}.GROUP], groups: {', '.join(kept)})"
                 )
         self._check_group_values(ov)
+        if "audit_eps" in ov:
+            ov["audit_eps"] = self._eps_tuple(ov["audit_eps"])
         groups = []
         for g in self.groups:
             if keep is not None and g.name not in keep:
@@ -185,6 +202,7 @@ class Protocol:
             "passes",
             "audit",
             "audit_steps",
+            "audit_eps",
             "alpha",
             "attack_kw",
             "drop",
@@ -196,7 +214,7 @@ class Protocol:
         if unknown:
             raise ConfigError(
                 f"protocol {self.name}: unknown override(s) {', '.join(sorted(unknown))} (known: eot, "
-                "passes, audit, audit_steps, alpha, attack_kw, drop, groups, n_samples, attacks, "
+                "passes, audit, audit_steps, audit_eps, alpha, attack_kw, drop, groups, n_samples, attacks, "
                 "individual, "
                 f"or a group name: {', '.join(sorted(names))})"
             )
@@ -211,6 +229,21 @@ class Protocol:
         for key in ("eot", "passes", "audit_steps"):
             if key in ov and (not isinstance(ov[key], int) or ov[key] < 1):
                 raise ConfigError(f"protocol {self.name}: {key} must be an integer >= 1, got {ov[key]!r}")
+
+    def _eps_tuple(self, value: Any) -> tuple[float, ...]:
+        """An ``audit_eps`` override (``["8/255"]``, numbers as fractions of the pixel range) as floats."""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(
+                f'protocol {self.name}: audit_eps must be a list of budgets like ["8/255"], got {value!r}'
+            )
+        try:
+            return tuple(parse_eps(v) if isinstance(v, str) else float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f'protocol {self.name}: audit_eps must be a list of budgets like ["8/255"], got {value!r}'
+            ) from None
 
     def _override_group(
         self,

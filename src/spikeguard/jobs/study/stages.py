@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import time
@@ -233,8 +234,14 @@ def _weights_id(run_dir: Path) -> str | None:
     return checkpoint_id(run_dir / MODEL_FILE)
 
 
+def _attack_settings(settings: dict) -> dict:
+    """A group's settings less the audit's (what its attacks' results depend on)."""
+    return {k: v for k, v in settings.items() if k not in ("audit", "audit_steps")}
+
+
 def _same_settings(old: dict, settings: dict) -> bool:
-    """Whether a group result written earlier was measured with ``settings``.
+    """Whether a group result written earlier was measured with ``settings`` (an audit it holds
+    and ``settings`` does not ask for is not a difference).
 
     A result written before 0.2.1 names its weights by ``[size, mtime_ns]``; its provenance records the
     content hash of the weights it was measured on, which is compared instead.
@@ -242,7 +249,12 @@ def _same_settings(old: dict, settings: dict) -> bool:
     saved = dict(old.get("settings") or {})
     if isinstance(saved.get("weights"), list):
         saved["weights"] = (old.get("provenance") or {}).get("checkpoint_id")
-    return saved == settings
+    if _attack_settings(saved) != _attack_settings(settings):
+        return False
+    # a result with an audit serves a request without one (the attacks' results are the same)
+    return not settings.get("audit") or (
+        bool(saved.get("audit")) and saved.get("audit_steps") == settings["audit_steps"]
+    )
 
 
 def _group_settings(group, ev: dict, eps: float, run_dir: Path, n: int, source_name: str) -> dict:
@@ -337,7 +349,8 @@ def _run_group(
         if _same_settings(old, settings):
             log(f"    {protocol.name}/{group.name}: finished before, reused ({path})")
             return old
-    journal = folder / f".journal-{group.name}-{journal_key(settings)}"
+    # the journal holds the attacks' finished batches, which do not depend on the audit's settings
+    journal = folder / f".journal-{group.name}-{journal_key(_attack_settings(settings))}"
     t0 = time.perf_counter()
     report, audit = attack_and_audit(
         model,
@@ -458,6 +471,8 @@ def _evaluate_run(
         n_eval[prot.tag] = len(yp)
         for eps in spec.eps_list():
             for g in prot.groups:
+                if g.audit and not g.audits_at(eps):  # the audit at the group's audit_eps only
+                    g = dataclasses.replace(g, audit=False)
                 transfer = "transfer" in g.attacks
                 log(f"{tag}: {prot.name}/{g.name} at eps {eps_label(eps)} ({', '.join(g.attacks)}, {len(yp)} images)")
                 _run_group(

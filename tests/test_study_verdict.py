@@ -108,6 +108,7 @@ def test_two_seeds_two_eps_study_end_to_end(tmp_path):
     first = run_study(load_study(path), out, progress=False, log=lambda s: None, report=False, seeds=[0])
     assert not first["complete"] and not (out / "runs" / "vanilla-s1").exists()
     assert "tgo-s1: training" in first["pending"] and "tgo-s0: training" not in first["pending"]
+    assert "(evaluated so far: seed 0;" in (out / "study.md").read_text()
     with pytest.raises(ConfigError, match="has seeds"):
         run_study(load_study(path), out, progress=False, log=lambda s: None, report=False, seeds=[5])
     with pytest.raises(ConfigError, match="transfer source from 'vanilla'"):

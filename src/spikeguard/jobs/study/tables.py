@@ -357,10 +357,17 @@ def _seeds_text(spec: StudySpec, rows: list[dict]) -> str:
         return (
             f"1 seed (training seed {seeds[0]}): each cell is the accuracy with its 95% interval over the test samples"
         )
-    return (
+    text = (
         f"{len(seeds)} training seeds ({', '.join(map(str, seeds))}): each cell is the mean over the seeds with "
         "a 95% Student-t interval over the seeds"
     )
+    done = sorted({r["seed"] for r in rows if r.get("accuracy") and r.get("seed") is not None})
+    if done != sorted(seeds):
+        text += (
+            f" (evaluated so far: seed{'s' if len(done) != 1 else ''} {', '.join(map(str, done)) or 'none'}; "
+            "a cell over one seed shows that seed's accuracy with its interval over the test samples)"
+        )
+    return text
 
 
 def _eps_section(

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ConfigError, SpikeguardError
-from .utils import eps_label, parse_eps
+from .utils import eps_label, parse_budget
 from .attacks.registry import STRONG_SQUARE_QUERIES, SUITE_ATTACK_KW, parse_attacks
 from .neurons.surrogate import surrogate_members
 
@@ -232,18 +232,15 @@ class Protocol:
 
     def _eps_tuple(self, value: Any) -> tuple[float, ...]:
         """An ``audit_eps`` override (``["8/255"]``, numbers as fractions of the pixel range) as floats."""
+        bad = f'protocol {self.name}: audit_eps must be a list of budgets like ["8/255"], got {value!r}'
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(
-                f'protocol {self.name}: audit_eps must be a list of budgets like ["8/255"], got {value!r}'
-            )
+            raise ConfigError(bad)
         try:
-            return tuple(parse_eps(v) if isinstance(v, str) else float(v) for v in value)
+            return tuple(parse_budget(v) for v in value)
         except (TypeError, ValueError):
-            raise ConfigError(
-                f'protocol {self.name}: audit_eps must be a list of budgets like ["8/255"], got {value!r}'
-            ) from None
+            raise ConfigError(bad) from None
 
     def _override_group(
         self,

@@ -79,3 +79,9 @@ def parse_eps(text: str) -> float:
     if text.lstrip("+-").isdigit():
         return int(text) / 255.0
     return float(text)
+
+
+def parse_budget(value: object) -> float:
+    """One budget from a config file: text through :func:`parse_eps` (``"8/255"``), a number as given
+    (a fraction of the pixel range). Raises ``TypeError``/``ValueError`` on anything else."""
+    return parse_eps(value) if isinstance(value, str) else float(value)  # type: ignore[arg-type]

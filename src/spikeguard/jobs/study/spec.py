@@ -24,7 +24,7 @@ from ...errors import ConfigError
 from ...protocols import Protocol, get_protocol
 from ..calibration import RESULT_FILE, settings_from_dict
 from ..train import RESULTS_FILE
-from ...utils import eps_label, parse_eps
+from ...utils import eps_label, parse_budget
 
 STUDY_JSON = "study.json"
 STUDY_MD = "study.md"
@@ -178,7 +178,7 @@ def _parse_eps(ev: dict) -> None:
     vals = []
     for e in raw if many else [raw]:
         try:
-            vals.append(float(parse_eps(str(e))) if isinstance(e, str) else float(e))
+            vals.append(parse_budget(e))
         except (TypeError, ValueError):
             raise ConfigError(f"study: [evaluation].eps {e!r} is not a budget (e.g. 8/255)") from None
     if len(set(vals)) != len(vals):

@@ -171,10 +171,15 @@ def _calibration_twin(spec: StudySpec, out: Path, r: RunSpec, calibrations: dict
         d = calibration_dir(spec, out, r.row) / str(name)
         if not name.endswith(f"-s{r.config.seed}") or not (d / RESULTS_FILE).is_file():
             continue
-        saved, _ = read_run_config(d)
-        if not [k for k in config_diff(config_to_dict(r.config), config_to_dict(saved)) if k != "name"]:
+        if not _other_settings(r.config, d):
             return d
     return None
+
+
+def _other_settings(cfg: ExperimentConfig, run_dir: Path) -> list[str]:
+    """The settings in which the run saved in ``run_dir`` differs from ``cfg`` (its name is a label)."""
+    saved, _ = read_run_config(run_dir)
+    return [k for k in config_diff(config_to_dict(cfg), config_to_dict(saved)) if k != "name"]
 
 
 def _train(spec: StudySpec, out: Path, progress: bool, log: Log, calibrations: dict[str, dict] | None = None) -> None:
@@ -190,9 +195,8 @@ def _train(spec: StudySpec, out: Path, progress: bool, log: Log, calibrations: d
             log(f"{tag}: the calibration trained it ({twin}, the same settings): copied, not retrained")
             continue
         if (d / "config.json").is_file():
-            saved, _ = read_run_config(d)
             # the name is a label (a run trained by `spikeguard train` into this layout is reused)
-            diff = [k for k in config_diff(config_to_dict(r.config), config_to_dict(saved)) if k != "name"]
+            diff = _other_settings(r.config, d)
             if diff:
                 raise ConfigError(
                     f"{d} holds run {r.name!r} with other settings ({', '.join(diff[:5])}); "

@@ -93,6 +93,27 @@ def test_calibration_on_a_tiny_run_and_no_reuse_of_other_runs(tmp_path):
     with pytest.raises(ConfigError, match="optim.epochs"):
         calibrate_lambda(base, tmp_path, CalibrationSettings(lambdas=(50.0,), bisect=0, share_samples=40,
                                                              short=("optim.epochs=2",)), log=lambda m: None)
+    # a config whose trials are these (its 5 epochs are shortened to 1 like this one's) reads them, checked
+    longer = load_config(None, TINY + ["optim.batch_size=64", "tgo.enabled=true", "tgo.log_grad_ratio=true",
+                                       "neuron.kind=noisy_lif", "optim.epochs=5"])
+    lines: list[str] = []
+    got = cal.reuse_calibration(longer, tmp_path, tmp_path / "other" / "calibration", s, log=lines.append)
+    assert got["lambda_max"] == 50.0 and got["reused_from"] == "../.." and "reused" in lines[0]
+    written = json.loads((tmp_path / "other" / "calibration" / "calibration.json").read_text())
+    assert written["reused_from"] == "../.." and written["trials"] == res["trials"]
+    assert "Reused from `../..`" in (tmp_path / "other" / "calibration" / "calibration.md").read_text()
+    assert not (tmp_path / "other" / "calibration" / "lam50-s0").exists()  # nothing retrained
+    other_lr = load_config(None, TINY + ["optim.batch_size=64", "tgo.enabled=true", "tgo.log_grad_ratio=true",
+                                         "neuron.kind=noisy_lif", "optim.lr=0.5"])
+    with pytest.raises(ConfigError, match="differs from this calibration's in optim.lr"):
+        cal.reuse_calibration(other_lr, tmp_path, tmp_path / "x", s, log=lambda m: None)
+    with pytest.raises(ConfigError, match="other settings \\(share_samples\\)"):
+        cal.reuse_calibration(longer, tmp_path, tmp_path / "x", CalibrationSettings(
+            target_reduction=0.01, lambdas=(50.0,), bisect=0, share_samples=41, short=("optim.epochs=1",)),
+            log=lambda m: None)
+    with pytest.raises(ConfigError, match="does not exist"):
+        cal.reuse_calibration(longer, tmp_path / "nowhere", tmp_path / "x", s, log=lambda m: None)
+    assert not (tmp_path / "x").exists()  # refused: nothing written
 
 
 # ------------------------------------------------------------------ the share controller

@@ -204,6 +204,36 @@ def test_a_calibrated_run_is_copied_from_its_calibration_trial(tmp_path):
     assert not (out / "runs" / "tgo-s1").exists()
 
 
+def test_a_study_reuses_another_studys_calibration_when_its_trials_match(tmp_path):
+    """``[calibration] reuse_from``: the other study's calibration is read (trials checked), not retrained."""
+    from spikeguard.jobs.study.stages import _calibrate
+
+    torch.set_num_threads(1)
+    path = _tiny_file(tmp_path, "seeds = [0]\n")
+    text = path.read_text().replace('source = "vanilla"\n', 'source = "vanilla"\ncalibrate = true\n', 1)
+    text = text.replace("lambdas = [1.0, 10.0]\nbisect = 1", "lambdas = [10.0]\nbisect = 0")
+    path.write_text(text)
+    first = _calibrate(load_study(path), tmp_path / "a", False, lambda s: None)
+    assert (tmp_path / "a" / "calibration" / "lam10-s0" / "results.json").is_file()
+    (tmp_path / "b").mkdir()
+    reuse = tmp_path / "b" / "study.toml"  # reuse_from is relative to the study file
+    reuse.write_text(text.replace("[calibration]\n", '[calibration]\nreuse_from = "../a"\n', 1))
+    spec = load_study(reuse)
+    assert spec.calibration_from == tmp_path / "b" / ".." / "a" and "reuse_from" not in spec.calibration
+    lines: list[str] = []
+    got = _calibrate(spec, tmp_path / "b" / "out", False, lines.append)
+    assert got["tgo"]["lambda_max"] == first["tgo"]["lambda_max"] and any("reused" in s for s in lines)
+    assert json.loads((tmp_path / "b" / "out" / "calibration" / "calibration.json").read_text())["reused_from"]
+    assert not (tmp_path / "b" / "out" / "calibration" / "lam10-s0").exists()
+    # a calibration with other settings is refused, naming the setting
+    reuse.write_text(reuse.read_text().replace("share_samples = 40", "share_samples = 41"))
+    with pytest.raises(ConfigError, match="share_samples"):
+        _calibrate(load_study(reuse), tmp_path / "b" / "out2", False, lambda s: None)
+    reuse.write_text(text.replace("[calibration]\n", "[calibration]\nreuse_from = 3\n", 1))
+    with pytest.raises(ConfigError, match="reuse_from"):
+        load_study(reuse)
+
+
 def test_audit_eps_runs_the_audit_at_one_budget_only(tmp_path):
     from spikeguard.protocols import get_protocol
 

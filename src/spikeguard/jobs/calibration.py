@@ -35,6 +35,7 @@ import copy
 import inspect
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,7 +43,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..config import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
+from ..config import ExperimentConfig, apply_overrides, config_diff, config_from_dict, config_to_dict
 from ..errors import ConfigError
 from ..tgo.constraint import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, Normalisation
 from ..io import atomic_write_json, atomic_write_text, ensure_dir
@@ -424,6 +425,51 @@ def _write(result: dict, out: Path) -> None:
     atomic_write_text(out / "calibration.md", format_calibration(result))
 
 
+def reuse_calibration(
+    base: ExperimentConfig,
+    source_dir: str | Path,
+    out_dir: str | Path,
+    settings: CalibrationSettings | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Take a finished search calibration from ``source_dir`` (another study's ``calibration/ROW``) after
+    checking that it is the one ``calibrate_lambda(base, ..., settings)`` would run: the same settings
+    and, run by run, trials of exactly the configs it would train (``name`` and ``data.root``, a label and
+    a location, aside). Writes it to ``out_dir`` with ``reused_from`` (the source, relative to
+    ``out_dir``) and returns it; :class:`ConfigError` names the first difference.
+
+    Why: a study whose calibration trials are shortened to another study's runs (the full-set study
+    calibrating on the 10k subset) would retrain the same trials bit for bit; reading them is free.
+    """
+    s = (settings or CalibrationSettings()).validate()
+    src, out = Path(source_dir), Path(out_dir)
+    path = src / RESULT_FILE
+    if not path.is_file():
+        raise ConfigError(f"calibration reuse_from: {path} does not exist (calibrate that study first)")
+    result = json.loads(path.read_text(encoding="utf-8"))
+    if result.get("method", "search") != "search" or s.method != "search":
+        raise ConfigError("calibration reuse_from: only a search calibration (method = 'search') can be reused")
+    mine, theirs = _settings_dict(s), result.get("settings") or {}
+    other = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if other:
+        raise ConfigError(f"calibration reuse_from: {path} was run with other settings ({', '.join(other)})")
+    for t in [result["baseline"], *result["trials"]]:
+        for name, seed in zip(t["runs"], s.seeds, strict=True):
+            want = config_to_dict(trial_config(base, float(t["lam"]), int(seed), s))
+            got = config_to_dict(read_run_config(src / str(name))[0])
+            diff = [k for k in config_diff(want, got) if k not in ("name", "data.root")]
+            if diff:
+                raise ConfigError(
+                    f"calibration reuse_from: trial {src / str(name)} differs from this calibration's in "
+                    f"{', '.join(diff)}"
+                )
+    result = {**result, "reused_from": Path(os.path.relpath(src.resolve(), out.resolve())).as_posix()}
+    ensure_dir(out)
+    _write(result, out)
+    log(f"[calibrate] reused {path} (same settings and trials): lambda_max {result['lambda_max']:.4g}")
+    return result
+
+
 # ------------------------------------------------------------------ controller
 def controller_lr(cap: float, target_share: float, steps: int) -> float:
     """The ``share`` schedule's default step, ``0.25 * cap / (target_share * steps)``: a share that
@@ -761,6 +807,11 @@ def format_calibration(result: dict) -> str:
         "",
         f"Reference: {_reference_text(result)} (same data, seeds and length).",
         "",
+        *(
+            [f"Reused from `{result['reused_from']}` (its trials, checked to be this calibration's).", ""]
+            if result.get("reused_from")
+            else []
+        ),
         f"{'Controller' if controller else 'Chosen'}: `tgo.lambda_max = {_fmt_lam(result['lambda_max'])}` ({verdict}).",
         "",
     ]
@@ -819,6 +870,7 @@ __all__ = [
     "compare_normalisations",
     "normalisations",
     "trial_config",
+    "reuse_calibration",
     "reference_config",
     "controlled_config",
     "normalisation_config",

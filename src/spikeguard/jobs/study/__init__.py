@@ -28,6 +28,8 @@
 
     [calibration]                      # spikeguard.jobs.calibration settings, for runs with calibrate = true
     target_reduction = 0.4
+    # reuse_from = "../../docs/results/NAME"   # optional: another study's results folder (relative to this
+                                       # file) whose calibration of the same row is reused if settings and trials match
 
     [budget]                           # used with --budget
     eval_reserve = 0.3                 # share of the budget kept for evaluation

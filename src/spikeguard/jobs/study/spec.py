@@ -66,7 +66,9 @@ class StudySpec:
     defaults filled in; ``evaluation["eps"]`` is the first budget, ``evaluation["eps_list"]``
     all of them); ``runs`` holds one entry per ``[[runs]]`` entry and seed; ``seeds`` the seeds
     named by the file (None: one run per entry, as before seeds existed); ``command`` is the
-    command line recorded in the results and under the table (default ``spikeguard study PATH``).
+    command line recorded in the results and under the table (default ``spikeguard study PATH``);
+    ``calibration_from`` another study's results folder whose calibrations are reused (``[calibration]
+    reuse_from``, relative to the study file) when their settings and trials are this study's.
     """
 
     name: str
@@ -80,6 +82,7 @@ class StudySpec:
     budget: dict
     command: str = ""
     seeds: list[int] | None = None
+    calibration_from: Path | None = None
 
     def command_text(self) -> str:
         """The command that ran this study, as recorded in provenance and ``study.md``."""
@@ -296,7 +299,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudySpe
         if k not in ev["protocols"]:
             raise ConfigError(f"study: [protocols.{k}] overrides a protocol the study does not run")
     protocols = [get_protocol(n, prot_over.get(n)) for n in _strings(ev["protocols"], "[evaluation].protocols")]
-    calibration = doc.get("calibration", {})
+    calibration = dict(doc.get("calibration", {}))
+    reuse = calibration.pop("reuse_from", None)
+    if reuse is not None and (not isinstance(reuse, str) or not reuse.strip()):
+        raise ConfigError("study: [calibration] reuse_from must be the path of another study's results folder")
     if any(r.calibrate for r in entries):
         settings_from_dict(calibration)  # checked now, used in the calibration stage
     return StudySpec(
@@ -310,6 +316,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudySpe
         calibration=calibration,
         budget=_table(doc, "budget", _BUDGET),
         seeds=seeds,
+        calibration_from=None if reuse is None else p.parent / reuse,
     )
 
 

@@ -20,7 +20,7 @@ from ...analysis.membrane import potential_histogram
 from ...checkpoint import MODEL_FILE, load_run, read_run_config
 from ...data import load_dataset
 from ..train import RESULTS_FILE, build_datasets, run_experiment
-from ..calibration import calibrate_lambda, settings_from_dict
+from ..calibration import calibrate_lambda, reuse_calibration, settings_from_dict
 from ...utils import eps_label, resolve_device
 from .tables import neuron_text
 from ...config import ExperimentConfig, config_diff, config_to_dict
@@ -140,6 +140,15 @@ def _calibrate(spec: StudySpec, out: Path, progress: bool, log: Log, rows: list[
         if rows is not None and row not in rows:
             continue
         base = next(r for r in spec.runs if r.row == row).config
+        if spec.calibration_from is not None:
+            calibrations[row] = reuse_calibration(
+                copy.deepcopy(base),
+                _reuse_source(spec.calibration_from, row),
+                calibration_dir(spec, out, row),
+                settings_from_dict(spec.calibration),
+                log=log,
+            )
+            continue
         log(
             f"[calibrate] '{row}': lambda_max for a {100 * float(spec.calibration.get('target_reduction', 0.4)):.0f}% "
             f"near-threshold share cut -> {calibration_dir(spec, out, row)}"
@@ -152,6 +161,17 @@ def _calibrate(spec: StudySpec, out: Path, progress: bool, log: Log, rows: list[
             log=log,
         )
     return calibrations
+
+
+def _reuse_source(folder: Path, row: str) -> Path:
+    """Row ``row``'s calibration in another study's results ``folder``: ``calibration/ROW``, or
+    ``calibration`` (a study with one calibrated row); its trials are checked against this row's anyway."""
+    per_row = folder / "calibration" / row
+    return (
+        per_row
+        if (per_row / "calibration.json").is_file() or not (folder / "calibration" / "calibration.json").is_file()
+        else folder / "calibration"
+    )
 
 
 def _neuron_text(cfg: ExperimentConfig) -> str:

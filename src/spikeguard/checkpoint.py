@@ -33,7 +33,7 @@ from safetensors.torch import load, save
 from torch import nn
 
 from ._version import __version__
-from .config import FORMAT_VERSION, ExperimentConfig, config_from_dict, config_to_dict
+from .config import FORMAT_VERSION, ExperimentConfig, config_diff, config_from_dict, config_to_dict
 from .errors import CheckpointError, SpikeguardError
 from .training.state import TrainState
 from .io import _json_safe, atomic_write_json, atomic_write_many, ensure_dir
@@ -345,6 +345,13 @@ def read_run_config(path: str | os.PathLike) -> tuple[ExperimentConfig, dict]:
     if not isinstance(meta.get("model_spec"), dict):
         raise CheckpointError(f"{run / CONFIG_FILE} has no model_spec")
     return cfg, meta
+
+
+def run_config_diff(cfg: ExperimentConfig, path: str | os.PathLike, ignore: tuple[str, ...] = ("name",)) -> list[str]:
+    """Dotted config keys in which the run saved in ``path`` differs from ``cfg``, except ``ignore``
+    (by default its ``name``, a label)."""
+    saved, _ = read_run_config(path)
+    return [k for k in config_diff(config_to_dict(cfg), config_to_dict(saved)) if k not in ignore]
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:

@@ -43,12 +43,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..config import ExperimentConfig, apply_overrides, config_diff, config_from_dict, config_to_dict
+from ..config import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
 from ..errors import ConfigError
 from ..tgo.constraint import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, Normalisation
 from ..io import atomic_write_json, atomic_write_text, ensure_dir
 from ..analysis.membrane import potential_histogram
-from ..checkpoint import load_run, read_run_config
+from ..checkpoint import load_run, read_run_config, run_config_diff
 from ..data import load_dataset
 from .train import LOG_FILE, RESULTS_FILE, run_experiment
 from ..neurons import LIF
@@ -455,9 +455,8 @@ def reuse_calibration(
         raise ConfigError(f"calibration reuse_from: {path} was run with other settings ({', '.join(other)})")
     for t in [result["baseline"], *result["trials"]]:
         for name, seed in zip(t["runs"], s.seeds, strict=True):
-            want = config_to_dict(trial_config(base, float(t["lam"]), int(seed), s))
-            got = config_to_dict(read_run_config(src / str(name))[0])
-            diff = [k for k in config_diff(want, got) if k not in ("name", "data.root")]
+            want = trial_config(base, float(t["lam"]), int(seed), s)
+            diff = run_config_diff(want, src / str(name), ignore=("name", "data.root"))
             if diff:
                 raise ConfigError(
                     f"calibration reuse_from: trial {src / str(name)} differs from this calibration's in "

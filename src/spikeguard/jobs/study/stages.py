@@ -17,13 +17,13 @@ import torch
 from ..._version import __version__
 from ...analysis.bn_control import bn_rescale_control
 from ...analysis.membrane import potential_histogram
-from ...checkpoint import MODEL_FILE, load_run, read_run_config
+from ...checkpoint import MODEL_FILE, load_run, run_config_diff
 from ...data import load_dataset
 from ..train import RESULTS_FILE, build_datasets, run_experiment
-from ..calibration import calibrate_lambda, reuse_calibration, settings_from_dict
+from ..calibration import RESULT_FILE as CALIBRATION_FILE, calibrate_lambda, reuse_calibration, settings_from_dict
 from ...utils import eps_label, resolve_device
 from .tables import neuron_text
-from ...config import ExperimentConfig, config_diff, config_to_dict
+from ...config import ExperimentConfig, config_to_dict
 from ...errors import ConfigError, SpikeguardError
 from ...evaluation.results import checkpoint_id, evaluation_provenance, robustness_document
 from ...evaluation.sharded import journal_key
@@ -169,7 +169,7 @@ def _reuse_source(folder: Path, row: str) -> Path:
     per_row = folder / "calibration" / row
     return (
         per_row
-        if (per_row / "calibration.json").is_file() or not (folder / "calibration" / "calibration.json").is_file()
+        if (per_row / CALIBRATION_FILE).is_file() or not (folder / "calibration" / CALIBRATION_FILE).is_file()
         else folder / "calibration"
     )
 
@@ -191,15 +191,9 @@ def _calibration_twin(spec: StudySpec, out: Path, r: RunSpec, calibrations: dict
         d = calibration_dir(spec, out, r.row) / str(name)
         if not name.endswith(f"-s{r.config.seed}") or not (d / RESULTS_FILE).is_file():
             continue
-        if not _other_settings(r.config, d):
+        if not run_config_diff(r.config, d):
             return d
     return None
-
-
-def _other_settings(cfg: ExperimentConfig, run_dir: Path) -> list[str]:
-    """The settings in which the run saved in ``run_dir`` differs from ``cfg`` (its name is a label)."""
-    saved, _ = read_run_config(run_dir)
-    return [k for k in config_diff(config_to_dict(cfg), config_to_dict(saved)) if k != "name"]
 
 
 def _train(spec: StudySpec, out: Path, progress: bool, log: Log, calibrations: dict[str, dict] | None = None) -> None:
@@ -216,7 +210,7 @@ def _train(spec: StudySpec, out: Path, progress: bool, log: Log, calibrations: d
             continue
         if (d / "config.json").is_file():
             # the name is a label (a run trained by `spikeguard train` into this layout is reused)
-            diff = _other_settings(r.config, d)
+            diff = run_config_diff(r.config, d)
             if diff:
                 raise ConfigError(
                     f"{d} holds run {r.name!r} with other settings ({', '.join(diff[:5])}); "

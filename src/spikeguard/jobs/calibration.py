@@ -48,7 +48,7 @@ from ..errors import ConfigError
 from ..tgo.constraint import HINGES, LAYER_REDUCTIONS, NEURON_REDUCTIONS, Normalisation
 from ..io import atomic_write_json, atomic_write_text, ensure_dir
 from ..analysis.membrane import potential_histogram
-from ..checkpoint import load_run, read_run_config, run_config_diff
+from ..checkpoint import CONFIG_FILE, load_run, read_run_config, run_config_diff
 from ..data import load_dataset
 from .train import LOG_FILE, RESULTS_FILE, run_experiment
 from ..neurons import LIF
@@ -240,7 +240,7 @@ def _measure(cfg: ExperimentConfig, run_dir: Path, s: CalibrationSettings, progr
     """Train one run unless finished and measure it: ``share`` (test images, noise seeded),
     ``clean`` accuracy, and from ``log.jsonl`` the last ``grad_ratio``, the last epoch's training
     ``train_share`` and ``lams`` (the epoch means of lambda)."""
-    resume = (run_dir / "config.json").is_file()
+    resume = (run_dir / CONFIG_FILE).is_file()
     if resume:
         _check_reuse(cfg, run_dir)
     if not (run_dir / RESULTS_FILE).is_file():

@@ -17,7 +17,7 @@ import torch
 from ..._version import __version__
 from ...analysis.bn_control import bn_rescale_control
 from ...analysis.membrane import potential_histogram
-from ...checkpoint import MODEL_FILE, load_run, run_config_diff
+from ...checkpoint import CONFIG_FILE, MODEL_FILE, load_run, run_config_diff
 from ...data import load_dataset
 from ..train import RESULTS_FILE, build_datasets, run_experiment
 from ..calibration import RESULT_FILE as CALIBRATION_FILE, calibrate_lambda, reuse_calibration, settings_from_dict
@@ -70,7 +70,7 @@ def _probe(r: RunSpec, out: Path, probe_images: int, progress: bool, log: Log, t
     d = out / ".probe" / r.name
     log(f"[plan] probe {tag} '{r.name}': one epoch on {n} of {full} training images")
     if not (d / RESULTS_FILE).is_file():
-        run_experiment(cfg, d, resume=(d / "config.json").is_file(), progress=progress)
+        run_experiment(cfg, d, resume=(d / CONFIG_FILE).is_file(), progress=progress)
     res = json.loads((d / RESULTS_FILE).read_text(encoding="utf-8"))
     return float(res["train_seconds"]) * full / max(n, 1)
 
@@ -208,7 +208,7 @@ def _train(spec: StudySpec, out: Path, progress: bool, log: Log, calibrations: d
             shutil.copytree(twin, d)
             log(f"{tag}: the calibration trained it ({twin}, the same settings): copied, not retrained")
             continue
-        if (d / "config.json").is_file():
+        if (d / CONFIG_FILE).is_file():
             # the name is a label (a run trained by `spikeguard train` into this layout is reused)
             diff = run_config_diff(r.config, d)
             if diff:
@@ -219,7 +219,7 @@ def _train(spec: StudySpec, out: Path, progress: bool, log: Log, calibrations: d
         if (d / RESULTS_FILE).is_file():
             log(f"{tag}: finished before, reused")
             continue
-        resume = (d / "config.json").is_file()
+        resume = (d / CONFIG_FILE).is_file()
         log(
             f"{tag}: {'resuming' if resume else 'training'} ({r.config.strategy}, {_neuron_text(r.config)}, "
             f"TGO {'on, lambda_max ' + format(r.config.tgo.lambda_max, '.4g') if r.config.tgo.enabled else 'off'}, "
